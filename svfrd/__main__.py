@@ -1,0 +1,3 @@
+from svfrd.cli import main
+
+raise SystemExit(main())
