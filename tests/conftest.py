@@ -1,0 +1,7 @@
+"""Suite-wide settings. Area fixtures live in each area's test files and in tests/helpers/."""
+
+import os
+
+# Two cores are shared by the whole suite; keep each library from spawning a thread per core.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("MKL_NUM_THREADS", "1")
