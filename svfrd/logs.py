@@ -1,0 +1,130 @@
+"""Human-readable logs on stderr, where journald picks them up.
+
+At a terminal lines are formatted by rich; anywhere else they are plain text, one record per line. Under
+systemd (stderr connected to the journal, `$JOURNAL_STREAM`) the timestamp is left out, because the journal
+stamps every line itself, and the level is sent as a `<N>` syslog prefix so `journalctl -p err` works.
+
+Every line about a job carries its id (`job 12: ...`): use `job_logger(job_id)`, or log with
+`extra={"job_id": id}`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from typing import Any, MutableMapping, TextIO
+
+JOB_LOGGER_NAME = "svfrd.job"
+PLAIN_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+JOURNAL_FORMAT = "%(syslog_prefix)s%(levelname)s %(name)s: %(message)s"
+
+# Libraries that are chatty at INFO; their warnings still come through.
+NOISY_LOGGERS = ("PIL", "urllib3", "filelock", "alembic.runtime.migration", "diffusers", "matplotlib")
+
+# logging level -> syslog priority (sd-daemon(3) `<N>` prefixes).
+_SYSLOG_PRIORITY = {logging.CRITICAL: 2, logging.ERROR: 3, logging.WARNING: 4, logging.INFO: 6, logging.DEBUG: 7}
+
+
+class JobIdFilter(logging.Filter):
+    """Prefixes `job N: ` to records that carry a `job_id` attribute and have not been prefixed yet."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        job_id = getattr(record, "job_id", None)
+        if job_id is not None and not getattr(record, "job_prefixed", False):
+            record.msg = f"job {job_id}: {record.msg}"
+            record.job_prefixed = True
+        return True
+
+
+class SyslogPrefixFilter(logging.Filter):
+    """Adds `syslog_prefix` (`<3>` for errors, ...) for the journal format."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.syslog_prefix = f"<{syslog_priority(record.levelno)}>"
+        return True
+
+
+class JobLogger(logging.LoggerAdapter):
+    """A logger whose every line names one job, so a job's history can be grepped from the journal."""
+
+    def process(self, msg: Any, kwargs: MutableMapping[str, Any]) -> tuple[Any, MutableMapping[str, Any]]:
+        job_id = self.extra["job_id"]
+        extra = dict(kwargs.get("extra") or {})
+        extra.update(job_id=job_id, job_prefixed=True)
+        kwargs["extra"] = extra
+        return f"job {job_id}: {msg}", kwargs
+
+
+def job_logger(job_id: int, name: str = JOB_LOGGER_NAME) -> JobLogger:
+    return JobLogger(logging.getLogger(name), {"job_id": job_id})
+
+
+def syslog_priority(levelno: int) -> int:
+    for level in sorted(_SYSLOG_PRIORITY, reverse=True):
+        if levelno >= level:
+            return _SYSLOG_PRIORITY[level]
+    return _SYSLOG_PRIORITY[logging.DEBUG]
+
+
+def stderr_is_journal(stream: TextIO | None = None, environ: MutableMapping[str, str] | None = None) -> bool:
+    """True when `stream` is the journal stream systemd connected us to (`$JOURNAL_STREAM` = `dev:inode`).
+
+    The variable is inherited by child processes whose stderr may go elsewhere, so the device and inode
+    are compared, as systemd.exec(5) advises.
+    """
+    stream = stream if stream is not None else sys.stderr
+    value = (environ if environ is not None else os.environ).get("JOURNAL_STREAM", "")
+    dev, _, inode = value.partition(":")
+    if not (dev.isdigit() and inode.isdigit()):
+        return False
+    try:
+        st = os.fstat(stream.fileno())
+    except (OSError, ValueError, AttributeError):
+        return False
+    return st.st_dev == int(dev) and st.st_ino == int(inode)
+
+
+def _is_terminal(stream: TextIO) -> bool:
+    try:
+        return stream.isatty()
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def make_handler(stream: TextIO | None = None) -> logging.Handler:
+    """The handler for `stream` (stderr by default): rich at a terminal, journal format under systemd,
+    plain timestamped lines otherwise."""
+    stream = stream if stream is not None else sys.stderr
+    handler: logging.Handler
+    if _is_terminal(stream):
+        from rich.console import Console
+        from rich.logging import RichHandler
+
+        handler = RichHandler(console=Console(file=stream), show_path=False, rich_tracebacks=True)
+        handler.setFormatter(logging.Formatter("%(name)s: %(message)s"))
+    elif stderr_is_journal(stream):
+        handler = logging.StreamHandler(stream)
+        handler.addFilter(SyslogPrefixFilter())
+        handler.setFormatter(logging.Formatter(JOURNAL_FORMAT))
+    else:
+        handler = logging.StreamHandler(stream)
+        handler.setFormatter(logging.Formatter(PLAIN_FORMAT))
+    handler.addFilter(JobIdFilter())
+    handler.set_name("svfrd")
+    return handler
+
+
+def setup_logging(verbose: bool = False, stream: TextIO | None = None) -> logging.Handler:
+    """Route all logging to stderr (or `stream`) at INFO, or DEBUG when `verbose`. Safe to call again:
+    the handler from an earlier call is replaced, not doubled."""
+    root = logging.getLogger()
+    for old in [h for h in root.handlers if h.get_name() == "svfrd"]:
+        root.removeHandler(old)
+    handler = make_handler(stream)
+    root.addHandler(handler)
+    root.setLevel(logging.DEBUG if verbose else logging.INFO)
+    for name in NOISY_LOGGERS:
+        logging.getLogger(name).setLevel(logging.NOTSET if verbose else logging.WARNING)
+    logging.captureWarnings(True)
+    return handler
