@@ -1,0 +1,419 @@
+"""The service configuration: `config.toml` parsed into frozen dataclasses, every key validated.
+
+An error names the key, the value found and what is allowed, so the daemon refuses to start with a message the
+user can act on. Relative paths are resolved against the config file's folder, so the service behaves the same
+whatever the working directory.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from svfrd.engine import Task
+from svfrd.errors import ConfigError
+
+# ---------------------------------------------------------------------------------------------------------------
+# Tasks and per-job options: shared with the sidecar parser (`svfrd.sidecar`).
+
+TASK_NAMES = {task.label: task for task in Task}
+TASKS_ALLOWED = '0/"bfr", 1/"colorize", 2/"inpaint"'
+
+#: Per-job engine options a sidecar `[options]` table or an inbox `options` table may set.
+DEFAULT_OPTION_NAMES = frozenset(
+    {"steps", "pass1_steps", "guidance_scale", "mode", "crop", "crf", "output_mode"}
+)
+
+
+def parse_tasks(value: Any) -> frozenset[Task]:
+    """Task ids or names (`[0, 2]`, `["bfr", "inpaint"]`, mixed, or one bare value) -> a non-empty set.
+
+    Raises ValueError with a message the callers wrap into ConfigError or BadInputError."""
+    items = value if isinstance(value, list) else [value]
+    if not items:
+        raise ValueError(f"the task list is empty; use one or more of {TASKS_ALLOWED}")
+    return frozenset(_parse_one_task(item) for item in items)
+
+
+def _parse_one_task(item: Any) -> Task:
+    if isinstance(item, bool):
+        pass  # bool is an int subclass; true/false is never a task
+    elif isinstance(item, int) and item in {t.value for t in Task}:
+        return Task(item)
+    elif isinstance(item, str) and item.strip().lower() in TASK_NAMES:
+        return TASK_NAMES[item.strip().lower()]
+    raise ValueError(f"unknown task {toml_repr(item)}: allowed are {TASKS_ALLOWED}")
+
+
+def tasks_to_text(tasks: frozenset[Task]) -> str:
+    """The form stored in the jobs table: sorted ids, comma separated ("0,2")."""
+    return ",".join(str(int(t)) for t in sorted(tasks))
+
+
+def _choice(*allowed: str) -> Callable[[Any], str | None]:
+    def check(value: Any) -> str | None:
+        if value in allowed:
+            return None
+        return "allowed values are " + ", ".join(json.dumps(a) for a in allowed)
+
+    return check
+
+
+def _int_in(low: int, high: int | None = None) -> Callable[[Any], str | None]:
+    def check(value: Any) -> str | None:
+        in_range = isinstance(value, int) and not isinstance(value, bool) and value >= low
+        if in_range and (high is None or value <= high):
+            return None
+        upper = f" and <= {high}" if high is not None else ""
+        return f"must be a whole number >= {low}{upper}"
+
+    return check
+
+
+def _positive_number(value: Any) -> str | None:
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0:
+        return None
+    return "must be a number > 0"
+
+
+#: Checks for the values of the options we know; options an engine adds beyond these pass unchecked.
+OPTION_CHECKS: dict[str, Callable[[Any], str | None]] = {
+    "steps": _int_in(1, 1000),
+    "pass1_steps": _int_in(1, 1000),
+    "guidance_scale": _positive_number,
+    "mode": _choice("reference", "improved"),
+    "crop": _choice("tracked", "reference"),
+    "crf": _int_in(0, 51),
+    "output_mode": _choice("full_frame", "crop"),
+}
+
+
+def option_problem(name: str, value: Any, allowed_options: frozenset[str]) -> str | None:
+    """None if `name = value` is an acceptable per-job option, else why not (for an error message)."""
+    if name not in allowed_options:
+        return "unknown option; allowed options are " + ", ".join(sorted(allowed_options))
+    check = OPTION_CHECKS.get(name)
+    return check(value) if check else None
+
+
+def toml_repr(value: Any) -> str:
+    """A value as it would be written in TOML, for error messages."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return json.dumps(value)
+    if isinstance(value, list):
+        return "[" + ", ".join(toml_repr(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k} = {toml_repr(v)}" for k, v in value.items()) + "}"
+    return str(value)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The configuration objects.
+
+
+@dataclass(frozen=True)
+class ServiceConfig:
+    state_dir: Path
+    database_url: str
+    scan_interval: float
+    quiet_period: float
+    sidecar_grace: float
+    max_attempts: int
+    retry_backoff: float
+    min_free_space_mb: int
+    on_stop: str  # "requeue" | "finish"
+    stop_timeout: float
+
+
+@dataclass(frozen=True)
+class InboxConfig:
+    path: Path
+    tasks: frozenset[Task]
+    options: dict = field(default_factory=dict, hash=False)
+
+
+@dataclass(frozen=True)
+class OutputConfig:
+    outbox: Path
+    done: Path
+    failed: Path
+    mode: str  # "full_frame" | "crop"
+    crf: int
+    preview: bool
+
+
+@dataclass(frozen=True)
+class FacesConfig:
+    crop: str  # "tracked" | "reference"
+    model: Path
+
+
+@dataclass(frozen=True)
+class SvfrConfig:
+    models_dir: Path
+    mode: str  # "reference" | "improved"
+    steps: int
+    pass1_steps: int
+    guidance_scale: float
+    vae_chunk: int
+    segment_frames: int
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    name: str  # "auto" | "svfr" | "classical" | "package.module:ClassName"
+    device: str  # "auto" | "cpu" | "cuda" | "cuda:N"
+    dtype: str  # "fp16" | "bf16" | "fp32"
+    svfr: SvfrConfig
+
+
+@dataclass(frozen=True)
+class Config:
+    path: Path
+    service: ServiceConfig
+    inboxes: list[InboxConfig] = field(hash=False)
+    output: OutputConfig
+    faces: FacesConfig
+    engine: EngineConfig
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Loading.
+
+
+def load_config(path: str | Path) -> Config:
+    """Read and validate `path`. Raises ConfigError naming the key, the value and what is allowed."""
+    path = Path(path).expanduser().absolute()
+    try:
+        with open(path, "rb") as f:
+            raw = tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} not found; pass --config PATH to a svfrd config.toml") from None
+    except OSError as err:
+        raise ConfigError(f"config file {path} cannot be read: {err.strerror}") from None
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(f"config file {path} is not valid TOML: {err}") from None
+    try:
+        return _build_config(path, raw)
+    except ConfigError as err:
+        raise ConfigError(f"{path}: {err}") from None
+
+
+_ENGINE_IMPORT_PATH = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+_DEVICE = re.compile(r"^(auto|cpu|cuda|cuda:\d+)$")
+
+
+class _Table:
+    """One TOML table being read: each `take` validates one key; `finish` rejects keys nobody took."""
+
+    def __init__(self, label: str, raw: Any, base: Path):
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{label} must be a table")
+        self.label, self.raw, self.base = label, raw, base
+        self.taken: set[str] = set()
+
+    def fail(self, key: str, problem: str) -> ConfigError:
+        return ConfigError(f"{self.label} {key} = {toml_repr(self.raw[key])}: {problem}")
+
+    def take(self, key: str, default: Any, check: Callable[[Any], str | None] | None = None) -> Any:
+        self.taken.add(key)
+        if key not in self.raw:
+            return default
+        value = self.raw[key]
+        problem = check(value) if check else _same_type_problem(value, default)
+        if problem:
+            raise self.fail(key, problem)
+        return float(value) if isinstance(default, float) else value
+
+    def take_path(self, key: str, default: str) -> Path:
+        value = self.take(key, default, _non_empty_string)
+        return (self.base / Path(value).expanduser()).resolve()
+
+    def sub(self, key: str) -> "_Table":
+        self.taken.add(key)
+        return _Table(f"[{self.label.strip('[]')}.{key}]", self.raw.get(key, {}), self.base)
+
+    def finish(self) -> None:
+        unknown = sorted(set(self.raw) - self.taken)
+        if unknown:
+            known = ", ".join(sorted(self.taken))
+            raise ConfigError(f"{self.label} unknown key {unknown[0]!r}; known keys are {known}")
+
+
+def _same_type_problem(value: Any, default: Any) -> str | None:
+    if isinstance(default, bool):
+        return None if isinstance(value, bool) else "must be true or false"
+    if isinstance(default, float):
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0
+        return None if ok else "must be a number >= 0"
+    if isinstance(default, int):
+        return _int_in(0)(value)
+    if isinstance(default, str):
+        return None if isinstance(value, str) else "must be a string"
+    return None
+
+
+def _non_empty_string(value: Any) -> str | None:
+    return None if isinstance(value, str) and value.strip() else "must be a non-empty string (a path)"
+
+
+def _build_config(path: Path, raw: dict) -> Config:
+    base = path.parent
+    known_sections = {"service", "inbox", "output", "faces", "engine"}
+    for key in raw:
+        if key not in known_sections:
+            allowed = ", ".join(f"[{s}]" for s in sorted(known_sections - {"inbox"})) + ", [[inbox]]"
+            raise ConfigError(f"unknown section or key {key!r} at the top level; allowed are {allowed}")
+    service = _service(_Table("[service]", raw.get("service", {}), base))
+    inboxes = _inboxes(raw.get("inbox"), base)
+    output = _output(_Table("[output]", raw.get("output", {}), base))
+    faces = _faces(_Table("[faces]", raw.get("faces", {}), base))
+    engine = _engine(_Table("[engine]", raw.get("engine", {}), base))
+    _check_folders_distinct(inboxes, output)
+    return Config(path=path, service=service, inboxes=inboxes, output=output, faces=faces, engine=engine)
+
+
+def _service(t: _Table) -> ServiceConfig:
+    state_dir = t.take_path("state_dir", "state")
+    url = t.take("database_url", "")
+    service = ServiceConfig(
+        state_dir=state_dir,
+        database_url=_resolve_database_url(url, state_dir, t.base),
+        scan_interval=t.take("scan_interval", 10.0, _positive_number),
+        quiet_period=t.take("quiet_period", 5.0),
+        sidecar_grace=t.take("sidecar_grace", 10.0),
+        max_attempts=t.take("max_attempts", 3, _int_in(1)),
+        retry_backoff=t.take("retry_backoff", 60.0),
+        min_free_space_mb=t.take("min_free_space_mb", 2048),
+        on_stop=t.take("on_stop", "requeue", _choice("requeue", "finish")),
+        stop_timeout=t.take("stop_timeout", 90.0, _positive_number),
+    )
+    t.finish()
+    return service
+
+
+def _resolve_database_url(url: str, state_dir: Path, base: Path) -> str:
+    """Empty -> an SQLite file in the state folder; a relative SQLite path -> against the config folder."""
+    if not url.strip():
+        return f"sqlite:///{state_dir / 'svfrd.db'}"
+    prefix = "sqlite:///"
+    if url.startswith(prefix):
+        file_part = url[len(prefix):]
+        if file_part and not file_part.startswith("/") and file_part != ":memory:":
+            return prefix + str((base / file_part).resolve())
+    return url
+
+
+def _inboxes(raw: Any, base: Path) -> list[InboxConfig]:
+    if raw is None:
+        raise ConfigError('no [[inbox]] configured; add one, e.g. [[inbox]] path = "inbox"')
+    if not isinstance(raw, list):
+        raise ConfigError("inbox must be written as [[inbox]] blocks (an array of tables)")
+    inboxes = [_inbox(_Table(f"[[inbox]] #{n}", item, base)) for n, item in enumerate(raw, start=1)]
+    seen: set[Path] = set()
+    for inbox in inboxes:
+        if inbox.path in seen:
+            raise ConfigError(f"[[inbox]] path {inbox.path} is listed twice; list each folder once")
+        seen.add(inbox.path)
+    return inboxes
+
+
+def _inbox(t: _Table) -> InboxConfig:
+    if "path" not in t.raw:
+        raise ConfigError(f"{t.label} has no path; add path = \"FOLDER\"")
+    path = t.take_path("path", "inbox")
+    tasks = t.take("tasks", ["bfr"], _inbox_tasks_problem)
+    options = t.take("options", {}, _inbox_options_problem)
+    t.finish()
+    return InboxConfig(path=path, tasks=parse_tasks(tasks), options=dict(options))
+
+
+def _inbox_tasks_problem(value: Any) -> str | None:
+    try:
+        tasks = parse_tasks(value)
+    except ValueError as err:
+        return str(err)
+    if Task.INPAINT in tasks:
+        return "inpainting (2) needs a mask, so it can only be asked for in a video's sidecar NAME.toml"
+    return None
+
+
+def _inbox_options_problem(value: Any) -> str | None:
+    if not isinstance(value, dict):
+        return "must be a table of engine options, e.g. options = { steps = 20 }"
+    for name, option in value.items():
+        problem = option_problem(name, option, DEFAULT_OPTION_NAMES)
+        if problem:
+            return f"option {name} = {toml_repr(option)}: {problem}"
+    return None
+
+
+def _output(t: _Table) -> OutputConfig:
+    output = OutputConfig(
+        outbox=t.take_path("outbox", "outbox"),
+        done=t.take_path("done", "done"),
+        failed=t.take_path("failed", "failed"),
+        mode=t.take("mode", "full_frame", _choice("full_frame", "crop")),
+        crf=t.take("crf", 18, _int_in(0, 51)),
+        preview=t.take("preview", True),
+    )
+    t.finish()
+    return output
+
+
+def _faces(t: _Table) -> FacesConfig:
+    faces = FacesConfig(
+        crop=t.take("crop", "tracked", _choice("tracked", "reference")),
+        model=t.take_path("model", "models/face_landmarker.task"),
+    )
+    t.finish()
+    return faces
+
+
+def _engine(t: _Table) -> EngineConfig:
+    name = t.take("name", "auto", _engine_name_problem)
+    device = t.take("device", "auto", lambda v: None if isinstance(v, str) and _DEVICE.match(v) else
+                    'allowed values are "auto", "cpu", "cuda", "cuda:N"')
+    dtype = t.take("dtype", "fp16", _choice("fp16", "bf16", "fp32"))
+    svfr = _svfr(t.sub("svfr"))
+    t.finish()
+    return EngineConfig(name=name, device=device, dtype=dtype, svfr=svfr)
+
+
+def _engine_name_problem(value: Any) -> str | None:
+    if value in ("auto", "svfr", "classical"):
+        return None
+    if isinstance(value, str) and _ENGINE_IMPORT_PATH.match(value):
+        return None
+    return 'allowed values are "auto", "svfr", "classical" or an import path "package.module:ClassName"'
+
+
+def _svfr(t: _Table) -> SvfrConfig:
+    svfr = SvfrConfig(
+        models_dir=t.take_path("models_dir", "models"),
+        mode=t.take("mode", "reference", _choice("reference", "improved")),
+        steps=t.take("steps", 30, _int_in(1, 1000)),
+        pass1_steps=t.take("pass1_steps", 50, _int_in(1, 1000)),
+        guidance_scale=float(t.take("guidance_scale", 2.0, _positive_number)),
+        vae_chunk=t.take("vae_chunk", 16, _int_in(1)),
+        segment_frames=t.take("segment_frames", 2000, _int_in(32)),
+    )
+    t.finish()
+    return svfr
+
+
+def _check_folders_distinct(inboxes: list[InboxConfig], output: OutputConfig) -> None:
+    """An inbox that is also an output folder would feed results (or failed inputs) back in as new jobs."""
+    outputs = {"outbox": output.outbox, "done": output.done, "failed": output.failed}
+    for inbox in inboxes:
+        for key, folder in outputs.items():
+            if inbox.path == folder:
+                raise ConfigError(
+                    f"[[inbox]] path {inbox.path} is also [output] {key}; use separate folders"
+                )

@@ -1,0 +1,145 @@
+"""config.toml is validated on start-up: every error names the key and says what is allowed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from svfrd.config import load_config, parse_tasks
+from svfrd.engine import Task
+from svfrd.errors import ConfigError
+
+SHIPPED_CONFIG = Path(__file__).resolve().parents[1] / "config.toml"
+
+MINIMAL = '[[inbox]]\npath = "in"\n'
+
+
+def write_config(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "config.toml"
+    path.write_text(text)
+    return path
+
+
+def load_error(tmp_path: Path, text: str) -> str:
+    with pytest.raises(ConfigError) as info:
+        load_config(write_config(tmp_path, text))
+    return str(info.value)
+
+
+def test_shipped_config_loads_with_documented_defaults():
+    config = load_config(SHIPPED_CONFIG)
+    root = SHIPPED_CONFIG.parent
+    assert config.path == SHIPPED_CONFIG
+    assert config.service.state_dir == root / "state"
+    assert config.service.database_url == f"sqlite:///{root / 'state' / 'svfrd.db'}"
+    assert config.service.quiet_period == 5.0 and config.service.max_attempts == 3
+    assert config.service.on_stop == "requeue"
+    assert [i.path for i in config.inboxes] == [root / "inbox"]
+    assert config.inboxes[0].tasks == frozenset({Task.BFR})
+    assert config.output.outbox == root / "outbox" and config.output.crf == 18
+    assert config.faces.model == root / "models" / "face_landmarker.task"
+    assert config.engine.dtype == "fp16" and config.engine.svfr.steps == 30
+    assert config.engine.svfr.models_dir == root / "models"
+
+
+def test_minimal_config_gets_the_shipped_defaults(tmp_path):
+    minimal = load_config(write_config(tmp_path, MINIMAL))
+    shipped = load_config(SHIPPED_CONFIG)
+    assert minimal.service.scan_interval == shipped.service.scan_interval
+    assert minimal.service.retry_backoff == shipped.service.retry_backoff
+    assert minimal.output.mode == shipped.output.mode and minimal.output.preview == shipped.output.preview
+    assert minimal.engine.svfr.guidance_scale == shipped.engine.svfr.guidance_scale
+    assert minimal.engine.svfr.segment_frames == shipped.engine.svfr.segment_frames
+    assert minimal.inboxes[0].path == tmp_path / "in"
+
+
+def test_relative_paths_resolve_against_the_config_folder_not_the_cwd(tmp_path, monkeypatch):
+    monkeypatch.chdir("/")
+    config = load_config(write_config(tmp_path, MINIMAL + '[output]\noutbox = "../out"\n'))
+    assert config.output.outbox == tmp_path.parent / "out"
+    assert config.service.state_dir == tmp_path / "state"
+
+
+def test_explicit_database_url_is_kept_and_relative_sqlite_paths_are_resolved(tmp_path):
+    pg = load_config(write_config(tmp_path, '[service]\ndatabase_url = "postgresql://db/svfrd"\n' + MINIMAL))
+    assert pg.service.database_url == "postgresql://db/svfrd"
+    rel = load_config(write_config(tmp_path, '[service]\ndatabase_url = "sqlite:///q.db"\n' + MINIMAL))
+    assert rel.service.database_url == f"sqlite:///{tmp_path / 'q.db'}"
+
+
+def test_configs_are_frozen(tmp_path):
+    config = load_config(write_config(tmp_path, MINIMAL))
+    with pytest.raises(AttributeError):
+        config.service.quiet_period = 1.0  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ('[engine]\ndtype = "fp64"\n', '[engine] dtype = "fp64": allowed values are "fp16", "bf16", "fp32"'),
+        ("[service]\nquiet_period = -1\n", "[service] quiet_period = -1: must be a number >= 0"),
+        ('[service]\nmax_attempts = "3"\n', '[service] max_attempts = "3": must be a whole number >= 1'),
+        ('[service]\non_stop = "kill"\n', '[service] on_stop = "kill": allowed values are "requeue", "finish"'),
+        ("[service]\nquiet = 3\n", "[service] unknown key 'quiet'"),
+        ("[output]\ncrf = 60\n", "[output] crf = 60: must be a whole number >= 0 and <= 51"),
+        ('[output]\npreview = "yes"\n', '[output] preview = "yes": must be true or false'),
+        ('[faces]\ncrop = "box"\n', '[faces] crop = "box": allowed values are "tracked", "reference"'),
+        ('[engine]\nname = "magic"\n', '[engine] name = "magic": allowed values are "auto", "svfr", "classical"'),
+        ('[engine]\ndevice = "gpu"\n', '[engine] device = "gpu": allowed values are "auto", "cpu", "cuda"'),
+        ("[engine.svfr]\nsteps = 0\n", "[engine.svfr] steps = 0: must be a whole number >= 1"),
+        ("[engine.svfr]\nturbo = true\n", "[engine.svfr] unknown key 'turbo'"),
+        ("[engines]\nname = 'auto'\n", "unknown section or key 'engines' at the top level"),
+    ],
+)
+def test_invalid_values_are_rejected_naming_the_key_and_what_is_allowed(tmp_path, text, expected):
+    assert expected in load_error(tmp_path, MINIMAL + text)
+
+
+@pytest.mark.parametrize(
+    "inbox, expected",
+    [
+        ('path = "in"\ntasks = ["sharpen"]', '[[inbox]] #1 tasks = ["sharpen"]: unknown task "sharpen"'),
+        ('path = "in"\ntasks = [2]', "[[inbox]] #1 tasks = [2]: inpainting (2) needs a mask"),
+        ('path = "in"\ntasks = []', "the task list is empty"),
+        ('path = "in"\nfolder = "x"', "[[inbox]] #1 unknown key 'folder'"),
+        ('tasks = ["bfr"]', '[[inbox]] #1 has no path; add path = "FOLDER"'),
+        ('path = "in"\noptions = { steps = -2 }', "option steps = -2: must be a whole number >= 1"),
+        ('path = "in"\noptions = { speed = 2 }', "option speed = 2: unknown option; allowed options are crf"),
+        ('path = "outbox"', "is also [output] outbox; use separate folders"),
+    ],
+)
+def test_invalid_inboxes_are_rejected_with_a_precise_message(tmp_path, inbox, expected):
+    assert expected in load_error(tmp_path, f"[[inbox]]\n{inbox}\n")
+
+
+def test_a_config_without_inbox_is_rejected(tmp_path):
+    assert "no [[inbox]] configured" in load_error(tmp_path, "[service]\nquiet_period = 1\n")
+
+
+def test_the_same_inbox_twice_is_rejected(tmp_path):
+    assert "is listed twice" in load_error(tmp_path, MINIMAL + MINIMAL)
+
+
+def test_toml_syntax_errors_and_missing_files_are_config_errors(tmp_path):
+    message = load_error(tmp_path, "[service\nquiet_period = 1\n")
+    assert "is not valid TOML" in message and "line 1" in message
+    with pytest.raises(ConfigError, match="not found; pass --config PATH"):
+        load_config(tmp_path / "missing.toml")
+
+
+def test_inbox_options_and_several_inboxes(tmp_path):
+    text = MINIMAL + 'options = { steps = 12, mode = "improved" }\n[[inbox]]\npath = "bw"\ntasks = [0, "colorize"]\n'
+    config = load_config(write_config(tmp_path, text))
+    assert config.inboxes[0].options == {"steps": 12, "mode": "improved"}
+    assert config.inboxes[1].tasks == frozenset({Task.BFR, Task.COLORIZE})
+
+
+def test_parse_tasks_accepts_ids_names_and_mixtures():
+    assert parse_tasks([0, 1, 2]) == frozenset(Task)
+    assert parse_tasks(["bfr", "Colorize", "inpaint"]) == frozenset(Task)
+    assert parse_tasks("inpaint") == frozenset({Task.INPAINT})
+    assert parse_tasks([2, "bfr", 0]) == frozenset({Task.BFR, Task.INPAINT})
+    for bad in ([3], ["deblur"], [True], [1.0]):
+        with pytest.raises(ValueError, match="unknown task"):
+            parse_tasks(bad)
