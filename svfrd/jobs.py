@@ -12,7 +12,8 @@ from sqlmodel import Field, SQLModel
 
 
 def utcnow() -> datetime:
-    return datetime.now(timezone.utc).replace(tzinfo=None)
+    """Aware UTC: SQLModel's datetime columns refuse naive values and return aware UTC ones."""
+    return datetime.now(timezone.utc)
 
 
 class JobState(str, enum.Enum):
