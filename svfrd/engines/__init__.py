@@ -1,0 +1,65 @@
+"""Choosing the restoration engine from the configuration.
+
+`[engine] name`: "classical" (CPU, no weights), "svfr" (the SVFR model; imported only then, so a CPU-only
+install never loads diffusers), "auto" (SVFR when its weights and a CUDA GPU are present, else classical, and
+the log says why), or an import path "package.module:ClassName" whose class is called with the EngineConfig.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+
+from svfrd.config import EngineConfig
+from svfrd.engine import Engine
+from svfrd.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+
+def create_engine(cfg: EngineConfig) -> Engine:
+    name = cfg.name
+    if name == "auto":
+        name, reason = _auto_choice(cfg)
+        log.info("engine = auto: using %s (%s)", name, reason)
+    if name == "classical":
+        from svfrd.engines.classical import ClassicalEngine
+
+        return ClassicalEngine(cfg)
+    if name == "svfr":
+        from svfrd.svfr.engine import SvfrEngine
+
+        return SvfrEngine(cfg)
+    if ":" in name:
+        return _engine_from_import_path(name, cfg)
+    raise ConfigError(
+        f"[engine] name = {cfg.name!r} is not an engine; use \"auto\", \"svfr\", \"classical\" "
+        "or an import path \"package.module:ClassName\""
+    )
+
+
+def _auto_choice(cfg: EngineConfig) -> tuple[str, str]:
+    from svfrd.svfr.loading import weights_problem
+
+    problem = weights_problem(cfg.svfr.models_dir)
+    if problem is not None:
+        return "classical", f"SVFR weights are not usable: {problem}"
+    if cfg.device == "cpu":
+        return "classical", "[engine] device = \"cpu\"; SVFR needs a CUDA GPU"
+    import torch
+
+    if not torch.cuda.is_available():
+        return "classical", "no CUDA GPU is available; SVFR needs one"
+    return "svfr", f"weights found in {cfg.svfr.models_dir} and a CUDA GPU is present"
+
+
+def _engine_from_import_path(path: str, cfg: EngineConfig) -> Engine:
+    module_name, _, class_name = path.partition(":")
+    try:
+        cls = getattr(importlib.import_module(module_name), class_name)
+    except (ImportError, AttributeError) as err:
+        raise ConfigError(f"[engine] name = {path!r}: cannot import it ({err})") from err
+    engine = cls(cfg)
+    if not isinstance(engine, Engine):
+        raise ConfigError(f"[engine] name = {path!r} does not implement svfrd.engine.Engine")
+    return engine

@@ -1,0 +1,191 @@
+"""The classical engine: real restoration on the CPU, without model weights.
+
+It does what can be done well without a learned model, so the service is useful before SVFR weights are
+installed or on a machine without a GPU:
+
+- inpainting (task 2): damaged pixels are filled from neighbouring frames where the same picture content is
+  visible (neighbours are aligned by optical flow), and what no neighbour shows is filled spatially (Telea);
+- restoration (task 0): temporally consistent denoising (a motion-compensated, occlusion-guarded average over
+  a few neighbouring frames), a light edge-preserving filter, then unsharp masking to bring back detail.
+
+Colorization (task 1) is refused: without a learned model it is guesswork.
+
+Frames stream through a sliding window of 2 * RADIUS + 1 crops per stage, so memory does not grow with length.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+from typing import Callable, Iterable, Iterator
+
+import cv2
+import numpy as np
+
+from svfrd.config import DEFAULT_OPTION_NAMES
+from svfrd.engine import CropStream, ProgressReporter, RestoreRequest, Task
+from svfrd.errors import BadInputError
+
+#: Neighbours on each side used for denoising and for inpainting.
+RADIUS = 2
+#: How different (in grey levels, after a small blur) an aligned neighbour may be and still count as the same
+#: content; above it the neighbour is ignored there (occlusion, failed alignment).
+SIMILARITY_SIGMA = 10.0
+#: Unsharp masking: blur radius (sigma, pixels at 512) and strength.
+SHARPEN_SIGMA = 1.4
+SHARPEN_AMOUNT = 0.6
+
+
+@dataclass
+class _Item:
+    """A crop travelling through the stages."""
+
+    image: np.ndarray
+    mask: np.ndarray | None
+    has_face: bool
+
+
+class ClassicalEngine:
+    name = "classical"
+    option_names = DEFAULT_OPTION_NAMES  # accepted so an inbox can switch engines; the SVFR ones are ignored
+
+    def __init__(self, cfg=None):
+        self.cfg = cfg
+        self._warnings: list[str] = []
+        cv2.setNumThreads(1)  # the worker runs one job at a time; don't fight the rest of the machine
+
+    def check(self, request: RestoreRequest) -> None:
+        if Task.COLORIZE in request.tasks:
+            raise BadInputError(
+                "colorization needs the SVFR model weights; install them (see models/README.md) or drop task 1"
+            )
+
+    def warnings(self) -> list[str]:
+        return list(self._warnings)
+
+    def restore(self, request: RestoreRequest, crops: CropStream, progress: ProgressReporter) -> Iterator[np.ndarray]:
+        self.check(request)
+        self._warnings = []
+        if request.options:
+            self._warnings.append(
+                "the classical engine ignores the options " + ", ".join(sorted(map(str, request.options)))
+            )
+        if request.reference_face is not None:
+            self._warnings.append("the classical engine does not use a reference face image")
+        total = len(crops)
+        items: Iterable[_Item] = (_Item(c.image, c.mask, c.has_face) for c in crops)
+        if Task.INPAINT in request.tasks:
+            items = sliding_window(items, RADIUS, inpaint_from_neighbours)
+        if Task.BFR in request.tasks:
+            items = sliding_window(items, RADIUS, denoise_and_sharpen)
+        done = 0
+        progress("restore", 0, total)
+        for item in items:
+            yield item.image
+            done += 1
+            progress("restore", done, total)
+
+
+def sliding_window(
+    items: Iterable[_Item], radius: int, process: Callable[[list[_Item], int], _Item]
+) -> Iterator[_Item]:
+    """Call `process(window, centre)` for each item with up to `radius` neighbours on each side (fewer at the
+    ends); only 2 * radius + 1 items are held."""
+    window: deque[_Item] = deque()
+    centre = 0  # index in `window` of the next item to process
+    for item in items:
+        window.append(item)
+        if len(window) - 1 - centre >= radius:  # the centre has all its right neighbours
+            yield _process_if_face(process, list(window), centre)
+            if centre >= radius:
+                window.popleft()
+            else:
+                centre += 1
+    while centre < len(window):
+        yield _process_if_face(process, list(window), centre)
+        if centre >= radius:
+            window.popleft()
+        else:
+            centre += 1
+
+
+def _process_if_face(process: Callable[[list[_Item], int], _Item], window: list[_Item], centre: int) -> _Item:
+    item = window[centre]
+    if not item.has_face:
+        return item  # the pipeline leaves these frames unchanged; don't spend time on them
+    return process(window, centre)
+
+
+def _grey(image: np.ndarray) -> np.ndarray:
+    return cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
+
+
+_flow_engine = None
+
+
+def optical_flow(source: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """Dense flow (H, W, 2) such that target[y + v, x + u] matches source[y, x]."""
+    global _flow_engine
+    if _flow_engine is None:
+        _flow_engine = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_FAST)
+    return _flow_engine.calc(_grey(source), _grey(target), None)
+
+
+def warp_to(image: np.ndarray, flow: np.ndarray, interpolation: int = cv2.INTER_LINEAR) -> np.ndarray:
+    """`image` (a neighbour) resampled onto the centre frame's pixel grid along `flow`."""
+    h, w = flow.shape[:2]
+    grid_x, grid_y = np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32))
+    return cv2.remap(image, grid_x + flow[..., 0], grid_y + flow[..., 1], interpolation, borderMode=cv2.BORDER_REPLICATE)
+
+
+def similarity_weight(aligned: np.ndarray, centre: np.ndarray) -> np.ndarray:
+    """Per-pixel weight in [0, 1]: near 1 where the aligned neighbour shows the same content as the centre."""
+    difference = cv2.GaussianBlur(np.abs(aligned.astype(np.float32) - centre.astype(np.float32)).mean(axis=2), (5, 5), 0)
+    return np.exp(-0.5 * (difference / SIMILARITY_SIGMA) ** 2)
+
+
+def denoise_and_sharpen(window: list[_Item], centre: int) -> _Item:
+    """Motion-compensated temporal average, edge-preserving smoothing, then unsharp masking."""
+    target = window[centre].image
+    total = target.astype(np.float32)
+    weight_sum = np.ones(target.shape[:2], np.float32)
+    for k, item in enumerate(window):
+        if k == centre or not item.has_face:
+            continue
+        aligned = warp_to(item.image, optical_flow(target, item.image))
+        weight = similarity_weight(aligned, target)
+        total += aligned.astype(np.float32) * weight[..., None]
+        weight_sum += weight
+    averaged = np.clip(total / weight_sum[..., None], 0, 255).astype(np.uint8)
+    smoothed = cv2.bilateralFilter(averaged, 5, 20, 3)
+    blurred = cv2.GaussianBlur(smoothed, (0, 0), SHARPEN_SIGMA)
+    sharpened = cv2.addWeighted(smoothed, 1 + SHARPEN_AMOUNT, blurred, -SHARPEN_AMOUNT, 0)
+    return _Item(sharpened, window[centre].mask, True)
+
+
+def inpaint_from_neighbours(window: list[_Item], centre: int) -> _Item:
+    """Fill the centre's masked pixels from neighbours that show them undamaged, then spatially."""
+    item = window[centre]
+    if item.mask is None or not item.mask.any():
+        return item
+    mask_u8 = item.mask.astype(np.uint8)
+    # Align on spatially pre-filled pictures, so the damage itself (e.g. burnt-in text) does not steer the flow.
+    guess = cv2.inpaint(item.image, mask_u8, 3, cv2.INPAINT_TELEA)
+    result = guess.copy()
+    missing = item.mask.copy()
+    # Nearest neighbours in time first: their content is the most similar.
+    for k in sorted(range(len(window)), key=lambda k: (abs(k - centre), k)):
+        if k == centre or not missing.any():
+            continue
+        other = window[k]
+        other_mask = other.mask if other.mask is not None else np.zeros_like(item.mask)
+        other_guess = cv2.inpaint(other.image, other_mask.astype(np.uint8), 3, cv2.INPAINT_TELEA) if other_mask.any() else other.image
+        flow = optical_flow(guess, other_guess)
+        aligned = warp_to(other.image, flow)
+        aligned_damage = warp_to(other_mask.astype(np.uint8) * 255, flow) > 0
+        usable = missing & ~aligned_damage
+        result[usable] = aligned[usable]
+        missing &= ~usable
+    if missing.any():
+        result = cv2.inpaint(result, missing.astype(np.uint8), 3, cv2.INPAINT_TELEA)
+    return _Item(result, item.mask, item.has_face)

@@ -1,0 +1,201 @@
+"""Where the face is cropped: crop policies, and cutting a crop square out of a frame at 512x512.
+
+Two policies turn the subject's per-frame face boxes into one crop square per frame:
+
+- `reference`: SVFR's own behaviour (svfr-spec.md 4.2): the union of the face boxes on every 5th frame,
+  expanded by 0.4 per side, squared to the shorter side, one static crop for the whole video.
+- `tracked`: a square per frame that follows the face, from the detected boxes, with short detection gaps
+  bridged, smoothed without lag (the whole track is known before restoring), and restarted at scene cuts.
+
+A crop square may reach outside the frame (a face at the edge); the missing part is filled by repeating the
+edge pixels, and pasting back only writes inside the frame.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+from PIL import Image
+
+from svfrd.engine import CROP_SIZE
+from svfrd.media.tracking import SubjectTrack
+
+#: Crop side relative to the landmark-mesh box (tracked policy): about the framing of the reference policy.
+TRACKED_SCALE = 1.8
+#: Temporal smoothing (Gaussian sigma in frames) of the crop centre and size.
+CENTRE_SIGMA = 2.0
+SIZE_SIGMA = 4.0
+
+
+@dataclass(frozen=True)
+class CropBox:
+    """A square in upright frame pixels; x, y is the top-left corner."""
+
+    x: int
+    y: int
+    size: int
+
+    @property
+    def centre(self) -> tuple[float, float]:
+        return self.x + self.size / 2, self.y + self.size / 2
+
+
+@dataclass(frozen=True)
+class FrameCrops:
+    """One crop square per frame, and whether that frame has the subject's face (else it passes through)."""
+
+    boxes: list[CropBox]
+    has_face: np.ndarray  # (N,) bool
+    policy: str
+
+    def __len__(self) -> int:
+        return len(self.boxes)
+
+
+def reference_square(union: tuple[float, float, float, float], width: int, height: int, expand: float = 0.4) -> CropBox:
+    """SVFR's `process_bbox` as described in svfr-spec.md 4.2 (written from the description)."""
+    x1, y1, x2, y2 = union
+    w, h = x2 - x1, y2 - y1
+    ex1, ey1 = max(x1 - expand * w, 0.0), max(y1 - expand * h, 0.0)
+    ex2, ey2 = min(x2 + expand * w, float(width)), min(y2 + expand * h, float(height))
+    ew, eh = ex2 - ex1, ey2 - ey1
+    cx, cy = (ex1 + ex2) / 2, (ey1 + ey2) / 2
+    union_cx, union_cy = (x1 + x2) / 2, (y1 + y2) / 2
+    half = min(ew, eh) / 2
+    slack = abs(eh - ew) / 2  # how far the square can slide along the longer axis and stay inside
+    if ew < eh:
+        cy += float(np.clip(union_cy - cy, -slack, slack))
+    else:
+        cx += float(np.clip(union_cx - cx, -slack, slack))
+    left, top = round(cx - half), round(cy - half)
+    right, bottom = round(cx + half), round(cy + half)
+    return CropBox(int(left), int(top), int(max(1, min(right - left, bottom - top))))
+
+
+def reference_crops(track: SubjectTrack, has_face: np.ndarray, width: int, height: int) -> FrameCrops:
+    """One static square for the whole video from the union of the boxes on frames 0, 5, 10, ..."""
+    sampled = track.boxes[::5]
+    sampled = sampled[~np.isnan(sampled[:, 0])]
+    if len(sampled) == 0:  # the face shows only between sampled frames: use every frame rather than fail
+        sampled = track.boxes[track.detected]
+    union = (sampled[:, 0].min(), sampled[:, 1].min(), sampled[:, 2].max(), sampled[:, 3].max())
+    box = reference_square(union, width, height)
+    return FrameCrops(boxes=[box] * len(track.boxes), has_face=has_face, policy="reference")
+
+
+def bridge_gaps(track: SubjectTrack, max_gap: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per-frame (cx, cy, side) of the face, with detection gaps of up to `max_gap` frames filled in.
+
+    Inside a shot a short gap is interpolated (a blink of the detector, a hand passing); at a shot's ends the
+    nearest detection is held. Longer gaps stay empty: the face has probably left the picture."""
+    n = len(track.boxes)
+    geometry = np.full((n, 3), np.nan)
+    found = track.detected
+    b = track.boxes[found]
+    geometry[found] = np.stack(
+        [(b[:, 0] + b[:, 2]) / 2, (b[:, 1] + b[:, 3]) / 2, TRACKED_SCALE * np.maximum(b[:, 2] - b[:, 0], b[:, 3] - b[:, 1])],
+        axis=1,
+    )
+    filled = geometry.copy()
+    for start, end in track.shots:
+        idx = np.flatnonzero(found[start:end]) + start
+        if len(idx) == 0:
+            continue
+        for a, c in zip(idx, idx[1:]):
+            if 1 < c - a <= max_gap + 1:
+                for i in range(a + 1, c):
+                    t = (i - a) / (c - a)
+                    filled[i] = (1 - t) * geometry[a] + t * geometry[c]
+        for i in range(max(start, idx[0] - max_gap), idx[0]):
+            filled[i] = geometry[idx[0]]
+        for i in range(idx[-1] + 1, min(end, idx[-1] + 1 + max_gap)):
+            filled[i] = geometry[idx[-1]]
+    return filled, ~np.isnan(filled[:, 0])
+
+
+def _gaussian_smooth(values: np.ndarray, sigma: float) -> np.ndarray:
+    """Zero-lag Gaussian smoothing along axis 0, edges padded with the end values (no pull toward zero)."""
+    if len(values) < 2 or sigma <= 0:
+        return values.copy()
+    radius = int(3 * sigma)
+    kernel = np.exp(-0.5 * (np.arange(-radius, radius + 1) / sigma) ** 2)
+    kernel /= kernel.sum()
+    padded = np.concatenate([np.repeat(values[:1], radius, 0), values, np.repeat(values[-1:], radius, 0)])
+    return np.stack([np.convolve(padded[:, k], kernel, mode="valid") for k in range(values.shape[1])], axis=1)
+
+
+def _runs(mask: np.ndarray) -> list[tuple[int, int]]:
+    """(start, end) of each run of True values."""
+    edges = np.diff(np.concatenate([[0], mask.astype(np.int8), [0]]))
+    return list(zip(np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)))
+
+
+def tracked_crops(track: SubjectTrack, max_gap: int) -> FrameCrops:
+    """A smoothed square per frame; smoothing restarts at scene cuts and at frames without the face."""
+    geometry, has_face = bridge_gaps(track, max_gap)
+    smooth = geometry.copy()
+    for start, end in track.shots:
+        for a, b in _runs(has_face[start:end]):
+            part = geometry[start + a : start + b]
+            smooth[start + a : start + b, :2] = _gaussian_smooth(part[:, :2], CENTRE_SIGMA)
+            smooth[start + a : start + b, 2:] = _gaussian_smooth(part[:, 2:], SIZE_SIGMA)
+    smooth = _hold_nearest(smooth, has_face)
+    boxes = [CropBox(int(round(cx - s / 2)), int(round(cy - s / 2)), max(1, int(round(s)))) for cx, cy, s in smooth]
+    return FrameCrops(boxes=boxes, has_face=has_face, policy="tracked")
+
+
+def _hold_nearest(values: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """Fill rows without a face from the nearest row with one, so the engine still gets a sensible crop."""
+    idx = np.flatnonzero(valid)
+    nearest = idx[np.clip(np.searchsorted(idx, np.arange(len(values))), 0, len(idx) - 1)]
+    before = idx[np.clip(np.searchsorted(idx, np.arange(len(values))) - 1, 0, len(idx) - 1)]
+    pick = np.where(np.abs(before - np.arange(len(values))) < np.abs(nearest - np.arange(len(values))), before, nearest)
+    out = values.copy()
+    out[~valid] = values[pick[~valid]]
+    return out
+
+
+def crop_jitter(crops: FrameCrops) -> dict:
+    """How much the crop square shakes: RMS of the frame-to-frame change of its velocity (second difference)
+    of the centre and size, within runs of face frames inside the same static or moving stretch. A smooth
+    pan has a small value; detector noise a large one. In pixels and relative to the crop size."""
+    geo = np.array([(b.centre[0], b.centre[1], b.size) for b in crops.boxes], dtype=np.float64)
+    seconds = []
+    for a, b in _runs(crops.has_face):
+        if b - a >= 3:
+            seconds.append(np.diff(geo[a:b], n=2, axis=0))
+    if not seconds:
+        return {"jitter_px": 0.0, "jitter_rel": 0.0, "max_step_px": 0.0}
+    second = np.concatenate(seconds)
+    first = np.concatenate([np.diff(geo[a:b], axis=0) for a, b in _runs(crops.has_face) if b - a >= 2])
+    rms = float(np.sqrt((second[:, :2] ** 2).sum(axis=1).mean()))
+    mean_size = float(geo[crops.has_face, 2].mean())
+    return {
+        "jitter_px": round(rms, 3),
+        "jitter_rel": round(rms / mean_size, 5),
+        "max_step_px": round(float(np.abs(first).max()), 2),
+    }
+
+
+def cut_square(image: np.ndarray, box: CropBox, fill: str = "edge") -> np.ndarray:
+    """The pixels of `box`, padded where it leaves the frame ("edge": repeat edge pixels, "zero": zeros)."""
+    height, width = image.shape[:2]
+    x1, y1, x2, y2 = box.x, box.y, box.x + box.size, box.y + box.size
+    pad = (max(0, -y1), max(0, y2 - height), max(0, -x1), max(0, x2 - width))
+    inside = image[max(0, y1) : min(height, y2), max(0, x1) : min(width, x2)]
+    if not any(pad):
+        return inside
+    if inside.size == 0:  # entirely outside: nothing to repeat
+        return np.zeros((box.size, box.size) + image.shape[2:], image.dtype)
+    border = cv2.BORDER_REPLICATE if fill == "edge" else cv2.BORDER_CONSTANT
+    return cv2.copyMakeBorder(np.ascontiguousarray(inside), *pad, border, value=0)
+
+
+def crop_face(image: np.ndarray, box: CropBox) -> np.ndarray:
+    """The 512x512 RGB crop the engine sees; bicubic resize as the reference does (PIL, svfr-spec 4.3)."""
+    square = cut_square(image, box)
+    if square.shape[0] == CROP_SIZE and square.shape[1] == CROP_SIZE:
+        return np.ascontiguousarray(square)
+    return np.asarray(Image.fromarray(np.ascontiguousarray(square)).resize((CROP_SIZE, CROP_SIZE), Image.BICUBIC))

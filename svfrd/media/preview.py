@@ -1,0 +1,97 @@
+"""Before/after previews, made while the output is written (no extra decode).
+
+- a short MP4: the original on the left, the result on the right, downscaled, the first few seconds;
+- a PNG contact sheet: a few frames spread over the video, each as a before/after pair.
+"""
+
+from __future__ import annotations
+
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import cv2
+import numpy as np
+from PIL import Image
+
+PREVIEW_SECONDS = 5.0
+PREVIEW_HEIGHT = 270
+SHEET_FRAMES = 4
+SHEET_HEIGHT = 200
+
+
+def _scaled(image: np.ndarray, height: int) -> np.ndarray:
+    """Downscale to `height` (never up), with even dimensions for yuv420p."""
+    h, w = image.shape[:2]
+    height = min(height, h)
+    width = max(2, int(round(w * height / h)) // 2 * 2)
+    height = max(2, height // 2 * 2)
+    return cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA)
+
+
+def side_by_side(before: np.ndarray, after: np.ndarray, height: int) -> np.ndarray:
+    left, right = _scaled(before, height), _scaled(after, height)
+    gap = np.full((left.shape[0], 4, 3), 255, np.uint8)
+    return np.concatenate([left, gap, right[: left.shape[0]]], axis=1)
+
+
+class PreviewMaker:
+    """Feed it every (before, after) frame pair in order; it keeps only what the previews need."""
+
+    def __init__(
+        self, video_path: Path | None, sheet_path: Path | None, total_frames: int,
+        fps: Fraction, time_base: Fraction,
+    ):
+        self.video_path, self.sheet_path = video_path, sheet_path
+        self._time_base = time_base
+        self._fps = fps
+        self._container: av.container.OutputContainer | None = None
+        self._stream = None
+        self._first_pts: int | None = None
+        count = min(SHEET_FRAMES, total_frames)
+        self._sheet_indices = sorted({int(round(i * (total_frames - 1) / max(count - 1, 1))) for i in range(count)})
+        self._sheet_pairs: list[np.ndarray] = []
+
+    def add(self, index: int, pts: int, before: np.ndarray, after: np.ndarray) -> None:
+        if self.sheet_path is not None and index in self._sheet_indices:
+            self._sheet_pairs.append(side_by_side(before, after, SHEET_HEIGHT))
+        if self.video_path is not None:
+            if self._first_pts is None:
+                self._first_pts = pts
+            if float((pts - self._first_pts) * self._time_base) < PREVIEW_SECONDS:
+                self._write_video_frame(side_by_side(before, after, PREVIEW_HEIGHT), pts - self._first_pts)
+
+    def _write_video_frame(self, image: np.ndarray, pts: int) -> None:
+        if self._container is None:
+            self._container = av.open(str(self.video_path), "w", format="mp4")
+            self._stream = self._container.add_stream("libx264", rate=self._fps, options={"crf": "23", "preset": "fast"})
+            self._stream.width, self._stream.height = image.shape[1], image.shape[0]
+            self._stream.pix_fmt = "yuv420p"
+            self._stream.time_base = self._time_base
+        if image.shape[1] != self._stream.width or image.shape[0] != self._stream.height:
+            image = cv2.resize(image, (self._stream.width, self._stream.height), interpolation=cv2.INTER_AREA)
+        frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format="rgb24")
+        frame.pts = pts
+        frame.time_base = self._time_base
+        self._container.mux(self._stream.encode(frame))
+
+    def close(self) -> list[Path]:
+        """Finish the files; returns the paths written."""
+        written = []
+        if self._container is not None:
+            self._container.mux(self._stream.encode(None))
+            self._container.close()
+            written.append(self.video_path)
+        if self.sheet_path is not None and self._sheet_pairs:
+            width = max(p.shape[1] for p in self._sheet_pairs)
+            rows = [np.pad(p, ((0, 4), (0, width - p.shape[1]), (0, 0)), constant_values=255) for p in self._sheet_pairs]
+            Image.fromarray(np.concatenate(rows, axis=0)).save(self.sheet_path, format="PNG")
+            written.append(self.sheet_path)
+        return written
+
+    def abort(self) -> None:
+        if self._container is not None:
+            try:
+                self._container.close()
+            except Exception:  # the error being handled matters more
+                pass

@@ -1,0 +1,341 @@
+"""Streaming video reading and writing with PyAV.
+
+Frames are handed to the rest of svfrd *upright* (display orientation, rotation metadata applied) as RGB uint8
+arrays with their original timestamps; `VideoWriter` turns them back into the coded orientation and stores the
+same rotation metadata, so a phone video keeps both its pixels and its orientation flag.
+
+The writer keeps the input's time base and per-frame timestamps (29.97 fps and variable frame rate survive),
+its resolution, and its audio: audio packets are copied unchanged when MP4 can hold the codec, else re-encoded
+to AAC. Audio is interleaved with the video as it is written, so memory stays bounded.
+
+Odd sizes: H.264 in yuv420p needs even width and height. To keep the exact input resolution, a video with an
+odd dimension is written as yuv444p (High 4:4:4 profile) instead; every FFmpeg-based player and browser-grade
+decoder reads it, some hardware decoders do not.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from fractions import Fraction
+from pathlib import Path
+from typing import Iterator
+
+import av
+import numpy as np
+
+from svfrd.errors import BadInputError, TransientError
+
+#: Audio codecs the MP4 muxer accepts as they are; anything else is re-encoded to AAC.
+MP4_COPYABLE_AUDIO = frozenset({"aac", "mp3", "ac3", "eac3", "opus", "alac", "flac"})
+
+
+@dataclass(frozen=True)
+class AudioInfo:
+    index: int
+    codec: str
+    sample_rate: int
+    channels: int
+    duration: float | None
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    path: Path
+    width: int  # upright (display) size, after rotation
+    height: int
+    coded_width: int
+    coded_height: int
+    frames: int
+    fps: Fraction
+    time_base: Fraction
+    duration: float
+    rotation: int  # degrees counter-clockwise, a multiple of 90
+    pix_fmt: str
+    codec: str
+    audio: list[AudioInfo] = field(default_factory=list)
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return self.width, self.height
+
+
+@dataclass(frozen=True)
+class Frame:
+    """One decoded frame, upright RGB uint8, with its presentation timestamp in the stream's time base."""
+
+    index: int
+    pts: int
+    image: np.ndarray
+
+
+def _unreadable(path: Path, what: str) -> BadInputError:
+    return BadInputError(
+        f"{path.name} is not a readable video ({what}); it may be truncated or still being copied. "
+        "Re-export or re-copy the file and drop it into the inbox again."
+    )
+
+
+def _open_input(path: Path) -> av.container.InputContainer:
+    path = Path(path)
+    if not path.is_file():
+        raise BadInputError(f"{path.name} does not exist or is not a file")
+    if path.stat().st_size == 0:
+        raise BadInputError(f"{path.name} is empty (0 bytes); copy the complete file into the inbox again")
+    try:
+        return av.open(str(path), "r")
+    except av.FFmpegError as err:
+        raise _unreadable(path, str(err).split(";")[0]) from err
+
+
+def _video_stream(container: av.container.InputContainer, path: Path) -> av.VideoStream:
+    if not container.streams.video:
+        raise BadInputError(
+            f"{path.name} has no video stream (audio only or not a video); svfrd restores faces in videos"
+        )
+    return container.streams.video[0]
+
+
+def _rotation_of(frame: av.VideoFrame) -> int:
+    """The display rotation as a multiple of 90 degrees (other angles do not occur in practice)."""
+    return int(round(frame.rotation / 90.0)) * 90 % 360
+
+
+def upright(image: np.ndarray, rotation: int) -> np.ndarray:
+    """Coded orientation -> display orientation (rotation is counter-clockwise degrees)."""
+    return np.ascontiguousarray(np.rot90(image, k=rotation // 90)) if rotation else image
+
+
+def coded(image: np.ndarray, rotation: int) -> np.ndarray:
+    """Display orientation -> coded orientation; the inverse of `upright`."""
+    return np.ascontiguousarray(np.rot90(image, k=-(rotation // 90))) if rotation else image
+
+
+def probe(path: Path) -> VideoInfo:
+    """Read the facts about a video without decoding more than its first frame.
+
+    The frame count comes from counting video packets (headers may lack or misstate it); the first frame is
+    decoded to prove the stream is decodable and to read the rotation.
+    """
+    path = Path(path)
+    with _open_input(path) as container:
+        stream = _video_stream(container, path)
+        time_base = stream.time_base or Fraction(1, 90000)
+        fps = stream.average_rate or stream.guessed_rate or stream.base_rate
+        try:
+            first = next(container.decode(stream), None)
+        except av.FFmpegError as err:
+            raise _unreadable(path, f"its first frame cannot be decoded: {err}") from err
+        if first is None:
+            raise _unreadable(path, "it contains no video frames")
+        rotation = _rotation_of(first)
+        audio = [
+            AudioInfo(
+                index=a.index,
+                codec=a.codec_context.name,
+                sample_rate=a.codec_context.sample_rate,
+                channels=a.codec_context.channels,
+                duration=float(a.duration * a.time_base) if a.duration and a.time_base else None,
+            )
+            for a in container.streams.audio
+        ]
+        width, height = stream.codec_context.width, stream.codec_context.height
+        pix_fmt = stream.codec_context.pix_fmt or first.format.name
+        codec = stream.codec_context.name
+    frames, first_pts, last_pts, last_duration = _count_video_packets(path)
+    if frames == 0:
+        raise _unreadable(path, "it contains no video frames")
+    if fps is None or fps <= 0:
+        fps = Fraction(25)
+    if last_pts is not None and first_pts is not None:
+        duration = float((last_pts - first_pts + (last_duration or 0)) * time_base)
+        if duration <= 0:
+            duration = float(frames / fps)
+    else:
+        duration = float(frames / fps)
+    if rotation in (90, 270):
+        width, height = height, width
+    return VideoInfo(
+        path=path, width=width, height=height,
+        coded_width=stream.codec_context.width, coded_height=stream.codec_context.height,
+        frames=frames, fps=Fraction(fps), time_base=Fraction(time_base), duration=duration,
+        rotation=rotation, pix_fmt=pix_fmt, codec=codec, audio=audio,
+    )
+
+
+def _count_video_packets(path: Path) -> tuple[int, int | None, int | None, int | None]:
+    """(count, smallest pts, largest pts, duration of the last packet) over the video packets, demux only."""
+    count, first, last, last_duration = 0, None, None, None
+    with _open_input(path) as container:
+        stream = _video_stream(container, path)
+        try:
+            for packet in container.demux(stream):
+                if packet.size == 0:
+                    continue  # the demuxer's end-of-stream marker
+                count += 1
+                if packet.pts is not None:
+                    first = packet.pts if first is None else min(first, packet.pts)
+                    if last is None or packet.pts >= last:
+                        last, last_duration = packet.pts, packet.duration
+        except av.FFmpegError as err:
+            raise _unreadable(path, f"reading stopped after {count} frames: {err}") from err
+    return count, first, last, last_duration
+
+
+def iter_frames(path: Path) -> Iterator[Frame]:
+    """Decode the video's frames in presentation order, upright, RGB uint8. Streams: one frame at a time.
+
+    Timestamps are made strictly increasing (a few broken files repeat them), so they can be written back."""
+    path = Path(path)
+    with _open_input(path) as container:
+        stream = _video_stream(container, path)
+        stream.thread_type = "AUTO"
+        default_step = _default_pts_step(stream)
+        previous_pts: int | None = None
+        index = 0
+        try:
+            for frame in container.decode(stream):
+                pts = frame.pts if frame.pts is not None else (index * default_step)
+                if previous_pts is not None and pts <= previous_pts:
+                    pts = previous_pts + 1
+                previous_pts = pts
+                image = upright(frame.to_ndarray(format="rgb24"), _rotation_of(frame))
+                yield Frame(index=index, pts=pts, image=image)
+                index += 1
+        except av.FFmpegError as err:
+            raise _unreadable(path, f"decoding failed at frame {index}: {err}") from err
+
+
+def _default_pts_step(stream: av.VideoStream) -> int:
+    rate = stream.average_rate or stream.guessed_rate or Fraction(25)
+    time_base = stream.time_base or Fraction(1, 90000)
+    return max(1, int(round(1 / (rate * time_base))))
+
+
+class VideoWriter:
+    """Encode upright RGB frames to an H.264 MP4 beside the source's audio.
+
+    Use as a context manager; call `write(image, pts)` with the source frame's pts (in `info.time_base`).
+    Audio packets from `audio_source` are interleaved as the video advances.
+    """
+
+    def __init__(
+        self, path: Path, info: VideoInfo, crf: int = 18, audio_source: Path | None = None,
+        size: tuple[int, int] | None = None, rotation: int | None = None, preset: str = "medium",
+    ):
+        self.path = Path(path)
+        self.time_base = info.time_base
+        self.rotation = info.rotation if rotation is None else rotation
+        width, height = size or (info.width, info.height)
+        if self.rotation in (90, 270):
+            width, height = height, width  # coded orientation
+        self._container = _open_output(self.path)
+        pix_fmt = "yuv420p" if width % 2 == 0 and height % 2 == 0 else "yuv444p"
+        self._video = self._container.add_stream(
+            "libx264", rate=info.fps, options={"crf": str(int(crf)), "preset": preset}
+        )
+        self._video.width, self._video.height, self._video.pix_fmt = width, height, pix_fmt
+        self._video.time_base = info.time_base
+        if self.rotation:
+            self._video.set_display_rotation(self.rotation)
+        self._audio = _AudioTrack(self._container, audio_source) if audio_source and info.audio else None
+        self.frames_written = 0
+
+    def __enter__(self) -> "VideoWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+    def write(self, image: np.ndarray, pts: int) -> None:
+        frame = av.VideoFrame.from_ndarray(coded(np.ascontiguousarray(image), self.rotation), format="rgb24")
+        frame.pts = pts
+        frame.time_base = self.time_base
+        self._mux(self._video.encode(frame))
+        if self._audio is not None:
+            self._audio.write_until(float(pts * self.time_base))
+        self.frames_written += 1
+
+    def close(self) -> None:
+        self._mux(self._video.encode(None))
+        if self._audio is not None:
+            self._audio.write_until(None)
+            self._audio.close()
+        _guard_disk(self.path, self._container.close)
+
+    def abort(self) -> None:
+        """Close without flushing; the partial file is left for the caller to delete."""
+        try:
+            if self._audio is not None:
+                self._audio.close()
+            self._container.close()
+        except Exception:  # the original error matters more than a failed close
+            pass
+
+    def _mux(self, packets: list[av.Packet]) -> None:
+        _guard_disk(self.path, lambda: self._container.mux(packets))
+
+
+def _open_output(path: Path) -> av.container.OutputContainer:
+    return _guard_disk(path, lambda: av.open(str(path), "w", format="mp4"))
+
+
+def _guard_disk(path: Path, action):
+    """Run an output action, turning a full disk into a TransientError (the job is retried later)."""
+    try:
+        return action()
+    except OSError as err:
+        if getattr(err, "errno", None) == 28 or "No space left" in str(err):
+            raise TransientError(f"the disk holding {path.parent} is full; the job will be retried") from err
+        raise
+
+
+class _AudioTrack:
+    """The source's first audio stream, copied (or re-encoded to AAC) into the output, in time order."""
+
+    def __init__(self, output: av.container.OutputContainer, source: Path):
+        self._input = av.open(str(source), "r")
+        self._in_stream = self._input.streams.audio[0]
+        self._copy = self._in_stream.codec_context.name in MP4_COPYABLE_AUDIO
+        if self._copy:
+            self._out_stream = output.add_stream_from_template(self._in_stream)
+        else:
+            rate = self._in_stream.codec_context.sample_rate or 48000
+            layout = self._in_stream.codec_context.layout.name if self._in_stream.codec_context.layout else "stereo"
+            self._out_stream = output.add_stream("aac", rate=rate, layout=layout)
+            self._resampler = av.AudioResampler(format="fltp", layout=layout, rate=rate)
+        self._output = output
+        self._packets = self._input.demux(self._in_stream)
+        self._pending: av.Packet | None = None
+        self._done = False
+
+    def write_until(self, seconds: float | None) -> None:
+        """Mux audio up to `seconds` of presentation time (None: everything that is left)."""
+        while not self._done:
+            packet = self._pending or next(self._packets, None)
+            self._pending = None
+            if packet is None:
+                self._done = True
+                if not self._copy:
+                    self._output.mux(self._out_stream.encode(None))
+                return
+            if packet.size == 0:
+                continue
+            if seconds is not None and packet.pts is not None and float(packet.pts * packet.time_base) > seconds:
+                self._pending = packet
+                return
+            self._write(packet)
+
+    def _write(self, packet: av.Packet) -> None:
+        if self._copy:
+            packet.stream = self._out_stream
+            self._output.mux(packet)
+            return
+        for frame in self._in_stream.decode(packet):
+            for resampled in self._resampler.resample(frame):
+                self._output.mux(self._out_stream.encode(resampled))
+
+    def close(self) -> None:
+        self._input.close()

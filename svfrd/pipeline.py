@@ -1,0 +1,254 @@
+"""The video pipeline: one input video in, one restored video out.
+
+    probe -> face pass (decode once: faces, scene cuts) -> crop squares per frame
+          -> engine.restore(crops, decoded again on demand) -> paste back into a fresh decode of the frames
+          -> encode (original timestamps, rotation, audio) -> previews
+
+Every stage streams: the only whole-video state is a few numbers per frame (face boxes), so memory does not
+grow with the video's length. The engine only ever sees 512x512 crops (`svfrd.engine`).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from svfrd.config import FacesConfig, OutputConfig
+from svfrd.engine import CROP_SIZE, Engine, FaceCrop, ProgressReporter, RestoreRequest, Task
+from svfrd.errors import BadInputError
+from svfrd.media.crop import FrameCrops, crop_face, crop_jitter, reference_crops, tracked_crops
+from svfrd.media.masks import Mask, load_mask, load_reference_face
+from svfrd.media.paste import paste_back
+from svfrd.media.preview import PreviewMaker
+from svfrd.media.tracking import SubjectTrack, scan_faces, select_subject
+from svfrd.media.video_io import VideoInfo, VideoWriter, iter_frames, probe
+
+log = logging.getLogger(__name__)
+
+#: Sidecar options the pipeline itself reads; the rest go to the engine.
+PIPELINE_OPTIONS = frozenset({"crop", "crf", "output_mode"})
+CROP_POLICIES = ("tracked", "reference")
+OUTPUT_MODES = ("full_frame", "crop")
+
+
+@dataclass(frozen=True)
+class PipelineJob:
+    source: Path
+    output: Path  # temp path in the outbox folder; the caller fsyncs and renames it
+    tasks: frozenset[Task]
+    seed: int
+    mask_path: Path | None
+    reference_path: Path | None
+    options: dict
+    faces: FacesConfig
+    output_cfg: OutputConfig
+    preview_video: Path | None = None
+    contact_sheet: Path | None = None
+
+
+@dataclass
+class PipelineResult:
+    frames: int
+    report: dict
+    warnings: list[str] = field(default_factory=list)
+
+
+class VideoCropStream:
+    """The crops of one video for the engine. Each iteration decodes the video again (bounded memory)."""
+
+    def __init__(self, source: Path, crops: FrameCrops, mask: Mask | None):
+        self.source, self.crops, self.mask = source, crops, mask
+
+    def __len__(self) -> int:
+        return len(self.crops)
+
+    def __iter__(self) -> Iterator[FaceCrop]:
+        count = 0
+        for frame in iter_frames(self.source):
+            if count == len(self.crops):
+                break
+            box = self.crops.boxes[count]
+            mask = self.mask.for_crop(box) if self.mask is not None else None
+            yield FaceCrop(image=crop_face(frame.image, box), mask=mask, has_face=bool(self.crops.has_face[count]))
+            count += 1
+        if count != len(self.crops):
+            raise BadInputError(f"{self.source.name} decoded to {count} frames this time, {len(self.crops)} before")
+
+
+def restore_video(job: PipelineJob, engine: Engine, progress: ProgressReporter) -> PipelineResult:
+    """Restore the faces of `job.source` into `job.output`. See the module docstring for the stages."""
+    started = time.monotonic()
+    timings: dict[str, float] = {}
+    crop_policy = str(job.options.get("crop", job.faces.crop))
+    output_mode = str(job.options.get("output_mode", job.output_cfg.mode))
+    crf = int(job.options.get("crf", job.output_cfg.crf))
+    if crop_policy not in CROP_POLICIES or output_mode not in OUTPUT_MODES:
+        raise BadInputError(
+            f"crop = {crop_policy!r} / output_mode = {output_mode!r}: crop must be one of {CROP_POLICIES}, "
+            f"output_mode one of {OUTPUT_MODES}"
+        )
+
+    request = RestoreRequest(
+        tasks=frozenset(job.tasks),
+        seed=job.seed,
+        reference_face=load_reference_face(job.reference_path) if job.reference_path else None,
+        options={k: v for k, v in job.options.items() if k not in PIPELINE_OPTIONS},
+    )
+    engine.check(request)
+
+    progress("probe", 0, 1)
+    info = probe(job.source)
+    progress("probe", 1, 1)
+    warnings: list[str] = []
+    mask = _load_task_mask(job, info, warnings)
+    timings["probe_s"] = time.monotonic() - started
+
+    mark = time.monotonic()
+    seen = scan_faces(job.source, info, job.faces.model, lambda done, total: progress("faces", done, total))
+    track = select_subject(seen, max_gap=_max_gap_frames(info))
+    if not track.detected.any():
+        raise BadInputError(
+            f"no face found in {job.source.name}: svfrd restores faces, and the face detector found none in any "
+            f"of its {seen.frames} frames. Faces must be visible and not too small (roughly 40 pixels or more "
+            "across); the file was left unchanged."
+        )
+    crops = _crop_squares(track, crop_policy, info)
+    timings["faces_s"] = time.monotonic() - mark
+
+    mark = time.monotonic()
+    stream = VideoCropStream(job.source, crops, mask)
+    previews = _preview_maker(job, seen.frames, info)
+    written = _write_output(job, info, crops, engine.restore(request, stream, progress), output_mode, crf,
+                            previews, progress)
+    timings["restore_and_encode_s"] = time.monotonic() - mark
+    timings["total_s"] = time.monotonic() - started
+
+    warnings += _face_warnings(track, crops)
+    warnings += list(engine.warnings())
+    report = _report(job, info, engine, track, crops, crop_policy, output_mode, crf, mask, written, timings)
+    return PipelineResult(frames=written, report=report, warnings=warnings)
+
+
+def _load_task_mask(job: PipelineJob, info: VideoInfo, warnings: list[str]) -> Mask | None:
+    if Task.INPAINT not in job.tasks:
+        return None
+    if job.mask_path is None:
+        warnings.append("inpainting was asked for without a mask: only the task flag was set")
+        return None
+    mask = load_mask(job.mask_path, info.size)
+    if mask.note:
+        warnings.append(mask.note)
+    return mask
+
+
+def _max_gap_frames(info: VideoInfo) -> int:
+    """Detection gaps up to half a second are bridged; longer ones mean the face is gone."""
+    return max(2, int(round(float(info.fps) / 2)))
+
+
+def _crop_squares(track: SubjectTrack, policy: str, info: VideoInfo) -> FrameCrops:
+    tracked = tracked_crops(track, _max_gap_frames(info))
+    if policy == "tracked":
+        return tracked
+    # The reference policy restores the same frames (the bridged face frames), with one static square.
+    return reference_crops(track, tracked.has_face, info.width, info.height)
+
+
+def _preview_maker(job: PipelineJob, frames: int, info: VideoInfo) -> PreviewMaker | None:
+    if not job.output_cfg.preview or (job.preview_video is None and job.contact_sheet is None):
+        return None
+    return PreviewMaker(job.preview_video, job.contact_sheet, frames, info.fps, info.time_base)
+
+
+def _write_output(
+    job: PipelineJob, info: VideoInfo, crops: FrameCrops, restored: Iterator[np.ndarray], output_mode: str,
+    crf: int, previews: PreviewMaker | None, progress: ProgressReporter,
+) -> int:
+    """Zip the engine's output with a fresh decode of the originals, paste back, encode. Returns frames written."""
+    total = len(crops)
+    crop_only = output_mode == "crop"
+    size = (CROP_SIZE, CROP_SIZE) if crop_only else None
+    rotation = 0 if crop_only else None  # crops are already upright
+    written = 0
+    try:
+        with VideoWriter(job.output, info, crf=crf, audio_source=job.source, size=size, rotation=rotation) as writer:
+            for frame in iter_frames(job.source):
+                if written == total:
+                    break
+                face = next(restored, None)
+                if face is None:
+                    raise RuntimeError(f"the engine returned {written} crops for {total} frames")
+                _check_face(face, written)
+                box, has_face = crops.boxes[written], bool(crops.has_face[written])
+                if crop_only:
+                    before = crop_face(frame.image, box)
+                    after = face if has_face else before
+                else:
+                    before = frame.image
+                    after = paste_back(frame.image, face, box) if has_face else frame.image
+                writer.write(after, frame.pts)
+                if previews is not None:
+                    previews.add(written, frame.pts, before, after)
+                written += 1
+                progress("encode", written, total)
+        if written != total:
+            raise BadInputError(f"{job.source.name} decoded to {written} frames this time, {total} before")
+        if next(restored, None) is not None:
+            raise RuntimeError(f"the engine returned more crops than the {total} frames")
+    except BaseException:
+        if previews is not None:
+            previews.abort()
+        raise
+    if previews is not None:
+        previews.close()
+    return written
+
+
+def _check_face(face: np.ndarray, index: int) -> None:
+    if face.shape != (CROP_SIZE, CROP_SIZE, 3) or face.dtype != np.uint8:
+        raise RuntimeError(f"the engine returned a {face.shape} {face.dtype} crop for frame {index}; "
+                           f"expected ({CROP_SIZE}, {CROP_SIZE}, 3) uint8")
+
+
+def _face_warnings(track: SubjectTrack, crops: FrameCrops) -> list[str]:
+    notes = []
+    missing = int((~crops.has_face).sum())
+    if missing:
+        notes.append(f"{missing} of {len(crops)} frames had no face and were left unchanged")
+    if track.faces_seen > 1:
+        notes.append(f"up to {track.faces_seen} faces in a frame; the largest over time was restored")
+    return notes
+
+
+def _report(
+    job: PipelineJob, info: VideoInfo, engine: Engine, track: SubjectTrack, crops: FrameCrops, crop_policy: str,
+    output_mode: str, crf: int, mask: Mask | None, frames: int, timings: dict[str, float],
+) -> dict:
+    return {
+        "source": job.source.name,
+        "engine": engine.name,
+        "tasks": sorted(int(t) for t in job.tasks),
+        "seed": job.seed,
+        "frames": frames,
+        "fps": str(info.fps),
+        "fps_float": round(float(info.fps), 4),
+        "duration_s": round(info.duration, 3),
+        "resolution": [info.width, info.height],
+        "rotation": info.rotation,
+        "audio_streams": len(info.audio),
+        "crop_policy": crop_policy,
+        "output_mode": output_mode,
+        "crf": crf,
+        "frames_with_face": int(crops.has_face.sum()),
+        "faces": track.report,
+        "crop_jitter": crop_jitter(crops),
+        "mask": None if mask is None else mask.coordinates,
+        "reference_face": job.reference_path.name if job.reference_path else None,
+        "timings": {k: round(v, 2) for k, v in timings.items()},
+        "frames_per_second": round(frames / timings["total_s"], 2) if timings.get("total_s") else None,
+    }
