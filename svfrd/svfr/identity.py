@@ -24,13 +24,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from svfrd.errors import ConfigError
+from svfrd.svfr.loading import (
+    ARCFACE_WEIGHTS,
+    ID_LINEAR_WEIGHTS,
+    LAYOUT_HINT,
+    WeightsError,
+    load_strictly,
+    read_state_dict,
+)
 
 log = logging.getLogger(__name__)
-
-FACE_RESTORATION_DIR = "face_restoration"
-ARCFACE_FILE = "insightface_glint360k.pth"
-ID_LINEAR_FILE = "id_linear.pth"
 
 IRESNET100_LAYERS = (3, 13, 30, 3)
 IRESNET_WIDTHS = (64, 128, 256, 512)
@@ -157,64 +160,38 @@ class IdentityModels:
 
 
 def identity_weight_paths(models_dir: Path) -> dict[str, Path]:
-    folder = Path(models_dir) / FACE_RESTORATION_DIR
-    return {"arcface": folder / ARCFACE_FILE, "id_linear": folder / ID_LINEAR_FILE}
+    return {"arcface": Path(models_dir) / ARCFACE_WEIGHTS, "id_linear": Path(models_dir) / ID_LINEAR_WEIGHTS}
 
 
 def load_identity_models(models_dir: Path, device: torch.device | str, dtype: torch.dtype) -> IdentityModels:
     """Load ArcFace and id_linear strictly from `models_dir/face_restoration/` (layout in models/README.md).
 
-    A missing or mismatching file raises `ConfigError` naming it: the reference silently kept a randomly
-    initialised ArcFace when its file was missing, which quietly ruins every result."""
+    A missing or mismatching file raises `WeightsError` (a `ConfigError`) naming it: the reference silently
+    kept a randomly initialised ArcFace when its file was missing, which quietly ruins every result."""
     paths = identity_weight_paths(models_dir)
+    for path in paths.values():
+        if not path.is_file():
+            raise WeightsError(f"SVFR weights file missing: {path}; {LAYOUT_HINT}")
     arcface_state = read_state_dict(paths["arcface"])
     projection_state = read_state_dict(paths["id_linear"])
 
-    arcface = build_arcface_for(arcface_state, paths["arcface"])
+    # Built on the meta device and filled by the checkpoint: no random init of 65 M parameters to discard.
+    with torch.device("meta"):
+        arcface = build_arcface_for(arcface_state, paths["arcface"])
+        projection = build_projection_for(projection_state, paths["id_linear"])
     load_strictly(arcface, arcface_state, paths["arcface"])
-    projection = build_projection_for(projection_state, paths["id_linear"])
     load_strictly(projection, projection_state, paths["id_linear"])
 
     arcface_width = arcface.bn2.num_features
     if projection.project1024.in_channels != arcface_width:
-        raise ConfigError(
+        raise WeightsError(
             f"{paths['id_linear']} expects {projection.project1024.in_channels}-channel ArcFace features, but "
-            f"{paths['arcface']} produces {arcface_width}; the two files do not belong together"
+            f"{paths['arcface']} produces {arcface_width}: the two files do not belong together; {LAYOUT_HINT}"
         )
     device = torch.device(device)
     arcface = arcface.to(device=device, dtype=dtype).eval().requires_grad_(False)
     projection = projection.to(device=device, dtype=dtype).eval().requires_grad_(False)
     return IdentityModels(arcface=arcface, id_projection=projection, device=device, dtype=dtype)
-
-
-def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    if not path.is_file():
-        raise ConfigError(
-            f"SVFR weights file missing: {path}. Expected the released SVFR checkpoints in "
-            f"<models_dir>/{FACE_RESTORATION_DIR}/ ({ARCFACE_FILE}, {ID_LINEAR_FILE}, unet.pth); "
-            "see models/README.md for where to get them"
-        )
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # pickle errors, truncated files, non-tensor payloads
-        raise ConfigError(f"cannot read SVFR weights file {path}: {err}. Download it again (models/README.md)")
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ConfigError(f"{path} is not a plain state dict of tensors; download it again (models/README.md)")
-    return state
-
-
-def load_strictly(module: nn.Module, state: dict[str, torch.Tensor], path: Path) -> None:
-    expected = module.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    wrong_shape = sorted(k for k in set(expected) & set(state) if expected[k].shape != state[k].shape)
-    if missing or unexpected or wrong_shape:
-        raise ConfigError(
-            f"{path} does not match the {type(module).__name__} network: "
-            f"{len(missing)} missing keys {missing[:3]}, {len(unexpected)} unexpected keys {unexpected[:3]}, "
-            f"{len(wrong_shape)} shape mismatches {wrong_shape[:3]}; is it the right file (models/README.md)?"
-        )
-    module.load_state_dict(state, strict=True)
 
 
 def build_arcface_for(state: dict[str, torch.Tensor], path: Path) -> IResNet:
@@ -229,7 +206,7 @@ def build_arcface_for(state: dict[str, torch.Tensor], path: Path) -> IResNet:
             embedding_size=int(state["fc.weight"].shape[0]),
         )
     except (KeyError, ValueError) as err:
-        raise ConfigError(f"{path} is not an ArcFace iresnet checkpoint ({err}); see models/README.md")
+        raise WeightsError(f"{path} is not an ArcFace iresnet checkpoint (no {err}); {LAYOUT_HINT}") from err
     if tuple(blocks) != IRESNET100_LAYERS:
         log.warning("%s holds an iresnet with %s blocks per stage, not iresnet100 %s", path, blocks, IRESNET100_LAYERS)
     return arcface
@@ -246,7 +223,7 @@ def blocks_in_stage(state: dict[str, torch.Tensor], stage: int) -> int:
 def build_projection_for(state: dict[str, torch.Tensor], path: Path) -> IdProjection:
     weight = state.get("project1024.weight")
     if weight is None or weight.ndim != 4:
-        raise ConfigError(f"{path} is not an id_linear checkpoint (no project1024.weight); see models/README.md")
+        raise WeightsError(f"{path} is not an id_linear checkpoint (no project1024.weight); {LAYOUT_HINT}")
     return IdProjection(in_channels=int(weight.shape[1]), out_channels=int(weight.shape[0]))
 
 
@@ -280,18 +257,27 @@ def align_face(image_rgb: np.ndarray, landmarks5: np.ndarray, size: int = ALIGNE
     )
 
 
-def arcface_input(aligned_face_512: np.ndarray, crop: CropName, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-    """(1, 3, 112, 112) in [-1, 1]: the chosen crop of the aligned 512 face, bilinearly resized."""
+def arcface_input(
+    aligned_face_512: np.ndarray, crop: CropName, device: torch.device, dtype: torch.dtype
+) -> torch.Tensor:
+    """(1, 3, 112, 112) in [-1, 1]: the chosen crop of the aligned 512 face, bilinearly resized.
+
+    Normalised in fp32 and then cast, and resized in the model dtype, in the reference's order."""
     if aligned_face_512.shape != (ALIGNED_SIZE, ALIGNED_SIZE, 3) or aligned_face_512.dtype != np.uint8:
-        raise ValueError(f"expected a (512, 512, 3) uint8 aligned face, got {aligned_face_512.shape} {aligned_face_512.dtype}")
+        raise ValueError(
+            f"expected a (512, 512, 3) uint8 aligned face, got {aligned_face_512.shape} {aligned_face_512.dtype}"
+        )
     rows, cols = ARCFACE_CROPS[crop]
     pixels = torch.from_numpy(np.ascontiguousarray(aligned_face_512)).permute(2, 0, 1)[None].to(device)
-    pixels = (pixels.to(dtype) / 255.0 - 0.5) / 0.5
-    return F.interpolate(pixels[:, :, rows, cols], size=(ARCFACE_INPUT, ARCFACE_INPUT), mode="bilinear", align_corners=False)
+    pixels = ((pixels.to(torch.float32) / 255.0 - 0.5) / 0.5).to(dtype)
+    size = (ARCFACE_INPUT, ARCFACE_INPUT)
+    return F.interpolate(pixels[:, :, rows, cols], size=size, mode="bilinear", align_corners=False)
 
 
 @torch.no_grad()
-def id_tokens_for_face(identity: IdentityModels, face_rgb_uint8_512: np.ndarray, crop: CropName = "reference") -> torch.Tensor:
+def id_tokens_for_face(
+    identity: IdentityModels, face_rgb_uint8_512: np.ndarray, crop: CropName = "reference"
+) -> torch.Tensor:
     """The (1, 49, C) ID tokens for an aligned 512 face (see `align_face`)."""
     pixels = arcface_input(face_rgb_uint8_512, crop, identity.device, identity.dtype)
     _, layer4 = identity.arcface(pixels)
