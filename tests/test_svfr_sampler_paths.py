@@ -61,7 +61,9 @@ def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
 
 
 @pytest.mark.parametrize("windows_per_batch", [2, 3])
-def test_several_windows_per_unet_call_give_the_same_latents_within_1e_5(models, case, reference_path, windows_per_batch):
+def test_several_windows_per_unet_call_give_the_same_latents_within_1e_5(
+    models, case, reference_path, windows_per_batch
+):
     batched = denoise(models, case, windows_per_batch=windows_per_batch)
 
     assert (batched - reference_path).abs().max().item() <= 1e-5

@@ -173,7 +173,9 @@ def check_task_vector(unet: torch.nn.Module, task_vector: torch.Tensor) -> None:
     """The task multi-hot replaces SVD's added time ids: one embedding of `addition_time_embed_dim` each."""
     expected = unet.config.projection_class_embeddings_input_dim // unet.config.addition_time_embed_dim
     if task_vector.numel() != expected:
-        raise ValueError(f"the task vector needs {expected} entries (BFR, colorization, inpainting), not {task_vector.numel()}")
+        raise ValueError(
+            f"the task vector needs {expected} entries (BFR, colorization, inpainting), not {task_vector.numel()}"
+        )
 
 
 def initial_latents(
