@@ -68,6 +68,7 @@ class PreviewMaker:
             self._stream.width, self._stream.height = image.shape[1], image.shape[0]
             self._stream.pix_fmt = "yuv420p"
             self._stream.time_base = self._time_base
+            self._stream.codec_context.time_base = self._time_base
         if image.shape[1] != self._stream.width or image.shape[0] != self._stream.height:
             image = cv2.resize(image, (self._stream.width, self._stream.height), interpolation=cv2.INTER_AREA)
         frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format="rgb24")

@@ -53,18 +53,22 @@ class SubjectTrack:
         return ~np.isnan(self.boxes[:, 0])
 
 
-def colour_signature(image: np.ndarray) -> np.ndarray:
-    """A small hue/saturation histogram: cheap, and stable under camera motion, unlike pixel differences."""
+def colour_signature(image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Small colour (hue/saturation) and brightness histograms: cheap, and stable under camera motion,
+    unlike pixel differences."""
     small = cv2.resize(image, (64, 64), interpolation=cv2.INTER_AREA)
     hsv = cv2.cvtColor(small, cv2.COLOR_RGB2HSV)
-    hist = cv2.calcHist([hsv], [0, 1], None, [16, 8], [0, 180, 0, 256])
-    return cv2.normalize(hist, hist).flatten()
+    colour = cv2.calcHist([hsv], [0, 1], None, [16, 8], [0, 180, 0, 256])
+    brightness = cv2.calcHist([hsv], [2], None, [16], [0, 256])
+    return cv2.normalize(colour, colour).flatten(), cv2.normalize(brightness, brightness).flatten()
 
 
-def is_cut(previous: np.ndarray | None, current: np.ndarray) -> bool:
+def is_cut(previous: tuple[np.ndarray, np.ndarray] | None, current: tuple[np.ndarray, np.ndarray]) -> bool:
     if previous is None:
         return False
-    return cv2.compareHist(previous, current, cv2.HISTCMP_BHATTACHARYYA) > CUT_THRESHOLD
+    return any(
+        cv2.compareHist(a, b, cv2.HISTCMP_BHATTACHARYYA) > CUT_THRESHOLD for a, b in zip(previous, current)
+    )
 
 
 def scan_faces(

@@ -235,6 +235,8 @@ class VideoWriter:
         )
         self._video.width, self._video.height, self._video.pix_fmt = width, height, pix_fmt
         self._video.time_base = info.time_base
+        # The encoder must count in the source's time base too: at 1/fps it would round VFR timestamps away.
+        self._video.codec_context.time_base = info.time_base
         if self.rotation:
             self._video.set_display_rotation(self.rotation)
         self._audio = _AudioTrack(self._container, audio_source) if audio_source and info.audio else None

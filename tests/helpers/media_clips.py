@@ -131,6 +131,7 @@ def write_clip(
         video.width, video.height, video.pix_fmt = width, height, pix_fmt
         frame_time_base = time_base or 1 / fps
         video.time_base = frame_time_base  # the muxer may change the stream's time base once it starts
+        video.codec_context.time_base = frame_time_base  # else the encoder rounds timestamps to 1/fps
         if rotation:
             video.set_display_rotation(rotation)
         sound = out.add_stream("aac", rate=AUDIO_RATE, layout="stereo") if audio else None
@@ -184,3 +185,8 @@ def write_audio_only_file(path: Path, seconds: float = 1.0) -> Path:
             out.mux(sound.encode(frame))
         out.mux(sound.encode(None))
     return Path(path)
+
+
+def face_model_path() -> Path:
+    """The MediaPipe face model fetched by `scripts/ensure-env` into the repository's models/ folder."""
+    return Path(__file__).resolve().parents[2] / "models" / "face_landmarker.task"

@@ -1,0 +1,121 @@
+"""Finding and following the face: real MediaPipe on the real astronaut photo, moving."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from svfrd.errors import BadInputError
+from svfrd.media.crop import crop_jitter, reference_crops, reference_square, tracked_crops
+from svfrd.media.faces import FaceFinder
+from svfrd.media.tracking import FacePass, select_subject, scan_faces
+from svfrd.media.video_io import probe
+from tests.helpers.media_clips import (
+    face_model_path,
+    moving_face_frames,
+    write_clip,
+    write_moving_face_clip,
+    write_two_face_clip,
+)
+
+MAX_GAP = 12
+
+
+@pytest.fixture(scope="module")
+def moving_clip(tmp_path_factory):
+    return write_moving_face_clip(tmp_path_factory.mktemp("moving") / "moving.mp4", frames=36)
+
+
+@pytest.fixture(scope="module")
+def moving_pass(moving_clip) -> FacePass:
+    return scan_faces(moving_clip, probe(moving_clip), face_model_path())
+
+
+def test_face_is_found_in_every_frame_of_the_moving_clip(moving_pass):
+    assert moving_pass.frames == 36
+    assert all(len(faces) == 1 for faces in moving_pass.faces)
+    assert not any(moving_pass.cut_before)
+
+
+def test_five_points_are_ordered_like_the_arcface_template(moving_pass):
+    points = moving_pass.faces[0][0].points5
+    left_eye, right_eye, nose, mouth_left, mouth_right = points
+    assert left_eye[0] < nose[0] < right_eye[0]
+    assert mouth_left[0] < mouth_right[0]
+    assert max(left_eye[1], right_eye[1]) < nose[1] < min(mouth_left[1], mouth_right[1])
+
+
+def test_tracked_crop_follows_the_face_smoothly(moving_pass):
+    track = select_subject(moving_pass)
+    crops = tracked_crops(track, MAX_GAP)
+    assert crops.has_face.all()
+    jitter = crop_jitter(crops)
+    print(f"tracked crop jitter on the moving clip: {jitter}")
+    # The camera path is smooth; a shaking crop would show several pixels of second difference.
+    assert jitter["jitter_px"] < 1.5
+    assert jitter["jitter_rel"] < 0.015
+    # The crop keeps the face inside: every detected face box lies within its crop square.
+    for box, face in zip(crops.boxes, (f[0] for f in moving_pass.faces)):
+        x1, y1, x2, y2 = face.box
+        assert box.x <= x1 and box.y <= y1 and x2 <= box.x + box.size and y2 <= box.y + box.size
+
+
+def test_tracked_crop_grows_with_the_zoom(moving_pass):
+    crops = tracked_crops(select_subject(moving_pass), MAX_GAP)
+    assert crops.boxes[-1].size > crops.boxes[0].size * 1.2
+
+
+def test_reference_crop_is_one_static_square_inside_the_frame(moving_pass):
+    crops = reference_crops(select_subject(moving_pass), np.ones(36, bool), 240, 180)
+    assert len(set(crops.boxes)) == 1
+    box = crops.boxes[0]
+    assert box.x >= -1 and box.y >= -1 and box.x + box.size <= 241 and box.y + box.size <= 181
+
+
+def test_reference_square_follows_the_spec_rule():
+    # Union 100x50 at (100, 100): expanded by 0.4 to 180x90 at (60, 80); the square takes the shorter side (90)
+    # and stays centred on the longer axis, because the union and expanded centres coincide.
+    box = reference_square((100, 100, 200, 150), 1000, 1000)
+    assert (box.x, box.y, box.size) == (105, 80, 90)
+    # Clamped at the top: the expanded box becomes (60, 0)-(240, 290); the square (180) slides along the longer
+    # (vertical) axis toward the union's centre (y 110), by at most (290 - 180) / 2.
+    box = reference_square((100, 10, 200, 210), 1000, 1000)
+    assert (box.x, box.y, box.size) == (60, 20, 180)
+
+
+def test_short_detection_gaps_are_bridged_and_long_ones_are_not(moving_pass):
+    track = select_subject(moving_pass)
+    boxes = track.boxes.copy()
+    boxes[5:8] = np.nan  # the detector missed 3 frames
+    boxes[20:36] = np.nan  # and the face is gone for good after frame 20
+    gappy = type(track)(boxes=boxes, points5=track.points5, shots=track.shots, faces_seen=1, report={})
+    crops = tracked_crops(gappy, max_gap=4)
+    assert crops.has_face[5:8].all()
+    assert crops.has_face[:24].all() and not crops.has_face[24:].any()
+
+
+def test_scene_cut_splits_the_track(tmp_path):
+    # Second shot: the other side of the room (mirrored, darker, another colour cast), closer in.
+    second = [np.ascontiguousarray(f[:, ::-1, ::-1] // 2) for f in moving_face_frames(8, zoom=0.5)]
+    frames = moving_face_frames(8) + second
+    clip = write_clip(tmp_path / "cut.mp4", frames)
+    seen = scan_faces(clip, probe(clip), face_model_path())
+    assert [i for i, cut in enumerate(seen.cut_before) if cut] == [8]
+    assert select_subject(seen).shots == [(0, 8), (8, 16)]
+
+
+def test_main_subject_is_the_largest_face_over_time(tmp_path):
+    clip = write_two_face_clip(tmp_path / "two.mp4", frames=6)
+    seen = scan_faces(clip, probe(clip), face_model_path())
+    track = select_subject(seen)
+    assert track.faces_seen == 2
+    assert track.report["most_faces_in_a_frame"] == 2
+    centres_x = (track.boxes[:, 0] + track.boxes[:, 2]) / 2
+    assert (centres_x < 160).all()  # the big astronaut on the left, in every frame
+
+
+def test_missing_face_model_is_a_clear_error(tmp_path):
+    with pytest.raises(BadInputError, match="face model .* is missing; run `svfrd fetch-face-model"):
+        FaceFinder(Path(tmp_path) / "nothing.task")

@@ -1,0 +1,134 @@
+"""Video reading and writing: what goes in comes out with the same resolution, frame count, timing,
+orientation and audio; unreadable files are refused with a clear message."""
+
+from __future__ import annotations
+
+from fractions import Fraction
+
+import av
+import numpy as np
+import pytest
+
+from svfrd.errors import BadInputError
+from svfrd.media.video_io import VideoWriter, iter_frames, probe
+from tests.helpers.media_clips import (
+    NTSC_FPS,
+    moving_face_frames,
+    write_audio_only_file,
+    write_clip,
+    write_moving_face_clip,
+    write_truncated_copy,
+)
+
+
+def copy_video(source, target, crf=18):
+    info = probe(source)
+    with VideoWriter(target, info, crf=crf, audio_source=source, preset="ultrafast") as writer:
+        for frame in iter_frames(source):
+            writer.write(frame.image, frame.pts)
+    return probe(target)
+
+
+def audio_seconds(path) -> float:
+    with av.open(str(path)) as container:
+        stream = container.streams.audio[0]
+        return float(stream.duration * stream.time_base)
+
+
+@pytest.fixture(scope="module")
+def ntsc_clip(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("ntsc")
+    return write_moving_face_clip(folder / "ntsc.mp4", frames=20, width=161, height=121, fps=NTSC_FPS, audio=True)
+
+
+def test_probe_reads_the_facts_of_a_29_97_fps_odd_size_clip_with_audio(ntsc_clip):
+    info = probe(ntsc_clip)
+    assert (info.width, info.height) == (161, 121)
+    assert info.frames == 20
+    assert info.fps == Fraction(30000, 1001)
+    assert info.duration == pytest.approx(20 * 1001 / 30000, abs=1e-3)
+    assert info.rotation == 0
+    assert [a.codec for a in info.audio] == ["aac"]
+
+
+def test_rewritten_clip_keeps_resolution_frames_timing_and_audio(ntsc_clip, tmp_path):
+    source = probe(ntsc_clip)
+    result = copy_video(ntsc_clip, tmp_path / "out.mp4")
+    assert (result.width, result.height) == (source.width, source.height)
+    assert result.frames == source.frames
+    assert result.fps == source.fps
+    assert abs(result.duration - source.duration) < 1 / float(source.fps)
+    assert len(result.audio) == 1
+    assert audio_seconds(tmp_path / "out.mp4") == pytest.approx(audio_seconds(ntsc_clip), abs=0.03)
+
+
+def test_rewritten_pixels_match_the_source_closely(ntsc_clip, tmp_path):
+    copy_video(ntsc_clip, tmp_path / "out.mp4", crf=10)
+    for before, after in zip(iter_frames(ntsc_clip), iter_frames(tmp_path / "out.mp4")):
+        assert before.pts == after.pts
+        difference = np.abs(before.image.astype(int) - after.image.astype(int)).mean()
+        assert difference < 2.0
+
+
+def test_clip_without_audio_is_written_without_audio(tmp_path):
+    source = write_moving_face_clip(tmp_path / "silent.mp4", frames=6)
+    result = copy_video(source, tmp_path / "out.mp4")
+    assert result.audio == [] and result.frames == 6
+
+
+def test_variable_frame_rate_timestamps_survive(tmp_path):
+    pts = [0, 1000, 1500, 3500, 4000, 4100, 6000]
+    source = write_clip(tmp_path / "vfr.mp4", moving_face_frames(len(pts)), pts=pts, time_base=Fraction(1, 10000))
+    copy_video(source, tmp_path / "out.mp4")
+    written = [float(f.pts * probe(tmp_path / "out.mp4").time_base) for f in iter_frames(tmp_path / "out.mp4")]
+    assert written == pytest.approx([p / 10000 for p in pts], abs=1e-4)
+
+
+def test_rotated_video_is_read_upright_and_written_with_the_same_rotation(tmp_path):
+    frames = moving_face_frames(4, width=120, height=90)
+    source = write_clip(tmp_path / "phone.mp4", frames, rotation=90)
+    info = probe(source)
+    assert info.rotation == 90 and (info.width, info.height) == (120, 90)
+    first = next(iter_frames(source)).image
+    assert first.shape == (90, 120, 3)
+    assert np.abs(first.astype(int) - frames[0].astype(int)).mean() < 6  # upright, as drawn
+    result = copy_video(source, tmp_path / "out.mp4")
+    assert result.rotation == 90 and (result.width, result.height) == (120, 90)
+
+
+def test_pcm_audio_that_mp4_cannot_hold_is_reencoded_to_aac(tmp_path):
+    source = tmp_path / "pcm.mov"
+    with av.open(str(source), "w") as out:
+        video = out.add_stream("libx264", rate=25)
+        video.width, video.height, video.pix_fmt = 64, 48, "yuv420p"
+        sound = out.add_stream("pcm_s16le", rate=16000, layout="mono")
+        for i in range(10):
+            frame = av.VideoFrame.from_ndarray(np.full((48, 64, 3), 20 * i, np.uint8), format="rgb24")
+            frame.pts = i
+            out.mux(video.encode(frame))
+        out.mux(video.encode(None))
+        samples = (np.sin(np.arange(6400) / 5) * 8000).astype(np.int16).reshape(1, -1)
+        chunk = av.AudioFrame.from_ndarray(samples, format="s16", layout="mono")
+        chunk.sample_rate, chunk.pts = 16000, 0
+        out.mux(sound.encode(chunk))
+        out.mux(sound.encode(None))
+    result = copy_video(source, tmp_path / "out.mp4")
+    assert [a.codec for a in result.audio] == ["aac"]
+    assert audio_seconds(tmp_path / "out.mp4") == pytest.approx(0.4, abs=0.05)
+
+
+@pytest.mark.parametrize(
+    "make, expected",
+    [
+        (lambda d, src: write_truncated_copy(src, d / "cut.mp4", keep=0.5), "not a readable video"),
+        (lambda d, src: (d / "empty.mp4").write_bytes(b"") and d / "empty.mp4" or d / "empty.mp4", "empty"),
+        (lambda d, src: write_audio_only_file(d / "song.m4a"), "no video stream"),
+        (lambda d, src: (d / "notes.mp4").write_text("not a video at all\n" * 50) and d / "notes.mp4", "not a readable video"),
+    ],
+    ids=["truncated", "zero-length", "audio-only", "garbage"],
+)
+def test_unusable_files_are_refused_with_a_clear_message(tmp_path, ntsc_clip, make, expected):
+    path = make(tmp_path, ntsc_clip)
+    with pytest.raises(BadInputError, match=expected) as caught:
+        probe(path)
+    assert path.name in str(caught.value)
