@@ -122,3 +122,11 @@ def test_weights_problem_lists_every_missing_engine_file(models_copy: Path, tmp_
     assert weights_problem(models_copy) is None
 
     assert "does not exist" in weights_problem(tmp_path / "nowhere")
+
+
+def test_a_damaged_vae_file_is_a_weights_error_naming_the_folder(models_copy: Path):
+    weights = models_copy / VAE_DIR / "diffusion_pytorch_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+
+    with pytest.raises(WeightsError, match="cannot load the VAE from .*vae"):
+        load_diffusion_models(models_copy, "cpu", torch.float32)
