@@ -393,11 +393,20 @@ def list_jobs(db: Engine, limit: int = 50, states: Iterable[str | JobState] | No
         return list(session.exec(query).all())
 
 
-def source_paths_of(db: Engine, states: Iterable[str | JobState]) -> set[str]:
-    """The `source_path` of every job in these states (intake skips those files)."""
-    query = select(Job.source_path).where(col(Job.state).in_([JobState(s).value for s in states]))
+def jobs_by_source_path(
+    db: Engine, paths: Iterable[str], states: Iterable[str | JobState], column: str = "source_path"
+) -> dict[str, Job]:
+    """Jobs in these states whose `column` (source_path, mask_path, ...) is one of `paths`, by that path.
+    Intake uses it to leave alone the files that queued, running or failed jobs still own."""
+    paths = list(paths)
+    if not paths:
+        return {}
+    attribute = getattr(Job, column)
+    query = select(Job).where(
+        col(attribute).in_(paths), col(Job.state).in_([JobState(s).value for s in states])
+    )
     with _session(db) as session:
-        return set(session.exec(query).all())
+        return {getattr(job, column): job for job in session.exec(query).all()}
 
 
 # ---------------------------------------------------------------------------------------------------------------
