@@ -11,6 +11,10 @@ Two ways to treat the video's ends:
 - "clamped" (improved): every window lies inside [0, N); a shifted window that would cross an end is moved
   inside, and one that then duplicates another is dropped. A clip shorter than a window is denoised as a
   single window of N frames (the UNet handles any frame count), so no frame is fed twice.
+
+Fusion is the same in both modes: each window's result weighted by `fusion_weights`, divided by the summed
+weights per frame. With clamped windows a frame near an end that only one window covers simply takes that
+window's result; no weight is ever zero, so every covered frame is well defined.
 """
 
 from __future__ import annotations
