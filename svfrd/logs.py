@@ -19,8 +19,9 @@ JOB_LOGGER_NAME = "svfrd.job"
 PLAIN_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 JOURNAL_FORMAT = "%(syslog_prefix)s%(levelname)s %(name)s: %(message)s"
 
-# Libraries that are chatty at INFO; their warnings still come through.
-NOISY_LOGGERS = ("PIL", "urllib3", "filelock", "alembic.runtime.migration", "diffusers", "matplotlib")
+# Libraries that are chatty below WARNING (watchdog logs every inotify event at DEBUG, alembic lists its
+# plugins at INFO); their warnings always come through, their INFO lines with --verbose.
+NOISY_LOGGERS = ("PIL", "urllib3", "filelock", "alembic.runtime.plugins", "watchdog", "diffusers", "matplotlib")
 
 # logging level -> syslog priority (sd-daemon(3) `<N>` prefixes).
 _SYSLOG_PRIORITY = {logging.CRITICAL: 2, logging.ERROR: 3, logging.WARNING: 4, logging.INFO: 6, logging.DEBUG: 7}
@@ -125,6 +126,6 @@ def setup_logging(verbose: bool = False, stream: TextIO | None = None) -> loggin
     root.addHandler(handler)
     root.setLevel(logging.DEBUG if verbose else logging.INFO)
     for name in NOISY_LOGGERS:
-        logging.getLogger(name).setLevel(logging.NOTSET if verbose else logging.WARNING)
+        logging.getLogger(name).setLevel(logging.INFO if verbose else logging.WARNING)
     logging.captureWarnings(True)
     return handler
