@@ -1,0 +1,404 @@
+"""The `svfrd` command line: the service (`run`) and the commands a person uses around it.
+
+Exit codes: 0 ok, 1 failure (or a check failed), 2 usage or configuration error, 3 another daemon holds the
+state folder. Commands that belong to other modules import them inside the command, so a broken optional part
+(the GPU stack, the parity fixture) only breaks the command that needs it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable, Sequence
+
+from svfrd import __version__
+from svfrd.config import Config, TASKS_ALLOWED, load_config, parse_tasks
+from svfrd.engine import Task
+from svfrd.errors import ConfigError
+
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+DEFAULT_CONFIG = Path("config.toml")
+
+
+class CommandError(Exception):
+    """A problem the user can fix; printed as `svfrd: MESSAGE` with the exit code given."""
+
+    def __init__(self, message: str, code: int = EXIT_FAILURE):
+        super().__init__(message)
+        self.code = code
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Helpers.
+
+
+def _load(args: argparse.Namespace) -> Config:
+    try:
+        return load_config(args.config)
+    except ConfigError as err:
+        raise CommandError(str(err), EXIT_USAGE) from None
+
+
+def _open_database_read_only(config: Config):
+    """The job database for reading; a missing SQLite file is a message, not a freshly created database."""
+    from svfrd.status_view import open_read_only, sqlite_file
+
+    path = sqlite_file(config.service.database_url)
+    if path is not None and not path.exists():
+        raise CommandError(f"there is no job database at {path} yet; start the service with `svfrd run`")
+    return open_read_only(config.service.database_url)
+
+
+def _open_database(config: Config):
+    from svfrd.db import open_database
+    from svfrd.status_view import sqlite_file
+
+    path = sqlite_file(config.service.database_url)
+    if path is not None and not path.exists():
+        raise CommandError(f"there is no job database at {path} yet; start the service with `svfrd run`")
+    return open_database(config.service.database_url)
+
+
+def task_labels(tasks: str) -> str:
+    return "+".join(Task(int(t)).label for t in tasks.split(",") if t.strip()) or "-"
+
+
+def as_utc(moment: datetime | None) -> datetime | None:
+    if moment is None:
+        return None
+    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+
+
+def format_age(moment: datetime | None, now: datetime | None = None) -> str:
+    moment = as_utc(moment)
+    if moment is None:
+        return "-"
+    seconds = max(0, int(((now or datetime.now(timezone.utc)) - moment).total_seconds()))
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
+
+
+def progress_percent(job) -> str:
+    if job.state == "done":
+        return "100%"
+    if job.frames_total:
+        return f"{100 * job.frames_done // job.frames_total}%"
+    return "-"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Commands.
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from svfrd.logs import setup_logging
+    from svfrd.supervisor import run_daemon
+
+    config = _load(args)
+    setup_logging(args.verbose)
+    return run_daemon(config, verbose=args.verbose)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    config = _load(args)
+    if args.watch:
+        return _watch(config)
+    from rich.console import Console
+    from rich.table import Table
+
+    from svfrd.queue import list_jobs
+
+    jobs = list_jobs(_open_database_read_only(config), limit=args.limit)
+    console = Console(highlight=False)
+    if not jobs:
+        console.print("no jobs yet: drop a video into " + ", ".join(str(i.path) for i in config.inboxes))
+        return EXIT_OK
+    table = Table(title=f"svfrd: the {len(jobs)} most recent jobs")
+    for column, justify in (("id", "right"), ("state", "left"), ("tasks", "left"), ("progress", "right"),
+                            ("stage", "left"), ("age", "right"), ("file", "left")):
+        table.add_column(column, justify=justify)
+    styles = {"done": "green", "failed": "red", "running": "bold cyan", "cancelled": "yellow"}
+    for job in jobs:
+        table.add_row(str(job.id), f"[{styles.get(job.state, '')}]{job.state}", task_labels(job.tasks),
+                      progress_percent(job), job.stage or "-", format_age(job.created_at), job.source_name)
+    console.print(table)
+    return EXIT_OK
+
+
+def _watch(config: Config) -> int:
+    from svfrd.status_view import watch
+
+    return watch(config)
+
+
+def cmd_top(args: argparse.Namespace) -> int:
+    return _watch(_load(args))
+
+
+def _job_or_error(db, job_id: int):
+    from svfrd.queue import get_job
+
+    job = get_job(db, job_id)
+    if job is None:
+        raise CommandError(f"there is no job {job_id}; `svfrd status` lists the jobs")
+    return job
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    config = _load(args)
+    job = _job_or_error(_open_database_read_only(config), args.job_id)
+    fields = {name: getattr(job, name) for name in type(job).model_fields}  # in the table's column order
+    fields["tasks"] = f"{job.tasks} ({task_labels(job.tasks)})"
+    width = max(len(name) for name in fields)
+    for name, value in fields.items():
+        print(f"{name:>{width}}: {'-' if value is None else value}")
+    if job.report_path:
+        there = "" if Path(job.report_path).exists() else " (missing)"
+        print(f"\nreport: {job.report_path}{there}")
+    if job.error_message:
+        print(f"\n{job.state}: {job.error_message}")
+    return EXIT_OK
+
+
+def _queue_request(args: argparse.Namespace, request: Callable, done: str) -> int:
+    from svfrd.queue import QueueError
+
+    db = _open_database(_load(args))
+    try:
+        job = request(db, args.job_id)
+    except QueueError as err:
+        raise CommandError(str(err)) from None
+    print(done.format(id=job.id, state=job.state, name=job.source_name))
+    return EXIT_OK
+
+
+def cmd_retry(args: argparse.Namespace) -> int:
+    from svfrd.queue import retry_job
+
+    return _queue_request(args, retry_job, "job {id} ({name}) is queued again")
+
+
+def cmd_cancel(args: argparse.Namespace) -> int:
+    from svfrd.queue import request_cancel
+
+    return _queue_request(
+        args, request_cancel,
+        "job {id} ({name}): {state}" + " (the worker stops it within seconds)",
+    )
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from svfrd.doctor import run_doctor
+
+    return run_doctor(args.config)
+
+
+def cmd_install_service(args: argparse.Namespace) -> int:
+    from svfrd.install_service import install_service
+
+    return install_service(Path(args.config).absolute(), args.user)
+
+
+def cmd_fetch_face_model(args: argparse.Namespace) -> int:
+    from svfrd.face_model import fetch_face_model
+
+    if args.path is not None:
+        target = Path(args.path)
+    else:
+        target = _load(args).faces.model
+    path = fetch_face_model(target)
+    print(f"face model ready at {path}")
+    return EXIT_OK
+
+
+def cmd_parity(args: argparse.Namespace) -> int:
+    from svfrd.parity import run_parity
+
+    return run_parity(Path(args.models_dir), [Path(p) for p in args.case_dirs])
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# submit: copy a video into an inbox so that intake can never see half of it.
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    config = _load(args)
+    video = Path(args.video)
+    if not video.is_file():
+        raise CommandError(f"{video} is not a file", EXIT_USAGE)
+    inbox = _chosen_inbox(config, args.inbox)
+    tasks = _parse_task_arguments(args.tasks) if args.tasks else None
+    if tasks is not None and Task.INPAINT in tasks and not args.mask:
+        raise CommandError("inpainting (task 2) needs a mask: add --mask MASK.png", EXIT_USAGE)
+    extras = {"mask": args.mask, "reference": args.reference}
+    for what, path in extras.items():
+        if path is not None and not Path(path).is_file():
+            raise CommandError(f"the {what} {path} is not a file", EXIT_USAGE)
+
+    stem = free_stem(inbox, video, extras)
+    copied: dict[str, str] = {}
+    for what, path in extras.items():
+        if path is not None:
+            name = f"{stem}.{what}{Path(path).suffix.lower()}"
+            copy_atomically(Path(path), inbox / name)
+            copied[what] = name
+    wants_sidecar = tasks is not None or copied or args.seed is not None
+    if wants_sidecar:
+        write_atomically(inbox / f"{stem}.toml", sidecar_text(tasks, copied, args.seed))
+    target = inbox / f"{stem}{video.suffix}"
+    copy_atomically(video, target)
+    chosen = "+".join(t.label for t in sorted(tasks)) if tasks else "the inbox's default"
+    print(f"submitted {video} as {target} (tasks: {chosen}); follow it with `svfrd status`")
+    return EXIT_OK
+
+
+def _chosen_inbox(config: Config, wanted: str | None) -> Path:
+    if wanted is None:
+        inbox = config.inboxes[0].path
+    else:
+        resolved = Path(wanted).expanduser().resolve()
+        matches = [i.path for i in config.inboxes if i.path == resolved]
+        if not matches:
+            known = ", ".join(str(i.path) for i in config.inboxes)
+            raise CommandError(f"{wanted} is not a configured inbox; the inboxes are {known}", EXIT_USAGE)
+        inbox = matches[0]
+    inbox.mkdir(parents=True, exist_ok=True)
+    return inbox
+
+
+def _parse_task_arguments(values: Sequence[str]) -> frozenset[Task]:
+    items: list[int | str] = []
+    for value in values:
+        for item in value.split(","):
+            item = item.strip()
+            if item:
+                items.append(int(item) if item.isdigit() else item)
+    try:
+        return parse_tasks(items)
+    except ValueError as err:
+        raise CommandError(f"--tasks: {err}", EXIT_USAGE) from None
+
+
+def free_stem(inbox: Path, video: Path, extras: dict[str, str | None]) -> str:
+    """The video's stem, or `stem-2`, ... so that no file of this submission replaces one in the inbox."""
+    for number in range(1, 10_000):
+        stem = video.stem if number == 1 else f"{video.stem}-{number}"
+        names = [f"{stem}{video.suffix}", f"{stem}.toml"]
+        names += [f"{stem}.{what}{Path(p).suffix.lower()}" for what, p in extras.items() if p is not None]
+        if not any(os.path.lexists(inbox / name) for name in names):
+            return stem
+    raise CommandError(f"{inbox} already holds 10,000 videos named like {video.name}")
+
+
+def toml_string(text: str) -> str:
+    """A TOML basic string (JSON's escapes are a subset of TOML's)."""
+    import json
+
+    return json.dumps(text, ensure_ascii=False)
+
+
+def sidecar_text(tasks: frozenset[Task] | None, copied: dict[str, str], seed: int | None) -> str:
+    lines = ["# written by `svfrd submit`"]
+    if tasks is not None:
+        lines.append("tasks = [" + ", ".join(toml_string(t.label) for t in sorted(tasks)) + "]")
+    for what, name in copied.items():
+        lines.append(f"{what} = {toml_string(name)}")
+    if seed is not None:
+        lines.append(f"seed = {seed}")
+    return "\n".join(lines) + "\n"
+
+
+def _temp_name(target: Path) -> Path:
+    # Dot-names are ignored by intake; the final rename makes the complete file appear at once.
+    return target.with_name(f".{target.name}.{os.getpid()}.part")
+
+
+def copy_atomically(source: Path, target: Path) -> None:
+    temp = _temp_name(target)
+    try:
+        with open(source, "rb") as src, open(temp, "wb") as dst:
+            shutil.copyfileobj(src, dst, 1 << 20)
+            dst.flush()
+            os.fsync(dst.fileno())
+        os.rename(temp, target)
+    finally:
+        temp.unlink(missing_ok=True)
+
+
+def write_atomically(target: Path, text: str) -> None:
+    temp = _temp_name(target)
+    try:
+        with open(temp, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.rename(temp, target)
+    finally:
+        temp.unlink(missing_ok=True)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The parser.
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="svfrd", description="Restore face videos dropped into inbox folders.")
+    parser.add_argument("--config", default=str(DEFAULT_CONFIG), metavar="PATH",
+                        help="the svfrd config.toml (default: ./config.toml)")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("--version", action="version", version=f"svfrd {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    def command(name: str, handler: Callable, text: str) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=text, description=text)
+        sub.set_defaults(handler=handler)
+        return sub
+
+    command("run", cmd_run, "run the service in the foreground (as systemd does)")
+    status = command("status", cmd_status, "one table of the most recent jobs")
+    status.add_argument("--watch", action="store_true", help="a live view (same as `svfrd top`)")
+    status.add_argument("--limit", type=int, default=30, help="how many jobs to list (default 30)")
+    command("top", cmd_top, "live status view of the running job, the queue and the GPU")
+    for name, handler, text in (("show", cmd_show, "everything about one job"),
+                                ("retry", cmd_retry, "run a failed or cancelled job again"),
+                                ("cancel", cmd_cancel, "cancel a queued or running job")):
+        command(name, handler, text).add_argument("job_id", type=int, metavar="ID")
+    submit = command("submit", cmd_submit, "copy a video into an inbox (with a sidecar for the options given)")
+    submit.add_argument("video", metavar="VIDEO")
+    submit.add_argument("--tasks", nargs="+", metavar="TASK", help=f"tasks: {TASKS_ALLOWED} (e.g. bfr,inpaint)")
+    submit.add_argument("--mask", metavar="PNG", help="inpainting mask (white = damaged)")
+    submit.add_argument("--reference", metavar="IMAGE", help="a reference photo of the face")
+    submit.add_argument("--seed", type=int, help="random seed of the restoration")
+    submit.add_argument("--inbox", metavar="PATH", help="which configured inbox (default: the first)")
+    command("doctor", cmd_doctor, "check the configuration, folders, database, weights, GPU and codecs")
+    install = command("install-service", cmd_install_service, "write the systemd unit for this config")
+    install.add_argument("--user", action="store_true", help="a user service instead of a system one")
+    fetch = command("fetch-face-model", cmd_fetch_face_model, "download and verify MediaPipe's face model")
+    fetch.add_argument("path", nargs="?", metavar="PATH", help="where to put it (default: [faces] model)")
+    parity = command("parity", cmd_parity, "compare the sampler with the reference fixture cases")
+    parity.add_argument("models_dir", metavar="MODELS_DIR")
+    parity.add_argument("case_dirs", nargs="+", metavar="CASE_DIR")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.handler(args)
+    except CommandError as err:
+        print(f"svfrd: {err}", file=sys.stderr)
+        return err.code
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,210 @@
+"""A real svfrd daemon on a temporary folder, for the end-to-end service tests.
+
+`ServiceFolder` writes a config.toml (short quiet periods and scan intervals, a test engine from
+`tests/engines.py`) and drops videos into its inbox; `Daemon` runs `python -m svfrd --config ... run` as a
+subprocess from the repository root (so `tests.engines` is importable by the worker) and waits on the job
+database the way a user would read it.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from sqlalchemy.exc import OperationalError
+
+from svfrd.db import open_database
+from svfrd.jobs import Job
+from svfrd.queue import list_jobs
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+FACE_MODEL = REPO_ROOT / "models" / "face_landmarker.task"
+
+FAST_SERVICE = {
+    "scan_interval": 1.0,
+    "quiet_period": 0.3,
+    "sidecar_grace": 0.5,
+    "max_attempts": 3,
+    "retry_backoff": 0.2,
+    "min_free_space_mb": 1,
+    "on_stop": "requeue",
+    "stop_timeout": 15,
+}
+
+
+def _toml_value(value) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return str(value)
+
+
+@dataclass
+class ServiceFolder:
+    """A complete svfrd installation in one folder: config, inbox, outbox, done, failed, state."""
+
+    root: Path
+    engine: str = "tests.engines:InvertingEngine"
+    service: dict = field(default_factory=dict)
+    preview: bool = False
+
+    def __post_init__(self) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        for name in ("inbox", "outbox", "done", "failed", "markers", "staging"):
+            (self.root / name).mkdir(exist_ok=True)
+        self.write_config()
+
+    @property
+    def config_path(self) -> Path:
+        return self.root / "config.toml"
+
+    def folder(self, name: str) -> Path:
+        return self.root / name
+
+    @property
+    def inbox(self) -> Path:
+        return self.root / "inbox"
+
+    @property
+    def outbox(self) -> Path:
+        return self.root / "outbox"
+
+    @property
+    def database_url(self) -> str:
+        return f"sqlite:///{self.root / 'state' / 'svfrd.db'}"
+
+    def write_config(self) -> None:
+        service = {**FAST_SERVICE, **self.service}
+        lines = ["[service]", 'state_dir = "state"']
+        lines += [f"{key} = {_toml_value(value)}" for key, value in service.items()]
+        lines += ["", "[[inbox]]", 'path = "inbox"', 'tasks = ["bfr"]', "",
+                  "[output]", 'outbox = "outbox"', 'done = "done"', 'failed = "failed"',
+                  f"preview = {_toml_value(self.preview)}", "crf = 23", "",
+                  "[faces]", f"model = {_toml_value(str(FACE_MODEL))}", "",
+                  "[engine]", f"name = {_toml_value(self.engine)}", 'device = "cpu"', 'dtype = "fp32"']
+        self.config_path.write_text("\n".join(lines) + "\n")
+
+    def drop(self, source: Path, name: str | None = None, sidecar: str | None = None,
+             extras: dict[str, Path] | None = None) -> Path:
+        """Put a video (and its sidecar and extra files first) into the inbox the way a careful copier does:
+        complete files appear by rename."""
+        name = name or source.name
+        for extra_name, extra in (extras or {}).items():
+            self._appear(self.inbox / extra_name, extra.read_bytes())
+        if sidecar is not None:
+            self._appear(self.inbox / (Path(name).stem + ".toml"), sidecar.encode())
+        target = self.inbox / name
+        self._appear(target, source.read_bytes())
+        return target
+
+    def _appear(self, target: Path, data: bytes) -> None:
+        staged = self.root / "staging" / target.name
+        staged.write_bytes(data)
+        os.rename(staged, target)
+
+    def jobs(self) -> list[Job]:
+        """Every job, oldest first ([] while the daemon has not created the database yet)."""
+        if not (self.root / "state" / "svfrd.db").exists():
+            return []
+        db = open_database(self.database_url)
+        try:
+            return sorted(list_jobs(db, limit=10_000), key=lambda job: job.id)
+        except OperationalError:  # the schema is being created right now
+            return []
+        finally:
+            db.dispose()
+
+    def files(self, name: str) -> list[str]:
+        """Names in one of the folders, hidden ones included, sorted."""
+        return sorted(p.name for p in self.folder(name).iterdir())
+
+
+class Daemon:
+    """`svfrd run` as a subprocess; its log goes to a file the assertions can show."""
+
+    def __init__(self, folder: ServiceFolder, log_name: str = "daemon.log"):
+        self.folder = folder
+        self.log_path = folder.root / log_name
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> "Daemon":
+        env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "SVFRD_TEST_MARKER": str(self.folder.root / "markers"),
+               "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+        env.pop("NOTIFY_SOCKET", None)
+        env.pop("WATCHDOG_USEC", None)
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "svfrd", "--config", str(self.folder.config_path), "run"],
+                cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+            )
+        return self
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def signal(self, signum: int) -> None:
+        self.process.send_signal(signum)
+
+    def kill(self) -> None:
+        """kill -9, as a crash or the OOM killer would."""
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait(10)
+
+    def wait_exit(self, timeout: float) -> int:
+        try:
+            return self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"the daemon did not exit within {timeout} s\n{self.log()[-4000:]}") from None
+
+    def stop(self) -> int | None:
+        """SIGTERM and wait; for test teardown."""
+        if self.process is None or self.process.poll() is not None:
+            return self.process.returncode if self.process else None
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            return self.process.wait(30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            return self.process.wait(10)
+
+    def wait_until(self, what: str, condition: Callable[[], object], timeout: float = 60.0,
+                   interval: float = 0.2) -> object:
+        """Poll `condition` until it returns something truthy; fail with the daemon's log otherwise."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            value = condition()
+            if value:
+                return value
+            if self.process is not None and self.process.poll() is not None:
+                raise AssertionError(f"the daemon exited ({self.process.returncode}) while waiting for {what}\n"
+                                     f"{self.log()[-4000:]}")
+            time.sleep(interval)
+        raise AssertionError(f"timed out after {timeout} s waiting for {what}\n{self.log()[-4000:]}")
+
+    def wait_for_jobs(self, count: int, states: set[str], timeout: float = 60.0) -> list[Job]:
+        """Wait until there are `count` jobs, all in one of `states`."""
+
+        def settled() -> list[Job] | None:
+            jobs = self.folder.jobs()
+            if len(jobs) >= count and all(job.state in states for job in jobs):
+                return jobs
+            return None
+
+        return self.wait_until(f"{count} job(s) in {sorted(states)}", settled, timeout)
+
+    def __enter__(self) -> "Daemon":
+        return self.start()
+
+    def __exit__(self, *_exc) -> None:
+        self.stop()
