@@ -15,19 +15,31 @@ import pytest
 
 from svfrd.db import current_revision
 from svfrd.doctor import migration_head
+from tests.helpers.media_clips import face_model_path, write_moving_face_clip
 
 REPO = Path(__file__).resolve().parents[1]
 WATCHDOG_USEC = 1_000_000  # keep-alives every 0.5 s
 
 
-def write_config(folder: Path) -> Path:
+def write_config(folder: Path, engine: str = "InvertingEngine") -> Path:
     config = folder / "config.toml"
     config.write_text(
-        "[service]\nscan_interval = 0.5\nstop_timeout = 10\n\n"
+        "[service]\nscan_interval = 0.5\nquiet_period = 0.2\nsidecar_grace = 0\nstop_timeout = 20\n"
+        "min_free_space_mb = 1\n\n"
         '[[inbox]]\npath = "inbox"\n\n'
-        '[engine]\nname = "tests.engines:InvertingEngine"\ndevice = "cpu"\n'
+        f'[faces]\nmodel = "{face_model_path()}"\n\n'
+        "[output]\npreview = false\n\n"
+        f'[engine]\nname = "tests.engines:{engine}"\ndevice = "cpu"\n'
     )
     return config
+
+
+def start_daemon(config: Path, manager: "ManagerSocket", **env_vars: str) -> subprocess.Popen:
+    env = dict(os.environ, NOTIFY_SOCKET=str(manager.path), WATCHDOG_USEC=str(WATCHDOG_USEC), PYTHONUNBUFFERED="1",
+               **env_vars)
+    env.pop("WATCHDOG_PID", None)
+    return subprocess.Popen([sys.executable, "-m", "svfrd", "--config", str(config), "run"], cwd=REPO, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
 class ManagerSocket:
@@ -76,10 +88,7 @@ def manager(tmp_path: Path):
 def test_daemon_reports_ready_status_watchdog_and_stopping(tmp_path: Path, manager: ManagerSocket) -> None:
     config = write_config(tmp_path)
     database = f"sqlite:///{tmp_path / 'state' / 'svfrd.db'}"
-    env = dict(os.environ, NOTIFY_SOCKET=str(manager.path), WATCHDOG_USEC=str(WATCHDOG_USEC), PYTHONUNBUFFERED="1")
-    env.pop("WATCHDOG_PID", None)
-    daemon = subprocess.Popen([sys.executable, "-m", "svfrd", "--config", str(config), "run"], cwd=REPO, env=env,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    daemon = start_daemon(config, manager)
     schema_at_ready: list[str | None] = []
     try:
         ready_at = manager.wait_for(
@@ -105,3 +114,29 @@ def test_daemon_reports_ready_status_watchdog_and_stopping(tmp_path: Path, manag
     gaps = [b - a for a, b in zip(pings, pings[1:])]
     assert max(gaps) < WATCHDOG_USEC / 1e6, gaps
     assert all(t >= ready_at for t, _ in manager.lines("STATUS="))
+
+
+def test_status_names_the_running_job_and_stopping_asks_for_time(tmp_path: Path, manager: ManagerSocket) -> None:
+    config = write_config(tmp_path, engine="SlowEngine")
+    write_moving_face_clip(tmp_path / "interview.mp4", frames=8, width=160, height=120)
+    daemon = start_daemon(config, manager, SVFRD_TEST_SECONDS_PER_FRAME="1.0")
+    try:
+        manager.wait_for("READY=1", 60, daemon)
+        (tmp_path / "inbox").mkdir(exist_ok=True)
+        os.replace(tmp_path / "interview.mp4", tmp_path / "inbox" / "interview.mp4")
+        deadline = time.monotonic() + 60
+        while not any("interview.mp4" in line for _, line in manager.lines("STATUS=")):
+            assert time.monotonic() < deadline, manager.messages
+            manager.wait_for("STATUS=", 60, daemon)
+        daemon.send_signal(signal.SIGTERM)
+        manager.wait_for("STOPPING=1", 20, daemon)
+        manager.wait_for("EXTEND_TIMEOUT_USEC=", 20, daemon)
+        _, stderr = daemon.communicate(timeout=40)
+    finally:
+        daemon.kill()
+        daemon.wait()
+    assert daemon.returncode == 0, stderr
+    job_status = next(line for _, line in manager.lines("STATUS=") if "interview.mp4" in line)
+    assert "job 1" in job_status, manager.messages
+    (_, extend), *_ = manager.lines("EXTEND_TIMEOUT_USEC=")
+    assert 0 < int(extend.split("=")[1]) <= 30_000_000  # stop_timeout (20 s) plus a margin
