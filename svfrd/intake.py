@@ -155,7 +155,7 @@ class Intake:
             owned = jobs_by_source_path(self.db, [str(v) for v in ready], OWNED_BY_JOB_STATES)
             for video in ready:
                 if str(video) not in owned:
-                    self._take(inbox, video, result)
+                    self._take_safely(inbox, video, result)
         self._forget_vanished(seen)
         return result
 
@@ -203,13 +203,18 @@ class Intake:
 
     # -- taking one video ------------------------------------------------------------------------------------
 
+    def _take_safely(self, inbox: InboxConfig, video: Path, result: ScanResult) -> None:
+        """A file that vanishes or cannot be moved mid-way (the user deleted or renamed it, permissions) must not
+        stop the daemon: log it; the next scan sees the truth."""
+        try:
+            self._take(inbox, video, result)
+        except OSError as err:
+            log.warning("could not take %s (%s); will look again at the next scan", video, err)
+
     def _take(self, inbox: InboxConfig, video: Path, result: ScanResult) -> None:
         sidecar = sidecar_path_for(video)
         has_sidecar = sidecar.is_file()
-        try:
-            content_hash = self._content_hash(video)
-        except FileNotFoundError:
-            return  # moved away meanwhile; the next scan sees the truth
+        content_hash = self._content_hash(video)
         try:
             spec = self._spec(inbox, sidecar if has_sidecar else None)
         except BadInputError as err:

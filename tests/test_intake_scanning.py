@@ -180,6 +180,32 @@ def test_a_sidecar_is_used_and_must_be_complete_too(intake):
     assert job.sidecar_path == str(inbox / "clip.toml") and job.mask_path == str(inbox / "clip.mask.png")
 
 
+def test_a_sidecar_still_being_written_is_waited_for(tmp_path):
+    intake = make_intake(tmp_path, quiet=0.5)
+    inbox = inbox_of(intake)
+    drop(inbox, "clip.mp4", video_bytes(13))
+    sidecar = drop(inbox, "clip.toml", "tasks = [0]\n")
+    stop_writing = time.monotonic() + 1.5
+    while time.monotonic() < stop_writing:
+        assert enqueued([intake.scan_once()]) == []
+        with open(sidecar, "a") as f:
+            f.write("# still editing\n")
+        time.sleep(0.1)
+    drop(inbox, "clip.toml", "tasks = [1]\n")
+    [job] = enqueued(scan_until(intake, lambda r: enqueued(r)))
+    assert job.tasks == "1", "the finished sidecar is the one used"
+    intake.db.dispose()
+
+
+def test_a_video_that_vanishes_while_it_is_taken_is_left_to_the_next_scan(intake, monkeypatch):
+    drop(inbox_of(intake), "clip.mp4", video_bytes(14))
+    scan_for(intake, 0.1)
+    monkeypatch.setattr(intake, "_content_hash", lambda path: (_ for _ in ()).throw(FileNotFoundError(path)))
+    assert enqueued(scan_for(intake, 0.3)) == []
+    monkeypatch.undo()
+    assert enqueued(scan_until(intake, lambda r: enqueued(r)))
+
+
 def test_a_sidecar_arriving_after_the_video_within_the_grace_period_is_used(tmp_path):
     intake = make_intake(tmp_path, quiet=0.2, grace=1.5)
     inbox = inbox_of(intake)
