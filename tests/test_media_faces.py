@@ -53,13 +53,24 @@ def test_tracked_crop_follows_the_face_smoothly(moving_pass):
     assert crops.has_face.all()
     jitter = crop_jitter(crops)
     print(f"tracked crop jitter on the moving clip: {jitter}")
-    # The camera path is smooth; a shaking crop would show several pixels of second difference.
-    assert jitter["jitter_px"] < 1.5
-    assert jitter["jitter_rel"] < 0.015
+    # The camera path is smooth; the raw detections shake by about 0.3 px here, whole-pixel crops by about 1.
+    assert jitter["jitter_px"] < 0.2
+    assert jitter["jitter_rel"] < 0.002
     # The crop keeps the face inside: every detected face box lies within its crop square.
     for box, face in zip(crops.boxes, (f[0] for f in moving_pass.faces)):
         x1, y1, x2, y2 = face.box
         assert box.x <= x1 and box.y <= y1 and x2 <= box.x + box.size and y2 <= box.y + box.size
+
+
+def test_smoothing_removes_most_detector_noise(moving_pass):
+    track = select_subject(moving_pass)
+    noisy_boxes = track.boxes + np.random.default_rng(5).normal(0, 2.0, track.boxes.shape)
+    noisy = type(track)(boxes=noisy_boxes, points5=track.points5, shots=track.shots, faces_seen=1, report={})
+    centres = (noisy_boxes[:, :2] + noisy_boxes[:, 2:]) / 2
+    raw = np.sqrt((np.diff(centres, n=2, axis=0) ** 2).sum(axis=1).mean())
+    smoothed = crop_jitter(tracked_crops(noisy, MAX_GAP))["jitter_px"]
+    print(f"jitter with 2 px detector noise: raw boxes {raw:.2f} px, tracked crop {smoothed:.2f} px")
+    assert smoothed < 0.15 * raw
 
 
 def test_tracked_crop_grows_with_the_zoom(moving_pass):

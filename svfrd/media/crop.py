@@ -13,6 +13,7 @@ edge pixels, and pasting back only writes inside the frame.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import cv2
@@ -31,15 +32,23 @@ SIZE_SIGMA = 4.0
 
 @dataclass(frozen=True)
 class CropBox:
-    """A square in upright frame pixels; x, y is the top-left corner."""
+    """A square in upright frame pixels; x, y is the top-left corner. Sub-pixel: the tracked policy moves the
+    square smoothly, and whole-pixel steps would make it shake by up to half a pixel per frame."""
 
-    x: int
-    y: int
-    size: int
+    x: float
+    y: float
+    size: float
 
     @property
     def centre(self) -> tuple[float, float]:
         return self.x + self.size / 2, self.y + self.size / 2
+
+    def pixel_bounds(self) -> tuple[int, int, int, int]:
+        """The whole-pixel rectangle (x1, y1, x2, y2), end exclusive, that the square touches."""
+        return (
+            math.floor(self.x), math.floor(self.y),
+            math.ceil(self.x + self.size), math.ceil(self.y + self.size),
+        )
 
 
 @dataclass(frozen=True)
@@ -142,7 +151,7 @@ def tracked_crops(track: SubjectTrack, max_gap: int) -> FrameCrops:
             smooth[start + a : start + b, :2] = _gaussian_smooth(part[:, :2], CENTRE_SIGMA)
             smooth[start + a : start + b, 2:] = _gaussian_smooth(part[:, 2:], SIZE_SIGMA)
     smooth = _hold_nearest(smooth, has_face)
-    boxes = [CropBox(int(round(cx - s / 2)), int(round(cy - s / 2)), max(1, int(round(s)))) for cx, cy, s in smooth]
+    boxes = [CropBox(float(cx - s / 2), float(cy - s / 2), float(max(s, 1.0))) for cx, cy, s in smooth]
     return FrameCrops(boxes=boxes, has_face=has_face, policy="tracked")
 
 
@@ -179,23 +188,40 @@ def crop_jitter(crops: FrameCrops) -> dict:
     }
 
 
-def cut_square(image: np.ndarray, box: CropBox, fill: str = "edge") -> np.ndarray:
-    """The pixels of `box`, padded where it leaves the frame ("edge": repeat edge pixels, "zero": zeros)."""
+def cut_rect(image: np.ndarray, x1: int, y1: int, x2: int, y2: int, fill: str = "edge") -> np.ndarray:
+    """image[y1:y2, x1:x2], padded where the rectangle leaves the frame ("edge": repeat the edge pixels, as
+    a face at the border is best continued; "zero": zeros, as for masks, where outside means undamaged)."""
     height, width = image.shape[:2]
-    x1, y1, x2, y2 = box.x, box.y, box.x + box.size, box.y + box.size
     pad = (max(0, -y1), max(0, y2 - height), max(0, -x1), max(0, x2 - width))
     inside = image[max(0, y1) : min(height, y2), max(0, x1) : min(width, x2)]
     if not any(pad):
         return inside
-    if inside.size == 0:  # entirely outside: nothing to repeat
-        return np.zeros((box.size, box.size) + image.shape[2:], image.dtype)
-    border = cv2.BORDER_REPLICATE if fill == "edge" else cv2.BORDER_CONSTANT
-    return cv2.copyMakeBorder(np.ascontiguousarray(inside), *pad, border, value=0)
+    if inside.size == 0 or fill == "zero":
+        out = np.zeros((y2 - y1, x2 - x1) + image.shape[2:], image.dtype)
+        if inside.size:
+            out[pad[0] : pad[0] + inside.shape[0], pad[2] : pad[2] + inside.shape[1]] = inside
+        return out
+    return cv2.copyMakeBorder(np.ascontiguousarray(inside), *pad, cv2.BORDER_REPLICATE)
+
+
+def cut_square(image: np.ndarray, box: CropBox, fill: str = "edge") -> np.ndarray:
+    """The whole pixels under `box` (for a box on whole pixels: exactly its pixels), padded outside the frame."""
+    return cut_rect(image, *box.pixel_bounds(), fill=fill)
+
+
+def sample_square(
+    image: np.ndarray, box: CropBox, size: int = CROP_SIZE, resample: int = Image.BICUBIC, fill: str = "edge"
+) -> np.ndarray:
+    """The square `box` resampled to size x size, with sub-pixel accuracy and antialiasing when shrinking
+    (PIL's resize of a fractional source box). A margin of 2 pixels feeds the filter at the square's edges."""
+    x1, y1, x2, y2 = box.pixel_bounds()
+    margin = 2
+    region = np.ascontiguousarray(cut_rect(image, x1 - margin, y1 - margin, x2 + margin, y2 + margin, fill))
+    left, top = box.x - (x1 - margin), box.y - (y1 - margin)
+    source_box = (left, top, left + box.size, top + box.size)
+    return np.asarray(Image.fromarray(region).resize((size, size), resample, box=source_box))
 
 
 def crop_face(image: np.ndarray, box: CropBox) -> np.ndarray:
-    """The 512x512 RGB crop the engine sees; bicubic resize as the reference does (PIL, svfr-spec 4.3)."""
-    square = cut_square(image, box)
-    if square.shape[0] == CROP_SIZE and square.shape[1] == CROP_SIZE:
-        return np.ascontiguousarray(square)
-    return np.asarray(Image.fromarray(np.ascontiguousarray(square)).resize((CROP_SIZE, CROP_SIZE), Image.BICUBIC))
+    """The 512x512 RGB crop the engine sees; bicubic as the reference's PIL resize (svfr-spec.md 4.3)."""
+    return sample_square(image, box)

@@ -15,13 +15,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import cv2
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from svfrd.engine import CROP_SIZE, FaceCrop, Task
 from svfrd.errors import BadInputError
-from svfrd.media.crop import CropBox, cut_square
+from svfrd.media.crop import CropBox, sample_square
 
 
 @dataclass(frozen=True)
@@ -36,10 +35,8 @@ class Mask:
         """The (512, 512) bool mask for one frame's crop square."""
         if self.coordinates == "crop":
             return self.pixels
-        square = cut_square(self.pixels.astype(np.uint8) * 255, box, fill="zero")  # outside the frame: intact
-        if square.shape[0] != CROP_SIZE:
-            interpolation = cv2.INTER_AREA if square.shape[0] > CROP_SIZE else cv2.INTER_LINEAR
-            square = cv2.resize(square, (CROP_SIZE, CROP_SIZE), interpolation=interpolation)
+        # Outside the frame nothing is damaged; the smooth resample is cut at half way, keeping the mask's area.
+        square = sample_square(self.pixels.astype(np.uint8) * 255, box, CROP_SIZE, Image.BILINEAR, fill="zero")
         return square >= 128
 
 

@@ -7,8 +7,9 @@ fading to zero at the square's border, so there is no seam. Pixels outside the s
 
 from __future__ import annotations
 
-from functools import lru_cache
+import math
 
+import cv2
 import numpy as np
 from PIL import Image
 
@@ -18,37 +19,50 @@ from svfrd.media.crop import CropBox
 FEATHER = 0.12
 
 
-@lru_cache(maxsize=8)
-def feather_mask(size: int, feather: float = FEATHER) -> np.ndarray:
-    """(size, size, 1) float32 weights: 1 inside, a smooth fade to exactly 0 at the border."""
-    ramp_width = max(1.0, feather * size)
-    coords = np.arange(size, dtype=np.float32) + 0.5
-    edge_distance = np.minimum(coords, size - coords)  # distance of each row/column to the nearest border
-    ramp = np.clip((edge_distance - 0.5) / ramp_width, 0.0, 1.0)
-    ramp = ramp * ramp * (3 - 2 * ramp)  # smoothstep: no visible kink where the fade begins
-    weights = np.minimum.outer(ramp, ramp)
-    weights.setflags(write=False)
-    return weights[:, :, None]
+def edge_ramp(first: int, last: int, start: float, end: float, feather: float) -> np.ndarray:
+    """Weights for pixels first..last-1 of a square side spanning [start, end): 0 for pixels whose centre is
+    within half a pixel of an edge (or outside), rising smoothly to 1 over `feather` pixels."""
+    centres = np.arange(first, last, dtype=np.float64) + 0.5
+    edge_distance = np.minimum(centres - start, end - centres)
+    ramp = np.clip((edge_distance - 0.5) / max(feather, 1.0), 0.0, 1.0)
+    return (ramp * ramp * (3 - 2 * ramp)).astype(np.float32)  # smoothstep: no kink where the fade begins
 
 
-def resize_face(face: np.ndarray, size: int) -> np.ndarray:
-    if face.shape[0] == size:
-        return face
-    return np.asarray(Image.fromarray(face).resize((size, size), Image.BICUBIC))
+def feather_weights(box: CropBox, bounds: tuple[int, int, int, int], feather: float = FEATHER) -> np.ndarray:
+    """(h, w, 1) blend weights over the whole-pixel rectangle `bounds` (x1, y1, x2, y2) for the square `box`."""
+    x1, y1, x2, y2 = bounds
+    width = feather * box.size
+    columns = edge_ramp(x1, x2, box.x, box.x + box.size, width)
+    rows = edge_ramp(y1, y2, box.y, box.y + box.size, width)
+    return np.minimum.outer(rows, columns)[:, :, None]
+
+
+def place_face(face: np.ndarray, box: CropBox, bounds: tuple[int, int, int, int]) -> np.ndarray:
+    """The 512 face resampled onto the frame's pixel grid over `bounds`, honouring the square's sub-pixel
+    position. The face is padded by repeating its edge, so the filter has input at the square's border."""
+    x1, y1, x2, y2 = bounds
+    scale = face.shape[0] / box.size
+    margin = int(math.ceil(scale)) + 2
+    padded = cv2.copyMakeBorder(face, margin, margin, margin, margin, cv2.BORDER_REPLICATE)
+    source_box = (
+        margin + (x1 - box.x) * scale, margin + (y1 - box.y) * scale,
+        margin + (x2 - box.x) * scale, margin + (y2 - box.y) * scale,
+    )
+    return np.asarray(Image.fromarray(padded).resize((x2 - x1, y2 - y1), Image.BICUBIC, box=source_box))
 
 
 def paste_back(frame: np.ndarray, face: np.ndarray, box: CropBox) -> np.ndarray:
     """A copy of `frame` with the restored `face` (512x512 RGB uint8) blended into `box`."""
     height, width = frame.shape[:2]
-    x1, y1 = max(0, box.x), max(0, box.y)
-    x2, y2 = min(width, box.x + box.size), min(height, box.y + box.size)
+    bx1, by1, bx2, by2 = box.pixel_bounds()
+    bounds = (max(0, bx1), max(0, by1), min(width, bx2), min(height, by2))
+    x1, y1, x2, y2 = bounds
     out = frame.copy()
     if x2 <= x1 or y2 <= y1:
         return out
-    scaled = resize_face(face, box.size)
-    region = (slice(y1 - box.y, y2 - box.y), slice(x1 - box.x, x2 - box.x))
-    weights = feather_mask(box.size)[region]
+    weights = feather_weights(box, bounds)
     original = frame[y1:y2, x1:x2].astype(np.float32)
-    blended = original + (scaled[region].astype(np.float32) - original) * weights
+    placed = place_face(face, box, bounds).astype(np.float32)
+    blended = original + (placed - original) * weights
     out[y1:y2, x1:x2] = np.clip(np.rint(blended), 0, 255).astype(np.uint8)
     return out
