@@ -236,6 +236,9 @@ def cmd_submit(args: argparse.Namespace) -> int:
     tasks = _parse_task_arguments(args.tasks) if args.tasks else None
     if tasks is not None and Task.INPAINT in tasks and not args.mask:
         raise CommandError("inpainting (task 2) needs a mask: add --mask MASK.png", EXIT_USAGE)
+    if args.mask and (tasks is None or Task.INPAINT not in tasks):
+        raise CommandError("a mask is only used for inpainting: add --tasks inpaint (e.g. --tasks bfr,inpaint)",
+                           EXIT_USAGE)
     extras = {"mask": args.mask, "reference": args.reference}
     for what, path in extras.items():
         if path is not None and not Path(path).is_file():

@@ -1,9 +1,12 @@
-"""A real svfrd daemon on a temporary folder, for the end-to-end service tests.
+"""A real svfrd daemon on a temporary folder, and small distinct face clips, for the end-to-end service tests.
 
 `ServiceFolder` writes a config.toml (short quiet periods and scan intervals, a test engine from
 `tests/engines.py`) and drops videos into its inbox; `Daemon` runs `python -m svfrd --config ... run` as a
 subprocess from the repository root (so `tests.engines` is importable by the worker) and waits on the job
 database the way a user would read it.
+
+Jobs are deduplicated by content, so every clip meant to be its own job carries a `tag` stamped into a corner:
+same face, different bytes.
 """
 
 from __future__ import annotations
@@ -14,14 +17,20 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import Callable
 
 from sqlalchemy.exc import OperationalError
 
+import av
+import numpy as np
+from PIL import Image
+
 from svfrd.db import open_database
 from svfrd.jobs import Job
 from svfrd.queue import list_jobs
+from tests.helpers.media_clips import moving_face_frames, write_clip, write_no_face_clip, write_truncated_copy
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 FACE_MODEL = REPO_ROOT / "models" / "face_landmarker.task"
@@ -208,3 +217,55 @@ class Daemon:
 
     def __exit__(self, *_exc) -> None:
         self.stop()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Clips.
+
+CLIP_SIZE = 160
+CLIP_FRAMES = 4
+
+
+@lru_cache(maxsize=4)
+def _face_frames(frames: int, size: int) -> tuple[np.ndarray, ...]:
+    return tuple(moving_face_frames(frames, size, size))
+
+
+def write_face_clip(path: Path, tag: int = 0, frames: int = CLIP_FRAMES, size: int = CLIP_SIZE) -> Path:
+    """The moving astronaut, `frames` frames of `size` x `size`, with `tag` stamped in the bottom-left corner."""
+    stamped = []
+    for frame in _face_frames(frames, size):
+        frame = frame.copy()
+        for bit in range(12):  # 12 bits of tag as 4x4 black/white squares
+            value = 255 if (tag >> bit) & 1 else 0
+            frame[size - 4 : size, bit * 4 : bit * 4 + 4] = value
+        stamped.append(frame)
+    return write_clip(Path(path), stamped, fps=25)
+
+
+def write_corrupt_video(path: Path) -> Path:
+    """Bytes that are no video at all, under a video name."""
+    Path(path).write_bytes(b"this is not a video file, just text with an .mp4 name\n" * 200)
+    return Path(path)
+
+
+def write_truncated_video(source: Path, path: Path) -> Path:
+    """The first third of a real clip, as an interrupted upload leaves it."""
+    return write_truncated_copy(source, path, keep=0.3)
+
+
+def write_faceless_video(path: Path) -> Path:
+    return write_no_face_clip(Path(path), frames=4)
+
+
+def write_mask(path: Path, size: int = CLIP_SIZE) -> Path:
+    """A frame-sized inpainting mask: a white bar across the lower third (like burnt-in subtitles)."""
+    pixels = np.zeros((size, size), np.uint8)
+    pixels[size * 2 // 3 : size * 2 // 3 + 12, :] = 255
+    Image.fromarray(pixels).save(path)
+    return Path(path)
+
+
+def read_frames(path: Path) -> list[np.ndarray]:
+    with av.open(str(path)) as container:
+        return [frame.to_ndarray(format="rgb24") for frame in container.decode(video=0)]
