@@ -225,3 +225,57 @@ def test_watch_runs_until_ctrl_c_and_exits_0(tmp_path: Path, database: str) -> N
         proc.kill()
     assert proc.returncode == 0, err
     assert "interview.mp4" in out and "Traceback" not in err
+
+
+class FakeNvml:
+    """Stands in for the `pynvml` module (nvidia-ml-py) with the calls the monitor makes."""
+
+    class NVMLError(Exception):
+        pass
+
+    def __init__(self, devices: list[dict], init_fails: bool = False):
+        self.devices, self.init_fails, self.shut_down = devices, init_fails, False
+
+    def nvmlInit(self) -> None:
+        if self.init_fails:
+            raise self.NVMLError("Driver Not Loaded")
+
+    def nvmlShutdown(self) -> None:
+        self.shut_down = True
+
+    def nvmlDeviceGetCount(self) -> int:
+        return len(self.devices)
+
+    def nvmlDeviceGetHandleByIndex(self, index: int) -> dict:
+        return self.devices[index]
+
+    def nvmlDeviceGetName(self, handle: dict):
+        return handle["name"]
+
+    def nvmlDeviceGetMemoryInfo(self, handle: dict):
+        return type("Memory", (), {"used": handle["used"], "total": handle["total"]})()
+
+    def nvmlDeviceGetUtilizationRates(self, handle: dict):
+        if handle.get("busy") is None:
+            raise self.NVMLError("Not Supported")
+        return type("Rates", (), {"gpu": handle["busy"]})()
+
+
+def test_gpus_are_read_through_nvml(monkeypatch) -> None:
+    nvml = FakeNvml([{"name": b"NVIDIA H200", "used": 2**30, "total": 140 * 2**30, "busy": 55},
+                     {"name": "NVIDIA H200 MIG 1g.18gb", "used": 0, "total": 18 * 2**30, "busy": None}])
+    monkeypatch.setitem(sys.modules, "pynvml", nvml)
+    monitor = sv.GpuMonitor()
+    gpus = monitor.read()
+    monitor.close()
+    assert monitor.reason is None and nvml.shut_down
+    assert gpus == [sv.GpuInfo(0, "NVIDIA H200", 2**30, 140 * 2**30, 55),
+                    sv.GpuInfo(1, "NVIDIA H200 MIG 1g.18gb", 0, 18 * 2**30, None)]
+    screen = render(sv.gpu_lines(gpus, None))
+    assert "55% busy" in screen and "busy —" in screen
+
+
+def test_a_driver_that_does_not_load_means_no_gpu(monkeypatch) -> None:
+    monkeypatch.setitem(sys.modules, "pynvml", FakeNvml([], init_fails=True))
+    monitor = sv.GpuMonitor()
+    assert monitor.read() == [] and monitor.reason == "no NVIDIA GPU"
