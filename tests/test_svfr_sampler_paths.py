@@ -163,6 +163,17 @@ def test_a_task_vector_of_the_wrong_length_is_refused(models, case):
         denoise(models, {**case, "task_vector": torch.tensor([1.0, 0.0])})
 
 
+def test_latents_of_the_wrong_shape_are_refused(models, case):
+    with pytest.raises(ValueError, match=r"LQ latents must be \(1, N, 4, h, w\)"):
+        denoise(models, {**case, "lq_latents": case["lq_latents"][0]})
+
+
+@pytest.mark.parametrize("bad", [dict(num_inference_steps=0), dict(num_inference_steps=3, windows_per_batch=0)])
+def test_settings_without_steps_or_windows_are_refused(bad):
+    with pytest.raises(ValueError, match="at least 1"):
+        SamplerSettings(**bad)
+
+
 def test_sample_encodes_denoises_and_decodes_at_the_vae_scale(models):
     # The fixture's VAE downsamples by 2 (not SD's 8): every size comes from the configs.
     inputs, _ = load_case("case-c")

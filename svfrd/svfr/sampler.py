@@ -50,6 +50,13 @@ class SamplerSettings:
     use_cfg: bool = True
     windows_per_batch: int = 1
 
+    def __post_init__(self) -> None:
+        if self.num_inference_steps < 1 or self.windows_per_batch < 1:
+            raise ValueError(
+                "num_inference_steps and windows_per_batch must be at least 1 "
+                f"(got {self.num_inference_steps}, {self.windows_per_batch})"
+            )
+
 
 @dataclass(frozen=True)
 class Conditioning:
@@ -110,6 +117,7 @@ def denoise_latents(
     ref_latent (C, h, w) and id_tokens (1, T, D) may be None (pass 1: zeros, as the reference).
     noise (1, N, C, h, w) is the initial noise; without it, it is drawn from `generator` (seeded with
     DEFAULT_SEED when that is None too) on the CPU, so a seed gives the same noise on every device."""
+    check_latent_shape(models, lq_latents)
     num_frames = lq_latents.shape[1]
     schedule = sigmas_and_timesteps(models.scheduler_config, settings.num_inference_steps)
     windows = WindowSchedule(num_frames, settings.window, settings.overlap, settings.windows)
@@ -137,6 +145,12 @@ def denoise_latents(
                 progress(done_windows, total_windows)
         latents = fused / weight_sum
     return latents.unsqueeze(0)
+
+
+def check_latent_shape(models: DiffusionModels, lq_latents: torch.Tensor) -> None:
+    channels = models.unet.config.out_channels
+    if lq_latents.dim() != 5 or lq_latents.shape[0] != 1 or lq_latents.shape[2] != channels:
+        raise ValueError(f"LQ latents must be (1, N, {channels}, h, w), not {tuple(lq_latents.shape)}")
 
 
 def prepare_conditioning(
