@@ -132,3 +132,28 @@ def test_unusable_files_are_refused_with_a_clear_message(tmp_path, ntsc_clip, ma
     with pytest.raises(BadInputError, match=expected) as caught:
         probe(path)
     assert path.name in str(caught.value)
+
+
+def test_every_audio_stream_is_kept(tmp_path):
+    source = tmp_path / "two-languages.mp4"
+    with av.open(str(source), "w") as out:
+        video = out.add_stream("libx264", rate=25)
+        video.width, video.height, video.pix_fmt = 64, 48, "yuv420p"
+        tracks = [out.add_stream("aac", rate=rate, layout="mono") for rate in (44100, 22050)]
+        for i in range(25):
+            frame = av.VideoFrame.from_ndarray(np.full((48, 64, 3), 9 * i, np.uint8), format="rgb24")
+            frame.pts = i
+            out.mux(video.encode(frame))
+        out.mux(video.encode(None))
+        for track in tracks:
+            rate = track.codec_context.sample_rate
+            samples = (np.sin(np.arange(rate) / 7) * 6000).astype(np.int16).reshape(1, -1)
+            chunk = av.AudioFrame.from_ndarray(samples, format="s16", layout="mono")
+            chunk.sample_rate, chunk.pts = rate, 0
+            out.mux(track.encode(chunk))
+            out.mux(track.encode(None))
+    result = copy_video(source, tmp_path / "out.mp4")
+    assert [(a.codec, a.sample_rate) for a in result.audio] == [("aac", 44100), ("aac", 22050)]
+    with av.open(str(tmp_path / "out.mp4")) as container:
+        durations = [float(s.duration * s.time_base) for s in container.streams.audio]
+    assert durations == pytest.approx([1.0, 1.0], abs=0.05)

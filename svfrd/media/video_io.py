@@ -239,7 +239,7 @@ class VideoWriter:
         self._video.codec_context.time_base = info.time_base
         if self.rotation:
             self._video.set_display_rotation(self.rotation)
-        self._audio = _AudioTrack(self._container, audio_source) if audio_source and info.audio else None
+        self._audio = [_AudioTrack(self._container, audio_source, a.index) for a in info.audio] if audio_source else []
         self.frames_written = 0
 
     def __enter__(self) -> "VideoWriter":
@@ -256,22 +256,22 @@ class VideoWriter:
         frame.pts = pts
         frame.time_base = self.time_base
         self._mux(self._video.encode(frame))
-        if self._audio is not None:
-            self._audio.write_until(float(pts * self.time_base))
+        for track in self._audio:
+            _guard_disk(self.path, lambda: track.write_until(float(pts * self.time_base)))
         self.frames_written += 1
 
     def close(self) -> None:
         self._mux(self._video.encode(None))
-        if self._audio is not None:
-            self._audio.write_until(None)
-            self._audio.close()
+        for track in self._audio:
+            _guard_disk(self.path, lambda: track.write_until(None))
+            track.close()
         _guard_disk(self.path, self._container.close)
 
     def abort(self) -> None:
         """Close without flushing; the partial file is left for the caller to delete."""
         try:
-            if self._audio is not None:
-                self._audio.close()
+            for track in self._audio:
+                track.close()
             self._container.close()
         except Exception:  # the original error matters more than a failed close
             pass
@@ -295,11 +295,12 @@ def _guard_disk(path: Path, action):
 
 
 class _AudioTrack:
-    """The source's first audio stream, copied (or re-encoded to AAC) into the output, in time order."""
+    """One audio stream of the source, copied (or re-encoded to AAC) into the output, in time order.
+    Each track reads the source through its own demuxer, so tracks and video advance independently."""
 
-    def __init__(self, output: av.container.OutputContainer, source: Path):
+    def __init__(self, output: av.container.OutputContainer, source: Path, stream_index: int):
         self._input = av.open(str(source), "r")
-        self._in_stream = self._input.streams.audio[0]
+        self._in_stream = self._input.streams[stream_index]
         self._copy = self._in_stream.codec_context.name in MP4_COPYABLE_AUDIO
         if self._copy:
             self._out_stream = output.add_stream_from_template(self._in_stream)
