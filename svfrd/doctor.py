@@ -220,9 +220,17 @@ def svfr_required(config: Config) -> bool:
     return config.engine.name == "svfr"
 
 
+def without_svfr(config: Config) -> str:
+    """What running without the SVFR weights or a GPU means for the configured engine."""
+    name = config.engine.name
+    if name == "auto":
+        return 'engine "auto" uses the classical engine until they are there'
+    return f"not needed by engine {name!r}"
+
+
 def check_svfr_weights(config: Config) -> Check:
     required = svfr_required(config)
-    consequence = "" if required else f" (engine {config.engine.name!r}: restoration uses the classical engine)"
+    consequence = "" if required else f" ({without_svfr(config)})"
     try:
         from svfrd.svfr.loading import weights_problem
     except ImportError as err:
@@ -254,7 +262,7 @@ def check_gpu(config: Config) -> Check:
 
     required = gpu_required(config)
     if not torch.cuda.is_available():
-        consequence = "" if required else "; svfrd will restore with the classical engine on the CPU"
+        consequence = "" if required else f" ({without_svfr(config)})"
         return failed("GPU", f"no CUDA GPU visible to torch{consequence}",
                       "check `nvidia-smi`, the NVIDIA driver, and CUDA_VISIBLE_DEVICES", required)
     index = cuda_index(config.engine.device)

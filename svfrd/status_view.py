@@ -484,6 +484,8 @@ def watch(config: Config, console: Console | None = None) -> int:
                 time.sleep(1 / SCREEN_REFRESH_PER_SECOND)
                 live.update(source.screen())
     except KeyboardInterrupt:
+        if not console.is_terminal:
+            console.line()  # Live leaves its last frame without a final newline off a terminal
         return 0
     finally:
         source.close()

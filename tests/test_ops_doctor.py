@@ -57,8 +57,8 @@ def test_a_ready_site_passes_every_required_check(tmp_path: Path) -> None:
     assert "schema at" in lines["database"] and "(newest)" in lines["database"]
     assert "libx264" in lines["video codecs"]
     assert "sha256 verified" in lines["face model"]
-    # Without weights or a GPU the classical engine runs: a warning, not a failure.
-    assert lines["SVFR weights"].startswith("!") and "classical engine" in lines["SVFR weights"]
+    # The classical engine needs neither SVFR weights nor a GPU: a warning, not a failure.
+    assert lines["SVFR weights"].startswith("!") and "not needed by engine 'classical'" in lines["SVFR weights"]
     assert lines["GPU"][0] in "✓!"
 
 
@@ -100,7 +100,7 @@ def test_svfr_weights_are_required_only_when_the_engine_is_svfr(tmp_path: Path) 
     assert code == 1
     assert lines["SVFR weights"].startswith("✗") and "models/README.md" in lines["SVFR weights"]
     code, lines = doctor_output(write_site(tmp_path, engine="auto"))
-    assert lines["SVFR weights"].startswith("!")
+    assert lines["SVFR weights"].startswith("!") and "uses the classical engine" in lines["SVFR weights"]
     assert code == (0 if lines["GPU"].startswith(("✓", "!")) else 1)
 
 
