@@ -180,7 +180,8 @@ def check_codecs() -> Check:
     version = f"PyAV {av.__version__} (libavcodec {libavcodec_version(av)})"
     if missing:
         return failed("video codecs", f"{version} lacks {', '.join(missing)}",
-                      "install the PyAV wheel from PyPI (it bundles FFmpeg with H.264 and AAC): pip install --force-reinstall av")
+                      "install the PyAV wheel from PyPI, which bundles FFmpeg with H.264 and AAC: "
+                      "pip install --force-reinstall av")
     absent = [name for name in OPTIONAL_DECODERS if not has_codec(av, name, "r")]
     note = f"; cannot decode {', '.join(absent)} inputs" if absent else ""
     return passed("video codecs", f"{version}: H.264 (libx264) and AAC encode, H.264/AAC decode{note}")
