@@ -81,7 +81,18 @@ class VideoCropStream:
 
 
 def restore_video(job: PipelineJob, engine: Engine, progress: ProgressReporter) -> PipelineResult:
-    """Restore the faces of `job.source` into `job.output`. See the module docstring for the stages."""
+    """Restore the faces of `job.source` into `job.output`. See the module docstring for the stages.
+    On failure the partial output and previews are removed; the source is never touched."""
+    try:
+        return _restore_video(job, engine, progress)
+    except BaseException:
+        for path in (job.output, job.preview_video, job.contact_sheet):
+            if path is not None and path.is_file():
+                path.unlink()
+        raise
+
+
+def _restore_video(job: PipelineJob, engine: Engine, progress: ProgressReporter) -> PipelineResult:
     started = time.monotonic()
     timings: dict[str, float] = {}
     crop_policy = str(job.options.get("crop", job.faces.crop))

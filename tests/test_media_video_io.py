@@ -4,12 +4,13 @@ orientation and audio; unreadable files are refused with a clear message."""
 from __future__ import annotations
 
 from fractions import Fraction
+from pathlib import Path
 
 import av
 import numpy as np
 import pytest
 
-from svfrd.errors import BadInputError
+from svfrd.errors import BadInputError, TransientError
 from svfrd.media.video_io import VideoWriter, iter_frames, probe
 from tests.helpers.media_clips import (
     NTSC_FPS,
@@ -157,3 +158,12 @@ def test_every_audio_stream_is_kept(tmp_path):
     with av.open(str(tmp_path / "out.mp4")) as container:
         durations = [float(s.duration * s.time_base) for s in container.streams.audio]
     assert durations == pytest.approx([1.0, 1.0], abs=0.05)
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs Linux /dev/full")
+def test_a_full_disk_is_a_transient_error(ntsc_clip):
+    info = probe(ntsc_clip)
+    with pytest.raises(TransientError, match="is full; the job will be retried"):
+        with VideoWriter(Path("/dev/full"), info, audio_source=ntsc_clip) as writer:
+            for frame in iter_frames(ntsc_clip):
+                writer.write(frame.image, frame.pts)

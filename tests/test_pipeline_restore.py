@@ -21,6 +21,8 @@ from svfrd.pipeline import PipelineJob, restore_video
 from tests.helpers.media_clips import (
     NTSC_FPS,
     face_model_path,
+    moving_face_frames,
+    write_clip,
     write_moving_face_clip,
     write_no_face_clip,
     write_truncated_copy,
@@ -229,3 +231,39 @@ def test_unreadable_reference_image_fails_clearly(ntsc_clip, tmp_path):
     (tmp_path / "me.png").write_bytes(b"nope")
     with pytest.raises(BadInputError, match="reference image me.png cannot be read"):
         restore_video(make_job(tmp_path, ntsc_clip, reference_path=tmp_path / "me.png"), NegativeEngine(), ignore_progress)
+
+
+def test_phone_video_with_rotation_is_restored_upright_and_keeps_its_rotation(tmp_path):
+    source = write_clip(tmp_path / "phone.mp4", moving_face_frames(8, width=120, height=160), rotation=270)
+    engine = NegativeEngine()
+    result = restore_video(make_job(tmp_path, source), engine, ignore_progress)
+    out = probe(tmp_path / "out.mp4")
+    assert (out.rotation, out.width, out.height) == (270, 120, 160)
+    assert result.report["frames_with_face"] == 8  # found upright: MediaPipe needs the face the right way up
+    assert result.report["rotation"] == 270
+
+
+def test_a_failing_engine_leaves_no_partial_output(ntsc_clip, tmp_path):
+    class BrokenEngine(NegativeEngine):
+        def restore(self, request, crops, progress):
+            for i, face in enumerate(super().restore(request, crops, progress)):
+                if i == 5:
+                    raise RuntimeError("engine blew up")
+                yield face
+
+    job = make_job(tmp_path, ntsc_clip, preview_video=tmp_path / "p.mp4", contact_sheet=tmp_path / "s.png")
+    with pytest.raises(RuntimeError, match="engine blew up"):
+        restore_video(job, BrokenEngine(), ignore_progress)
+    assert not job.output.exists() and not (tmp_path / "p.mp4").exists()
+    assert ntsc_clip.exists()
+
+
+def test_an_engine_returning_too_few_crops_is_caught(ntsc_clip, tmp_path):
+    class ShortEngine(NegativeEngine):
+        def restore(self, request, crops, progress):
+            for i, face in enumerate(super().restore(request, crops, progress)):
+                if i < 10:
+                    yield face
+
+    with pytest.raises(RuntimeError, match="returned 10 crops for 24 frames"):
+        restore_video(make_job(tmp_path, ntsc_clip), ShortEngine(), ignore_progress)

@@ -14,6 +14,8 @@ import cv2
 import numpy as np
 from PIL import Image
 
+from svfrd.media.video_io import guard_disk
+
 PREVIEW_SECONDS = 5.0
 PREVIEW_HEIGHT = 270
 SHEET_FRAMES = 4
@@ -74,19 +76,20 @@ class PreviewMaker:
         frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format="rgb24")
         frame.pts = pts
         frame.time_base = self._time_base
-        self._container.mux(self._stream.encode(frame))
+        guard_disk(self.video_path, lambda: self._container.mux(self._stream.encode(frame)))
 
     def close(self) -> list[Path]:
         """Finish the files; returns the paths written."""
         written = []
         if self._container is not None:
-            self._container.mux(self._stream.encode(None))
-            self._container.close()
+            guard_disk(self.video_path, lambda: self._container.mux(self._stream.encode(None)))
+            guard_disk(self.video_path, self._container.close)
             written.append(self.video_path)
         if self.sheet_path is not None and self._sheet_pairs:
             width = max(p.shape[1] for p in self._sheet_pairs)
             rows = [np.pad(p, ((0, 4), (0, width - p.shape[1]), (0, 0)), constant_values=255) for p in self._sheet_pairs]
-            Image.fromarray(np.concatenate(rows, axis=0)).save(self.sheet_path, format="PNG")
+            sheet = Image.fromarray(np.concatenate(rows, axis=0))
+            guard_disk(self.sheet_path, lambda: sheet.save(self.sheet_path, format="PNG"))
             written.append(self.sheet_path)
         return written
 

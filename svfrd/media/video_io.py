@@ -8,9 +8,10 @@ The writer keeps the input's time base and per-frame timestamps (29.97 fps and v
 its resolution, and its audio: audio packets are copied unchanged when MP4 can hold the codec, else re-encoded
 to AAC. Audio is interleaved with the video as it is written, so memory stays bounded.
 
-Odd sizes: H.264 in yuv420p needs even width and height. To keep the exact input resolution, a video with an
-odd dimension is written as yuv444p (High 4:4:4 profile) instead; every FFmpeg-based player and browser-grade
-decoder reads it, some hardware decoders do not.
+Odd sizes: H.264 cannot store an odd width or height in 4:2:0 at all (even its frame cropping works in
+2-pixel steps there). To keep the exact input resolution, a video with an odd dimension is written as yuv444p
+(High 4:4:4 profile) instead; FFmpeg-based players (VLC, mpv, ffplay) read it, some hardware decoders and
+browsers do not. Even-sized videos, nearly all real ones, get ordinary yuv420p.
 """
 
 from __future__ import annotations
@@ -257,15 +258,15 @@ class VideoWriter:
         frame.time_base = self.time_base
         self._mux(self._video.encode(frame))
         for track in self._audio:
-            _guard_disk(self.path, lambda: track.write_until(float(pts * self.time_base)))
+            guard_disk(self.path, lambda: track.write_until(float(pts * self.time_base)))
         self.frames_written += 1
 
     def close(self) -> None:
         self._mux(self._video.encode(None))
         for track in self._audio:
-            _guard_disk(self.path, lambda: track.write_until(None))
+            guard_disk(self.path, lambda: track.write_until(None))
             track.close()
-        _guard_disk(self.path, self._container.close)
+        guard_disk(self.path, self._container.close)
 
     def abort(self) -> None:
         """Close without flushing; the partial file is left for the caller to delete."""
@@ -277,14 +278,14 @@ class VideoWriter:
             pass
 
     def _mux(self, packets: list[av.Packet]) -> None:
-        _guard_disk(self.path, lambda: self._container.mux(packets))
+        guard_disk(self.path, lambda: self._container.mux(packets))
 
 
 def _open_output(path: Path) -> av.container.OutputContainer:
-    return _guard_disk(path, lambda: av.open(str(path), "w", format="mp4"))
+    return guard_disk(path, lambda: av.open(str(path), "w", format="mp4"))
 
 
-def _guard_disk(path: Path, action):
+def guard_disk(path: Path, action):
     """Run an output action, turning a full disk into a TransientError (the job is retried later)."""
     try:
         return action()
