@@ -36,7 +36,7 @@ from svfrd.queue import (
     enqueue_or_find,
     file_sha256,
     insert_failed_job,
-    jobs_by_source_path,
+    paths_owned_by_jobs,
     set_input_paths,
 )
 from svfrd.sidecar import DEFAULT_SEED, JobSpec, default_spec, parse_sidecar, sidecar_path_for
@@ -152,7 +152,7 @@ class Intake:
         seen: set[Path] = set()
         for inbox in self.config.inboxes:
             ready = self._ready_videos(inbox, now, seen, result)
-            owned = jobs_by_source_path(self.db, [str(v) for v in ready], OWNED_BY_JOB_STATES)
+            owned = paths_owned_by_jobs(self.db, [str(v) for v in ready], OWNED_BY_JOB_STATES)
             for video in ready:
                 if str(video) not in owned:
                     self._take_safely(inbox, video, result)
@@ -304,7 +304,7 @@ class Intake:
         mask = inbox / value
         if mask.is_symlink() or not mask.is_file() or mask.suffix.lower() in VIDEO_SUFFIXES | {".toml"}:
             return None
-        in_use = jobs_by_source_path(self.db, [str(mask)], {JobState.QUEUED.value, JobState.RUNNING.value},
+        in_use = paths_owned_by_jobs(self.db, [str(mask)], {JobState.QUEUED.value, JobState.RUNNING.value},
                                      column="mask_path")
         return None if in_use else mask
 

@@ -393,20 +393,19 @@ def list_jobs(db: Engine, limit: int = 50, states: Iterable[str | JobState] | No
         return list(session.exec(query).all())
 
 
-def jobs_by_source_path(
+def paths_owned_by_jobs(
     db: Engine, paths: Iterable[str], states: Iterable[str | JobState], column: str = "source_path"
-) -> dict[str, Job]:
-    """Jobs in these states whose `column` (source_path, mask_path, ...) is one of `paths`, by that path.
-    Intake uses it to leave alone the files that queued, running or failed jobs still own."""
+) -> set[str]:
+    """Those of `paths` that are the `column` (source_path, mask_path, ...) of a job in one of `states`.
+    Intake uses it to leave alone the files that queued, running or failed jobs still own; only the one
+    column is read, so a rescan of a busy inbox stays cheap."""
     paths = list(paths)
     if not paths:
-        return {}
+        return set()
     attribute = getattr(Job, column)
-    query = select(Job).where(
-        col(attribute).in_(paths), col(Job.state).in_([JobState(s).value for s in states])
-    )
+    query = select(attribute).where(col(attribute).in_(paths), col(Job.state).in_([JobState(s).value for s in states]))
     with _session(db) as session:
-        return {getattr(job, column): job for job in session.exec(query).all()}
+        return set(session.exec(query).all())
 
 
 # ---------------------------------------------------------------------------------------------------------------
