@@ -138,14 +138,15 @@ class ServiceFolder:
 class Daemon:
     """`svfrd run` as a subprocess; its log goes to a file the assertions can show."""
 
-    def __init__(self, folder: ServiceFolder, log_name: str = "daemon.log"):
+    def __init__(self, folder: ServiceFolder, log_name: str = "daemon.log", env: dict[str, str] | None = None):
         self.folder = folder
         self.log_path = folder.root / log_name
+        self.extra_env = env or {}
         self.process: subprocess.Popen | None = None
 
     def start(self) -> "Daemon":
         env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "SVFRD_TEST_MARKER": str(self.folder.root / "markers"),
-               "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+               "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", **self.extra_env}
         env.pop("NOTIFY_SOCKET", None)
         env.pop("WATCHDOG_USEC", None)
         with open(self.log_path, "ab") as log:
@@ -188,14 +189,15 @@ class Daemon:
             return self.process.wait(10)
 
     def wait_until(self, what: str, condition: Callable[[], object], timeout: float = 60.0,
-                   interval: float = 0.2) -> object:
-        """Poll `condition` until it returns something truthy; fail with the daemon's log otherwise."""
+                   interval: float = 0.2, while_alive: bool = True) -> object:
+        """Poll `condition` until it returns something truthy; fail with the daemon's log otherwise (also
+        as soon as the daemon exits, unless `while_alive` is False)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             value = condition()
             if value:
                 return value
-            if self.process is not None and self.process.poll() is not None:
+            if while_alive and self.process is not None and self.process.poll() is not None:
                 raise AssertionError(f"the daemon exited ({self.process.returncode}) while waiting for {what}\n"
                                      f"{self.log()[-4000:]}")
             time.sleep(interval)
@@ -211,6 +213,18 @@ class Daemon:
             return None
 
         return self.wait_until(f"{count} job(s) in {sorted(states)}", settled, timeout)
+
+    def wait_for_running_stage(self, stages: set[str], timeout: float = 60.0) -> Job:
+        """Wait until a job runs in one of `stages` (so a kill or signal lands mid-restoration)."""
+
+        def running() -> Job | None:
+            return next((j for j in self.folder.jobs() if j.state == "running" and j.stage in stages), None)
+
+        return self.wait_until(f"a job running in {sorted(stages)}", running, timeout, interval=0.1)
+
+    def wait_until_serving(self, timeout: float = 60.0) -> None:
+        """Wait until start-up is complete (the log says so after the first scan)."""
+        self.wait_until("the daemon to start", lambda: "svfrd is running" in self.log(), timeout)
 
     def __enter__(self) -> "Daemon":
         return self.start()
