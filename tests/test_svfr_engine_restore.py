@@ -76,9 +76,11 @@ def test_every_task_combination_restores_every_clip_length(engine: SvfrEngine, t
     restored, reports = restore(engine, request_for(tasks), frames)
     assert_restored_crops(restored, frames)
     stages = [stage for stage, _, _ in reports]
-    assert stages[0] == "encode" and "pass 1" in stages and stages[-1] == "decode"
-    assert "pass 2 step 2/2" in stages
-    assert reports[-1] == ("decode", frames, frames)
+    assert stages[0] == "vae encode" and "pass 1" in stages and stages[-1] == "vae decode"
+    assert stages.index("pass 1") < stages.index("pass 2 step 1/2") < stages.index("pass 2 step 2/2")
+    assert reports[-1] == ("vae decode", frames, frames)
+    for stage, done, total in reports:
+        assert 0 <= done <= total, (stage, done, total)
 
 
 @needs_face_model

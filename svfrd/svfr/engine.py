@@ -1,13 +1,13 @@
 """The SVFR engine: two-pass, streaming restoration of a video's face crops with the SVFR model.
 
 What one job does (svfr-spec.md 3.1, minus the reference's memory use):
-1. encode: read the crops once, prepare each for the tasks (gray for colorization, white under the mask for
+1. vae encode: read the crops once, prepare each for the tasks (gray for colorization, white under the mask for
    inpainting) and VAE-encode them in chunks; only latents are kept for the whole video (or segment).
 2. pass 1: denoise the first <= 16 frames without reference or ID (no CFG: both halves would be identical)
    and take the last frame as the reference. A user-supplied reference picture replaces this pass.
 3. ID tokens: ArcFace on the reference face, aligned to the 5-point template, through id_linear.
 4. pass 2: denoise the whole video with the reference latent and the ID tokens.
-5. decode: VAE-decode in chunks and yield the crops as they come.
+5. vae decode: VAE-decode in chunks and yield the crops as they come.
 
 Very long videos are cut into overlapping segments of `segment_frames`; each is denoised on its own (with the
 same reference and ID) and the overlap is cross-faded in latent space, so memory stays bounded whatever the
@@ -299,6 +299,8 @@ class SvfrJob:
         """The LQ latents of the next `count` crops, encoded `vae_chunk` at a time as they are read."""
         latents = []
         while count > 0:
+            # Reported before the work too: the worker charges the time until the next report to this stage.
+            self.progress("vae encode", self.encoded, self.total)
             take = min(count, self.engine.vae_chunk)
             pixels = []
             for _ in range(take):
@@ -311,7 +313,7 @@ class SvfrJob:
             latents.append(self.engine.encode(torch.stack(pixels)))
             self.encoded += take
             count -= take
-            self.progress("encode", self.encoded, self.total)
+            self.progress("vae encode", self.encoded, self.total)
         return torch.cat(latents)
 
     # -- reference and identity -----------------------------------------------------------------------
@@ -380,9 +382,11 @@ class SvfrJob:
         call_ends = np.cumsum(calls_per_step)
         suffix = f" (segment {segment + 1}/{segments})" if segments > 1 else ""
 
-        def report(done: int, total: int) -> None:
-            step = min(int(np.searchsorted(call_ends, done, side="left")) + 1, steps)
-            self.progress(f"pass 2 step {step}/{steps}{suffix}", done, total)
+        def report(done: int, _total: int) -> None:
+            # Windows done within the current step: each step is its own stage, so its time estimate holds.
+            step = min(int(np.searchsorted(call_ends, done, side="left")), steps - 1)
+            done_before = int(call_ends[step - 1]) if step else 0
+            self.progress(f"pass 2 step {step + 1}/{steps}{suffix}", done - done_before, calls_per_step[step])
 
         report(0, int(call_ends[-1]))
         return self.engine.denoise(
@@ -393,11 +397,12 @@ class SvfrJob:
         rounding = self.settings.mode != "reference"
         chunk = self.engine.vae_chunk
         for start in range(0, len(latents), chunk):
+            self.progress("vae decode", self.decoded, self.total)
             frames = self.engine.decode(latents[start : start + chunk])
             for crop in to_uint8_crops(frames, rounding):
                 self.decoded += 1
                 yield to_crop_size(crop)
-            self.progress("decode", self.decoded, self.total)
+            self.progress("vae decode", self.decoded, self.total)
 
 
 def crossfade(previous: torch.Tensor, current: torch.Tensor) -> torch.Tensor:

@@ -21,6 +21,7 @@ from diffusers import AutoencoderKLTemporalDecoder, EulerDiscreteScheduler, UNet
 
 from svfrd.config import EngineConfig, SvfrConfig
 from svfrd.engine import CROP_SIZE, FaceCrop
+from svfrd.svfr.engine import FACE_MODEL_FILE
 from svfrd.svfr.identity import IdProjection, IResNet
 from svfrd.svfr.loading import (
     ARCFACE_WEIGHTS,
@@ -81,8 +82,9 @@ def randomise_batch_norms(module: torch.nn.Module, generator: torch.Generator) -
             norm.running_var.copy_(1.0 + 0.2 * torch.rand(count, generator=generator))
 
 
-def write_tiny_svfr_models(folder: Path, seed: int = 0) -> Path:
-    """Write the tiny model set into `folder` (created) and return it."""
+def write_tiny_svfr_models(folder: Path, seed: int = 0, face_model: Path | None = None) -> Path:
+    """Write the tiny model set into `folder` (created) and return it. `face_model`, if given, is linked into
+    the folder where the engine looks for it by default (the shipped config keeps it beside the weights)."""
     folder = Path(folder)
     generator = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
@@ -104,6 +106,8 @@ def write_tiny_svfr_models(folder: Path, seed: int = 0) -> Path:
     randomise_batch_norms(arcface, generator)
     save_state_dict(arcface, folder / ARCFACE_WEIGHTS)
     save_state_dict(tiny_id_projection(), folder / ID_LINEAR_WEIGHTS)
+    if face_model is not None:
+        (folder / FACE_MODEL_FILE).symlink_to(Path(face_model).resolve())
     return folder
 
 
