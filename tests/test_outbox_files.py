@@ -63,6 +63,19 @@ def test_inputs_move_together_and_keep_a_shared_number_on_clashes(tmp_path):
     assert list(inbox.iterdir()) == []
 
 
+def test_inputs_already_in_the_folder_stay_as_they_are(tmp_path):
+    """A retried job's input lies in failed/ already; failing again must not rename or lose it."""
+    failed, inbox = tmp_path / "failed", tmp_path / "inbox"
+    failed.mkdir()
+    inbox.mkdir()
+    video = failed / "clip.mp4"
+    video.write_text("video")
+    (inbox / "clip.toml").write_text("sidecar")
+    moved = move_input_to(failed, [video, inbox / "clip.toml"])
+    assert moved == [video, failed / "clip.toml"]
+    assert video.read_text() == "video" and sorted(p.name for p in failed.iterdir()) == ["clip.mp4", "clip.toml"]
+
+
 def test_moving_across_filesystems_copies_before_removing_the_source(tmp_path, monkeypatch):
     real_link = os.link
 
