@@ -23,8 +23,11 @@ from PIL import Image
 from svfrd.engine import CROP_SIZE
 from svfrd.media.tracking import SubjectTrack
 
-#: Crop side relative to the landmark-mesh box (tracked policy): about the framing of the reference policy.
-TRACKED_SCALE = 1.8
+#: Crop side relative to the landmark-mesh box (tracked policy), and how far the centre is raised (relative to
+#: the mesh height): the mesh stops at mid-forehead, so this frames the whole head with some shoulders, as the
+#: reference's expanded detector boxes do.
+TRACKED_SCALE = 2.0
+HEAD_LIFT = 0.1
 #: Temporal smoothing (Gaussian sigma in frames) of the crop centre and size.
 CENTRE_SIGMA = 2.0
 SIZE_SIGMA = 4.0
@@ -94,6 +97,20 @@ def reference_crops(track: SubjectTrack, has_face: np.ndarray, width: int, heigh
     return FrameCrops(boxes=[box] * len(track.boxes), has_face=has_face, policy="reference")
 
 
+def square_geometry(boxes: np.ndarray) -> np.ndarray:
+    """(N, 4) landmark-mesh boxes x1, y1, x2, y2 -> (N, 3) crop squares as centre x, centre y, side."""
+    width, height = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
+    centre_x = (boxes[:, 0] + boxes[:, 2]) / 2
+    centre_y = (boxes[:, 1] + boxes[:, 3]) / 2 - HEAD_LIFT * height
+    return np.stack([centre_x, centre_y, TRACKED_SCALE * np.maximum(width, height)], axis=1)
+
+
+def face_crop_box(box: tuple[float, float, float, float]) -> CropBox:
+    """The tracked policy's crop square for one face box (e.g. a face found in a reference picture)."""
+    cx, cy, side = square_geometry(np.asarray([box], dtype=np.float64))[0]
+    return CropBox(float(cx - side / 2), float(cy - side / 2), float(side))
+
+
 def bridge_gaps(track: SubjectTrack, max_gap: int) -> tuple[np.ndarray, np.ndarray]:
     """Per-frame (cx, cy, side) of the face, with detection gaps of up to `max_gap` frames filled in.
 
@@ -102,11 +119,7 @@ def bridge_gaps(track: SubjectTrack, max_gap: int) -> tuple[np.ndarray, np.ndarr
     n = len(track.boxes)
     geometry = np.full((n, 3), np.nan)
     found = track.detected
-    b = track.boxes[found]
-    geometry[found] = np.stack(
-        [(b[:, 0] + b[:, 2]) / 2, (b[:, 1] + b[:, 3]) / 2, TRACKED_SCALE * np.maximum(b[:, 2] - b[:, 0], b[:, 3] - b[:, 1])],
-        axis=1,
-    )
+    geometry[found] = square_geometry(track.boxes[found])
     filled = geometry.copy()
     for start, end in track.shots:
         idx = np.flatnonzero(found[start:end]) + start
