@@ -40,6 +40,8 @@ RUNNING_CHECK_INTERVAL = 2.0
 CANCEL_GRACE = 15.0
 #: File events come in floods while a big file is copied in: scan at most this often because of them.
 HINT_SCAN_SPACING = 0.5
+#: Pause after an unexpected error in the main loop, so a persistent one does not spin.
+LOOP_ERROR_PAUSE = 5.0
 #: How long an idle worker gets to exit after "stop".
 WORKER_EXIT_GRACE = 5.0
 #: Consecutive worker deaths before it is ready after which the daemon gives up (a broken GPU or install).
@@ -156,7 +158,10 @@ class WorkerProcess:
 
     def run(self, job: Job) -> None:
         self.job, self.cancel_seen_at = job, None
-        self.conn.send(("run", job.id))
+        try:
+            self.conn.send(("run", job.id))
+        except OSError:
+            pass  # it just died: the death is handled with the job, as for any death mid-job
 
     def interrupt(self) -> None:
         """Ask the running job to stop at its next progress report and go back to the queue."""
@@ -215,7 +220,7 @@ class Supervisor:
             notify.ready()
             log.info("svfrd is running: watching %s", ", ".join(str(i.path) for i in self.config.inboxes))
             while self.stop_signal is None and self.exit_code is None:
-                self._step()
+                self._guarded_step()
             return self._shutdown()
         finally:
             self.wakeup.close()
@@ -238,6 +243,15 @@ class Supervisor:
             self.wakeup.set()
 
     # -- one pass of the main loop -----------------------------------------------------------------------
+
+    def _guarded_step(self) -> None:
+        """A failing step (database locked for too long, an inbox gone) is logged, and the service carries
+        on: the worker and its loaded models are worth more than a restart."""
+        try:
+            self._step()
+        except Exception:  # noqa: BLE001
+            log.exception("the main loop hit an error; carrying on in %.0f s", LOOP_ERROR_PAUSE)
+            self._wait(LOOP_ERROR_PAUSE)
 
     def _step(self) -> None:
         now = time.monotonic()
@@ -297,7 +311,7 @@ class Supervisor:
     def _handle_worker(self) -> None:
         for message in self.worker.receive():
             self._on_worker_message(message)
-        if self.worker.process is not None and not self.worker.alive:
+        if self.exit_code is None and self.worker.process is not None and not self.worker.alive:
             self._on_worker_death()
 
     def _on_worker_message(self, message: tuple) -> None:

@@ -309,7 +309,7 @@ def worker_main(config: Config, conn: Connection, parent_pid: int, verbose: bool
         kind = "config" if isinstance(err, ConfigError) else "error"
         if not isinstance(err, SvfrdError):
             log.error("creating the engine failed:\n%s", traceback.format_exc())
-        conn.send(("engine_failed", f"cannot create the {config.engine.name!r} engine: {err}", kind))
+        conn.send(("engine_failed", f"the engine could not be created: {err}", kind))
         return
     db = open_database(config.service.database_url)
     runner = JobRunner(config, db, engine)

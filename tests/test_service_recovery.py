@@ -134,3 +134,23 @@ def test_a_second_daemon_on_the_same_state_folder_refuses_to_start(tmp_path):
     message = second.log()
     assert f"another svfrd daemon (pid={first.pid}" in message
     assert "is already using the state folder" in message
+
+
+def test_a_full_disk_fails_the_job_as_transient_and_gives_up_after_max_attempts(tmp_path):
+    folder = ServiceFolder(tmp_path / "svfrd", service={"min_free_space_mb": 10**9, "max_attempts": 2})
+    with Daemon(folder) as daemon:
+        folder.drop(write_face_clip(tmp_path / "clip.mp4", tag=8))
+        (job,) = daemon.wait_for_jobs(1, {"failed"})
+        assert "will retry (attempt 1 of 2 failed): only" in daemon.log()
+    assert job.error_kind == "transient" and job.attempts == 2
+    assert "[service] min_free_space_mb" in job.error_message and "gave up after 2 attempts" in job.error_message
+    assert folder.files("failed") == ["clip.error.txt", "clip.mp4"]
+    assert folder.files("outbox") == []
+
+
+def test_an_engine_that_cannot_be_created_stops_the_daemon_with_the_reason(tmp_path):
+    folder = ServiceFolder(tmp_path / "svfrd", engine="tests.engines:NoSuchEngine")
+    daemon = Daemon(folder).start()
+    assert daemon.wait_exit(timeout=30) == 2
+    assert "the engine could not be created: [engine] name = 'tests.engines:NoSuchEngine'" in daemon.log()
+    assert "NoSuchEngine" in daemon.log()
