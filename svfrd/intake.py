@@ -56,11 +56,9 @@ OWNED_BY_JOB_STATES = frozenset(
 
 
 def is_candidate_video(name: str) -> bool:
-    """Visible, complete-looking names with a video container suffix."""
-    if name.startswith(".") or name.startswith("~"):
-        return False
-    suffix = Path(name).suffix.lower()
-    return suffix in VIDEO_SUFFIXES and suffix not in PARTIAL_SUFFIXES
+    """A visible name (no dot-file, no `~` editor/lock file) ending in a video container suffix; partial
+    names (`clip.mp4.part`) end in their partial suffix, so they never match."""
+    return not name.startswith((".", "~")) and Path(name).suffix.lower() in VIDEO_SUFFIXES
 
 
 @dataclass
@@ -294,19 +292,29 @@ class Intake:
 
     def _mask_named_by(self, sidecar: Path, inbox: Path) -> Path | None:
         """The mask a rejected sidecar names, if it is plainly a file of this inbox (so it can travel with the
-        video to failed/) and no waiting job uses it."""
-        try:
-            value = tomllib.loads(sidecar.read_text(encoding="utf-8")).get("mask")
-        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+        video to failed/) and neither a waiting job nor another sidecar in the inbox uses it."""
+        mask = _mask_in_sidecar(sidecar, inbox)
+        if mask is None or mask.is_symlink() or not mask.is_file():
             return None
-        if not isinstance(value, str) or not value or PurePosixPath(value).is_absolute() or ".." in value:
+        if mask.suffix.lower() in VIDEO_SUFFIXES | {".toml"}:
             return None
-        mask = inbox / value
-        if mask.is_symlink() or not mask.is_file() or mask.suffix.lower() in VIDEO_SUFFIXES | {".toml"}:
+        waiting = {JobState.QUEUED.value, JobState.RUNNING.value}
+        if paths_owned_by_jobs(self.db, [str(mask)], waiting, column="mask_path"):
             return None
-        in_use = paths_owned_by_jobs(self.db, [str(mask)], {JobState.QUEUED.value, JobState.RUNNING.value},
-                                     column="mask_path")
-        return None if in_use else mask
+        others = [p for p in inbox.glob("*.toml") if p != sidecar]
+        return None if any(_mask_in_sidecar(other, inbox) == mask for other in others) else mask
+
+
+def _mask_in_sidecar(sidecar: Path, inbox: Path) -> Path | None:
+    """The `mask` a sidecar names, read leniently (the sidecar may be broken); None unless it is a plain
+    relative path."""
+    try:
+        value = tomllib.loads(sidecar.read_text(encoding="utf-8")).get("mask")
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+        return None
+    if not isinstance(value, str) or not value or PurePosixPath(value).is_absolute() or ".." in value:
+        return None
+    return inbox / value
 
 
 def _list_files(folder: Path) -> dict[Path, tuple[int, int]]:

@@ -30,6 +30,8 @@ from svfrd.jobs import ErrorKind, Job, JobState, utcnow
 DEDUPE_BLOCKING_STATES = (JobState.QUEUED.value, JobState.RUNNING.value, JobState.DONE.value)
 
 INTERRUPTED_MESSAGE = "interrupted: the daemon stopped while the job ran"
+#: The stage of a job rejected by intake before it ever ran (a bad sidecar).
+INTAKE_STAGE = "intake"
 
 
 class QueueError(Exception):
@@ -161,11 +163,13 @@ def _find_blocking_duplicate(session: Session, dedupe_key: str) -> Job | None:
 
 def insert_failed_job(db: Engine, error: BadInputError, **fields: Any) -> Job:
     """Record an input rejected at intake (bad sidecar) as a failed job, so it shows in `svfrd status`
-    with its reason. Never deduplicated: each rejected drop is its own record."""
+    with its reason. Never deduplicated: each rejected drop is its own record. Its stage is "intake": it
+    cannot be retried, as its sidecar has to be corrected first."""
     fields = _job_fields(fields)
     now = utcnow()
     job = Job(
         **fields,
+        stage=INTAKE_STAGE,
         state=JobState.FAILED.value,
         error_kind=ErrorKind.BAD_INPUT.value,
         error_message=str(error),
@@ -367,6 +371,8 @@ def retry_job(db: Engine, job_id: int) -> Job:
         job = _locked_job(session, job_id)
         if job.state not in (JobState.FAILED.value, JobState.CANCELLED.value):
             raise JobStateError(f"job {job_id} is {job.state}; only failed or cancelled jobs can be retried")
+        if job.stage == INTAKE_STAGE:
+            raise JobStateError(f"job {job_id} was rejected at intake, so retrying cannot help: {job.error_message}")
         job.state, job.attempts, job.not_before = JobState.QUEUED.value, 0, None
         job.cancel_requested, job.finished_at, job.worker_pid = False, None, None
         job.error_kind = job.error_message = job.stage = None

@@ -321,6 +321,21 @@ def test_a_bad_sidecar_takes_its_mask_along_to_failed(intake):
     assert list(inbox.iterdir()) == []
 
 
+def test_a_mask_that_another_sidecar_names_stays_in_the_inbox(tmp_path):
+    intake = make_intake(tmp_path, quiet=0.2, grace=5.0)
+    inbox = inbox_of(intake)
+    save_mask(inbox / "shared.png")
+    drop(inbox, "bad.mp4", video_bytes(15))
+    drop(inbox, "bad.toml", 'tasks = [2]\nmask = "shared.png"\nspeed = 2\n')
+    drop(inbox, "good.toml", 'tasks = [2]\nmask = "shared.png"\n')  # its video is still being copied
+    [job] = [j for r in scan_until(intake, lambda r: any(r_.failed for r_ in r)) for j in r.failed]
+    assert job.mask_path is None and (inbox / "shared.png").is_file()
+    drop(inbox, "good.mp4", video_bytes(16))
+    [good] = enqueued(scan_until(intake, lambda r: enqueued(r)))
+    assert good.mask_path == str(inbox / "shared.png")
+    intake.db.dispose()
+
+
 def test_files_of_queued_jobs_stay_put_across_restarts(tmp_path):
     first = make_intake(tmp_path)
     drop(inbox_of(first), "clip.mp4", video_bytes(11))

@@ -209,6 +209,8 @@ def test_failed_intake_rows_and_moved_inputs(db):
         source_path="/in/a.mp4", tasks=[0], content_hash="c1", max_attempts=3,
     )
     assert bad.state == "failed" and bad.error_kind == "bad_input" and "taks" in bad.error_message
+    with pytest.raises(JobStateError, match="rejected at intake, so retrying cannot help: a.toml: unknown key"):
+        retry_job(db, bad.id)
     moved = set_input_paths(db, bad.id, source_path="/failed/a.mp4", sidecar_path="/failed/a.toml")
     assert (moved.source_path, moved.sidecar_path) == ("/failed/a.mp4", "/failed/a.toml")
     assert [j.id for j in list_jobs(db, 10, states=[JobState.FAILED])] == [bad.id]
