@@ -118,6 +118,14 @@ def test_pcm_audio_that_mp4_cannot_hold_is_reencoded_to_aac(tmp_path):
     assert audio_seconds(tmp_path / "out.mp4") == pytest.approx(0.4, abs=0.05)
 
 
+def test_truncated_file_whose_index_survived_is_refused(tmp_path):
+    # MP4 "faststart" puts the index first, so a cut-off copy still opens and looks shorter, not broken.
+    source = write_clip(tmp_path / "fast.mp4", moving_face_frames(20), faststart=True)
+    cut = write_truncated_copy(source, tmp_path / "fast-cut.mp4", keep=0.6)
+    with pytest.raises(BadInputError, match=r"fast-cut.mp4 is not a readable video \(its index lists 20 frames"):
+        probe(cut)
+
+
 @pytest.mark.parametrize(
     "make, expected",
     [

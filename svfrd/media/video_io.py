@@ -139,12 +139,16 @@ def probe(path: Path) -> VideoInfo:
             )
             for a in container.streams.audio
         ]
+        header_frames = stream.frames  # from the container's index; 0 when it has none
         width, height = stream.codec_context.width, stream.codec_context.height
         pix_fmt = stream.codec_context.pix_fmt or first.format.name
         codec = stream.codec_context.name
     frames, first_pts, last_pts, last_duration = _count_video_packets(path)
     if frames == 0:
         raise _unreadable(path, "it contains no video frames")
+    if header_frames and frames < header_frames:
+        # An index written up front (MP4 "faststart") survives a cut-off copy; the frames do not.
+        raise _unreadable(path, f"its index lists {header_frames} frames but only {frames} are present")
     if fps is None or fps <= 0:
         fps = Fraction(25)
     if last_pts is not None and first_pts is not None:

@@ -112,12 +112,14 @@ def write_clip(
     rotation: int = 0,
     pix_fmt: str | None = None,
     crf: int = 18,
+    faststart: bool = False,
 ) -> Path:
     """Encode RGB frames to an H.264 MP4 (yuv444p when a dimension is odd, which yuv420p cannot hold).
 
     `pts` with `time_base` writes variable-frame-rate timestamps; `audio` adds an AAC tone track as long as
     the video; `rotation` stores display-matrix rotation metadata (degrees, counter-clockwise, a multiple of
-    90) and the pixels rotated the other way, so the frames given are what a player shows.
+    90) and the pixels rotated the other way, so the frames given are what a player shows. `faststart` puts
+    the MP4 index before the frames, as streaming-friendly exports do.
     """
     path = Path(path)
     fps = Fraction(fps)
@@ -126,7 +128,7 @@ def write_clip(
         width, height = height, width
     if pix_fmt is None:
         pix_fmt = "yuv420p" if width % 2 == 0 and height % 2 == 0 else "yuv444p"
-    with av.open(str(path), "w") as out:
+    with av.open(str(path), "w", options={"movflags": "faststart"} if faststart else {}) as out:
         video = out.add_stream("libx264", rate=fps, options={"crf": str(crf), "preset": "ultrafast"})
         video.width, video.height, video.pix_fmt = width, height, pix_fmt
         frame_time_base = time_base or 1 / fps
