@@ -17,7 +17,7 @@ import signal
 import time
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
-from typing import Any
+from typing import Any, Callable
 
 from sqlalchemy import Engine as Database
 
@@ -25,6 +25,7 @@ from svfrd import notify, results
 from svfrd.config import Config
 from svfrd.db import open_database, upgrade_database
 from svfrd.errors import JobCancelled, TransientError
+from svfrd.intake import Intake
 from svfrd.jobs import Job, JobState
 from svfrd.lock import StateLockedError, acquire_state_lock
 from svfrd.logs import job_logger
@@ -181,8 +182,10 @@ class WorkerProcess:
             except OSError:
                 pass
             self.process.join(WORKER_EXIT_GRACE)
-        self.kill()
-        self.conn.close()
+        if self.process is not None:
+            self.kill()
+        if self.conn is not None:
+            self.conn.close()
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -191,8 +194,6 @@ class WorkerProcess:
 
 class Supervisor:
     def __init__(self, config: Config, db: Database, verbose: bool = False):
-        from svfrd.intake import Intake
-
         self.config, self.db = config, db
         self.wakeup = Wakeup()
         self.worker = WorkerProcess(config, verbose)
@@ -216,11 +217,11 @@ class Supervisor:
         try:
             self.worker.start()
             self.intake.start()
-            self._scan()
+            self._guarded(self._scan)
             notify.ready()
             log.info("svfrd is running: watching %s", ", ".join(str(i.path) for i in self.config.inboxes))
             while self.stop_signal is None and self.exit_code is None:
-                self._guarded_step()
+                self._guarded(self._step)
             return self._shutdown()
         finally:
             self.wakeup.close()
@@ -244,11 +245,11 @@ class Supervisor:
 
     # -- one pass of the main loop -----------------------------------------------------------------------
 
-    def _guarded_step(self) -> None:
-        """A failing step (database locked for too long, an inbox gone) is logged, and the service carries
-        on: the worker and its loaded models are worth more than a restart."""
+    def _guarded(self, step: Callable[[], None]) -> None:
+        """A failing step (database locked for too long, an unreadable inbox) is logged, and the service
+        carries on: the worker and its loaded models are worth more than a restart."""
         try:
-            self._step()
+            step()
         except Exception:  # noqa: BLE001
             log.exception("the main loop hit an error; carrying on in %.0f s", LOOP_ERROR_PAUSE)
             self._wait(LOOP_ERROR_PAUSE)
