@@ -94,7 +94,8 @@ def all_jobs(intake: Intake) -> list:
 def simulate_worker_done(intake: Intake, job) -> None:
     """What the worker does after a success: move the inputs to done/, record it, mark the job done."""
     claim_next_job(intake.db, worker_pid=1)
-    moved = move_input_to(intake.config.output.done, [Path(job.source_path), job.sidecar_path and Path(job.sidecar_path)])
+    inputs = [Path(job.source_path), Path(job.sidecar_path) if job.sidecar_path else None]
+    moved = move_input_to(intake.config.output.done, inputs)
     set_input_paths(intake.db, job.id, source_path=moved[0], sidecar_path=moved[1] if len(moved) > 1 else None)
     finish_job(intake.db, job.id, engine="test", output_path="/out/x.restored.mp4", report_path=None)
 
