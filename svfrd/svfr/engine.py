@@ -30,7 +30,7 @@ import torch
 
 from svfrd.config import EngineConfig, SvfrConfig, option_problem
 from svfrd.engine import CROP_SIZE, CropStream, FaceCrop, ProgressReporter, RestoreRequest, Task
-from svfrd.errors import BadInputError, TransientError
+from svfrd.errors import BadInputError, ConfigError, TransientError
 from svfrd.media.crop import TRACKED_SCALE, CropBox, crop_face
 from svfrd.media.faces import DetectedFace, FaceFinder
 from svfrd.media.masks import prepare_svfr_input
@@ -85,7 +85,13 @@ def run_settings(cfg: SvfrConfig, options: Mapping[str, Any]) -> RunSettings:
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(
+            f'[engine] device = "{name}", but torch sees no CUDA GPU; check the driver (nvidia-smi) and that '
+            'the CUDA build of torch is installed, or set device = "auto"'
+        )
+    return device
 
 
 def task_vector(tasks: frozenset[Task]) -> torch.Tensor:
@@ -160,13 +166,15 @@ class SvfrEngine:
     def check(self, request: RestoreRequest) -> None:
         """Every task combination works; only invalid options or an unusable reference picture are refused."""
         run_settings(self.cfg.svfr, request.options)
-        if request.reference_face is not None:
+        if request.reference_face is not None and self.face_model.is_file():
             self.reference_face_box(request.reference_face)
 
     def warnings(self) -> list[str]:
         return list(self._warnings)
 
-    def restore(self, request: RestoreRequest, crops: CropStream, progress: ProgressReporter) -> Iterator[np.ndarray]:
+    def restore(
+        self, request: RestoreRequest, crops: CropStream, progress: ProgressReporter
+    ) -> Iterator[np.ndarray]:
         self._warnings = []
         settings = run_settings(self.cfg.svfr, request.options)
         job = SvfrJob(self, request, settings, crops, progress)
@@ -181,7 +189,7 @@ class SvfrEngine:
     def find_face(self, image: np.ndarray) -> DetectedFace | None:
         """The largest face in one picture, or None (also when the face model is missing, with a warning)."""
         if not self.face_model.is_file():
-            self.warn(f"the face landmark model {self.face_model} is missing, so no face can be aligned for ArcFace")
+            self.warn(f"the face landmark model {self.face_model} is missing, so ID tokens are disabled")
             return None
         # A fresh finder per picture: MediaPipe's video mode would track across unrelated pictures.
         with FaceFinder(self.face_model) as finder:
@@ -216,7 +224,7 @@ class SvfrEngine:
     def _with_smaller_chunks_on_oom(
         self, work: Callable[[int], torch.Tensor], chunk: int | None = None
     ) -> torch.Tensor:
-        chunk = chunk or self.vae_chunk
+        chunk = min(chunk or self.vae_chunk, self.vae_chunk)
         while True:
             try:
                 return work(chunk)
@@ -321,7 +329,11 @@ class SvfrJob:
     def reference_conditioning(self, lq: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """(reference latent, ID tokens) for pass 2: from the user's picture, else from pass 1."""
         if self.request.reference_face is not None:
-            return self.user_reference()
+            if self.engine.face_model.is_file():
+                return self.user_reference()
+            self.engine.warn(
+                f"the reference image was not used: the face landmark model {self.engine.face_model} is missing"
+            )
         return self.pass_one_reference(lq[:WINDOW])
 
     def user_reference(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -351,7 +363,8 @@ class SvfrJob:
             progress=lambda done, total: self.progress("pass 1", done, total),
         )[0]
         if self.settings.mode == "reference":
-            # The temporal decoder mixes the frames of a chunk: decode the clip as the reference does.
+            # The temporal decoder mixes the frames of a chunk: decode the clip as the reference does (unless
+            # vae_chunk is set lower to save memory).
             reference_frame = self.engine.decode(latents, chunk=WINDOW)[-1]
         else:
             reference_frame = self.engine.decode(latents[-1:], chunk=1)[0]
