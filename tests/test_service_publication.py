@@ -17,7 +17,7 @@ from svfrd import outbox
 from svfrd.config import load_config
 from svfrd.db import open_database, upgrade_database
 from svfrd.jobs import Job
-from svfrd.queue import claim_next_job, enqueue_job, get_job
+from svfrd.queue import claim_next_job, enqueue_job, get_job, retry_job
 from svfrd.results import (
     ResultFiles, complete_publication, plan_final_files, publish_planned, record_plan, settle_failure, temp_files,
 )
@@ -188,3 +188,16 @@ def test_a_transient_failure_leaves_the_input_in_the_inbox_for_the_retry(service
 
     assert retried.state == "queued" and retried.attempts == 1
     assert folder.files("inbox") == ["clip.mp4"] and folder.files("failed") == []
+
+
+def test_a_retried_job_that_fails_again_keeps_its_files_under_their_names_in_failed(service):
+    folder, config, db = service
+    job = running_job(service)
+    settle_failure(config, db, job.id, BadInputError("no face found in clip.mp4"))
+    retry_job(db, job.id)
+    assert claim_next_job(db, worker_pid=os.getpid()).id == job.id
+
+    again = settle_failure(config, db, job.id, BadInputError("no face found in clip.mp4"))
+
+    assert Path(again.source_path) == folder.folder("failed") / "clip.mp4"
+    assert "clip.mp4" in folder.files("failed") and "clip-2.mp4" not in folder.files("failed")

@@ -154,3 +154,18 @@ def test_an_engine_that_cannot_be_created_stops_the_daemon_with_the_reason(tmp_p
     assert daemon.wait_exit(timeout=30) == 2
     assert "the engine could not be created: [engine] name = 'tests.engines:NoSuchEngine'" in daemon.log()
     assert "NoSuchEngine" in daemon.log()
+
+
+def test_a_worker_deaf_to_a_cancel_is_killed_and_the_job_still_ends_cancelled(tmp_path):
+    folder = ServiceFolder(tmp_path / "svfrd", engine=SLOW)
+    # One frame takes a minute without a progress report: the worker cannot notice the cancel by itself.
+    with Daemon(folder, env={"SVFRD_TEST_SECONDS_PER_FRAME": "60"}) as daemon:
+        folder.drop(write_face_clip(tmp_path / "stuck.mp4", tag=9, frames=2))
+        stuck = daemon.wait_for_running_stage({"faces"})
+        time.sleep(1.0)  # into the engine's long frame
+        assert main(["--config", str(folder.config_path), "cancel", str(stuck.id)]) == 0
+        daemon.wait_until("the job to be cancelled", lambda: folder.jobs()[0].state == "cancelled", timeout=40)
+        assert "did not stop for the cancel within 15 s; killing it" in daemon.log()
+        daemon.wait_until("a new worker", lambda: daemon.log().count("ready with the test-slow engine") == 2)
+    assert folder.files("outbox") == []
+    assert (folder.inbox / "stuck.mp4").is_file()
