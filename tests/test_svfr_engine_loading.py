@@ -79,3 +79,10 @@ def test_the_identity_models_are_built_as_the_checkpoint_describes(tiny_models: 
     expected = {key: tuple(t.shape) for key, t in tiny_arcface().state_dict().items()}
     assert {key: tuple(t.shape) for key, t in identity.arcface.state_dict().items()} == expected
     assert identity.token_width == 32
+
+
+def test_id_tokens_must_be_as_wide_as_the_unet_attends(models_copy: Path) -> None:
+    torch.save({"project1024.weight": torch.zeros(48, 16, 1, 1), "final_norm.weight": torch.ones(48),
+                "final_norm.bias": torch.zeros(48)}, models_copy / ID_LINEAR_WEIGHTS)
+    with pytest.raises(ConfigError, match="48-wide ID tokens"):
+        SvfrEngine(engine_config(models_copy), resolution=64)

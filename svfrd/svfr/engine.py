@@ -35,7 +35,14 @@ from svfrd.media.crop import TRACKED_SCALE, CropBox, crop_face
 from svfrd.media.faces import DetectedFace, FaceFinder
 from svfrd.media.masks import prepare_svfr_input
 from svfrd.svfr.identity import IdentityModels, align_face, id_tokens_for_face, load_identity_models
-from svfrd.svfr.loading import DiffusionModels, load_diffusion_models
+from svfrd.svfr.loading import (
+    ID_LINEAR_WEIGHTS,
+    LAYOUT_HINT,
+    UNET_CONFIG,
+    DiffusionModels,
+    WeightsError,
+    load_diffusion_models,
+)
 from svfrd.svfr.sampler import SamplerSettings, denoise_latents
 from svfrd.svfr.vae_io import decode_latents, encode_frames
 from svfrd.svfr.windows import WindowSchedule
@@ -136,6 +143,17 @@ def to_crop_size(image: np.ndarray) -> np.ndarray:
     return cv2.resize(image, (CROP_SIZE, CROP_SIZE), interpolation=cv2.INTER_CUBIC)
 
 
+def check_token_width(identity: IdentityModels, models: DiffusionModels, models_dir: Path) -> None:
+    """id_linear's tokens are the UNet's cross-attention context: their widths must agree."""
+    unet_width = models.unet.config.cross_attention_dim
+    if identity.token_width != unet_width:
+        raise WeightsError(
+            f"{Path(models_dir) / ID_LINEAR_WEIGHTS} makes {identity.token_width}-wide ID tokens, but the UNet "
+            f"({Path(models_dir) / UNET_CONFIG}) attends to {unet_width}-wide ones: the files do not belong "
+            f"together; {LAYOUT_HINT}"
+        )
+
+
 class SvfrEngine:
     """`svfrd.engine.Engine` for SVFR. Models load once, in the constructor, and stay resident.
 
@@ -157,6 +175,7 @@ class SvfrEngine:
         self.dtype = DTYPES[cfg.dtype]
         self.models: DiffusionModels = load_diffusion_models(cfg.svfr.models_dir, self.device, self.dtype)
         self.identity: IdentityModels = load_identity_models(cfg.svfr.models_dir, self.device, self.dtype)
+        check_token_width(self.identity, self.models, cfg.svfr.models_dir)
         self.vae_chunk = cfg.svfr.vae_chunk
         self._warnings: list[str] = []
         log.info("SVFR models loaded from %s on %s (%s)", cfg.svfr.models_dir, self.device, cfg.dtype)

@@ -206,7 +206,7 @@ def build_arcface_for(state: dict[str, torch.Tensor], path: Path) -> IResNet:
             embedding_size=int(state["fc.weight"].shape[0]),
         )
     except (KeyError, ValueError) as err:
-        raise WeightsError(f"{path} is not an ArcFace iresnet checkpoint (no {err}); {LAYOUT_HINT}") from err
+        raise WeightsError(f"{path} is not an ArcFace iresnet checkpoint (missing {err}); {LAYOUT_HINT}") from err
     if tuple(blocks) != IRESNET100_LAYERS:
         log.warning("%s holds an iresnet with %s blocks per stage, not iresnet100 %s", path, blocks, IRESNET100_LAYERS)
     return arcface
@@ -216,7 +216,7 @@ def blocks_in_stage(state: dict[str, torch.Tensor], stage: int) -> int:
     pattern = re.compile(rf"^layer{stage}\.(\d+)\.")
     indices = {int(m.group(1)) for key in state if (m := pattern.match(key))}
     if not indices:
-        raise ValueError(f"no layer{stage} blocks")
+        raise ValueError(f"layer{stage} blocks")
     return max(indices) + 1
 
 
