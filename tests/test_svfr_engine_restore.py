@@ -15,7 +15,10 @@ import torch
 
 from svfrd.engine import CROP_SIZE, Engine, RestoreRequest, Task
 from svfrd.errors import BadInputError
+from svfrd.media.faces import DetectedFace
+from svfrd.svfr import engine as engine_module
 from svfrd.svfr.engine import SvfrEngine, crossfade, segment_bounds
+from svfrd.svfr.identity import TEMPLATE_256
 from tests.helpers.media_clips import astronaut
 from tests.helpers.tiny_svfr import engine_config, face_crops, write_tiny_svfr_models
 
@@ -163,3 +166,25 @@ def test_the_segment_crossfade_moves_from_the_earlier_to_the_later_segment() -> 
     earlier, later = torch.zeros(3, 4, 2, 2), torch.ones(3, 4, 2, 2)
     blended = crossfade(earlier, later)
     assert torch.allclose(blended[:, 0, 0, 0], torch.tensor([0.25, 0.5, 0.75]))
+
+
+@pytest.mark.parametrize("mode, crop", [("reference", "reference"), ("improved", "corrected")])
+def test_a_face_in_the_pass_one_frame_gives_id_tokens_that_condition_pass_two(
+    engine: SvfrEngine, monkeypatch: pytest.MonkeyPatch, mode: str, crop: str
+) -> None:
+    without_face, _ = restore(engine, request_for((0,), seed=5, mode=mode), 9)
+    # The random tiny models paint no face, so the face finder is told the frame shows one, on the template.
+    face = DetectedFace(box=(150.0, 150.0, 360.0, 400.0), points5=TEMPLATE_256 * 2)
+    monkeypatch.setattr(engine, "find_face", lambda image: face)
+    crops_used: list[str] = []
+    real_tokens = engine_module.id_tokens_for_face
+
+    def recording_tokens(identity, aligned, crop_name):
+        crops_used.append(crop_name)
+        return real_tokens(identity, aligned, crop_name)
+
+    monkeypatch.setattr(engine_module, "id_tokens_for_face", recording_tokens)
+    with_face, _ = restore(engine, request_for((0,), seed=5, mode=mode), 9)
+    assert engine.warnings() == []
+    assert crops_used == [crop]
+    assert not all(np.array_equal(a, b) for a, b in zip(without_face, with_face))
