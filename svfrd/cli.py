@@ -166,31 +166,35 @@ def cmd_show(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _queue_request(args: argparse.Namespace, request: Callable, done: str) -> int:
+def _queue_request(args: argparse.Namespace, request: Callable):
+    """Apply a queue request to job ID; a request that does not apply is a message, not a traceback."""
     from svfrd.queue import QueueError
 
     db = _open_database(_load(args))
     try:
-        job = request(db, args.job_id)
+        return request(db, args.job_id)
     except QueueError as err:
         raise CommandError(str(err)) from None
-    print(done.format(id=job.id, state=job.state, name=job.source_name))
-    return EXIT_OK
 
 
 def cmd_retry(args: argparse.Namespace) -> int:
     from svfrd.queue import retry_job
 
-    return _queue_request(args, retry_job, "job {id} ({name}) is queued again")
+    job = _queue_request(args, retry_job)
+    print(f"job {job.id} ({job.source_name}) is queued again; `svfrd status` shows when it runs")
+    return EXIT_OK
 
 
 def cmd_cancel(args: argparse.Namespace) -> int:
     from svfrd.queue import request_cancel
 
-    return _queue_request(
-        args, request_cancel,
-        "job {id} ({name}): {state}" + " (the worker stops it within seconds)",
-    )
+    job = _queue_request(args, request_cancel)
+    if job.state == "running":
+        print(f"job {job.id} ({job.source_name}) is running: it stops within seconds and its partial output "
+              "is removed")
+    else:
+        print(f"job {job.id} ({job.source_name}) is cancelled")
+    return EXIT_OK
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
@@ -399,8 +403,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return err.code
     except KeyboardInterrupt:
         return 130
-    except BrokenPipeError:
+    except BrokenPipeError:  # `svfrd status | head`
         return EXIT_OK
+    except OSError as err:  # a folder or file the command needs cannot be read or written
+        where = f": {err.filename}" if err.filename else ""
+        print(f"svfrd: {err.strerror or err}{where}", file=sys.stderr)
+        return EXIT_FAILURE
 
 
 if __name__ == "__main__":

@@ -212,3 +212,14 @@ def test_cancel_and_retry_say_why_they_cannot_apply_to_a_finished_job(service, c
     assert "only failed or cancelled jobs can be retried" in capsys.readouterr().err
     assert main(["--config", config, "show", "999"]) == 1
     assert "there is no job 999" in capsys.readouterr().err
+
+
+def test_with_the_default_engine_choice_a_machine_without_svfr_restores_with_the_classical_engine(tmp_path):
+    folder = ServiceFolder(tmp_path / "svfrd", engine="auto")
+    with Daemon(folder) as daemon:
+        folder.drop(write_face_clip(tmp_path / "clip.mp4", tag=11))
+        (job,) = daemon.wait_for_jobs(1, {"done", "failed"})
+        log = daemon.log()
+    assert job.state == "done" and job.engine == "classical"
+    assert "engine = auto: using classical (SVFR weights are not usable" in log
+    assert len(read_frames(Path(job.output_path))) == 4
