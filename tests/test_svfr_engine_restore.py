@@ -7,6 +7,7 @@ working resolution (the crops the engine receives and returns are still 512x512)
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -188,3 +189,13 @@ def test_a_face_in_the_pass_one_frame_gives_id_tokens_that_condition_pass_two(
     assert engine.warnings() == []
     assert crops_used == [crop]
     assert not all(np.array_equal(a, b) for a, b in zip(without_face, with_face))
+
+
+@needs_face_model
+@pytest.mark.parametrize("dtype", ["fp16", "bf16"])
+def test_the_half_precision_dtypes_of_the_gpu_run_the_same_code(models_dir: Path, dtype: str) -> None:
+    config = replace(engine_config(models_dir), dtype=dtype)
+    half = SvfrEngine(config, resolution=RESOLUTION, face_model=FACE_MODEL)
+    assert half.models.unet.dtype == half.identity.arcface.conv1.weight.dtype != torch.float32
+    restored, _ = restore(half, request_for((0, 1), reference=True), 9)
+    assert_restored_crops(restored, 9)
