@@ -320,7 +320,7 @@ class Supervisor:
         if kind == "ready":
             self.worker.ready, self.worker.engine_name = True, message[1]
             self.startup_deaths = 0
-        elif kind == "engine_failed":
+        elif kind == "start_failed":
             _, text, error_kind = message
             log.error("%s", text)
             self.exit_code = EXIT_CONFIG if error_kind == "config" else EXIT_FAILURE

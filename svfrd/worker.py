@@ -4,7 +4,7 @@ The supervisor (`svfrd.supervisor`) starts it with the multiprocessing "spawn" c
 inherited locks, threads or CUDA state) and talks to it over a Pipe:
 
     supervisor -> worker   ("run", job_id)   ("stop",)
-    worker -> supervisor   ("ready", engine_name)   ("engine_failed", message, kind)
+    worker -> supervisor   ("ready", engine_name)   ("start_failed", message, kind)
                            ("finished", job_id, outcome)   outcome: done | failed | retry | cancelled | interrupted
 
 SIGUSR1 asks the worker to interrupt the running job at its next progress report (a clean stop of the daemon):
@@ -171,9 +171,7 @@ class JobRunner:
             release_job(self.db, job_id)
             logger.info("interrupted: the daemon is stopping; the job is back in the queue")
             return "interrupted"
-        except BadInputError as err:
-            return self._settle(job_id, err, logger)
-        except TransientError as err:
+        except (BadInputError, TransientError) as err:
             return self._settle(job_id, err, logger)
         except Exception as err:  # noqa: BLE001 - anything unexpected may be a passing fault: retry it
             logger.error("unexpected error:\n%s", traceback.format_exc())
@@ -227,8 +225,8 @@ class JobRunner:
 
 def unexpected_error(job: Job, err: Exception) -> TransientError:
     return TransientError(
-        f"unexpected {type(err).__name__} while restoring {job.source_name}: {err}. "
-        "The traceback is in the service log; the job will be retried"
+        f"unexpected {type(err).__name__} while restoring {job.source_name}: {err} (the traceback is in the "
+        f"service log); such errors are retried up to {job.max_attempts} times in all"
     )
 
 
@@ -305,11 +303,12 @@ def worker_main(config: Config, conn: Connection, parent_pid: int, verbose: bool
     _install_signal_handlers()
     try:
         engine = _create_engine(config)
-    except Exception as err:  # noqa: BLE001 - reported to the supervisor, which exits with a message
+        import svfrd.pipeline  # noqa: F401 - load the media stack now, not in the first job's time
+    except Exception as err:  # noqa: BLE001 - reported to the supervisor, which exits with the message
         kind = "config" if isinstance(err, ConfigError) else "error"
         if not isinstance(err, SvfrdError):
-            log.error("creating the engine failed:\n%s", traceback.format_exc())
-        conn.send(("engine_failed", f"the engine could not be created: {err}", kind))
+            log.error("the worker could not start:\n%s", traceback.format_exc())
+        conn.send(("start_failed", f"the worker could not start: {err}", kind))
         return
     db = open_database(config.service.database_url)
     runner = JobRunner(config, db, engine)

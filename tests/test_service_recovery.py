@@ -152,7 +152,7 @@ def test_an_engine_that_cannot_be_created_stops_the_daemon_with_the_reason(tmp_p
     folder = ServiceFolder(tmp_path / "svfrd", engine="tests.engines:NoSuchEngine")
     daemon = Daemon(folder).start()
     assert daemon.wait_exit(timeout=30) == 2
-    assert "the engine could not be created: [engine] name = 'tests.engines:NoSuchEngine'" in daemon.log()
+    assert "the worker could not start: [engine] name = 'tests.engines:NoSuchEngine'" in daemon.log()
     assert "NoSuchEngine" in daemon.log()
 
 
