@@ -140,6 +140,7 @@ def _restore_video(job: PipelineJob, engine: Engine, progress: ProgressReporter)
     timings["total_s"] = time.monotonic() - started
 
     warnings += _face_warnings(track, crops)
+    warnings += _mask_warnings(mask, crops)
     warnings += list(engine.warnings())
     report = _report(job, info, engine, track, crops, crop_policy, output_mode, crf, mask, written, timings)
     return PipelineResult(frames=written, report=report, warnings=warnings)
@@ -234,6 +235,17 @@ def _face_warnings(track: SubjectTrack, crops: FrameCrops) -> list[str]:
     if track.faces_seen > 1:
         notes.append(f"up to {track.faces_seen} faces in a frame; the largest over time was restored")
     return notes
+
+
+def _mask_warnings(mask: Mask | None, crops: FrameCrops) -> list[str]:
+    if mask is None:
+        return []
+    step = max(1, len(crops) // 50)  # a sample of frames is plenty for a percentage
+    outside = max(mask.share_outside(box) for box in crops.boxes[::step])
+    if outside < 0.01:
+        return []
+    return [f"up to {outside:.0%} of the mask lies outside the face crop and was left as it is: "
+            "svfrd restores the face region only"]
 
 
 def _report(

@@ -36,6 +36,19 @@ def test_a_mask_drawn_on_the_frame_and_one_drawn_on_the_crop_map_to_the_same_cro
     assert iou > 0.97
 
 
+def test_a_512_mask_for_a_512_video_is_read_as_drawn_on_the_frame_and_says_so(tmp_path):
+    mask = load_mask(save_mask(tmp_path / "m.png", np.ones((512, 512), bool)), (512, 512))
+    assert mask.coordinates == "frame" and "read as drawn on the full frame" in mask.note
+
+
+def test_the_share_of_the_mask_outside_the_crop_is_measured(tmp_path):
+    pixels = np.zeros((240, 320), bool)
+    pixels[230:240, :] = True  # subtitles along the bottom, below the face crop
+    pixels[100:110, 100:200] = True  # and a scratch across the face (1000 of 4200 pixels)
+    mask = load_mask(save_mask(tmp_path / "m.png", pixels), FRAME)
+    assert mask.share_outside(BOX) == pytest.approx(3200 / 4200)
+
+
 def test_a_mask_of_any_other_size_is_refused_naming_both_accepted_sizes(tmp_path):
     path = save_mask(tmp_path / "odd.png", np.zeros((100, 100), bool))
     with pytest.raises(BadInputError, match=r"odd.png is 100x100.*320x240.*512x512"):

@@ -26,11 +26,18 @@ def test_pixels_outside_the_crop_square_are_bit_identical_and_the_face_changed()
 
 
 def test_the_seam_fades_in_without_a_step():
-    weights = feather_weights(CropBox(0, 0, 200), (0, 0, 200, 200))[:, :, 0]
+    weights = feather_weights(CropBox(10, 10, 200), (10, 10, 210, 210), (400, 400))[:, :, 0]
     assert weights[0].max() == 0.0 and weights[:, 0].max() == 0.0  # the border keeps the original exactly
     assert weights[100, 100] == 1.0
     steps = np.abs(np.diff(weights[100]))
     assert steps.max() < 0.1  # no visible jump from one pixel to the next
+
+
+def test_sides_on_the_frame_border_do_not_fade():
+    frame = astronaut()[:300, :300]
+    out = paste_back(frame, np.zeros((512, 512, 3), np.uint8), CropBox(-20, 100, 200))
+    assert (out[150, 0] == 0).all()  # left side beyond the frame: restored right up to the border
+    assert (out[100, 90] == frame[100, 90]).all()  # top side inside the frame: fades to the original
 
 
 @pytest.mark.parametrize("box", [CropBox(130, 20, 160), CropBox(130.4, 20.7, 159.3)], ids=["whole", "sub-pixel"])

@@ -3,8 +3,9 @@
 A sidecar mask marks damaged pixels in white. Users draw it either on a full frame (frame coordinates: the
 natural way) or on the 512x512 face crop (the SVFR reference's convention, svfr-spec.md 4.3). Its size tells
 which; a frame coordinate mask is mapped into each frame's crop square, so it stays put on the picture while
-the crop follows the face. When the frame is itself 512x512 both readings are possible; the reference's (crop
-coordinates) is taken and the report says so.
+the crop follows the face. When the frame is itself 512x512 both readings are possible; frame coordinates are
+taken, and the report says so: that is what the reference means too when it runs without face cropping (as
+for its own 512x512 sample lq3, whose subtitle mask covers the bottom rows of the frame).
 
 Any mask pixel of 128 or more counts as damaged (the reference demands exactly 255, which anti-aliased
 drawings miss).
@@ -31,6 +32,15 @@ class Mask:
     coordinates: str
     note: str | None = None
 
+    def share_outside(self, box: CropBox) -> float:
+        """The fraction of damaged pixels outside the crop square: the face restorer never sees them."""
+        if self.coordinates == "crop" or not self.pixels.any():
+            return 0.0
+        x1, y1, x2, y2 = box.pixel_bounds()
+        height, width = self.pixels.shape
+        inside = self.pixels[max(0, y1) : min(height, y2), max(0, x1) : min(width, x2)].sum()
+        return 1.0 - float(inside) / float(self.pixels.sum())
+
     def for_crop(self, box: CropBox) -> np.ndarray:
         """The (512, 512) bool mask for one frame's crop square."""
         if self.coordinates == "crop":
@@ -51,13 +61,13 @@ def load_mask(path: Path, frame_size: tuple[int, int]) -> Mask:
         raise BadInputError(f"the mask {path.name} cannot be read as an image ({err}); use a PNG") from err
     height, width = gray.shape
     pixels = gray >= 128
-    if (width, height) == (CROP_SIZE, CROP_SIZE):
+    if (width, height) == tuple(frame_size):
         note = None
         if frame_size == (CROP_SIZE, CROP_SIZE):
-            note = "the video is 512x512, so the 512x512 mask was read in face-crop coordinates (SVFR's convention)"
-        return Mask(pixels, "crop", note)
-    if (width, height) == tuple(frame_size):
-        return Mask(pixels, "frame")
+            note = "the video and the mask are both 512x512: the mask was read as drawn on the full frame"
+        return Mask(pixels, "frame", note)
+    if (width, height) == (CROP_SIZE, CROP_SIZE):
+        return Mask(pixels, "crop")
     raise BadInputError(
         f"the mask {path.name} is {width}x{height}, but it must be either the video's frame size "
         f"{frame_size[0]}x{frame_size[1]} (drawn on a frame) or 512x512 (drawn on the face crop); "

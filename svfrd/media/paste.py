@@ -1,7 +1,8 @@
 """Putting the restored 512x512 face back into the full frame.
 
 The face is resized to its crop square and blended in with a feathered square mask: full weight in the middle,
-fading to zero at the square's border, so there is no seam. Pixels outside the square are not touched at all
+fading to zero at the square's border, so there is no seam (except on sides where the square reaches the
+frame's border: there is nothing to blend with there). Pixels outside the square are not touched at all
 (bit-identical), and where the mask weight is zero the original pixel is kept exactly.
 """
 
@@ -19,21 +20,33 @@ from svfrd.media.crop import CropBox
 FEATHER = 0.12
 
 
-def edge_ramp(first: int, last: int, start: float, end: float, feather: float) -> np.ndarray:
+def edge_ramp(
+    first: int, last: int, start: float, end: float, feather: float, fade_start: bool = True, fade_end: bool = True
+) -> np.ndarray:
     """Weights for pixels first..last-1 of a square side spanning [start, end): 0 for pixels whose centre is
-    within half a pixel of an edge (or outside), rising smoothly to 1 over `feather` pixels."""
+    within half a pixel of an edge (or outside), rising smoothly to 1 over `feather` pixels. A side that does
+    not fade (it lies on or beyond the frame's border, where there is no seam to hide) keeps weight 1."""
     centres = np.arange(first, last, dtype=np.float64) + 0.5
-    edge_distance = np.minimum(centres - start, end - centres)
+    to_start = centres - start if fade_start else np.full_like(centres, np.inf)
+    to_end = end - centres if fade_end else np.full_like(centres, np.inf)
+    edge_distance = np.minimum(to_start, to_end)
     ramp = np.clip((edge_distance - 0.5) / max(feather, 1.0), 0.0, 1.0)
     return (ramp * ramp * (3 - 2 * ramp)).astype(np.float32)  # smoothstep: no kink where the fade begins
 
 
-def feather_weights(box: CropBox, bounds: tuple[int, int, int, int], feather: float = FEATHER) -> np.ndarray:
-    """(h, w, 1) blend weights over the whole-pixel rectangle `bounds` (x1, y1, x2, y2) for the square `box`."""
+def feather_weights(
+    box: CropBox, bounds: tuple[int, int, int, int], frame_size: tuple[int, int] | None = None,
+    feather: float = FEATHER,
+) -> np.ndarray:
+    """(h, w, 1) blend weights over the whole-pixel rectangle `bounds` (x1, y1, x2, y2) for the square `box`.
+    With `frame_size` (width, height), sides of the square on or beyond the frame's border do not fade, so a
+    face that fills the picture is restored right up to the border."""
     x1, y1, x2, y2 = bounds
+    frame_width, frame_height = frame_size if frame_size else (np.inf, np.inf)
     width = feather * box.size
-    columns = edge_ramp(x1, x2, box.x, box.x + box.size, width)
-    rows = edge_ramp(y1, y2, box.y, box.y + box.size, width)
+    right, bottom = box.x + box.size, box.y + box.size
+    columns = edge_ramp(x1, x2, box.x, right, width, box.x > 0.5, right < frame_width - 0.5)
+    rows = edge_ramp(y1, y2, box.y, bottom, width, box.y > 0.5, bottom < frame_height - 0.5)
     return np.minimum.outer(rows, columns)[:, :, None]
 
 
@@ -60,7 +73,7 @@ def paste_back(frame: np.ndarray, face: np.ndarray, box: CropBox) -> np.ndarray:
     out = frame.copy()
     if x2 <= x1 or y2 <= y1:
         return out
-    weights = feather_weights(box, bounds)
+    weights = feather_weights(box, bounds, (width, height))
     original = frame[y1:y2, x1:x2].astype(np.float32)
     placed = place_face(face, box, bounds).astype(np.float32)
     blended = original + (placed - original) * weights
