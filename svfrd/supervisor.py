@@ -460,9 +460,10 @@ def prepare_folders(config: Config) -> None:
 
 
 def finish_interrupted_publications(config: Config, db: Database) -> None:
-    """Jobs whose results were complete and named when the last daemon died are finished now, before the
-    outbox's stale temporary files are cleared (svfrd.results explains the order)."""
-    for job in list_jobs(db, limit=1000, states=[JobState.RUNNING]):
+    """Jobs whose results were complete and named when the last daemon died (or whose publication failed
+    and waits for a retry) are finished now, before the outbox's stale temporary files are cleared
+    (svfrd.results explains the order)."""
+    for job in list_jobs(db, limit=1000, states=[JobState.RUNNING, JobState.QUEUED]):
         if job.output_path and results.complete_publication(config, db, job):
             job_logger(job.id).info("finished publishing the results of the interrupted run")
 

@@ -29,10 +29,18 @@ BAD = {
     "bad_toml.mp4": ('tasks = ["bfr"\n', "not valid TOML"),
     "unknown_task.mp4": ('tasks = ["sharpen"]\n', "unknown task \"sharpen\""),
     "escaping_mask.mp4": ('tasks = ["inpaint"]\nmask = "../outside.png"\n', "must not contain '..'"),
+    "absolute_mask.mp4": ('tasks = ["inpaint"]\nmask = "/etc/hostname"\n', "must be relative to the inbox"),
+    "symlinked_mask.mp4": ('tasks = ["inpaint"]\nmask = "link.png"\n', "a symlink leading outside the inbox"),
+    "unreadable_mask.mp4": ('tasks = ["inpaint"]\nmask = "broken.png"\n', "broken.png is not an image file"),
+    "no_mask.mp4": ('tasks = ["bfr", "inpaint"]\n', "task 2 (inpaint) needs a mask"),
+    "unknown_key.mp4": ('tasks = ["bfr"]\nspeed = 2\n', "unknown key 'speed'"),
     "corrupt.mp4": (None, "corrupt.mp4 is not a readable video"),
     "truncated.mp4": (None, "truncated.mp4 is not a readable video"),
     "no_face.mp4": (None, "no face found"),
 }
+
+
+SIDECAR_PROBLEMS = [name for name, (sidecar, _) in BAD.items() if sidecar is not None]
 
 
 def copy_slowly(source: Path, target: Path, seconds: float = 2.4, chunks: int = 12) -> None:
@@ -64,7 +72,9 @@ def service(tmp_path_factory):
         slow_copy.start()
 
         write_mask(root / "svfrd" / "outside.png")
-        for tag, name in enumerate(["bad_toml.mp4", "unknown_task.mp4", "escaping_mask.mp4"], start=5):
+        (folder.inbox / "link.png").symlink_to(root / "svfrd" / "outside.png")
+        (folder.inbox / "broken.png").write_bytes(b"not a picture")
+        for tag, name in enumerate(SIDECAR_PROBLEMS, start=20):
             folder.drop(write_face_clip(clips / name, tag=tag), sidecar=BAD[name][0])
         folder.drop(write_corrupt_video(clips / "corrupt.mp4"))
         folder.drop(write_truncated_video(write_face_clip(clips / "whole.mp4", tag=8, frames=12),
@@ -178,9 +188,10 @@ def test_a_bad_input_fails_with_a_precise_message_and_is_kept_in_failed(service,
 
 def test_a_bad_sidecar_is_kept_beside_its_video(service):
     folder, jobs, _ = service
-    for name in ("bad_toml.mp4", "unknown_task.mp4", "escaping_mask.mp4"):
+    for name in SIDECAR_PROBLEMS:
         assert Path(jobs[name].sidecar_path) == folder.folder("failed") / f"{Path(name).stem}.toml"
     assert (folder.root / "outside.png").is_file()  # a file outside the inbox is never touched
+    assert Path("/etc/hostname").is_file()
 
 
 def test_status_lists_the_jobs_in_a_table(service, capsys):
