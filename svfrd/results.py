@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from sqlalchemy import Engine, update
-from sqlmodel import col
+from sqlmodel import Session, col, select
 
 from svfrd import outbox
 from svfrd.config import Config
@@ -125,6 +125,15 @@ def forget_plan(db: Engine, job_id: int) -> None:
         connection.execute(statement)
 
 
+def jobs_with_planned_results(db: Engine) -> list[Job]:
+    """Unfinished jobs whose results were already named: their publication was cut short."""
+    query = select(Job).where(
+        col(Job.output_path).is_not(None), col(Job.state).in_([JobState.RUNNING.value, JobState.QUEUED.value])
+    )
+    with Session(db, expire_on_commit=False) as session:
+        return list(session.exec(query).all())
+
+
 def write_json(path: Path, data: dict[str, Any]) -> None:
     """Write and fsync, so the later rename publishes complete content."""
     with open(path, "w", encoding="utf-8") as f:
@@ -195,8 +204,6 @@ def input_files(job: Job) -> dict[str, Path]:
 
 def _shared_with_other_jobs(db: Engine, job: Job, column: str, path: Path) -> bool:
     """A mask or reference named by another job that has not run yet must stay where that job expects it."""
-    from sqlmodel import Session, select
-
     attribute = getattr(Job, column)
     query = select(Job.id).where(
         attribute == str(path), Job.id != job.id,

@@ -30,7 +30,7 @@ from svfrd.jobs import Job, JobState
 from svfrd.lock import StateLockedError, acquire_state_lock
 from svfrd.logs import job_logger
 from svfrd.queue import (
-    claim_next_job, fail_job, get_job, list_jobs, release_job, requeue_interrupted, seconds_until_next_job,
+    claim_next_job, fail_job, get_job, release_job, requeue_interrupted, seconds_until_next_job,
 )
 
 log = logging.getLogger(__name__)
@@ -463,8 +463,8 @@ def finish_interrupted_publications(config: Config, db: Database) -> None:
     """Jobs whose results were complete and named when the last daemon died (or whose publication failed
     and waits for a retry) are finished now, before the outbox's stale temporary files are cleared
     (svfrd.results explains the order)."""
-    for job in list_jobs(db, limit=1000, states=[JobState.RUNNING, JobState.QUEUED]):
-        if job.output_path and results.complete_publication(config, db, job):
+    for job in results.jobs_with_planned_results(db):
+        if results.complete_publication(config, db, job):
             job_logger(job.id).info("finished publishing the results of the interrupted run")
 
 

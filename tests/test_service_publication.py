@@ -16,12 +16,13 @@ import pytest
 from svfrd import outbox
 from svfrd.config import load_config
 from svfrd.db import open_database, upgrade_database
+from svfrd.errors import BadInputError, TransientError
 from svfrd.jobs import Job
 from svfrd.queue import claim_next_job, enqueue_job, get_job, retry_job
 from svfrd.results import (
     ResultFiles, complete_publication, plan_final_files, publish_planned, record_plan, settle_failure, temp_files,
 )
-from svfrd.errors import BadInputError, TransientError
+from svfrd.supervisor import finish_interrupted_publications
 from tests.helpers.service import ServiceFolder
 
 
@@ -201,3 +202,19 @@ def test_a_retried_job_that_fails_again_keeps_its_files_under_their_names_in_fai
 
     assert Path(again.source_path) == folder.folder("failed") / "clip.mp4"
     assert "clip.mp4" in folder.files("failed") and "clip-2.mp4" not in folder.files("failed")
+
+
+def test_at_start_up_cut_short_publications_are_finished_before_stale_temporary_files_are_cleared(service):
+    folder, config, db = service
+    planned_job = running_job(service, "planned.mp4")
+    restored_and_planned(service, planned_job)
+    unplanned_job = running_job(service, "unplanned.mp4")
+    temp_files(config, unplanned_job).video.write_text("half an encode")
+
+    finish_interrupted_publications(config, db)  # what `svfrd run` does first, then:
+    outbox.clean_stale_temp_files(config.output.outbox)
+
+    assert get_job(db, planned_job.id).state == "done"
+    assert get_job(db, unplanned_job.id).state == "running"  # requeue_interrupted's business
+    assert outbox_names(folder) == [f"planned{suffix}" for suffix in
+                                    (".contact.png", ".preview.mp4", ".report.json", ".restored.mp4")]
