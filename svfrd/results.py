@@ -17,7 +17,6 @@ published, so the job simply runs again.
 from __future__ import annotations
 
 import json
-import logging
 import os
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -28,12 +27,10 @@ from sqlmodel import Session, col, select
 
 from svfrd import outbox
 from svfrd.config import Config
-from svfrd.errors import SvfrdError
+from svfrd.errors import TransientError
 from svfrd.jobs import Job, JobState, utcnow
 from svfrd.logs import job_logger
 from svfrd.queue import fail_job, finish_job, get_job, set_input_paths
-
-log = logging.getLogger(__name__)
 
 VIDEO_SUFFIX = ".restored.mp4"
 REPORT_SUFFIX = ".report.json"
@@ -93,7 +90,8 @@ def plan_final_files(config: Config, job: Job) -> ResultFiles:
         files = _files_for_stem(config.output.outbox, candidate_stem, config.output.preview)
         if not any(os.path.lexists(path) for _, path in files.items()):
             return files
-    raise SvfrdError(f"the outbox {config.output.outbox} holds 10,000 results for {job.source_name}; tidy it up")
+    raise TransientError(f"the outbox {config.output.outbox} holds 10,000 results named like {job.source_name}; "
+                         "move some away and the job will be retried")
 
 
 def planned_final_files(config: Config, job: Job) -> ResultFiles | None:
