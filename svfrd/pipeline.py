@@ -244,8 +244,8 @@ def _mask_warnings(mask: Mask | None, crops: FrameCrops) -> list[str]:
     outside = max(mask.share_outside(box) for box in crops.boxes[::step])
     if outside < 0.01:
         return []
-    return [f"up to {outside:.0%} of the mask lies outside the face crop and was left as it is: "
-            "svfrd restores the face region only"]
+    return [f"up to {outside:.0%} of the mask lies outside the face crop and was left as it is: svfrd restores "
+            "the face region only (options = { crop = \"reference\" } in the sidecar crops wider)"]
 
 
 def _report(
