@@ -114,7 +114,13 @@ def test_scene_cut_splits_the_track(tmp_path):
     clip = write_clip(tmp_path / "cut.mp4", frames)
     seen = scan_faces(clip, probe(clip), face_model_path())
     assert [i for i, cut in enumerate(seen.cut_before) if cut] == [8]
-    assert select_subject(seen).shots == [(0, 8), (8, 16)]
+    track = select_subject(seen)
+    assert track.shots == [(0, 8), (8, 16)]
+    # The crop jumps with the cut instead of gliding across it: each side stays on its own face.
+    crops = tracked_crops(track, MAX_GAP)
+    for i in (7, 8):
+        face_x = (track.boxes[i, 0] + track.boxes[i, 2]) / 2
+        assert abs(crops.boxes[i].centre[0] - face_x) < 5  # smoothed across the cut, frame 8 is 10 px off
 
 
 def test_main_subject_is_the_largest_face_over_time(tmp_path):

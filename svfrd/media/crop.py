@@ -61,6 +61,7 @@ class FrameCrops:
     boxes: list[CropBox]
     has_face: np.ndarray  # (N,) bool
     policy: str
+    shots: list[tuple[int, int]]  # (start, end) frame ranges between scene cuts
 
     def __len__(self) -> int:
         return len(self.boxes)
@@ -94,7 +95,7 @@ def reference_crops(track: SubjectTrack, has_face: np.ndarray, width: int, heigh
         sampled = track.boxes[track.detected]
     union = (sampled[:, 0].min(), sampled[:, 1].min(), sampled[:, 2].max(), sampled[:, 3].max())
     box = reference_square(union, width, height)
-    return FrameCrops(boxes=[box] * len(track.boxes), has_face=has_face, policy="reference")
+    return FrameCrops(boxes=[box] * len(track.boxes), has_face=has_face, policy="reference", shots=track.shots)
 
 
 def square_geometry(boxes: np.ndarray) -> np.ndarray:
@@ -165,33 +166,39 @@ def tracked_crops(track: SubjectTrack, max_gap: int) -> FrameCrops:
             smooth[start + a : start + b, 2:] = _gaussian_smooth(part[:, 2:], SIZE_SIGMA)
     smooth = _hold_nearest(smooth, has_face)
     boxes = [CropBox(float(cx - s / 2), float(cy - s / 2), float(max(s, 1.0))) for cx, cy, s in smooth]
-    return FrameCrops(boxes=boxes, has_face=has_face, policy="tracked")
+    return FrameCrops(boxes=boxes, has_face=has_face, policy="tracked", shots=track.shots)
 
 
 def _hold_nearest(values: np.ndarray, valid: np.ndarray) -> np.ndarray:
     """Fill rows without a face from the nearest row with one, so the engine still gets a sensible crop."""
+    positions = np.arange(len(values))
     idx = np.flatnonzero(valid)
-    nearest = idx[np.clip(np.searchsorted(idx, np.arange(len(values))), 0, len(idx) - 1)]
-    before = idx[np.clip(np.searchsorted(idx, np.arange(len(values))) - 1, 0, len(idx) - 1)]
-    pick = np.where(np.abs(before - np.arange(len(values))) < np.abs(nearest - np.arange(len(values))), before, nearest)
+    after = np.clip(np.searchsorted(idx, positions), 0, len(idx) - 1)  # first valid row at or after
+    before = np.clip(after - 1, 0, len(idx) - 1)
+    use_before = np.abs(idx[before] - positions) < np.abs(idx[after] - positions)
+    nearest = np.where(use_before, idx[before], idx[after])
     out = values.copy()
-    out[~valid] = values[pick[~valid]]
+    out[~valid] = values[nearest[~valid]]
     return out
+
+
+def _face_runs(crops: FrameCrops) -> list[tuple[int, int]]:
+    """Runs of consecutive face frames, never across a scene cut."""
+    return [(start + a, start + b) for start, end in crops.shots for a, b in _runs(crops.has_face[start:end])]
 
 
 def crop_jitter(crops: FrameCrops) -> dict:
     """How much the crop square shakes: RMS of the frame-to-frame change of its velocity (second difference)
-    of the centre and size, within runs of face frames inside the same static or moving stretch. A smooth
-    pan has a small value; detector noise a large one. In pixels and relative to the crop size."""
+    of the centre, over runs of face frames within one shot. A smooth pan has a small value, detector noise a
+    large one. In pixels and relative to the crop size; `max_step_px` is the largest frame-to-frame move of
+    the centre or size."""
     geo = np.array([(b.centre[0], b.centre[1], b.size) for b in crops.boxes], dtype=np.float64)
-    seconds = []
-    for a, b in _runs(crops.has_face):
-        if b - a >= 3:
-            seconds.append(np.diff(geo[a:b], n=2, axis=0))
+    runs = _face_runs(crops)
+    seconds = [np.diff(geo[a:b], n=2, axis=0) for a, b in runs if b - a >= 3]
     if not seconds:
         return {"jitter_px": 0.0, "jitter_rel": 0.0, "max_step_px": 0.0}
     second = np.concatenate(seconds)
-    first = np.concatenate([np.diff(geo[a:b], axis=0) for a, b in _runs(crops.has_face) if b - a >= 2])
+    first = np.concatenate([np.diff(geo[a:b], axis=0) for a, b in runs if b - a >= 2])
     rms = float(np.sqrt((second[:, :2] ** 2).sum(axis=1).mean()))
     mean_size = float(geo[crops.has_face, 2].mean())
     return {
