@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import replace
+from fractions import Fraction
 from pathlib import Path
 
 import av
@@ -22,6 +23,7 @@ from tests.helpers.media_clips import (
     NTSC_FPS,
     face_model_path,
     moving_face_frames,
+    no_face_frames,
     write_clip,
     write_moving_face_clip,
     write_no_face_clip,
@@ -267,3 +269,27 @@ def test_an_engine_returning_too_few_crops_is_caught(ntsc_clip, tmp_path):
 
     with pytest.raises(RuntimeError, match="returned 10 crops for 24 frames"):
         restore_video(make_job(tmp_path, ntsc_clip), ShortEngine(), ignore_progress)
+
+
+def test_frames_without_a_face_pass_through_unchanged(tmp_path):
+    frames = moving_face_frames(8, width=160, height=120) + no_face_frames(14, width=160, height=120)
+    source = write_clip(tmp_path / "leaves.mp4", frames, crf=0)
+    result = restore_video(make_job(tmp_path, source), NegativeEngine(), ignore_progress)
+    # The face leaves with a scene cut, so it is not held over into the new shot.
+    assert result.report["frames_with_face"] == 8
+    assert "14 of 22 frames had no face and were left unchanged" in result.warnings
+    for frame_in, frame_out in zip(iter_frames(source), iter_frames(tmp_path / "out.mp4")):
+        difference = np.abs(frame_in.image.astype(int) - frame_out.image.astype(int)).mean()
+        if frame_in.index >= 8:
+            assert difference < 3, frame_in.index  # only the encoder touched it
+        elif frame_in.index < 8:
+            assert difference > 10, frame_in.index  # the negative face is in
+
+
+def test_variable_frame_rate_timestamps_survive_the_pipeline(tmp_path):
+    pts = [0, 1000, 1500, 3500, 4000, 4100, 6000, 6400]
+    source = write_clip(tmp_path / "vfr.mp4", moving_face_frames(len(pts)), pts=pts, time_base=Fraction(1, 10000))
+    restore_video(make_job(tmp_path, source), NegativeEngine(), ignore_progress)
+    out = probe(tmp_path / "out.mp4")
+    written = [float(f.pts * out.time_base) for f in iter_frames(tmp_path / "out.mp4")]
+    assert written == pytest.approx([p / 10000 for p in pts], abs=1e-4)
