@@ -9,12 +9,13 @@ import pytest
 
 from svfrd.errors import BadInputError
 from svfrd.media.crop import crop_jitter, reference_crops, reference_square, tracked_crops
-from svfrd.media.faces import FaceFinder
+from svfrd.media.faces import FaceFinder, search_tiles
 from svfrd.media.tracking import FacePass, select_subject, scan_faces
 from svfrd.media.video_io import probe
 from tests.helpers.media_clips import (
     face_model_path,
     moving_face_frames,
+    small_face_frames,
     write_clip,
     write_moving_face_clip,
     write_two_face_clip,
@@ -136,3 +137,26 @@ def test_main_subject_is_the_largest_face_over_time(tmp_path):
 def test_missing_face_model_is_a_clear_error(tmp_path):
     with pytest.raises(BadInputError, match="face model .* is missing; run `svfrd fetch-face-model"):
         FaceFinder(Path(tmp_path) / "nothing.task")
+
+
+def test_small_faces_in_a_wide_shot_are_found_by_searching_closer(tmp_path, monkeypatch):
+    frames = small_face_frames(12)
+    with FaceFinder(face_model_path()) as finder:
+        found = [finder.find(frame, 40 * i) for i, frame in enumerate(frames)]
+    assert all(len(faces) == 1 for faces in found)
+    assert all(40 < faces[0].width < 70 for faces in found)
+    # Without the closer search, MediaPipe's whole-frame look misses this face entirely.
+    monkeypatch.setattr("svfrd.media.faces.search_tiles", lambda width, height: [])
+    with FaceFinder(face_model_path()) as finder:
+        assert all(finder.find(frame, 40 * i) == [] for i, frame in enumerate(frames[:3]))
+
+
+def test_search_tiles_cover_the_frame_with_overlap():
+    tiles = search_tiles(1920, 1080)
+    side = tiles[0][2]
+    assert side == 540
+    covered = np.zeros((1080, 1920), bool)
+    for x, y, s in tiles:
+        covered[y : y + s, x : x + s] = True
+    assert covered.all()
+    assert search_tiles(240, 180) == []  # small frames: faces are large enough for the whole-frame look

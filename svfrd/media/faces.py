@@ -59,10 +59,61 @@ def face_from_mesh(mesh: np.ndarray) -> DetectedFace:
     return DetectedFace(box=(float(x1), float(y1), float(x2), float(y2)), points5=five_points(mesh))
 
 
-class FaceFinder:
-    """Finds faces frame by frame in a video (MediaPipe VIDEO mode: it tracks between frames).
+Square = tuple[int, int, int]  # x, y, side of a square region of the frame
 
-    Use one instance per video and a context manager; timestamps must increase.
+
+def search_tiles(width: int, height: int, tile: int = 0) -> list[Square]:
+    """Overlapping square tiles covering the frame, for faces too small for a whole-frame look.
+
+    MediaPipe's face detector sees the whole frame at 128x128, so a face below roughly a quarter of the frame's
+    height goes unseen; in a tile of half the frame's shorter side it is twice as large. Small frames are not
+    tiled (their faces are large enough already)."""
+    tile = tile or max(MIN_TILE, min(width, height) // 2)
+    if 2 * tile > min(width, height):
+        return []
+    stride = 2 * tile // 3  # a third of overlap, so a face on a border is whole in some tile
+    xs = list(range(0, width - tile, stride)) + [width - tile]
+    ys = list(range(0, height - tile, stride)) + [height - tile]
+    return [(x, y, tile) for y in ys for x in xs]
+
+
+def square_around(face: DetectedFace, width: int, height: int) -> Square:
+    """A square of three face sizes around a face, kept inside the frame where possible: where to look for
+    the same face in the next frame."""
+    side = int(min(max(face.width, face.height) * 3, min(width, height)))
+    cx, cy = face.centre
+    x = int(np.clip(cx - side / 2, 0, width - side))
+    y = int(np.clip(cy - side / 2, 0, height - side))
+    return x, y, side
+
+
+def _overlap(a: DetectedFace, b: DetectedFace) -> float:
+    ix = max(0.0, min(a.box[2], b.box[2]) - max(a.box[0], b.box[0]))
+    iy = max(0.0, min(a.box[3], b.box[3]) - max(a.box[1], b.box[1]))
+    smaller = min(a.area, b.area)
+    return ix * iy / smaller if smaller > 0 else 0.0
+
+
+def distinct_faces(faces: list[DetectedFace]) -> list[DetectedFace]:
+    """One face per person when overlapping tiles found the same face twice: the larger copy wins."""
+    kept: list[DetectedFace] = []
+    for face in sorted(faces, key=lambda f: -f.area):
+        if all(_overlap(face, other) < 0.5 for other in kept):
+            kept.append(face)
+    return kept
+
+
+#: Smallest search tile side; and how often (in frames) tiles are searched while no face is seen.
+MIN_TILE = 160
+SEARCH_EVERY = 5
+
+
+class FaceFinder:
+    """Finds faces frame by frame in a video.
+
+    The whole frame goes through MediaPipe in VIDEO mode (it tracks between frames). When that sees no face,
+    small faces are looked for: around where a small face was last frame, else, every SEARCH_EVERY frames,
+    in overlapping tiles of the frame. Use one instance per video, as a context manager; frames in order.
     """
 
     def __init__(self, model_path: Path, max_faces: int = 4, min_confidence: float = 0.5):
@@ -73,16 +124,21 @@ class FaceFinder:
         from mediapipe.tasks.python import vision
         from mediapipe.tasks.python.core.base_options import BaseOptions
 
-        options = vision.FaceLandmarkerOptions(
-            base_options=BaseOptions(model_asset_path=str(model_path)),
-            running_mode=vision.RunningMode.VIDEO,
-            num_faces=max_faces,
-            min_face_detection_confidence=min_confidence,
-            min_face_presence_confidence=min_confidence,
-            min_tracking_confidence=min_confidence,
-        )
-        self._landmarker = vision.FaceLandmarker.create_from_options(options)
+        def landmarker(mode):
+            return vision.FaceLandmarker.create_from_options(vision.FaceLandmarkerOptions(
+                base_options=BaseOptions(model_asset_path=str(model_path)),
+                running_mode=mode,
+                num_faces=max_faces,
+                min_face_detection_confidence=min_confidence,
+                min_face_presence_confidence=min_confidence,
+                min_tracking_confidence=min_confidence,
+            ))
+
+        self._video = landmarker(vision.RunningMode.VIDEO)
+        self._image = landmarker(vision.RunningMode.IMAGE)  # for tiles and regions: no tracking state
         self._last_timestamp_ms = -1
+        self._frame = 0
+        self._small_face_regions: list[Square] = []
 
     def __enter__(self) -> "FaceFinder":
         return self
@@ -91,21 +147,54 @@ class FaceFinder:
         self.close()
 
     def close(self) -> None:
-        self._landmarker.close()
+        self._video.close()
+        self._image.close()
 
     def find(self, image: np.ndarray, timestamp_ms: int) -> list[DetectedFace]:
         """Faces in an upright RGB uint8 frame, largest first."""
+        faces = self._find_whole_frame(image, timestamp_ms)
+        if faces:
+            self._small_face_regions = []
+        else:
+            faces = self._find_small_faces(image)
+        self._frame += 1
+        return sorted(faces, key=lambda f: -f.area)
+
+    def _find_whole_frame(self, image: np.ndarray, timestamp_ms: int) -> list[DetectedFace]:
         import mediapipe as mp
 
         # MediaPipe rejects equal or decreasing timestamps; frames are in order, so nudging is harmless.
         timestamp_ms = max(int(timestamp_ms), self._last_timestamp_ms + 1)
         self._last_timestamp_ms = timestamp_ms
-        height, width = image.shape[:2]
         picture = mp.Image(image_format=mp.ImageFormat.SRGB, data=np.ascontiguousarray(image))
-        result = self._landmarker.detect_for_video(picture, timestamp_ms)
-        faces = []
-        for landmarks in result.face_landmarks:
-            mesh = np.array([(p.x * width, p.y * height) for p in landmarks], dtype=np.float32)
-            faces.append(face_from_mesh(mesh))
-        faces.sort(key=lambda f: -f.area)
+        return _faces_of(self._video.detect_for_video(picture, timestamp_ms), image.shape, (0, 0))
+
+    def _find_small_faces(self, image: np.ndarray) -> list[DetectedFace]:
+        height, width = image.shape[:2]
+        if self._small_face_regions:
+            squares = self._small_face_regions
+        elif self._frame % SEARCH_EVERY == 0:
+            squares = search_tiles(width, height)
+        else:
+            squares = []
+        faces = distinct_faces([face for square in squares for face in self._find_in_square(image, square)])
+        self._small_face_regions = [square_around(face, width, height) for face in faces]
         return faces
+
+    def _find_in_square(self, image: np.ndarray, square: Square) -> list[DetectedFace]:
+        import mediapipe as mp
+
+        x, y, side = square
+        region = np.ascontiguousarray(image[y : y + side, x : x + side])
+        picture = mp.Image(image_format=mp.ImageFormat.SRGB, data=region)
+        return _faces_of(self._image.detect(picture), region.shape, (x, y))
+
+
+def _faces_of(result, shape: tuple[int, ...], offset: tuple[int, int]) -> list[DetectedFace]:
+    """MediaPipe's normalised landmarks -> faces in frame pixels (`offset`: where the analysed region starts)."""
+    height, width = shape[:2]
+    faces = []
+    for landmarks in result.face_landmarks:
+        mesh = np.array([(p.x * width + offset[0], p.y * height + offset[1]) for p in landmarks], dtype=np.float32)
+        faces.append(face_from_mesh(mesh))
+    return faces

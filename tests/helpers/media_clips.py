@@ -56,6 +56,23 @@ def moving_face_frames(
     return result
 
 
+def small_face_frames(frames: int, width: int = 640, height: int = 360, scale: float = 0.45) -> list[np.ndarray]:
+    """A wide shot: the astronaut photo shrunk (face about 50 px, a seventh of the frame height) drifting
+    across a plain wall. Too small for MediaPipe's whole-frame look; the face finder must search closer."""
+    photo = cv2.resize(astronaut(), None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
+    ph, pw = photo.shape[:2]
+    wall = np.empty((height, width, 3), np.uint8)
+    wall[:] = np.linspace(70, 150, width, dtype=np.uint8)[None, :, None]
+    result = []
+    for i in range(frames):
+        frame = wall.copy()
+        x = int(width * 0.3 + 3 * i)
+        y = int(height * 0.15)
+        frame[y : y + ph, x : x + pw] = photo[: height - y, : width - x]
+        result.append(frame)
+    return result
+
+
 def no_face_frames(frames: int, width: int = 160, height: int = 120) -> list[np.ndarray]:
     """A moving colour gradient with no face in it."""
     ys, xs = np.mgrid[0:height, 0:width].astype(np.float32)
