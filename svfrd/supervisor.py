@@ -15,13 +15,13 @@ import os
 import selectors
 import signal
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Any, Callable
 
 from sqlalchemy import Engine as Database
 
-from svfrd import notify, results
+from svfrd import notify, outbox, results
 from svfrd.config import Config
 from svfrd.db import open_database, upgrade_database
 from svfrd.errors import JobCancelled, TransientError
@@ -32,6 +32,7 @@ from svfrd.logs import job_logger
 from svfrd.queue import (
     claim_next_job, fail_job, get_job, release_job, requeue_interrupted, seconds_until_next_job,
 )
+from svfrd.worker import worker_main
 
 log = logging.getLogger(__name__)
 
@@ -117,11 +118,8 @@ class WorkerProcess:
     engine_name: str | None = None
     job: Job | None = None
     cancel_seen_at: float | None = None
-    messages: list[tuple] = field(default_factory=list)
 
     def start(self) -> None:
-        from svfrd.worker import worker_main
-
         context = multiprocessing.get_context("spawn")
         parent_end, child_end = context.Pipe()
         self.process = context.Process(
@@ -470,8 +468,6 @@ def finish_interrupted_publications(config: Config, db: Database) -> None:
 
 def run_daemon(config: Config, verbose: bool = False) -> int:
     """`svfrd run`: the service in the foreground until SIGTERM/SIGINT. Returns the exit code."""
-    from svfrd import outbox
-
     try:
         lock = acquire_state_lock(config.service.state_dir)
     except StateLockedError as err:
