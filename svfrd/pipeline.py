@@ -205,7 +205,10 @@ def _write_output(
                     after = paste_back(frame.image, face, box) if has_face else frame.image
                 writer.write(after, frame.pts)
                 if previews is not None:
-                    previews.add(written, frame.pts, before, after)
+                    faces = None
+                    if not crop_only and previews.wants_sheet_frame(written):
+                        faces = (crop_face(frame.image, box), face if has_face else crop_face(frame.image, box))
+                    previews.add(written, frame.pts, before, after, faces)
                 written += 1
                 progress("encode", written, total)
         if written != total:

@@ -171,7 +171,8 @@ def test_classical_engine_end_to_end_with_previews(tmp_path):
     preview = probe(tmp_path / "preview.mp4")
     assert preview.frames == 8 and preview.width > 2 * 150  # before and after side by side
     sheet = Image.open(tmp_path / "sheet.png")
-    assert sheet.width > 2 * sheet.height / 4  # rows of before/after pairs
+    # 4 rows (frames 0, 2, 5, 7), each: frame before | after | face crop before | after, at 120 px high.
+    assert sheet.size == (160 + 4 + 160 + 4 + 120 + 4 + 120, 4 * (120 + 4))
 
 
 def test_crop_output_mode_writes_the_512_face_video(ntsc_clip, tmp_path):

@@ -1,7 +1,8 @@
 """Before/after previews, made while the output is written (no extra decode).
 
 - a short MP4: the original on the left, the result on the right, downscaled, the first few seconds;
-- a PNG contact sheet: a few frames spread over the video, each as a before/after pair.
+- a PNG contact sheet: a few frames spread over the video, each as a before/after pair, followed by the
+  face crop before/after (in a wide shot the face is too small to judge in the whole frame).
 """
 
 from __future__ import annotations
@@ -31,10 +32,13 @@ def _scaled(image: np.ndarray, height: int) -> np.ndarray:
     return cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA)
 
 
-def side_by_side(before: np.ndarray, after: np.ndarray, height: int) -> np.ndarray:
-    left, right = _scaled(before, height), _scaled(after, height)
-    gap = np.full((left.shape[0], 4, 3), 255, np.uint8)
-    return np.concatenate([left, gap, right[: left.shape[0]]], axis=1)
+def side_by_side(*images: np.ndarray, height: int) -> np.ndarray:
+    """Images scaled to one height (at most `height`, never enlarged), left to right, white gaps between."""
+    height = min([height] + [image.shape[0] for image in images])
+    scaled = [_scaled(image, height) for image in images]
+    gap = np.full((scaled[0].shape[0], 4, 3), 255, np.uint8)
+    parts = [part for image in scaled for part in (image, gap)][:-1]
+    return np.concatenate(parts, axis=1)
 
 
 class PreviewMaker:
@@ -54,14 +58,21 @@ class PreviewMaker:
         self._sheet_indices = sorted({int(round(i * (total_frames - 1) / max(count - 1, 1))) for i in range(count)})
         self._sheet_pairs: list[np.ndarray] = []
 
-    def add(self, index: int, pts: int, before: np.ndarray, after: np.ndarray) -> None:
-        if self.sheet_path is not None and index in self._sheet_indices:
-            self._sheet_pairs.append(side_by_side(before, after, SHEET_HEIGHT))
+    def wants_sheet_frame(self, index: int) -> bool:
+        return self.sheet_path is not None and index in self._sheet_indices
+
+    def add(
+        self, index: int, pts: int, before: np.ndarray, after: np.ndarray,
+        faces: tuple[np.ndarray, np.ndarray] | None = None,
+    ) -> None:
+        """`faces`: the (before, after) face crops, for the contact sheet rows (see `wants_sheet_frame`)."""
+        if self.wants_sheet_frame(index):
+            self._sheet_pairs.append(side_by_side(before, after, *(faces or ()), height=SHEET_HEIGHT))
         if self.video_path is not None:
             if self._first_pts is None:
                 self._first_pts = pts
             if float((pts - self._first_pts) * self._time_base) < PREVIEW_SECONDS:
-                self._write_video_frame(side_by_side(before, after, PREVIEW_HEIGHT), pts - self._first_pts)
+                self._write_video_frame(side_by_side(before, after, height=PREVIEW_HEIGHT), pts - self._first_pts)
 
     def _write_video_frame(self, image: np.ndarray, pts: int) -> None:
         if self._container is None:
