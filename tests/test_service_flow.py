@@ -58,7 +58,7 @@ def copy_slowly(source: Path, target: Path, seconds: float = 2.4, chunks: int = 
 def service(tmp_path_factory):
     """The daemon, after every input below was dropped and every job settled."""
     root = tmp_path_factory.mktemp("flow")
-    folder = ServiceFolder(root / "svfrd", preview=True, service={"quiet_period": 1.0})
+    folder = ServiceFolder(root / "svfrd", preview=True, service={"quiet_period": 1.5})
     clips = root / "clips"
     clips.mkdir()
     with Daemon(folder) as daemon:
