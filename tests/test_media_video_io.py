@@ -175,3 +175,22 @@ def test_a_full_disk_is_a_transient_error(ntsc_clip):
         with VideoWriter(Path("/dev/full"), info, audio_source=ntsc_clip) as writer:
             for frame in iter_frames(ntsc_clip):
                 writer.write(frame.image, frame.pts)
+
+
+def test_a_stream_that_changes_picture_size_is_refused(tmp_path):
+    def raw_h264(path, width, height):
+        with av.open(str(path), "w", format="h264") as out:
+            stream = out.add_stream("libx264", rate=25)
+            stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+            for i in range(5):
+                frame = av.VideoFrame.from_ndarray(np.full((height, width, 3), 30 * i, np.uint8), format="rgb24")
+                frame.pts = i
+                out.mux(stream.encode(frame))
+            out.mux(stream.encode(None))
+        return path.read_bytes()
+
+    joined = tmp_path / "joined.h264"
+    joined.write_bytes(raw_h264(tmp_path / "a.h264", 160, 120) + raw_h264(tmp_path / "b.h264", 200, 150))
+    assert probe(joined).frames == 10
+    with pytest.raises(BadInputError, match=r"joined.h264 changes its picture size at frame 5 \(from 160x120 to 200x150\)"):
+        list(iter_frames(joined))

@@ -196,6 +196,7 @@ def iter_frames(path: Path) -> Iterator[Frame]:
         stream.thread_type = "AUTO"
         default_step = _default_pts_step(stream)
         previous_pts: int | None = None
+        first_shape: tuple[int, ...] | None = None
         index = 0
         try:
             for frame in container.decode(stream):
@@ -204,6 +205,13 @@ def iter_frames(path: Path) -> Iterator[Frame]:
                     pts = previous_pts + 1
                 previous_pts = pts
                 image = upright(frame.to_ndarray(format="rgb24"), _rotation_of(frame))
+                if first_shape is None:
+                    first_shape = image.shape
+                elif image.shape != first_shape:
+                    raise BadInputError(
+                        f"{path.name} changes its picture size at frame {index} (from {first_shape[1]}x"
+                        f"{first_shape[0]} to {image.shape[1]}x{image.shape[0]}); re-export it at one size"
+                    )
                 yield Frame(index=index, pts=pts, image=image)
                 index += 1
         except av.FFmpegError as err:
