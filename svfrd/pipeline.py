@@ -125,8 +125,8 @@ def _restore_video(job: PipelineJob, engine: Engine, progress: ProgressReporter)
     if not track.detected.any():
         raise BadInputError(
             f"no face found in {job.source.name}: svfrd restores faces, and the face detector found none in any "
-            f"of its {seen.frames} frames. Faces must be visible and not too small (roughly 40 pixels or more "
-            "across); the file was left unchanged."
+            f"of its {seen.frames} frames. Faces must be visible, turned roughly toward the camera and not tiny "
+            "(about a tenth of the picture height or more); the file itself is fine and was not changed."
         )
     crops = _crop_squares(track, crop_policy, info)
     timings["faces_s"] = time.monotonic() - mark
