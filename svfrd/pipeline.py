@@ -67,6 +67,13 @@ class VideoCropStream:
     def __len__(self) -> int:
         return len(self.crops)
 
+    @property
+    def enlargement(self) -> float:
+        """How much the face crops enlarge the video's own pixels (median over face frames; 1.0 or more).
+        An engine may work at the face's own resolution with it (the classical engine does)."""
+        sizes = [box.size for box, face in zip(self.crops.boxes, self.crops.has_face) if face]
+        return max(1.0, CROP_SIZE / float(np.median(sizes))) if sizes else 1.0
+
     def __iter__(self) -> Iterator[FaceCrop]:
         count = 0
         for frame in iter_frames(self.source):

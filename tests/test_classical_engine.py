@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from svfrd.engine import Engine, FaceCrop, RestoreRequest, Task
-from svfrd.engines.classical import ClassicalEngine
+from svfrd.engines.classical import ClassicalEngine, enlargement
 from svfrd.errors import BadInputError
 from tests.helpers.media_clips import astronaut
 
@@ -66,6 +66,32 @@ def test_denoising_brings_noisy_frames_closer_to_the_clean_ones():
     after = np.mean([psnr(r, c) for r, c in zip(restored, clean)])
     print(f"classical BFR on noise sigma 12: PSNR {before:.2f} dB -> {after:.2f} dB")
     assert after > before + 2.0
+
+
+def test_it_measures_how_much_the_crops_were_enlarged_erring_low():
+    photo = astronaut()
+    assert enlargement(photo) == 1.0
+    half = cv2.resize(photo, (256, 256), interpolation=cv2.INTER_AREA)
+    assert enlargement(cv2.resize(half, (512, 512), interpolation=cv2.INTER_CUBIC)) == 2.0
+    quarter = cv2.resize(photo, (128, 128), interpolation=cv2.INTER_AREA)
+    assert 2.0 <= enlargement(cv2.resize(quarter, (512, 512), interpolation=cv2.INTER_CUBIC)) <= 4.0
+
+
+def test_a_small_noisy_face_enlarged_into_its_crop_is_denoised_at_its_own_size():
+    rng = np.random.default_rng(4)
+    clean_small = [cv2.resize(c, (128, 128), interpolation=cv2.INTER_AREA) for c in clean_sequence(5)]
+    noisy_small = [np.clip(c + rng.normal(0, 10, c.shape), 0, 255).astype(np.uint8) for c in clean_small]
+    enlarge = lambda image: cv2.resize(image, (512, 512), interpolation=cv2.INTER_CUBIC)  # noqa: E731
+    clean, noisy = [enlarge(c) for c in clean_small], [enlarge(n) for n in noisy_small]
+    stream = CropList([FaceCrop(n) for n in noisy])
+    stream.enlargement = 4.0  # as the pipeline's crop stream tells it
+    engine = ClassicalEngine()
+    restored = list(engine.restore(RestoreRequest(tasks=frozenset({Task.BFR})), stream, lambda *a: None))
+    before = np.mean([psnr(n, c) for n, c in zip(noisy, clean)])
+    after = np.mean([psnr(r, c) for r, c in zip(restored, clean)])
+    print(f"classical BFR on a 4x enlarged face with noise sigma 10: PSNR {before:.2f} dB -> {after:.2f} dB")
+    assert after > before + 2.0
+    assert any("enlarged about 4x" in note and "at 128x128" in note for note in engine.warnings())
 
 
 def test_damage_is_filled_from_neighbouring_frames_where_the_picture_moves_under_it():

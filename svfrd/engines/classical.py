@@ -10,6 +10,11 @@ installed or on a machine without a GPU:
 
 Colorization (task 1) is refused: without a learned model it is guesswork.
 
+Both work at the face's own resolution in the video: a face 128 pixels across is enlarged 4x into its 512x512
+crop, and denoising or sharpening the enlargement would only touch detail that is not there. The engine works
+at the face's own size and enlarges the result back. It takes the enlargement from the crop stream when it
+offers one (`enlargement`, as the pipeline's does), else measures it on the crops themselves.
+
 Frames stream through a sliding window of 2 * RADIUS + 1 crops per stage, so memory does not grow with length.
 """
 
@@ -23,7 +28,7 @@ import cv2
 import numpy as np
 
 from svfrd.config import DEFAULT_OPTION_NAMES
-from svfrd.engine import CropStream, ProgressReporter, RestoreRequest, Task
+from svfrd.engine import CROP_SIZE, CropStream, FaceCrop, ProgressReporter, RestoreRequest, Task
 from svfrd.errors import BadInputError
 
 #: Neighbours on each side used for denoising and for inpainting.
@@ -34,15 +39,25 @@ SIMILARITY_SIGMA = 10.0
 #: Unsharp masking: blur radius (sigma, pixels at 512) and strength.
 SHARPEN_SIGMA = 1.4
 SHARPEN_AMOUNT = 0.6
+#: Enlargement factors tried, and the largest mean grey-level change a shrink-and-enlarge round trip may cause
+#: for a crop to count as enlarged by that factor (a genuinely sharp 512 crop changes by several levels).
+ENLARGEMENTS = (1.5, 2.0, 2.5, 3.0, 4.0)
+ROUND_TRIP_TOLERANCE = 1.0
+#: How many face crops at the start of the video the enlargement is measured on.
+SAMPLE_CROPS = 5
+#: Largest enlargement undone (working below 128x128 loses more than it gains), and the smallest worth it.
+MAX_ENLARGEMENT = 4.0
+MIN_ENLARGEMENT = 1.25
 
 
 @dataclass
 class _Item:
-    """A crop travelling through the stages."""
+    """A crop travelling through the stages: `image` and `mask` at the working size, `crop` as received."""
 
     image: np.ndarray
     mask: np.ndarray | None
     has_face: bool
+    crop: FaceCrop
 
 
 class ClassicalEngine:
@@ -73,17 +88,79 @@ class ClassicalEngine:
         if request.reference_face is not None:
             self._warnings.append("the classical engine does not use a reference face image")
         total = len(crops)
-        items: Iterable[_Item] = (_Item(c.image, c.mask, c.has_face) for c in crops)
+        progress("restore", 0, total)
+        factor = video_enlargement(crops)
+        size = int(round(CROP_SIZE / factor))
+        if factor > 1:
+            self._warnings.append(
+                f"the face crops are enlarged about {factor:g}x from the video's own pixels; the classical engine "
+                f"restored them at {size}x{size}"
+            )
+        items: Iterable[_Item] = (to_working_size(crop, size) for crop in crops)
         if Task.INPAINT in request.tasks:
             items = sliding_window(items, RADIUS, inpaint_from_neighbours)
         if Task.BFR in request.tasks:
             items = sliding_window(items, RADIUS, denoise_and_sharpen)
-        done = 0
-        progress("restore", 0, total)
-        for item in items:
-            yield item.image
-            done += 1
+        for done, item in enumerate(items, start=1):
+            yield back_to_crop(item, whole_picture=Task.BFR in request.tasks)
             progress("restore", done, total)
+
+
+def round_trip_error(grey: np.ndarray, factor: float) -> float:
+    """Mean change of a picture shrunk by `factor` and enlarged back: small if it holds no finer detail."""
+    height, width = grey.shape
+    small = cv2.resize(grey, (int(round(width / factor)), int(round(height / factor))), interpolation=cv2.INTER_AREA)
+    back = cv2.resize(small, (width, height), interpolation=cv2.INTER_CUBIC)
+    return float(np.abs(grey - back).mean())
+
+
+def enlargement(image: np.ndarray) -> float:
+    """About how much `image` was enlarged from its source pixels (1.0: not at all)."""
+    grey = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY).astype(np.float32)
+    fitting = [f for f in ENLARGEMENTS if round_trip_error(grey, f) < ROUND_TRIP_TOLERANCE]
+    return max(fitting, default=1.0)
+
+
+def video_enlargement(crops: CropStream) -> float:
+    """One enlargement for the whole video, so every frame is processed alike: the stream's own figure if it
+    has one, else the median measured over its first face crops (reading only the start of the stream).
+    Measuring errs low on sharp material, which is the safe side."""
+    declared = getattr(crops, "enlargement", None)
+    if declared is not None:
+        factor = min(float(declared), MAX_ENLARGEMENT)
+        return factor if factor >= MIN_ENLARGEMENT else 1.0
+    factors = []
+    for crop in crops:
+        if crop.has_face:
+            factors.append(enlargement(crop.image))
+        if len(factors) == SAMPLE_CROPS:
+            break
+    return float(np.median(factors)) if factors else 1.0
+
+
+def to_working_size(crop: FaceCrop, size: int) -> _Item:
+    if size == crop.image.shape[0]:
+        return _Item(crop.image, crop.mask, crop.has_face, crop)
+    image = cv2.resize(crop.image, (size, size), interpolation=cv2.INTER_AREA)
+    mask = None
+    if crop.mask is not None:  # a working pixel touched by any damage counts as damaged
+        mask = cv2.resize(crop.mask.astype(np.uint8) * 255, (size, size), interpolation=cv2.INTER_AREA) > 0
+    return _Item(image, mask, crop.has_face, crop)
+
+
+def back_to_crop(item: _Item, whole_picture: bool) -> np.ndarray:
+    """The result at 512x512. When only inpainting was done, only the damaged pixels change."""
+    original = item.crop.image
+    if not item.has_face or item.image is original:
+        return original
+    restored = item.image
+    if restored.shape != original.shape:
+        restored = cv2.resize(restored, original.shape[1::-1], interpolation=cv2.INTER_CUBIC)
+    if whole_picture or item.crop.mask is None:
+        return restored
+    combined = original.copy()
+    combined[item.crop.mask] = restored[item.crop.mask]
+    return combined
 
 
 def sliding_window(
@@ -160,7 +237,7 @@ def denoise_and_sharpen(window: list[_Item], centre: int) -> _Item:
     smoothed = cv2.bilateralFilter(averaged, 5, 20, 3)
     blurred = cv2.GaussianBlur(smoothed, (0, 0), SHARPEN_SIGMA)
     sharpened = cv2.addWeighted(smoothed, 1 + SHARPEN_AMOUNT, blurred, -SHARPEN_AMOUNT, 0)
-    return _Item(sharpened, window[centre].mask, True)
+    return _Item(sharpened, window[centre].mask, True, window[centre].crop)
 
 
 def inpaint_from_neighbours(window: list[_Item], centre: int) -> _Item:
@@ -188,4 +265,4 @@ def inpaint_from_neighbours(window: list[_Item], centre: int) -> _Item:
         missing &= ~usable
     if missing.any():
         result = cv2.inpaint(result, missing.astype(np.uint8), 3, cv2.INPAINT_TELEA)
-    return _Item(result, item.mask, item.has_face)
+    return _Item(result, item.mask, item.has_face, item.crop)
