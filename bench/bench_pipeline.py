@@ -145,15 +145,14 @@ def main() -> int:
             source = Path(tmp) / f"clip{frames}.mp4"
             make_clip(source, frames, args.width, args.height)
             for mode in modes:
-                runs = [measure(mode, source, Path(tmp) / f"out-{mode}-{frames}.mp4", args.crf) for _ in range(args.repeat)]
+                output = Path(tmp) / f"out-{mode}-{frames}.mp4"
+                runs = [measure(mode, source, output, args.crf) for _ in range(args.repeat)]
                 rates = sorted(r["frames"] / r["seconds"] for r in runs)
                 peaks = sorted(r["peak_rss_mib"] for r in runs)
                 fastest = max(runs, key=lambda r: r["frames"] / r["seconds"])
                 stages = " ".join(f"{k}={v}" for k, v in fastest.get("timings", {}).items())
-                print(
-                    f"{frames:>7} {mode:>10} {rates[-1]:>5.1f}/{rates[0]:<5.1f} {peaks[0]:>6.0f}-{peaks[-1]:<6.0f}  {stages}",
-                    flush=True,
-                )
+                rate_range, peak_range = f"{rates[-1]:>5.1f}/{rates[0]:<5.1f}", f"{peaks[0]:>6.0f}-{peaks[-1]:<6.0f}"
+                print(f"{frames:>7} {mode:>10} {rate_range} {peak_range}  {stages}", flush=True)
     return 0
 
 

@@ -10,7 +10,6 @@ grow with the video's length. The engine only ever sees 512x512 crops (`svfrd.en
 
 from __future__ import annotations
 
-import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,8 +26,6 @@ from svfrd.media.paste import paste_back
 from svfrd.media.preview import PreviewMaker
 from svfrd.media.tracking import SubjectTrack, scan_faces, select_subject
 from svfrd.media.video_io import VideoInfo, VideoWriter, iter_frames, probe
-
-log = logging.getLogger(__name__)
 
 #: Sidecar options the pipeline itself reads; the rest go to the engine.
 PIPELINE_OPTIONS = frozenset({"crop", "crf", "output_mode"})

@@ -52,7 +52,8 @@ def test_it_implements_the_engine_interface():
 
 
 def test_colorization_is_refused_with_what_to_do():
-    with pytest.raises(BadInputError, match=r"colorization needs the SVFR model weights.*models/README.md.*drop task 1"):
+    expected = r"colorization needs the SVFR model weights.*models/README.md.*drop task 1"
+    with pytest.raises(BadInputError, match=expected):
         ClassicalEngine().check(RestoreRequest(tasks=frozenset({Task.BFR, Task.COLORIZE})))
 
 

@@ -126,16 +126,20 @@ def test_truncated_file_whose_index_survived_is_refused(tmp_path):
         probe(cut)
 
 
-@pytest.mark.parametrize(
-    "make, expected",
-    [
-        (lambda d, src: write_truncated_copy(src, d / "cut.mp4", keep=0.5), "not a readable video"),
-        (lambda d, src: (d / "empty.mp4").write_bytes(b"") and d / "empty.mp4" or d / "empty.mp4", "empty"),
-        (lambda d, src: write_audio_only_file(d / "song.m4a"), "no video stream"),
-        (lambda d, src: (d / "notes.mp4").write_text("not a video at all\n" * 50) and d / "notes.mp4", "not a readable video"),
-    ],
-    ids=["truncated", "zero-length", "audio-only", "garbage"],
-)
+def write_file(path: Path, data: bytes) -> Path:
+    path.write_bytes(data)
+    return path
+
+
+UNUSABLE_FILES = {
+    "truncated": (lambda folder, clip: write_truncated_copy(clip, folder / "cut.mp4", 0.5), "not a readable video"),
+    "zero-length": (lambda folder, clip: write_file(folder / "empty.mp4", b""), "empty"),
+    "audio-only": (lambda folder, clip: write_audio_only_file(folder / "song.m4a"), "no video stream"),
+    "garbage": (lambda folder, clip: write_file(folder / "notes.mp4", b"not a video\n" * 50), "not a readable video"),
+}
+
+
+@pytest.mark.parametrize("make, expected", UNUSABLE_FILES.values(), ids=UNUSABLE_FILES.keys())
 def test_unusable_files_are_refused_with_a_clear_message(tmp_path, ntsc_clip, make, expected):
     path = make(tmp_path, ntsc_clip)
     with pytest.raises(BadInputError, match=expected) as caught:
@@ -192,5 +196,6 @@ def test_a_stream_that_changes_picture_size_is_refused(tmp_path):
     joined = tmp_path / "joined.h264"
     joined.write_bytes(raw_h264(tmp_path / "a.h264", 160, 120) + raw_h264(tmp_path / "b.h264", 200, 150))
     assert probe(joined).frames == 10
-    with pytest.raises(BadInputError, match=r"joined.h264 changes its picture size at frame 5 \(from 160x120 to 200x150\)"):
+    expected = r"joined.h264 changes its picture size at frame 5 \(from 160x120 to 200x150\)"
+    with pytest.raises(BadInputError, match=expected):
         list(iter_frames(joined))

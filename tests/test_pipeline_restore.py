@@ -233,7 +233,8 @@ def test_reference_face_image_reaches_the_engine(ntsc_clip, tmp_path):
 def test_unreadable_reference_image_fails_clearly(ntsc_clip, tmp_path):
     (tmp_path / "me.png").write_bytes(b"nope")
     with pytest.raises(BadInputError, match="reference image me.png cannot be read"):
-        restore_video(make_job(tmp_path, ntsc_clip, reference_path=tmp_path / "me.png"), NegativeEngine(), ignore_progress)
+        job = make_job(tmp_path, ntsc_clip, reference_path=tmp_path / "me.png")
+        restore_video(job, NegativeEngine(), ignore_progress)
 
 
 def test_phone_video_with_rotation_is_restored_upright_and_keeps_its_rotation(tmp_path):

@@ -212,12 +212,14 @@ def warp_to(image: np.ndarray, flow: np.ndarray, interpolation: int = cv2.INTER_
     """`image` (a neighbour) resampled onto the centre frame's pixel grid along `flow`."""
     h, w = flow.shape[:2]
     grid_x, grid_y = np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32))
-    return cv2.remap(image, grid_x + flow[..., 0], grid_y + flow[..., 1], interpolation, borderMode=cv2.BORDER_REPLICATE)
+    map_x, map_y = grid_x + flow[..., 0], grid_y + flow[..., 1]
+    return cv2.remap(image, map_x, map_y, interpolation, borderMode=cv2.BORDER_REPLICATE)
 
 
 def similarity_weight(aligned: np.ndarray, centre: np.ndarray) -> np.ndarray:
     """Per-pixel weight in [0, 1]: near 1 where the aligned neighbour shows the same content as the centre."""
-    difference = cv2.GaussianBlur(np.abs(aligned.astype(np.float32) - centre.astype(np.float32)).mean(axis=2), (5, 5), 0)
+    difference = np.abs(aligned.astype(np.float32) - centre.astype(np.float32)).mean(axis=2)
+    difference = cv2.GaussianBlur(difference, (5, 5), 0)
     return np.exp(-0.5 * (difference / SIMILARITY_SIGMA) ** 2)
 
 
@@ -256,7 +258,9 @@ def inpaint_from_neighbours(window: list[_Item], centre: int) -> _Item:
             continue
         other = window[k]
         other_mask = other.mask if other.mask is not None else np.zeros_like(item.mask)
-        other_guess = cv2.inpaint(other.image, other_mask.astype(np.uint8), 3, cv2.INPAINT_TELEA) if other_mask.any() else other.image
+        other_guess = other.image
+        if other_mask.any():
+            other_guess = cv2.inpaint(other.image, other_mask.astype(np.uint8), 3, cv2.INPAINT_TELEA)
         flow = optical_flow(guess, other_guess)
         aligned = warp_to(other.image, flow)
         aligned_damage = warp_to(other_mask.astype(np.uint8) * 255, flow) > 0

@@ -77,7 +77,8 @@ class PreviewMaker:
     def _write_video_frame(self, image: np.ndarray, pts: int) -> None:
         if self._container is None:
             self._container = av.open(str(self.video_path), "w", format="mp4")
-            self._stream = self._container.add_stream("libx264", rate=self._fps, options={"crf": "23", "preset": "fast"})
+            options = {"crf": "23", "preset": "fast"}
+            self._stream = self._container.add_stream("libx264", rate=self._fps, options=options)
             self._stream.width, self._stream.height = image.shape[1], image.shape[0]
             self._stream.pix_fmt = "yuv420p"
             self._stream.time_base = self._time_base
@@ -98,7 +99,10 @@ class PreviewMaker:
             written.append(self.video_path)
         if self.sheet_path is not None and self._sheet_pairs:
             width = max(p.shape[1] for p in self._sheet_pairs)
-            rows = [np.pad(p, ((0, 4), (0, width - p.shape[1]), (0, 0)), constant_values=255) for p in self._sheet_pairs]
+            rows = [
+                np.pad(row, ((0, 4), (0, width - row.shape[1]), (0, 0)), constant_values=255)
+                for row in self._sheet_pairs
+            ]
             sheet = Image.fromarray(np.concatenate(rows, axis=0))
             guard_disk(self.sheet_path, lambda: sheet.save(self.sheet_path, format="PNG"))
             written.append(self.sheet_path)
