@@ -222,6 +222,7 @@ class Supervisor:
                 self._guarded(self._step)
             return self._shutdown()
         finally:
+            signal.set_wakeup_fd(-1)  # before closing: the fd number may be reused by anything
             self.wakeup.close()
 
     def _install_signal_handlers(self) -> None:
