@@ -20,6 +20,7 @@ from multiprocessing.connection import Connection
 from typing import Any, Callable
 
 from sqlalchemy import Engine as Database
+from sqlalchemy.exc import SQLAlchemyError
 
 from svfrd import notify, outbox, results
 from svfrd.config import Config
@@ -325,7 +326,7 @@ class Supervisor:
             self.exit_code = EXIT_CONFIG if error_kind == "config" else EXIT_FAILURE
         elif kind == "finished":
             _, job_id, outcome = message
-            job_logger(job_id).info("worker finished the job: %s", outcome)
+            job_logger(job_id).debug("the worker reports the job %s", outcome)
             self.worker.job = None
 
     def _on_worker_death(self) -> None:
@@ -475,8 +476,12 @@ def run_daemon(config: Config, verbose: bool = False) -> int:
         log.error("%s", err)
         return EXIT_LOCKED
     with lock:
-        prepare_folders(config)
-        upgrade_database(config.service.database_url)
+        try:
+            prepare_folders(config)
+            upgrade_database(config.service.database_url)
+        except (OSError, ImportError, SQLAlchemyError) as err:  # ImportError: no driver for the URL
+            log.error("cannot prepare the folders and the job database: %s; `svfrd doctor` checks them", err)
+            return EXIT_FAILURE
         db = open_database(config.service.database_url)
         try:
             finish_interrupted_publications(config, db)
