@@ -216,7 +216,9 @@ def move_inputs(config: Config, db: Engine, job: Job, folder: Path) -> dict[str,
     new places in the row. Never overwrites (see `svfrd.outbox.move_input_to`). Returns the new paths."""
     to_move = {
         column: path for column, path in input_files(job).items()
-        if path.parent != folder  # a retried job that failed again: its files already lie in failed/
+        # A retried job that failed again: its files already lie in failed/ (compared resolved, since a
+        # configured folder may be reached through a symlink).
+        if path.parent.resolve() != folder.resolve()
         and not (column in ("mask_path", "reference_path") and _shared_with_other_jobs(db, job, column, path))
     }
     moved = {column: _moved_before_crash(path, folder) for column, path in to_move.items()}
