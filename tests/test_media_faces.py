@@ -9,7 +9,7 @@ import pytest
 
 from svfrd.errors import BadInputError
 from svfrd.media.crop import crop_jitter, reference_crops, reference_square, tracked_crops
-from svfrd.media.faces import FaceFinder, search_tiles
+from svfrd.media.faces import DetectedFace, FaceFinder, search_tiles
 from svfrd.media.tracking import FacePass, select_subject, scan_faces
 from svfrd.media.video_io import probe
 from tests.helpers.media_clips import (
@@ -160,3 +160,11 @@ def test_search_tiles_cover_the_frame_with_overlap():
         covered[y : y + s, x : x + s] = True
     assert covered.all()
     assert search_tiles(240, 180) == []  # small frames: faces are large enough for the whole-frame look
+
+
+def test_a_face_seen_in_a_single_frame_of_a_shot_is_taken_for_a_detector_mistake():
+    face = DetectedFace(box=(10.0, 10.0, 60.0, 70.0), points5=np.zeros((5, 2), np.float32))
+    flicker = FacePass(faces=[[]] * 4 + [[face]] + [[]] * 5, cut_before=[False] * 10)
+    assert not select_subject(flicker).detected.any()
+    steady = FacePass(faces=[[face]] * 3 + [[]] * 7, cut_before=[False] * 10)
+    assert select_subject(steady).detected.sum() == 3

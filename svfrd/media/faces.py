@@ -106,6 +106,9 @@ def distinct_faces(faces: list[DetectedFace]) -> list[DetectedFace]:
 #: Smallest search tile side; and how often (in frames) tiles are searched while no face is seen.
 MIN_TILE = 160
 SEARCH_EVERY = 5
+#: Tiles are enlarged views in which the detector also "sees" faces in texture now and then; a higher
+#: confidence for them keeps those out (real faces in tiles score well above it).
+SEARCH_CONFIDENCE = 0.7
 
 
 class FaceFinder:
@@ -124,18 +127,19 @@ class FaceFinder:
         from mediapipe.tasks.python import vision
         from mediapipe.tasks.python.core.base_options import BaseOptions
 
-        def landmarker(mode):
+        def landmarker(mode, confidence: float):
             return vision.FaceLandmarker.create_from_options(vision.FaceLandmarkerOptions(
                 base_options=BaseOptions(model_asset_path=str(model_path)),
                 running_mode=mode,
                 num_faces=max_faces,
-                min_face_detection_confidence=min_confidence,
-                min_face_presence_confidence=min_confidence,
-                min_tracking_confidence=min_confidence,
+                min_face_detection_confidence=confidence,
+                min_face_presence_confidence=confidence,
+                min_tracking_confidence=confidence,
             ))
 
-        self._video = landmarker(vision.RunningMode.VIDEO)
-        self._image = landmarker(vision.RunningMode.IMAGE)  # for tiles and regions: no tracking state
+        self._video = landmarker(vision.RunningMode.VIDEO, min_confidence)
+        # For tiles and regions: no tracking state between them, and a stricter threshold.
+        self._image = landmarker(vision.RunningMode.IMAGE, max(min_confidence, SEARCH_CONFIDENCE))
         self._last_timestamp_ms = -1
         self._frame = 0
         self._small_face_regions: list[Square] = []

@@ -19,6 +19,8 @@ from svfrd.media.video_io import VideoInfo, iter_frames
 
 #: Bhattacharyya distance between colour histograms of consecutive frames above which a scene cut is assumed.
 CUT_THRESHOLD = 0.45
+#: A face seen in fewer frames of a shot than this (or than the shot has) is taken for a detector mistake.
+MIN_TRACK_FRAMES = 3
 
 
 @dataclass
@@ -128,7 +130,8 @@ def select_subject(seen: FacePass, max_gap: int = 12) -> SubjectTrack:
     points = np.full((n, 5, 2), np.nan, dtype=np.float64)
     shot_reports = []
     for start, end in seen.shots():
-        tracks = _link_tracks(seen.faces, start, end, max_gap)
+        needed = min(MIN_TRACK_FRAMES, end - start)
+        tracks = [t for t in _link_tracks(seen.faces, start, end, max_gap) if len(t) >= needed]
         if not tracks:
             shot_reports.append({"frames": [start, end], "faces": 0})
             continue
