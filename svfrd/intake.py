@@ -27,14 +27,14 @@ from typing import Callable
 
 from sqlalchemy import Engine
 
-from svfrd import outbox
+from svfrd import notify, outbox
 from svfrd.config import DEFAULT_OPTION_NAMES, Config, InboxConfig
 from svfrd.errors import BadInputError
+from svfrd.hashing import file_sha256
 from svfrd.jobs import Job, JobState
 from svfrd.queue import (
     dedupe_key_for,
     enqueue_or_find,
-    file_sha256,
     insert_failed_job,
     paths_owned_by_jobs,
     set_input_paths,
@@ -257,7 +257,7 @@ class Intake:
         stat = path.stat()
         key = (path, stat.st_size, stat.st_mtime_ns)
         if key not in self._hashes:
-            self._hashes[key] = file_sha256(path)
+            self._hashes[key] = file_sha256(path, still_alive=notify.watchdog)
         return self._hashes[key]
 
     def _optional_hash(self, path: Path | None) -> str | None:

@@ -24,6 +24,7 @@ from sqlmodel import Session, col, select
 from svfrd.config import tasks_to_text
 from svfrd.engine import Task
 from svfrd.errors import BadInputError, JobCancelled
+from svfrd.hashing import file_sha256
 from svfrd.jobs import ErrorKind, Job, JobState, utcnow
 
 #: States in which a job blocks a new job for the same content and options.
@@ -81,15 +82,6 @@ def dedupe_key_for(
         "reference": reference_hash,
     }
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
-
-
-def file_sha256(path: str | Path) -> str:
-    """Streamed, so a multi-GB video never sits in memory."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _tasks_text(tasks: Iterable[Task | int] | str) -> str:
