@@ -207,7 +207,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 def cmd_install_service(args: argparse.Namespace) -> int:
     from svfrd.install_service import install_service
 
-    return install_service(Path(args.config).absolute(), args.user)
+    return install_service(Path(args.config).absolute(), args.user, output=args.output)
 
 
 def cmd_fetch_face_model(args: argparse.Namespace) -> int:
@@ -391,6 +391,7 @@ def build_parser() -> argparse.ArgumentParser:
     command("doctor", cmd_doctor, "check the configuration, folders, database, weights, GPU and codecs")
     install = command("install-service", cmd_install_service, "write the systemd unit for this config")
     install.add_argument("--user", action="store_true", help="a user service instead of a system one")
+    install.add_argument("--output", metavar="PATH", help="write the unit here instead (\"-\": print it)")
     fetch = command("fetch-face-model", cmd_fetch_face_model, "download and verify MediaPipe's face model")
     fetch.add_argument("path", nargs="?", metavar="PATH", help="where to put it (default: [faces] model)")
     parity = command("parity", cmd_parity, "compare the sampler with the reference fixture cases")

@@ -149,3 +149,14 @@ def test_an_unwritable_target_fails_with_a_reason(tmp_path: Path, capsys) -> Non
     (tmp_path / "a-file").write_text("")
     assert ins.install_service(config, user=False, output=tmp_path / "a-file" / "svfrd.service") == 1
     assert "cannot write" in capsys.readouterr().err
+
+
+def test_the_command_line_writes_the_unit_where_output_says(tmp_path: Path, capsys) -> None:
+    from svfrd.cli import main
+
+    config = write_config(tmp_path)
+    unit = tmp_path / "review" / "svfrd.service"
+    unit.parent.mkdir()
+    assert main(["--config", str(config), "install-service", "--output", str(unit)]) == 0
+    assert "Type=notify" in unit.read_text()
+    assert str(config) in unit.read_text()
