@@ -233,7 +233,7 @@ def check_svfr_weights(config: Config) -> Check:
     required = svfr_required(config)
     consequence = "" if required else f" ({without_svfr(config)})"
     try:
-        from svfrd.svfr.loading import weights_problem
+        from svfrd.svfr.model_folder import weights_problem
     except ImportError as err:
         return failed("SVFR weights", f"the SVFR model code cannot be imported: {err}{consequence}",
                       "reinstall svfrd with its dependencies: pip install -e .", required)

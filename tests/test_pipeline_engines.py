@@ -78,11 +78,12 @@ def test_auto_without_weights_uses_classical_and_says_why(tmp_path, caplog):
     assert "using classical" in caplog.text and "SVFR weights are not usable" in caplog.text
 
 
-def test_classical_engine_never_imports_the_diffusion_stack(tmp_path):
+@pytest.mark.parametrize("name", ["classical", "auto"])
+def test_without_weights_the_diffusion_stack_is_never_imported(tmp_path, name):
     code = (
         "import sys; from svfrd.engines import create_engine; "
         "from tests.test_pipeline_engines import engine_config; from pathlib import Path; "
-        f"create_engine(engine_config('classical', Path({str(tmp_path)!r}))); "
+        f"create_engine(engine_config({name!r}, Path({str(tmp_path)!r}))); "
         "print(sorted(m for m in ('diffusers', 'torch') if m in sys.modules))"
     )
     root = Path(__file__).resolve().parents[1]

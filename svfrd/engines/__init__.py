@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+from pathlib import Path
 
 from svfrd.config import EngineConfig
 from svfrd.engine import Engine
@@ -17,7 +18,8 @@ from svfrd.errors import ConfigError
 log = logging.getLogger(__name__)
 
 
-def create_engine(cfg: EngineConfig) -> Engine:
+def create_engine(cfg: EngineConfig, face_model: Path | None = None) -> Engine:
+    """`face_model` is the `[faces] model` file; SVFR uses it to find the face in its reference frame."""
     name = cfg.name
     if name == "auto":
         name, reason = _auto_choice(cfg)
@@ -29,7 +31,7 @@ def create_engine(cfg: EngineConfig) -> Engine:
     if name == "svfr":
         from svfrd.svfr.engine import SvfrEngine
 
-        return SvfrEngine(cfg)
+        return SvfrEngine(cfg, face_model=face_model)
     if ":" in name:
         return _engine_from_import_path(name, cfg)
     raise ConfigError(
@@ -39,7 +41,7 @@ def create_engine(cfg: EngineConfig) -> Engine:
 
 
 def _auto_choice(cfg: EngineConfig) -> tuple[str, str]:
-    from svfrd.svfr.loading import weights_problem
+    from svfrd.svfr.model_folder import weights_problem
 
     problem = weights_problem(cfg.svfr.models_dir)
     if problem is not None:
