@@ -293,7 +293,7 @@ def _install_signal_handlers() -> None:
 def _create_engine(config: Config) -> Engine:
     from svfrd.engines import create_engine
 
-    return create_engine(config.engine)
+    return create_engine(config.engine, face_model=config.faces.model)
 
 
 def worker_main(config: Config, conn: Connection, parent_pid: int, verbose: bool = False) -> None:

@@ -159,8 +159,8 @@ class SvfrEngine:
 
     resolution: the model's working size; SVFR is trained at 512 (the crop size). Smaller sizes exist for
     fast tests on tiny models; crops are resized to it and back.
-    face_model: the MediaPipe face landmarker used to find the face in the reference frame (default:
-    `<models_dir>/face_landmarker.task`, where the default configuration keeps it)."""
+    face_model: the MediaPipe face landmarker used to find the face in the reference frame; the service
+    passes `[faces] model` (without it: `<models_dir>/face_landmarker.task`)."""
 
     name = "svfr"
     option_names = OPTION_NAMES
