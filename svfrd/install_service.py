@@ -49,6 +49,8 @@ Restart=on-failure
 RestartSec={RESTART_SEC}
 # SIGTERM goes to the daemon only: it stops or requeues the job itself and then ends its worker.
 KillMode=mixed
+# glibc gives every decoder/encoder thread its own malloc arena; two keep the worker's memory steady.
+Environment=MALLOC_ARENA_MAX=2
 """
 
 SYSTEM_TEMPLATE = f"""\

@@ -257,7 +257,7 @@ class Intake:
         stat = path.stat()
         key = (path, stat.st_size, stat.st_mtime_ns)
         if key not in self._hashes:
-            self._hashes[key] = file_sha256(path, still_alive=notify.watchdog)
+            self._hashes[key] = file_sha256(path, still_alive=notify.still_busy)
         return self._hashes[key]
 
     def _optional_hash(self, path: Path | None) -> str | None:

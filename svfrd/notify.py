@@ -55,8 +55,17 @@ def watchdog() -> bool:
 
 def extend_timeout(seconds: float) -> bool:
     """Ask for `seconds` more time from now to finish starting or stopping (e.g. while a job winds down)."""
-    usec = max(0, int(seconds * 1_000_000))
-    return notify(f"EXTEND_TIMEOUT_USEC={usec}")
+    return notify(_extend_timeout_line(seconds))
+
+
+def still_busy(seconds: float = 60.0) -> bool:
+    """Long work on the main loop (hashing a large video): feed the watchdog and, before READY, ask for more
+    start-up time, so systemd does not kill a daemon that is working, not hung."""
+    return notify("WATCHDOG=1", _extend_timeout_line(seconds))
+
+
+def _extend_timeout_line(seconds: float) -> str:
+    return f"EXTEND_TIMEOUT_USEC={max(0, int(seconds * 1_000_000))}"
 
 
 def stopping() -> bool:

@@ -39,6 +39,8 @@ def test_each_helper_sends_its_systemd_field(manager_socket: socket.socket) -> N
     assert receive(manager_socket) == "EXTEND_TIMEOUT_USEC=1500000"
     assert notify.stopping()
     assert receive(manager_socket) == "STOPPING=1"
+    assert notify.still_busy(60)
+    assert receive(manager_socket) == "WATCHDOG=1\nEXTEND_TIMEOUT_USEC=60000000"
 
 
 def test_several_lines_travel_as_one_datagram(manager_socket: socket.socket) -> None:
