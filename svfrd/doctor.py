@@ -225,7 +225,7 @@ def without_svfr(config: Config) -> str:
     """What running without the SVFR weights or a GPU means for the configured engine."""
     name = config.engine.name
     if name == "auto":
-        return 'engine "auto" uses the classical engine until they are there'
+        return 'engine "auto" uses the classical engine meanwhile'
     return f"not needed by engine {name!r}"
 
 
