@@ -25,7 +25,7 @@ from svfrd.media.masks import Mask, load_mask, load_reference_face
 from svfrd.media.paste import paste_back
 from svfrd.media.preview import PreviewMaker
 from svfrd.media.tracking import SubjectTrack, scan_faces, select_subject
-from svfrd.media.video_io import VideoInfo, VideoWriter, iter_frames, probe
+from svfrd.media.video_io import Frame, VideoInfo, VideoWriter, iter_frames, probe
 
 #: Sidecar options the pipeline itself reads; the rest go to the engine.
 PIPELINE_OPTIONS = frozenset({"crop", "crf", "output_mode"})
@@ -72,16 +72,24 @@ class VideoCropStream:
         return max(1.0, CROP_SIZE / float(np.median(sizes))) if sizes else 1.0
 
     def __iter__(self) -> Iterator[FaceCrop]:
-        count = 0
-        for frame in iter_frames(self.source):
-            if count == len(self.crops):
-                break
-            box = self.crops.boxes[count]
+        for frame in decode_again(self.source, len(self.crops)):
+            box = self.crops.boxes[frame.index]
             mask = self.mask.for_crop(box) if self.mask is not None else None
-            yield FaceCrop(image=crop_face(frame.image, box), mask=mask, has_face=bool(self.crops.has_face[count]))
-            count += 1
-        if count != len(self.crops):
-            raise BadInputError(f"{self.source.name} decoded to {count} frames this time, {len(self.crops)} before")
+            has_face = bool(self.crops.has_face[frame.index])
+            yield FaceCrop(image=crop_face(frame.image, box), mask=mask, has_face=has_face)
+
+
+def decode_again(source: Path, expected: int) -> Iterator[Frame]:
+    """The video's first `expected` frames, decoded once more after the face pass counted them; a file that
+    now decodes to fewer frames (changed or flaky storage) is bad input."""
+    count = 0
+    for frame in iter_frames(source):
+        if count == expected:
+            return
+        yield frame
+        count += 1
+    if count != expected:
+        raise BadInputError(f"{source.name} decoded to {count} frames this time, {expected} before")
 
 
 def restore_video(job: PipelineJob, engine: Engine, progress: ProgressReporter) -> PipelineResult:
@@ -193,9 +201,7 @@ def _write_output(
     written = 0
     try:
         with VideoWriter(job.output, info, crf=crf, audio_source=job.source, size=size, rotation=rotation) as writer:
-            for frame in iter_frames(job.source):
-                if written == total:
-                    break
+            for frame in decode_again(job.source, total):
                 face = next(restored, None)
                 if face is None:
                     raise RuntimeError(f"the engine returned {written} crops for {total} frames")
@@ -211,12 +217,11 @@ def _write_output(
                 if previews is not None:
                     faces = None
                     if not crop_only and previews.wants_sheet_frame(written):
-                        faces = (crop_face(frame.image, box), face if has_face else crop_face(frame.image, box))
+                        original_face = crop_face(frame.image, box)
+                        faces = (original_face, face if has_face else original_face)
                     previews.add(written, frame.pts, before, after, faces)
                 written += 1
                 progress("encode", written, total)
-        if written != total:
-            raise BadInputError(f"{job.source.name} decoded to {written} frames this time, {total} before")
         if next(restored, None) is not None:
             raise RuntimeError(f"the engine returned more crops than the {total} frames")
     except BaseException:
