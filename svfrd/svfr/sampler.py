@@ -131,9 +131,10 @@ def denoise_latents(
         timestep = schedule.timesteps[step].to(models.device)
         fused = torch.zeros_like(latents)
         weight_sum = torch.zeros(num_frames, 1, 1, 1, device=models.device)
-        step_windows = windows.windows_for_step(step)
+        # Every window's frame indices (windows, W), moved to the device once per step, not per UNet call.
+        step_windows = torch.tensor(windows.windows_for_step(step), device=models.device)
         for first in range(0, len(step_windows), settings.windows_per_batch):
-            frame_index = torch.tensor(step_windows[first : first + settings.windows_per_batch], device=models.device)
+            frame_index = step_windows[first : first + settings.windows_per_batch]
             window_latents = latents[frame_index]  # (k, W, C, h, w)
             velocity = predict_velocity(
                 models, window_latents, frame_index, sigma, timestep, conditioning, settings.guidance_scale
