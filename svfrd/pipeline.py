@@ -186,7 +186,7 @@ def _crop_squares(track: SubjectTrack, policy: str, info: VideoInfo) -> FrameCro
 def _preview_maker(job: PipelineJob, frames: int, info: VideoInfo) -> PreviewMaker | None:
     if not job.output_cfg.preview or (job.preview_video is None and job.contact_sheet is None):
         return None
-    return PreviewMaker(job.preview_video, job.contact_sheet, frames, info.fps, info.time_base)
+    return PreviewMaker(job.preview_video, job.contact_sheet, frames, info)
 
 
 def _write_output(

@@ -7,18 +7,17 @@
 
 from __future__ import annotations
 
-from fractions import Fraction
 from pathlib import Path
 
-import av
 import cv2
 import numpy as np
 from PIL import Image
 
-from svfrd.media.video_io import guard_disk
+from svfrd.media.video_io import VideoInfo, VideoWriter, guard_disk
 
 PREVIEW_SECONDS = 5.0
 PREVIEW_HEIGHT = 270
+PREVIEW_CRF = 23
 SHEET_FRAMES = 4
 SHEET_HEIGHT = 200
 
@@ -44,15 +43,11 @@ def side_by_side(*images: np.ndarray, height: int) -> np.ndarray:
 class PreviewMaker:
     """Feed it every (before, after) frame pair in order; it keeps only what the previews need."""
 
-    def __init__(
-        self, video_path: Path | None, sheet_path: Path | None, total_frames: int,
-        fps: Fraction, time_base: Fraction,
-    ):
+    def __init__(self, video_path: Path | None, sheet_path: Path | None, total_frames: int, info: VideoInfo):
         self.video_path, self.sheet_path = video_path, sheet_path
-        self._time_base = time_base
-        self._fps = fps
-        self._container: av.container.OutputContainer | None = None
-        self._stream = None
+        self._info = info  # the source's frame rate and time base, which the preview keeps
+        self._writer: VideoWriter | None = None
+        self._size: tuple[int, int] | None = None  # the preview's width and height, set by its first frame
         self._first_pts: int | None = None
         count = min(SHEET_FRAMES, total_frames)
         self._sheet_indices = sorted({int(round(i * (total_frames - 1) / max(count - 1, 1))) for i in range(count)})
@@ -71,31 +66,25 @@ class PreviewMaker:
         if self.video_path is not None:
             if self._first_pts is None:
                 self._first_pts = pts
-            if float((pts - self._first_pts) * self._time_base) < PREVIEW_SECONDS:
+            if float((pts - self._first_pts) * self._info.time_base) < PREVIEW_SECONDS:
                 self._write_video_frame(side_by_side(before, after, height=PREVIEW_HEIGHT), pts - self._first_pts)
 
     def _write_video_frame(self, image: np.ndarray, pts: int) -> None:
-        if self._container is None:
-            self._container = av.open(str(self.video_path), "w", format="mp4")
-            options = {"crf": "23", "preset": "fast"}
-            self._stream = self._container.add_stream("libx264", rate=self._fps, options=options)
-            self._stream.width, self._stream.height = image.shape[1], image.shape[0]
-            self._stream.pix_fmt = "yuv420p"
-            self._stream.time_base = self._time_base
-            self._stream.codec_context.time_base = self._time_base
-        if image.shape[1] != self._stream.width or image.shape[0] != self._stream.height:
-            image = cv2.resize(image, (self._stream.width, self._stream.height), interpolation=cv2.INTER_AREA)
-        frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format="rgb24")
-        frame.pts = pts
-        frame.time_base = self._time_base
-        guard_disk(self.video_path, lambda: self._container.mux(self._stream.encode(frame)))
+        height, width = image.shape[:2]
+        if self._writer is None:  # the side-by-side is upright, hence no rotation
+            self._size = (width, height)
+            self._writer = VideoWriter(
+                self.video_path, self._info, crf=PREVIEW_CRF, size=self._size, rotation=0, preset="fast"
+            )
+        if (width, height) != self._size:
+            image = cv2.resize(image, self._size, interpolation=cv2.INTER_AREA)
+        self._writer.write(image, pts)
 
     def close(self) -> list[Path]:
         """Finish the files; returns the paths written."""
         written = []
-        if self._container is not None:
-            guard_disk(self.video_path, lambda: self._container.mux(self._stream.encode(None)))
-            guard_disk(self.video_path, self._container.close)
+        if self._writer is not None:
+            self._writer.close()
             written.append(self.video_path)
         if self.sheet_path is not None and self._sheet_pairs:
             width = max(p.shape[1] for p in self._sheet_pairs)
@@ -109,8 +98,5 @@ class PreviewMaker:
         return written
 
     def abort(self) -> None:
-        if self._container is not None:
-            try:
-                self._container.close()
-            except Exception:  # the error being handled matters more
-                pass
+        if self._writer is not None:
+            self._writer.abort()
