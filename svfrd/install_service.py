@@ -16,6 +16,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from svfrd.atomic import replacing
 from svfrd.config import Config, load_config
 from svfrd.errors import ConfigError
 
@@ -257,10 +258,9 @@ def install_service(config_path: Path, user: bool, output: Path | str | None = N
 
 def write_unit(target: Path, unit: str) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
-    part = target.with_name("." + target.name + ".part")
-    part.write_text(unit)
-    part.chmod(0o644)
-    os.replace(part, target)
+    with replacing(target) as f:
+        f.write(unit.encode("utf-8"))
+        os.fchmod(f.fileno(), 0o644)
 
 
 def _print_steps(steps: list[str], file=None) -> None:

@@ -14,9 +14,9 @@ import shutil
 from pathlib import Path
 from typing import Iterable
 
+from svfrd.atomic import TEMP_SUFFIX, fsync_file, fsync_folder, hidden_temp_path
 from svfrd.errors import TransientError
 
-TEMP_SUFFIX = ".part"
 MAX_NAME_TRIES = 10_000
 
 
@@ -25,20 +25,20 @@ def temp_output_path(outbox: str | Path, final_name: str) -> Path:
     make intake, users and sync tools ignore it; being in the outbox keeps the final rename atomic."""
     outbox = Path(outbox)
     outbox.mkdir(parents=True, exist_ok=True)
-    return outbox / f".{final_name}{TEMP_SUFFIX}"
+    return hidden_temp_path(outbox / final_name)
 
 
 def publish(temp: str | Path, final: str | Path) -> Path:
     """fsync `temp` and give it the name `final`, or `final` with -2, -3, ... if that is taken.
     Returns the name used. Never replaces an existing file."""
     temp, final = Path(temp), Path(final)
-    _fsync_file(temp)
+    fsync_file(temp)
     for candidate in numbered_names([final]):
         try:
             _link_or_rename(temp, candidate[0])
         except FileExistsError:
             continue
-        _fsync_folder(final.parent)
+        fsync_folder(final.parent)
         return candidate[0]
     raise TransientError(f"no free name for {final} after {MAX_NAME_TRIES} tries; clean up {final.parent}")
 
@@ -78,9 +78,9 @@ def _move_together(folder: Path, sources: list[Path]) -> list[Path]:
             for source, target in zip(sources, moved):
                 _move_one(target, source)
             continue
-        _fsync_folder(folder)
+        fsync_folder(folder)
         for parent in {s.parent for s in sources}:
-            _fsync_folder(parent)
+            fsync_folder(parent)
         return names
     raise TransientError(f"no free names in {folder} after {MAX_NAME_TRIES} tries; clean up {folder}")
 
@@ -129,7 +129,7 @@ def clean_stale_temp_files(outbox: str | Path) -> list[Path]:
                 os.unlink(entry.path)
                 removed.append(Path(entry.path))
     if removed:
-        _fsync_folder(outbox)
+        fsync_folder(outbox)
     return removed
 
 
@@ -152,9 +152,9 @@ def _move_one(source: Path, target: Path) -> None:
     except OSError as err:
         if err.errno != errno.EXDEV:
             raise
-    temp = target.with_name(f".{target.name}{TEMP_SUFFIX}")
+    temp = hidden_temp_path(target)
     shutil.copy2(source, temp)
-    _fsync_file(temp)
+    fsync_file(temp)
     _link_or_rename(temp, target)
     os.unlink(source)
 
@@ -173,18 +173,3 @@ def _link_or_rename(source: Path, target: Path) -> None:
         return
     os.unlink(source)
 
-
-def _fsync_file(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_folder(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
