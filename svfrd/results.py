@@ -133,12 +133,8 @@ def jobs_with_planned_results(db: Engine) -> list[Job]:
 
 
 def write_json(path: Path, data: dict[str, Any]) -> None:
-    """Write and fsync, so the later rename publishes complete content."""
-    with open(path, "w", encoding="utf-8") as f:
-        json.dump(data, f, indent=2, sort_keys=False, default=str)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
+    """Write a result under its temporary name (`outbox.publish` fsyncs it before giving it its final name)."""
+    path.write_text(json.dumps(data, indent=2, default=str) + "\n", encoding="utf-8")
 
 
 def remove_temp_files(config: Config, job: Job) -> None:
