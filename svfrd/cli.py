@@ -44,23 +44,16 @@ def _load(args: argparse.Namespace) -> Config:
         raise CommandError(str(err), EXIT_USAGE) from None
 
 
-def _open_database_read_only(config: Config):
-    """The job database for reading; a missing SQLite file is a message, not a freshly created database."""
+def _open_database(config: Config, read_only: bool = False):
+    """The job database; a missing SQLite file is a message, not a freshly created database."""
+    from svfrd.db import open_database
     from svfrd.status_view import open_read_only, sqlite_file
 
     path = sqlite_file(config.service.database_url)
     if path is not None and not path.exists():
         raise CommandError(f"there is no job database at {path} yet; start the service with `svfrd run`")
-    return open_read_only(config.service.database_url)
-
-
-def _open_database(config: Config):
-    from svfrd.db import open_database
-    from svfrd.status_view import sqlite_file
-
-    path = sqlite_file(config.service.database_url)
-    if path is not None and not path.exists():
-        raise CommandError(f"there is no job database at {path} yet; start the service with `svfrd run`")
+    if read_only:
+        return open_read_only(config.service.database_url)
     return open_database(config.service.database_url)
 
 
@@ -115,7 +108,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
     from svfrd.queue import list_jobs
 
-    jobs = list_jobs(_open_database_read_only(config), limit=args.limit)
+    jobs = list_jobs(_open_database(config, read_only=True), limit=args.limit)
     console = Console(highlight=False)
     if not jobs:
         console.print("no jobs yet: drop a video into " + ", ".join(str(i.path) for i in config.inboxes))
@@ -153,7 +146,7 @@ def _job_or_error(db, job_id: int):
 
 def cmd_show(args: argparse.Namespace) -> int:
     config = _load(args)
-    job = _job_or_error(_open_database_read_only(config), args.job_id)
+    job = _job_or_error(_open_database(config, read_only=True), args.job_id)
     fields = {name: getattr(job, name) for name in type(job).model_fields}  # in the table's column order
     fields["tasks"] = f"{job.tasks} ({task_labels(job.tasks)})"
     width = max(len(name) for name in fields)
