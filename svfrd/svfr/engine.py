@@ -31,7 +31,7 @@ import torch
 from svfrd.config import EngineConfig, SvfrConfig, option_problem
 from svfrd.engine import CROP_SIZE, CropStream, FaceCrop, ProgressReporter, RestoreRequest, Task
 from svfrd.errors import BadInputError, ConfigError, TransientError
-from svfrd.media.crop import TRACKED_SCALE, CropBox, crop_face
+from svfrd.media.crop import CropBox, crop_face, face_crop_box
 from svfrd.media.faces import DetectedFace, FaceFinder
 from svfrd.media.masks import prepare_svfr_input
 from svfrd.svfr.identity import IdentityModels, align_face, id_tokens_for_face, load_identity_models
@@ -225,9 +225,7 @@ class SvfrEngine:
                 "no face was found in the reference image; supply a clear, front-facing photo of the subject, "
                 "or leave `reference` out so SVFR picks its own reference frame"
             )
-        side = TRACKED_SCALE * max(face.width, face.height)
-        cx, cy = face.centre
-        return face, CropBox(int(round(cx - side / 2)), int(round(cy - side / 2)), max(1, int(round(side))))
+        return face, face_crop_box(face.box)
 
     def id_tokens(self, picture: np.ndarray, face: DetectedFace, crop: str) -> torch.Tensor:
         return id_tokens_for_face(self.identity, align_face(picture, face.points5), crop)
