@@ -98,7 +98,8 @@ def check_database(config: Config) -> Check:
     """Reachable, and at the newest schema this svfrd knows. Read-only: the doctor never migrates."""
     from sqlalchemy.exc import SQLAlchemyError
 
-    from svfrd.status_view import open_read_only, sqlite_file
+    from svfrd.db import current_revision
+    from svfrd.status_view import read_only_url, sqlite_file
 
     url = config.service.database_url
     name = "database"
@@ -107,14 +108,7 @@ def check_database(config: Config) -> Check:
         return passed(name, f"{path} not created yet; `svfrd run` creates and migrates it")
     try:
         head = migration_head(url)
-        db = open_read_only(url)
-        try:
-            from alembic.runtime.migration import MigrationContext
-
-            with db.connect() as connection:
-                current = MigrationContext.configure(connection).get_current_revision()
-        finally:
-            db.dispose()
+        current = current_revision(read_only_url(url))
     except (SQLAlchemyError, OSError, RuntimeError) as err:
         reason = str(getattr(err, "orig", None) or err).splitlines()[0]
         return failed(name, f"cannot open {safe_url(url)}: {reason}",
