@@ -21,7 +21,8 @@ Frames stream through a sliding window of 2 * RADIUS + 1 crops per stage, so mem
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Callable, Iterable, Iterator
 
 import cv2
@@ -58,6 +59,17 @@ class _Item:
     mask: np.ndarray | None
     has_face: bool
     crop: FaceCrop
+    _prefilled: np.ndarray | None = field(default=None, repr=False)
+
+    def prefilled(self) -> np.ndarray:
+        """`image` with its damage filled spatially (Telea). Computed once: inpainting aligns every frame of a
+        window on these, and a frame sits in up to 2 * RADIUS + 1 windows."""
+        if self._prefilled is None:
+            if self.mask is None or not self.mask.any():
+                self._prefilled = self.image
+            else:
+                self._prefilled = cv2.inpaint(self.image, self.mask.astype(np.uint8), 3, cv2.INPAINT_TELEA)
+        return self._prefilled
 
 
 class ClassicalEngine:
@@ -208,10 +220,17 @@ def optical_flow(source: np.ndarray, target: np.ndarray) -> np.ndarray:
     return _flow_engine.calc(_grey(source), _grey(target), None)
 
 
+@lru_cache(maxsize=4)
+def _pixel_grid(height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+    """x and y of every pixel, (height, width) float32 each; one working size per video, so made once."""
+    grid_x, grid_y = np.meshgrid(np.arange(width, dtype=np.float32), np.arange(height, dtype=np.float32))
+    grid_x.flags.writeable = grid_y.flags.writeable = False  # shared between calls
+    return grid_x, grid_y
+
+
 def warp_to(image: np.ndarray, flow: np.ndarray, interpolation: int = cv2.INTER_LINEAR) -> np.ndarray:
     """`image` (a neighbour) resampled onto the centre frame's pixel grid along `flow`."""
-    h, w = flow.shape[:2]
-    grid_x, grid_y = np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32))
+    grid_x, grid_y = _pixel_grid(*flow.shape[:2])
     map_x, map_y = grid_x + flow[..., 0], grid_y + flow[..., 1]
     return cv2.remap(image, map_x, map_y, interpolation, borderMode=cv2.BORDER_REPLICATE)
 
@@ -247,9 +266,8 @@ def inpaint_from_neighbours(window: list[_Item], centre: int) -> _Item:
     item = window[centre]
     if item.mask is None or not item.mask.any():
         return item
-    mask_u8 = item.mask.astype(np.uint8)
     # Align on spatially pre-filled pictures, so the damage itself (e.g. burnt-in text) does not steer the flow.
-    guess = cv2.inpaint(item.image, mask_u8, 3, cv2.INPAINT_TELEA)
+    guess = item.prefilled()
     result = guess.copy()
     missing = item.mask.copy()
     # Nearest neighbours in time first: their content is the most similar.
@@ -258,10 +276,7 @@ def inpaint_from_neighbours(window: list[_Item], centre: int) -> _Item:
             continue
         other = window[k]
         other_mask = other.mask if other.mask is not None else np.zeros_like(item.mask)
-        other_guess = other.image
-        if other_mask.any():
-            other_guess = cv2.inpaint(other.image, other_mask.astype(np.uint8), 3, cv2.INPAINT_TELEA)
-        flow = optical_flow(guess, other_guess)
+        flow = optical_flow(guess, other.prefilled())
         aligned = warp_to(other.image, flow)
         aligned_damage = warp_to(other_mask.astype(np.uint8) * 255, flow) > 0
         usable = missing & ~aligned_damage
