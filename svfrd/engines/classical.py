@@ -182,20 +182,22 @@ def sliding_window(
     ends); only 2 * radius + 1 items are held."""
     window: deque[_Item] = deque()
     centre = 0  # index in `window` of the next item to process
-    for item in items:
-        window.append(item)
-        if len(window) - 1 - centre >= radius:  # the centre has all its right neighbours
-            yield _process_if_face(process, list(window), centre)
-            if centre >= radius:
-                window.popleft()
-            else:
-                centre += 1
-    while centre < len(window):
-        yield _process_if_face(process, list(window), centre)
-        if centre >= radius:
+
+    def process_centre() -> _Item:
+        nonlocal centre
+        result = _process_if_face(process, list(window), centre)
+        if centre >= radius:  # the leftmost item is no one's neighbour any more
             window.popleft()
         else:
             centre += 1
+        return result
+
+    for item in items:
+        window.append(item)
+        if len(window) - 1 - centre >= radius:  # the centre has all its right neighbours
+            yield process_centre()
+    while centre < len(window):  # the last items, with fewer right neighbours
+        yield process_centre()
 
 
 def _process_if_face(process: Callable[[list[_Item], int], _Item], window: list[_Item], centre: int) -> _Item:
