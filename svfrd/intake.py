@@ -218,10 +218,7 @@ class Intake:
         except BadInputError as err:
             result.failed.append(self._reject(inbox, video, sidecar, content_hash, err))
             return
-        key = dedupe_key_for(
-            content_hash, spec.tasks, spec.options, spec.seed,
-            self._optional_hash(spec.mask_path), self._optional_hash(spec.reference_path),
-        )
+        # The queue derives the dedupe key from these fields (hashing the mask and reference).
         job, created = enqueue_or_find(
             self.db,
             inbox=str(inbox.path),
@@ -234,7 +231,6 @@ class Intake:
             options=spec.options,
             seed=spec.seed,
             content_hash=content_hash,
-            dedupe_key=key,
             max_attempts=self.config.service.max_attempts,
         )
         if created:
@@ -259,9 +255,6 @@ class Intake:
         if key not in self._hashes:
             self._hashes[key] = file_sha256(path, still_alive=notify.still_busy)
         return self._hashes[key]
-
-    def _optional_hash(self, path: Path | None) -> str | None:
-        return file_sha256(path) if path is not None else None
 
     def _set_aside_duplicate(self, video: Path, sidecar: Path | None, job: Job) -> None:
         """Same content and options as `job`: no second run. The file goes to done/ (nothing is deleted)."""
