@@ -8,7 +8,6 @@ code) happen inside the checks that need them.
 
 from __future__ import annotations
 
-import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +18,7 @@ from rich.text import Text
 
 from svfrd.config import Config, load_config
 from svfrd.errors import ConfigError
+from svfrd.outbox import free_space_mb
 
 MIN_VRAM_GIB = 8.0  # the SVFR UNet in fp16 alone is ~3 GB; VAE, ArcFace and 16-frame activations need the rest
 REQUIRED_ENCODERS = ("libx264", "aac")
@@ -151,10 +151,7 @@ def safe_url(url: str) -> str:
 
 def check_free_space(config: Config) -> Check:
     outbox, needed = config.output.outbox, config.service.min_free_space_mb
-    probe = outbox if outbox.exists() else nearest_existing_parent(outbox)
-    if probe is None:
-        return failed("free space", f"nothing of {outbox} exists", f"create it: mkdir -p {outbox}")
-    free_mb = shutil.disk_usage(probe).free / 2**20
+    free_mb = free_space_mb(outbox)  # the figure the worker compares before each job
     detail = f"{free_mb / 1024:.1f} GiB free for the outbox {outbox}"
     if free_mb < needed:
         return failed("free space", f"{detail}; jobs need at least {needed} MB ([service] min_free_space_mb)",
