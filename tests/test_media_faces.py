@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from svfrd.errors import BadInputError
-from svfrd.media.crop import crop_jitter, reference_crops, reference_square, tracked_crops
+from svfrd.media.crop import crop_jitter, face_crop_box, reference_crops, reference_square, tracked_crops
 from svfrd.media.faces import DetectedFace, FaceFinder, search_tiles
-from svfrd.media.tracking import FacePass, select_subject, scan_faces
+from svfrd.media.tracking import FacePass, SubjectTrack, select_subject, scan_faces
 from svfrd.media.video_io import probe
 from tests.helpers.media_clips import (
     face_model_path,
@@ -106,6 +106,18 @@ def test_short_detection_gaps_are_bridged_and_long_ones_are_not(moving_pass):
     crops = tracked_crops(gappy, max_gap=4)
     assert crops.has_face[5:8].all()
     assert crops.has_face[:24].all() and not crops.has_face[24:].any()
+
+
+def test_one_face_is_framed_as_the_tracked_crops_frame_it():
+    # A still face: the tracked square for it, and the square for the same face box seen once (a reference
+    # picture), are the same square.
+    box = (100.0, 60.0, 180.0, 160.0)
+    boxes = np.tile(np.asarray(box), (6, 1))
+    still = SubjectTrack(boxes=boxes, points5=np.zeros((6, 5, 2)), shots=[(0, 6)], faces_seen=1, report={})
+    tracked = tracked_crops(still, MAX_GAP).boxes[0]
+    single = face_crop_box(box)
+    assert (single.x, single.y, single.size) == pytest.approx((tracked.x, tracked.y, tracked.size))
+    assert single.size > 160 - 60 and single.centre[1] < (60 + 160) / 2  # the whole head: larger, raised
 
 
 def test_scene_cut_splits_the_track(tmp_path):
