@@ -27,6 +27,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Session, col, select
 
 from svfrd.config import Config
+from svfrd.engine import Task
 from svfrd.jobs import Job, JobState
 
 DB_POLL_SECONDS = 1.0
@@ -336,7 +337,7 @@ def queue_note(job: Job, now: datetime) -> str:
     return "since " + format_time(job.created_at, now)
 
 
-TASK_LABELS = {"0": "bfr", "1": "colorize", "2": "inpaint"}
+TASK_LABELS = {str(task.value): task.label for task in Task}
 
 
 def task_names(tasks: str) -> str:
