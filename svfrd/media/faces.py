@@ -21,6 +21,13 @@ _IRIS_CENTRES = (468, 473)
 _NOSE_TIP = 1
 _MOUTH_CORNERS = (61, 291)
 
+#: Smallest search tile side; and how often (in frames) tiles are searched while no face is seen.
+MIN_TILE = 160
+SEARCH_EVERY = 5
+#: Tiles are enlarged views in which the detector also "sees" faces in texture now and then; a higher
+#: confidence for them keeps those out (real faces in tiles score well above it).
+SEARCH_CONFIDENCE = 0.7
+
 
 @dataclass(frozen=True)
 class DetectedFace:
@@ -101,14 +108,6 @@ def distinct_faces(faces: list[DetectedFace]) -> list[DetectedFace]:
         if all(_overlap(face, other) < 0.5 for other in kept):
             kept.append(face)
     return kept
-
-
-#: Smallest search tile side; and how often (in frames) tiles are searched while no face is seen.
-MIN_TILE = 160
-SEARCH_EVERY = 5
-#: Tiles are enlarged views in which the detector also "sees" faces in texture now and then; a higher
-#: confidence for them keeps those out (real faces in tiles score well above it).
-SEARCH_CONFIDENCE = 0.7
 
 
 class FaceFinder:
