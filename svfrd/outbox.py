@@ -30,16 +30,19 @@ def temp_output_path(outbox: str | Path, final_name: str) -> Path:
 
 def publish(temp: str | Path, final: str | Path) -> Path:
     """fsync `temp` and give it the name `final`, or `final` with -2, -3, ... if that is taken.
-    Returns the name used. Never replaces an existing file."""
+    Returns the name used. Never replaces an existing file. A publish cut short between its link and its
+    unlink (a crash) is finished: the name that is already this very file is the one used."""
     temp, final = Path(temp), Path(final)
     fsync_file(temp)
-    for candidate in numbered_names([final]):
+    for (candidate,) in numbered_names([final]):
         try:
-            _link_or_rename(temp, candidate[0])
+            _link_or_rename(temp, candidate)
         except FileExistsError:
-            continue
+            if not _is_hard_link_of(candidate, temp):
+                continue
+            os.unlink(temp)
         fsync_folder(final.parent)
-        return candidate[0]
+        return candidate
     raise TransientError(f"no free name for {final} after {MAX_NAME_TRIES} tries; clean up {final.parent}")
 
 
@@ -141,6 +144,14 @@ def numbered_names(paths: list[Path]):
     yield list(paths)
     for number in range(2, MAX_NAME_TRIES):
         yield [p.with_name(f"{p.stem}-{number}{p.suffix}") for p in paths]
+
+
+def _is_hard_link_of(name: Path, path: Path) -> bool:
+    try:
+        a, b = os.lstat(name), os.lstat(path)
+    except FileNotFoundError:
+        return False
+    return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
 
 
 def _move_one(source: Path, target: Path) -> None:

@@ -160,18 +160,9 @@ def publish_planned(config: Config, job: Job) -> ResultFiles:
     for kind, final in finals.items():
         temp = temps.get(kind)
         if temp is not None and temp.exists():
-            final = _publish_once(temp, final)
+            final = outbox.publish(temp, final)
         published[kind] = final
     return ResultFiles(**published)
-
-
-def _publish_once(temp: Path, final: Path) -> Path:
-    """`outbox.publish`, unless a crash came between its link and its unlink: then the final name is already
-    this very file, and only the temporary name is left to remove."""
-    if final.exists() and os.path.samefile(temp, final):
-        temp.unlink()
-        return final
-    return outbox.publish(temp, final)
 
 
 def complete_publication(config: Config, db: Engine, job: Job, engine_name: str | None = None) -> Job | None:

@@ -42,6 +42,19 @@ def test_publish_renames_and_numbers_clashes_instead_of_overwriting(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(p.name for p in names), "no temp file left"
 
 
+def test_a_publish_cut_short_between_link_and_unlink_is_finished_not_numbered(tmp_path):
+    final = tmp_path / "clip.restored.mp4"
+    (tmp_path / "clip.restored-2.mp4").write_bytes(b"other")
+    publish(write_temp(tmp_path, final.name, b"v1"), final)
+    temp = write_temp(tmp_path, final.name, b"v2")
+    os.link(temp, tmp_path / "clip.restored-3.mp4")  # the crash came after the link, before the unlink
+    assert publish(temp, final).name == "clip.restored-3.mp4"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "clip.restored-2.mp4", "clip.restored-3.mp4", "clip.restored.mp4"
+    ]
+    assert (tmp_path / "clip.restored-3.mp4").read_bytes() == b"v2"
+
+
 def test_publish_text_writes_a_report(tmp_path):
     report = publish_text(tmp_path, "clip.report.json", '{"job": 1}')
     assert report.read_text() == '{"job": 1}'
