@@ -94,11 +94,17 @@ def square_around(face: DetectedFace, width: int, height: int) -> Square:
     return x, y, side
 
 
+def intersection_area(a: tuple[float, ...], b: tuple[float, ...]) -> float:
+    """The area two boxes (x1, y1, x2, y2) share; 0 when they do not touch."""
+    width = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    height = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    return width * height
+
+
 def _overlap(a: DetectedFace, b: DetectedFace) -> float:
-    ix = max(0.0, min(a.box[2], b.box[2]) - max(a.box[0], b.box[0]))
-    iy = max(0.0, min(a.box[3], b.box[3]) - max(a.box[1], b.box[1]))
+    """The shared area relative to the smaller face: 1 when one face lies within the other."""
     smaller = min(a.area, b.area)
-    return ix * iy / smaller if smaller > 0 else 0.0
+    return intersection_area(a.box, b.box) / smaller if smaller > 0 else 0.0
 
 
 def distinct_faces(faces: list[DetectedFace]) -> list[DetectedFace]:

@@ -14,7 +14,7 @@ from typing import Callable
 import cv2
 import numpy as np
 
-from svfrd.media.faces import DetectedFace, FaceFinder
+from svfrd.media.faces import DetectedFace, FaceFinder, intersection_area
 from svfrd.media.video_io import VideoInfo, iter_frames
 
 #: Bhattacharyya distance between colour histograms of consecutive frames above which a scene cut is assumed.
@@ -92,9 +92,7 @@ def scan_faces(
 
 
 def _iou(a: tuple[float, ...], b: tuple[float, ...]) -> float:
-    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = ix * iy
+    inter = intersection_area(a, b)
     union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
     return inter / union if union > 0 else 0.0
 
