@@ -32,28 +32,32 @@ VAE_WEIGHT_NAMES = (
 LAYOUT_HINT = "see models/README.md for the expected layout of the model folder and where to get each file"
 
 
+#: What `load_diffusion_models` reads besides the VAE folder, and what the identity branch reads.
+DIFFUSION_FILES = (UNET_CONFIG, SCHEDULER_CONFIG, UNET_WEIGHTS)
+IDENTITY_FILES = (ID_LINEAR_WEIGHTS, ARCFACE_WEIGHTS)
+
+
 def diffusion_weights_problem(models_dir: Path) -> str | None:
     """What is missing for `load_diffusion_models`, or None."""
-    return _missing_files_message(Path(models_dir), [UNET_CONFIG, SCHEDULER_CONFIG, UNET_WEIGHTS], vae=True)
+    return _missing_files_message(Path(models_dir), DIFFUSION_FILES)
 
 
 def weights_problem(models_dir: Path) -> str | None:
     """What is missing for the whole SVFR engine (diffusion and identity models), or None. Cheap: it only
     looks at files, so `create_engine("auto")` and `svfrd doctor` can call it."""
-    required = [UNET_CONFIG, SCHEDULER_CONFIG, UNET_WEIGHTS, ID_LINEAR_WEIGHTS, ARCFACE_WEIGHTS]
-    return _missing_files_message(Path(models_dir), required, vae=True)
+    return _missing_files_message(Path(models_dir), DIFFUSION_FILES + IDENTITY_FILES)
 
 
-def _missing_files_message(models_dir: Path, required: list[str], vae: bool) -> str | None:
+def _missing_files_message(models_dir: Path, required: tuple[str, ...]) -> str | None:
+    """`required` files and the VAE folder's config and weights (either variant)."""
     if not models_dir.is_dir():
         return f"the SVFR model folder {models_dir} does not exist; {LAYOUT_HINT}"
     missing = [name for name in required if not _is_nonempty_file(models_dir / name)]
-    if vae:
-        vae_dir = models_dir / VAE_DIR
-        if not _is_nonempty_file(vae_dir / "config.json"):
-            missing.append(f"{VAE_DIR}/config.json")
-        if not any(_is_nonempty_file(vae_dir / name) for name in VAE_WEIGHT_NAMES):
-            missing.append(f"{VAE_DIR}/diffusion_pytorch_model[.fp16].safetensors")
+    vae_dir = models_dir / VAE_DIR
+    if not _is_nonempty_file(vae_dir / "config.json"):
+        missing.append(f"{VAE_DIR}/config.json")
+    if not any(_is_nonempty_file(vae_dir / name) for name in VAE_WEIGHT_NAMES):
+        missing.append(f"{VAE_DIR}/diffusion_pytorch_model[.fp16].safetensors")
     if not missing:
         return None
     return f"missing or empty in the SVFR model folder {models_dir}: {', '.join(missing)}; {LAYOUT_HINT}"
