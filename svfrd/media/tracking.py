@@ -127,7 +127,8 @@ def select_subject(seen: FacePass, max_gap: int = 12) -> SubjectTrack:
     boxes = np.full((n, 4), np.nan, dtype=np.float64)
     points = np.full((n, 5, 2), np.nan, dtype=np.float64)
     shot_reports = []
-    for start, end in seen.shots():
+    shots = seen.shots()
+    for start, end in shots:
         needed = min(MIN_TRACK_FRAMES, end - start)
         tracks = [t for t in _link_tracks(seen.faces, start, end, max_gap) if len(t) >= needed]
         if not tracks:
@@ -153,4 +154,4 @@ def select_subject(seen: FacePass, max_gap: int = 12) -> SubjectTrack:
         "subject_rule": "per shot, the face track with the largest area summed over its frames",
         "shot_details": shot_reports[:50],
     }
-    return SubjectTrack(boxes=boxes, points5=points, shots=seen.shots(), faces_seen=faces_seen, report=report)
+    return SubjectTrack(boxes=boxes, points5=points, shots=shots, faces_seen=faces_seen, report=report)
