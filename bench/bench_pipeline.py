@@ -103,7 +103,7 @@ def make_clip(path: Path, frames: int, width: int, height: int) -> None:
     import av
     import numpy as np
 
-    from tests.helpers.media_clips import AUDIO_RATE, _sine_audio_frames, moving_face_frames
+    from tests.helpers.media_clips import AUDIO_RATE, moving_face_frames, sine_audio_frames
 
     cycle = moving_face_frames(50, width, height)  # one pan/zoom cycle, played forwards and back
     with av.open(str(path), "w") as out:
@@ -117,7 +117,7 @@ def make_clip(path: Path, frames: int, width: int, height: int) -> None:
             frame.pts, frame.time_base = i, Fraction(1, 25)
             out.mux(video.encode(frame))
         out.mux(video.encode(None))
-        for chunk in _sine_audio_frames(frames / 25):
+        for chunk in sine_audio_frames(frames / 25):
             out.mux(sound.encode(chunk))
         out.mux(sound.encode(None))
 

@@ -101,7 +101,7 @@ def two_face_frames(frames: int, width: int = 320, height: int = 180) -> list[np
     return result
 
 
-def _sine_audio_frames(seconds: float, rate: int = AUDIO_RATE, chunk: int = 1024):
+def sine_audio_frames(seconds: float, rate: int = AUDIO_RATE, chunk: int = 1024):
     """Stereo 440/660 Hz tone as s16 AudioFrames."""
     total = int(round(seconds * rate))
     start = 0
@@ -167,7 +167,7 @@ def write_clip(
                 seconds = float((pts[-1] + (pts[-1] - pts[-2])) * frame_time_base)
             else:
                 seconds = len(frames) / fps
-            for frame in _sine_audio_frames(float(seconds)):
+            for frame in sine_audio_frames(float(seconds)):
                 out.mux(sound.encode(frame))
             out.mux(sound.encode(None))
     return path
@@ -200,7 +200,7 @@ def write_audio_only_file(path: Path, seconds: float = 1.0) -> Path:
     """An M4A with a tone and no video stream."""
     with av.open(str(path), "w", format="mp4") as out:
         sound = out.add_stream("aac", rate=AUDIO_RATE, layout="stereo")
-        for frame in _sine_audio_frames(seconds):
+        for frame in sine_audio_frames(seconds):
             out.mux(sound.encode(frame))
         out.mux(sound.encode(None))
     return Path(path)
