@@ -22,7 +22,7 @@ import torch
 from diffusers import AutoencoderKLTemporalDecoder, UNetSpatioTemporalConditionModel
 from torch.utils.flop_counter import FlopCounterMode
 
-from svfrd.svfr.loading import SVFR_UNET_IN_CHANNELS, DiffusionModels
+from svfrd.svfr.loading import SVFR_UNET_IN_CHANNELS, DiffusionModels, keep_encoder_in_fp32
 from svfrd.svfr.sampler import SamplerSettings, denoise_latents
 from svfrd.svfr.vae_io import decode_latents, encode_frames
 from svfrd.svfr.windows import WindowSchedule
@@ -148,8 +148,7 @@ def random_models(device: torch.device, dtype: torch.dtype) -> DiffusionModels:
         vae = AutoencoderKLTemporalDecoder.from_config(read_config("vae"))
     unet = unet.to(device=device, dtype=dtype).eval().requires_grad_(False)
     vae = vae.to(device=device, dtype=dtype).eval().requires_grad_(False)
-    vae.encoder.to(torch.float32)  # force_upcast, as the engine's loader does
-    vae.quant_conv.to(torch.float32)
+    keep_encoder_in_fp32(vae)  # force_upcast, as the engine's loader does
     return DiffusionModels(unet=unet, vae=vae, scheduler_config=read_config("scheduler"), device=device, dtype=dtype)
 
 

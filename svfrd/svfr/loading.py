@@ -92,11 +92,15 @@ def load_vae(models_dir: Path, device: torch.device, dtype: torch.dtype) -> Auto
         raise WeightsError(f"cannot load the VAE from {vae_dir}: {err}; {LAYOUT_HINT}") from err
     vae = _ready_for_inference(vae.to(device))
     if vae.config.get("force_upcast", False):
-        # Encoding LQ frames in half precision overflows; the reference upcasts the VAE for it. Keeping the
-        # small encoder in fp32 for good saves casting the whole VAE back and forth per job.
-        vae.encoder.to(torch.float32)
-        vae.quant_conv.to(torch.float32)
+        keep_encoder_in_fp32(vae)
     return vae
+
+
+def keep_encoder_in_fp32(vae: AutoencoderKLTemporalDecoder) -> None:
+    """Encoding LQ frames in half precision overflows; the reference upcasts the VAE for it. Keeping the
+    small encoder in fp32 for good saves casting the whole VAE back and forth per job."""
+    vae.encoder.to(torch.float32)
+    vae.quant_conv.to(torch.float32)
 
 
 def load_scheduler_config(models_dir: Path) -> dict[str, Any]:
