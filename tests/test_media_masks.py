@@ -47,6 +47,9 @@ def test_the_share_of_the_mask_outside_the_crop_is_measured(tmp_path):
     pixels[100:110, 100:200] = True  # and a scratch across the face (1000 of 4200 pixels)
     mask = load_mask(save_mask(tmp_path / "m.png", pixels), FRAME)
     assert mask.share_outside(BOX) == pytest.approx(3200 / 4200)
+    # A square wholly beside the frame (left of it, below it) sees none of the mask.
+    assert mask.share_outside(CropBox(-300, 20, 200)) == 1.0
+    assert mask.share_outside(CropBox(80, 300, 200)) == 1.0
 
 
 def test_a_mask_of_any_other_size_is_refused_naming_both_accepted_sizes(tmp_path):

@@ -53,6 +53,13 @@ class CropBox:
             math.ceil(self.x + self.size), math.ceil(self.y + self.size),
         )
 
+    def pixel_bounds_in_frame(self, width: int, height: int) -> tuple[int, int, int, int]:
+        """`pixel_bounds` cut to a width x height frame: the pixels pasting back may write. Empty (x2 == x1 or
+        y2 == y1) for a square beside the frame, never reversed, so slicing with them selects nothing."""
+        x1, y1, x2, y2 = self.pixel_bounds()
+        x1, y1 = min(max(0, x1), width), min(max(0, y1), height)
+        return x1, y1, max(x1, min(width, x2)), max(y1, min(height, y2))
+
 
 @dataclass(frozen=True)
 class FrameCrops:

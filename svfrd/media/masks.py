@@ -36,9 +36,9 @@ class Mask:
         """The fraction of damaged pixels outside the crop square: the face restorer never sees them."""
         if self.coordinates == "crop" or not self.pixels.any():
             return 0.0
-        x1, y1, x2, y2 = box.pixel_bounds()
         height, width = self.pixels.shape
-        inside = self.pixels[max(0, y1) : min(height, y2), max(0, x1) : min(width, x2)].sum()
+        x1, y1, x2, y2 = box.pixel_bounds_in_frame(width, height)
+        inside = self.pixels[y1:y2, x1:x2].sum()
         return 1.0 - float(inside) / float(self.pixels.sum())
 
     def for_crop(self, box: CropBox) -> np.ndarray:

@@ -67,8 +67,7 @@ def place_face(face: np.ndarray, box: CropBox, bounds: tuple[int, int, int, int]
 def paste_back(frame: np.ndarray, face: np.ndarray, box: CropBox) -> np.ndarray:
     """A copy of `frame` with the restored `face` (512x512 RGB uint8) blended into `box`."""
     height, width = frame.shape[:2]
-    bx1, by1, bx2, by2 = box.pixel_bounds()
-    bounds = (max(0, bx1), max(0, by1), min(width, bx2), min(height, by2))
+    bounds = box.pixel_bounds_in_frame(width, height)
     x1, y1, x2, y2 = bounds
     out = frame.copy()
     if x2 <= x1 or y2 <= y1:
