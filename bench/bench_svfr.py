@@ -37,6 +37,11 @@ def read_config(part: str) -> dict:
     return json.loads((SVD_CONFIGS / part / name).read_text())
 
 
+def svfr_unet_config() -> dict:
+    """SVD-xt's UNet config with SVFR's 12 input channels, as the loader builds it."""
+    return {**read_config("unet"), "in_channels": SVFR_UNET_IN_CHANNELS}
+
+
 # ------------------------------------------------------------------------------------------------------------
 # UNet calls
 
@@ -65,9 +70,7 @@ def call_counts(args: argparse.Namespace) -> dict[str, float]:
 
 def meta_unet() -> UNetSpatioTemporalConditionModel:
     with torch.device("meta"):
-        unet = UNetSpatioTemporalConditionModel.from_config(
-            {**read_config("unet"), "in_channels": SVFR_UNET_IN_CHANNELS}
-        )
+        unet = UNetSpatioTemporalConditionModel.from_config(svfr_unet_config())
     # AlphaBlender makes its parameter with the legacy torch.Tensor constructor, which ignores the device context.
     return unet.eval().to("meta")
 
@@ -142,9 +145,7 @@ def report_counts(args: argparse.Namespace) -> None:
 
 def random_models(device: torch.device, dtype: torch.dtype) -> DiffusionModels:
     with torch.device(device):
-        unet = UNetSpatioTemporalConditionModel.from_config(
-            {**read_config("unet"), "in_channels": SVFR_UNET_IN_CHANNELS}
-        )
+        unet = UNetSpatioTemporalConditionModel.from_config(svfr_unet_config())
         vae = AutoencoderKLTemporalDecoder.from_config(read_config("vae"))
     unet = unet.to(device=device, dtype=dtype).eval().requires_grad_(False)
     vae = vae.to(device=device, dtype=dtype).eval().requires_grad_(False)
