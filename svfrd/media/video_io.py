@@ -120,8 +120,7 @@ def probe(path: Path) -> VideoInfo:
     path = Path(path)
     with _open_input(path) as container:
         stream = _video_stream(container, path)
-        time_base = stream.time_base or Fraction(1, 90000)
-        fps = stream.average_rate or stream.guessed_rate or stream.base_rate
+        time_base, fps = _time_base_of(stream), _frame_rate_of(stream)
         try:
             first = next(container.decode(stream), None)
         except av.FFmpegError as err:
@@ -149,8 +148,6 @@ def probe(path: Path) -> VideoInfo:
     if header_frames and frames < header_frames:
         # An index written up front (MP4 "faststart") survives a cut-off copy; the frames do not.
         raise _unreadable(path, f"its index lists {header_frames} frames but only {frames} are present")
-    if fps is None or fps <= 0:
-        fps = Fraction(25)
     if last_pts is not None and first_pts is not None:
         duration = float((last_pts - first_pts + (last_duration or 0)) * time_base)
         if duration <= 0:
@@ -162,7 +159,7 @@ def probe(path: Path) -> VideoInfo:
     return VideoInfo(
         path=path, width=width, height=height,
         coded_width=stream.codec_context.width, coded_height=stream.codec_context.height,
-        frames=frames, fps=Fraction(fps), time_base=Fraction(time_base), duration=duration,
+        frames=frames, fps=fps, time_base=time_base, duration=duration,
         rotation=rotation, pix_fmt=pix_fmt, codec=codec, audio=audio,
     )
 
@@ -218,10 +215,19 @@ def iter_frames(path: Path) -> Iterator[Frame]:
             raise _unreadable(path, f"decoding failed at frame {index}: {err}") from err
 
 
+def _time_base_of(stream: av.VideoStream) -> Fraction:
+    return Fraction(stream.time_base or Fraction(1, 90000))
+
+
+def _frame_rate_of(stream: av.VideoStream) -> Fraction:
+    """The stream's frame rate as the container states it; 25 fps when it states none."""
+    rate = stream.average_rate or stream.guessed_rate or stream.base_rate
+    return Fraction(rate) if rate is not None and rate > 0 else Fraction(25)
+
+
 def _default_pts_step(stream: av.VideoStream) -> int:
-    rate = stream.average_rate or stream.guessed_rate or Fraction(25)
-    time_base = stream.time_base or Fraction(1, 90000)
-    return max(1, int(round(1 / (rate * time_base))))
+    """The timestamp step of one frame, for frames that come without a timestamp."""
+    return max(1, int(round(1 / (_frame_rate_of(stream) * _time_base_of(stream)))))
 
 
 class VideoWriter:
