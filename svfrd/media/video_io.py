@@ -139,7 +139,7 @@ def probe(path: Path) -> VideoInfo:
             for a in container.streams.audio
         ]
         header_frames = stream.frames  # from the container's index; 0 when it has none
-        width, height = stream.codec_context.width, stream.codec_context.height
+        coded_width, coded_height = stream.codec_context.width, stream.codec_context.height
         pix_fmt = stream.codec_context.pix_fmt or first.format.name
         codec = stream.codec_context.name
     frames, first_pts, last_pts, last_duration = _count_video_packets(path)
@@ -154,11 +154,9 @@ def probe(path: Path) -> VideoInfo:
             duration = float(frames / fps)
     else:
         duration = float(frames / fps)
-    if rotation in (90, 270):
-        width, height = height, width
+    width, height = (coded_height, coded_width) if rotation in (90, 270) else (coded_width, coded_height)
     return VideoInfo(
-        path=path, width=width, height=height,
-        coded_width=stream.codec_context.width, coded_height=stream.codec_context.height,
+        path=path, width=width, height=height, coded_width=coded_width, coded_height=coded_height,
         frames=frames, fps=fps, time_base=time_base, duration=duration,
         rotation=rotation, pix_fmt=pix_fmt, codec=codec, audio=audio,
     )
