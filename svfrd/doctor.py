@@ -99,7 +99,7 @@ def check_database(config: Config) -> Check:
     from sqlalchemy.exc import SQLAlchemyError
 
     from svfrd.db import current_revision
-    from svfrd.status_view import read_only_url, sqlite_file
+    from svfrd.status_view import database_error_reason, read_only_url, sqlite_file
 
     url = config.service.database_url
     name = "database"
@@ -110,8 +110,7 @@ def check_database(config: Config) -> Check:
         head = migration_head(url)
         current = current_revision(read_only_url(url))
     except (SQLAlchemyError, OSError, RuntimeError) as err:
-        reason = str(getattr(err, "orig", None) or err).splitlines()[0]
-        return failed(name, f"cannot open {safe_url(url)}: {reason}",
+        return failed(name, f"cannot open {safe_url(url)}: {database_error_reason(err)}",
                       "check [service] database_url and that this user can read the database")
     where = str(path) if path is not None else safe_url(url)
     if current == head:

@@ -103,9 +103,13 @@ def safe_snapshot(db: Engine, url: str) -> Snapshot:
     try:
         return read_snapshot(db, now)
     except SQLAlchemyError as err:
-        reason = str(getattr(err, "orig", None) or err).splitlines()[0]
-        return Snapshot(now, problem=f"cannot read the job database: {reason} "
+        return Snapshot(now, problem=f"cannot read the job database: {database_error_reason(err)} "
                                      "(is its schema older than this svfrd? the service upgrades it on start)")
+
+
+def database_error_reason(err: BaseException) -> str:
+    """The driver's own message, first line: SQLAlchemy's wrapper adds the SQL and a help link."""
+    return str(getattr(err, "orig", None) or err).splitlines()[0]
 
 
 # --------------------------------------------------------------------------------------------------------------
