@@ -257,7 +257,6 @@ class VideoWriter:
         if self.rotation:
             self._video.set_display_rotation(self.rotation)
         self._audio = [_AudioTrack(self._container, audio_source, a.index) for a in info.audio] if audio_source else []
-        self.frames_written = 0
 
     def __enter__(self) -> "VideoWriter":
         return self
@@ -275,7 +274,6 @@ class VideoWriter:
         self._mux(self._video.encode(frame))
         for track in self._audio:
             guard_disk(self.path, lambda: track.write_until(float(pts * self.time_base)))
-        self.frames_written += 1
 
     def close(self) -> None:
         self._mux(self._video.encode(None))
