@@ -42,22 +42,21 @@ WIDTH = 80  # the layout is checked at 80 columns, the narrowest terminal we sup
 # Reading the database (read-only).
 
 
-def read_only_url(url: str) -> str:
-    """The same database opened read-only: SQLite through a `file:` URI with `mode=ro` (this process can then
-    never create, lock for writing or migrate it); other databases as they are."""
-    parsed = make_url(url)
-    if parsed.get_backend_name() != "sqlite" or not parsed.database or parsed.database == ":memory:":
-        return url
-    if parsed.database.startswith("file:"):
-        return url
-    return f"sqlite:///file:{Path(parsed.database).absolute()}?mode=ro&uri=true"
-
-
 def sqlite_file(url: str) -> Path | None:
+    """The file of a SQLite database named by its path; None for other databases, `:memory:` and `file:` URIs."""
     parsed = make_url(url)
     if parsed.get_backend_name() != "sqlite" or not parsed.database or parsed.database.startswith(("file:", ":")):
         return None
     return Path(parsed.database)
+
+
+def read_only_url(url: str) -> str:
+    """The same database opened read-only: a SQLite file through a `file:` URI with `mode=ro` (this process can
+    then never create, lock for writing or migrate it); other databases as they are."""
+    path = sqlite_file(url)
+    if path is None:
+        return url
+    return f"sqlite:///file:{path.absolute()}?mode=ro&uri=true"
 
 
 def open_read_only(url: str) -> Engine:
