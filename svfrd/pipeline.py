@@ -72,14 +72,14 @@ class VideoCropStream:
         return max(1.0, CROP_SIZE / float(np.median(sizes))) if sizes else 1.0
 
     def __iter__(self) -> Iterator[FaceCrop]:
-        for frame in decode_again(self.source, len(self.crops)):
+        for frame in _decode_again(self.source, len(self.crops)):
             box = self.crops.boxes[frame.index]
             mask = self.mask.for_crop(box) if self.mask is not None else None
             has_face = bool(self.crops.has_face[frame.index])
             yield FaceCrop(image=crop_face(frame.image, box), mask=mask, has_face=has_face)
 
 
-def decode_again(source: Path, expected: int) -> Iterator[Frame]:
+def _decode_again(source: Path, expected: int) -> Iterator[Frame]:
     """The video's first `expected` frames, decoded once more after the face pass counted them; a file that
     now decodes to fewer frames (changed or flaky storage) is bad input."""
     count = 0
@@ -201,7 +201,7 @@ def _write_output(
     written = 0
     try:
         with VideoWriter(job.output, info, crf=crf, audio_source=job.source, size=size, rotation=rotation) as writer:
-            for frame in decode_again(job.source, total):
+            for frame in _decode_again(job.source, total):
                 face = next(restored, None)
                 if face is None:
                     raise RuntimeError(f"the engine returned {written} crops for {total} frames")
