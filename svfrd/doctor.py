@@ -19,6 +19,7 @@ from rich.text import Text
 from svfrd.config import Config, load_config
 from svfrd.errors import ConfigError
 from svfrd.outbox import free_space_mb
+from svfrd.svfr.model_folder import weights_problem  # file checks only: no torch, no diffusers
 
 MIN_VRAM_GIB = 8.0  # the SVFR UNet in fp16 alone is ~3 GB; VAE, ArcFace and 16-frame activations need the rest
 REQUIRED_ENCODERS = ("libx264", "aac")
@@ -222,11 +223,6 @@ def without_svfr(config: Config) -> str:
 def check_svfr_weights(config: Config) -> Check:
     required = svfr_required(config)
     consequence = "" if required else f" ({without_svfr(config)})"
-    try:
-        from svfrd.svfr.model_folder import weights_problem
-    except ImportError as err:
-        return failed("SVFR weights", f"the SVFR model code cannot be imported: {err}{consequence}",
-                      "reinstall svfrd with its dependencies: pip install -e .", required)
     problem = weights_problem(config.engine.svfr.models_dir)
     if problem:
         return failed("SVFR weights", problem + consequence, None, required)
