@@ -126,20 +126,21 @@ def check_database(config: Config) -> Check:
                   "`svfrd run` upgrades it on start", required=False)
 
 
-def migration_head(url: str) -> str | None:
+def migration_scripts(url: str):
+    """This svfrd's Alembic migrations (an alembic ScriptDirectory)."""
     from alembic.script import ScriptDirectory
 
     from svfrd.db import alembic_config
 
-    return ScriptDirectory.from_config(alembic_config(url)).get_current_head()
+    return ScriptDirectory.from_config(alembic_config(url))
+
+
+def migration_head(url: str) -> str | None:
+    return migration_scripts(url).get_current_head()
 
 
 def known_revisions(url: str) -> set[str]:
-    from alembic.script import ScriptDirectory
-
-    from svfrd.db import alembic_config
-
-    return {rev.revision for rev in ScriptDirectory.from_config(alembic_config(url)).walk_revisions()}
+    return {rev.revision for rev in migration_scripts(url).walk_revisions()}
 
 
 def safe_url(url: str) -> str:
