@@ -104,7 +104,8 @@ class Intake:
         self.start_watching()
 
     def start_watching(self, wake: threading.Event | None = None) -> None:
-        """Start a watchdog observer on every inbox; an event sets `wake` (and calls `on_hint`)."""
+        """Start a watchdog observer on every inbox. The first event after a scan sets `wake` and calls
+        `on_hint`, once per batch of events (a big copy makes a flood of them); the next scan re-arms it."""
         from watchdog.events import FileSystemEventHandler
         from watchdog.observers import Observer
 
@@ -114,6 +115,8 @@ class Intake:
             def on_any_event(self, event) -> None:
                 if event.event_type in ("opened", "closed_no_write"):
                     return  # reads (ours included: hashing) change nothing
+                if intake._hinted.is_set():
+                    return  # already told since the last scan (events come from this one observer thread)
                 intake._hinted.set()
                 if wake is not None:
                     wake.set()

@@ -196,8 +196,7 @@ class Supervisor:
         self.config, self.db = config, db
         self.wakeup = Wakeup()
         self.worker = WorkerProcess(config, verbose)
-        self.intake = Intake(config, db, on_hint=self._on_file_event)
-        self.hint_pending = False
+        self.intake = Intake(config, db, on_hint=self.wakeup.set)
         self.last_scan = -math.inf
         self.stop_signal: int | None = None
         self.exit_code: int | None = None
@@ -237,12 +236,6 @@ class Supervisor:
             self.worker.interrupt()
         self.stop_signal = signum
 
-    def _on_file_event(self) -> None:
-        """Called from watchdog's thread: wake the loop once per batch of events, not once per event."""
-        if not self.hint_pending:
-            self.hint_pending = True
-            self.wakeup.set()
-
     # -- one pass of the main loop -----------------------------------------------------------------------
 
     def _guarded(self, step: Callable[[], None]) -> None:
@@ -256,7 +249,7 @@ class Supervisor:
 
     def _step(self) -> None:
         now = time.monotonic()
-        if now >= self.next_scan or (self.hint_pending and now >= self.last_scan + HINT_SCAN_SPACING):
+        if now >= self.next_scan or (self.intake.has_hints() and now >= self.last_scan + HINT_SCAN_SPACING):
             self._scan()
         self._handle_worker()
         if self.exit_code is not None or self.stop_signal is not None:
@@ -269,7 +262,6 @@ class Supervisor:
         self._wait(self._seconds_to_sleep())
 
     def _scan(self) -> None:
-        self.hint_pending = False
         self.last_scan = time.monotonic()
         wait = self.intake.scan()
         # A file waiting out its quiet period is looked at again as soon as it may be ready.
@@ -287,7 +279,7 @@ class Supervisor:
     def _seconds_to_sleep(self) -> float:
         now = time.monotonic()
         deadlines = [self.next_scan]
-        if self.hint_pending:
+        if self.intake.has_hints():
             deadlines.append(self.last_scan + HINT_SCAN_SPACING)
         if self.worker.job is not None:
             deadlines.append(self.next_running_check)
