@@ -219,15 +219,16 @@ def seconds_until_next_job(db: Engine, now: datetime | None = None) -> float | N
     """0 if a queued job is due now, the wait until the earliest backed-off one, None if none is queued.
     Lets the supervisor sleep exactly as long as needed instead of polling."""
     now = now or utcnow()
+    # One query, as the idle supervisor asks on every wake-up.
+    query = select(func.count(), func.count(Job.not_before), func.min(Job.not_before)).where(
+        Job.state == JobState.QUEUED.value
+    )
     with _session(db) as session, session.begin():
-        queued = select(func.count()).select_from(Job).where(Job.state == JobState.QUEUED.value)
-        if session.exec(queued).one() == 0:
-            return None
-        if session.exec(queued.where(_is_due(now))).one() > 0:
-            return 0.0
-        earliest = session.exec(
-            select(func.min(Job.not_before)).where(Job.state == JobState.QUEUED.value)
-        ).one()
+        queued, backed_off, earliest = session.exec(query).one()
+    if queued == 0:
+        return None
+    if backed_off < queued:  # a queued job without `not_before` is due now
+        return 0.0
     return max(0.0, (earliest - now).total_seconds())
 
 

@@ -260,3 +260,13 @@ def test_concurrent_claimers_in_threads_never_share_a_job(db):
     for thread in threads:
         thread.join(timeout=60)
     assert sorted(claimed) == sorted(ids)
+
+
+def test_the_supervisor_sleeps_until_the_earliest_queued_job_is_due(db):
+    assert seconds_until_next_job(db) is None
+    backed_off = new_job(db, "a.mp4", content="c1")
+    claim_next_job(db, 1)
+    fail_job(db, backed_off.id, TransientError("CUDA out of memory"), retry_backoff=60)
+    assert 58 < seconds_until_next_job(db) <= 60
+    new_job(db, "b.mp4", content="c2")
+    assert seconds_until_next_job(db) == 0.0, "a fresh job is due at once, whatever waits beside it"
