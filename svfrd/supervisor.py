@@ -341,16 +341,25 @@ class Supervisor:
         if self.stop_signal is None:
             self.worker.start()
 
+    def _unfinished_orphan(self, job: Job) -> Job | None:
+        """The row of a job whose worker ended without recording its outcome, once its output is dealt with:
+        results that were complete are published (the job is done: None), anything partial is removed.
+        None too when the worker did record the outcome."""
+        current = get_job(self.db, job.id)
+        if current is None or current.state != JobState.RUNNING.value:
+            return None
+        if results.complete_publication(self.config, self.db, current):
+            return None
+        results.remove_temp_files(self.config, current)
+        return current
+
     def _settle_orphaned_job(self, job: Job, death_message: str) -> None:
         """A job whose worker is gone: finish its publication if its results were complete, record a
         cancel if one was asked for, else count a transient failure (retried with backoff)."""
-        current = get_job(self.db, job.id)
-        logger = job_logger(job.id)
-        if current is None or current.state != JobState.RUNNING.value:
-            return  # the worker recorded the outcome before it died
-        if current.output_path and results.complete_publication(self.config, self.db, current):
+        current = self._unfinished_orphan(job)
+        if current is None:
             return
-        results.remove_temp_files(self.config, current)
+        logger = job_logger(job.id)
         if current.cancel_requested:
             fail_job(self.db, job.id, JobCancelled("cancelled by the user; the worker was stopped to end it"),
                      retry_backoff=self.config.service.retry_backoff)
@@ -423,12 +432,8 @@ class Supervisor:
 
     def _requeue_after_stop(self, job: Job) -> None:
         """The worker ended without recording the job (killed): put it back, keeping no partial output."""
-        current = get_job(self.db, job.id)
-        if current is None or current.state != JobState.RUNNING.value:
+        if self._unfinished_orphan(job) is None:
             return
-        if current.output_path and results.complete_publication(self.config, self.db, current):
-            return
-        results.remove_temp_files(self.config, current)
         release_job(self.db, job.id)
         job_logger(job.id).info("back in the queue; it will run when the service starts again")
 
