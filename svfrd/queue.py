@@ -93,16 +93,14 @@ def _tasks_text(tasks: Iterable[Task | int] | str) -> str:
 def _job_fields(fields: dict[str, Any]) -> dict[str, Any]:
     """Accept convenient forms (`tasks` as a set, `options` as a dict) and fill in `dedupe_key`."""
     fields = dict(fields)
-    if "options" in fields:
-        fields["options_json"] = normalised_options(fields.pop("options"))
+    fields["options_json"] = normalised_options(fields.pop("options", fields.get("options_json")))
     fields["tasks"] = _tasks_text(fields["tasks"])
-    fields["options_json"] = normalised_options(fields.get("options_json"))
     if not fields.get("dedupe_key"):
         fields["dedupe_key"] = dedupe_key_for(
             fields["content_hash"],
             fields["tasks"],
             fields["options_json"],
-            fields.get("seed", 77),
+            fields.get("seed", Job.model_fields["seed"].default),
             _optional_file_hash(fields.get("mask_path")),
             _optional_file_hash(fields.get("reference_path")),
         )
