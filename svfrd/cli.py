@@ -8,14 +8,13 @@ state folder. Commands that belong to other modules import them inside the comma
 from __future__ import annotations
 
 import argparse
-import os
 import subprocess
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, Sequence
 
-from svfrd import __version__
+from svfrd import __version__, outbox
 from svfrd.atomic import copy_replacing, write_replacing
 from svfrd.config import Config, TASKS_ALLOWED, load_config, parse_tasks
 from svfrd.engine import Task
@@ -292,12 +291,11 @@ def _parse_task_arguments(values: Sequence[str]) -> frozenset[Task]:
 
 def free_stem(inbox: Path, video: Path, extras: dict[str, str | None]) -> str:
     """The video's stem, or `stem-2`, ... so that no file of this submission replaces one in the inbox."""
-    for number in range(1, 10_000):
-        stem = video.stem if number == 1 else f"{video.stem}-{number}"
-        names = [f"{stem}{video.suffix}", f"{stem}.toml"]
-        names += [f"{stem}.{what}{Path(p).suffix.lower()}" for what, p in extras.items() if p is not None]
-        if not any(os.path.lexists(inbox / name) for name in names):
-            return stem
+    suffixes = [video.suffix, ".toml"]
+    suffixes += [f".{what}{Path(p).suffix.lower()}" for what, p in extras.items() if p is not None]
+    stem = outbox.free_stem(inbox, video.stem, suffixes)
+    if stem is not None:
+        return stem
     raise CommandError(f"{inbox} already holds 10,000 videos named like {video.name}")
 
 

@@ -139,6 +139,17 @@ def clean_stale_temp_files(outbox: str | Path) -> list[Path]:
 # ---------------------------------------------------------------------------------------------------------------
 
 
+def free_stem(folder: Path, stem: str, suffixes: Iterable[str]) -> str | None:
+    """The first of `stem`, `stem-2`, `stem-3`, ... for which no `stem + suffix` exists in `folder`, so files
+    that belong together share one number. None when all are taken."""
+    suffixes = list(suffixes)
+    for number in range(1, MAX_NAME_TRIES):
+        candidate = stem if number == 1 else f"{stem}-{number}"
+        if not any(os.path.lexists(folder / (candidate + suffix)) for suffix in suffixes):
+            return candidate
+    return None
+
+
 def numbered_names(paths: list[Path]):
     """The names as given, then with -2, -3, ... before the last suffix, all with the same number."""
     yield list(paths)

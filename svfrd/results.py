@@ -84,12 +84,10 @@ def temp_files(config: Config, job: Job) -> ResultFiles:
 
 def plan_final_files(config: Config, job: Job) -> ResultFiles:
     """Free final names for all results, sharing one stem (`clip`, else `clip-2`, ...) so they sort together."""
-    stem = source_stem(job)
-    for number in range(1, 10_000):
-        candidate_stem = stem if number == 1 else f"{stem}-{number}"
-        files = _files_for_stem(config.output.outbox, candidate_stem, config.output.preview)
-        if not any(os.path.lexists(path) for _, path in files.items()):
-            return files
+    suffixes = [suffix for suffix in _suffixes(config.output.preview).values() if suffix]
+    stem = outbox.free_stem(config.output.outbox, source_stem(job), suffixes)
+    if stem is not None:
+        return _files_for_stem(config.output.outbox, stem, config.output.preview)
     raise TransientError(f"the outbox {config.output.outbox} holds 10,000 results named like {job.source_name}; "
                          "move some away and the job will be retried")
 
