@@ -56,12 +56,17 @@ def publish_text(folder: str | Path, name: str, text: str) -> Path:
 def move_input_to(folder: str | Path, paths: Iterable[str | Path | None]) -> list[Path]:
     """Move an input's files (video, sidecar, mask; None entries skipped) into `folder`, keeping them
     together: if any name is taken, all get the same number (`clip-2.mp4`, `clip-2.toml`). Files already in
-    `folder` (a retried job's input in failed/) stay as they are. Returns the new paths in the given order
-    (without the None entries). Nothing is overwritten or lost."""
+    `folder` (a retried job's input in failed/) stay as they are; a move cut short between its link and its
+    unlink (a crash) is finished. Returns the new paths in the given order (without the None entries).
+    Nothing is overwritten or lost."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     sources = [Path(p) for p in paths if p is not None]
     placed = {s: s for s in sources if s.parent.resolve() == folder.resolve()}
+    for source in sources:
+        if source not in placed and _is_hard_link_of(folder / source.name, source):
+            os.unlink(source)
+            placed[source] = folder / source.name
     to_move = [s for s in sources if s not in placed]
     if to_move:
         placed.update(zip(to_move, _move_together(folder, to_move)))

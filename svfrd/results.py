@@ -17,7 +17,6 @@ published, so the job simply runs again.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Iterator
@@ -206,24 +205,11 @@ def move_inputs(config: Config, db: Engine, job: Job, folder: Path) -> dict[str,
         if path.parent.resolve() != folder.resolve()
         and not (column in ("mask_path", "reference_path") and _shared_with_other_jobs(db, job, column, path))
     }
-    moved = {column: _moved_before_crash(path, folder) for column, path in to_move.items()}
-    pending = {column: path for column, path in to_move.items() if moved[column] is None}
-    if pending:
-        new_paths = outbox.move_input_to(folder, list(pending.values()))
-        moved.update(zip(pending, new_paths))
-    if moved:
-        set_input_paths(db, job.id, **moved)
+    if not to_move:
+        return {}
+    moved = dict(zip(to_move, outbox.move_input_to(folder, list(to_move.values()))))
+    set_input_paths(db, job.id, **moved)
     return moved
-
-
-def _moved_before_crash(path: Path, folder: Path) -> Path | None:
-    """A move is a hard link then an unlink; if a crash fell between the two, finish it instead of making a
-    second copy in `folder`."""
-    target = folder / path.name
-    if target.exists() and os.path.samefile(path, target):
-        path.unlink()
-        return target
-    return None
 
 
 def error_report_text(job: Job, message: str) -> str:

@@ -76,6 +76,19 @@ def test_inputs_move_together_and_keep_a_shared_number_on_clashes(tmp_path):
     assert list(inbox.iterdir()) == []
 
 
+def test_a_move_cut_short_between_link_and_unlink_is_finished_not_copied_again(tmp_path):
+    inbox, done = tmp_path / "inbox", tmp_path / "done"
+    inbox.mkdir()
+    done.mkdir()
+    video, sidecar = inbox / "clip.mp4", inbox / "clip.toml"
+    video.write_text("video")
+    sidecar.write_text("seed = 1")
+    os.link(video, done / "clip.mp4")  # the crash came after the video's link, before its unlink
+    assert move_input_to(done, [video, sidecar]) == [done / "clip.mp4", done / "clip.toml"]
+    assert sorted(p.name for p in done.iterdir()) == ["clip.mp4", "clip.toml"]
+    assert list(inbox.iterdir()) == []
+
+
 def test_inputs_already_in_the_folder_stay_as_they_are(tmp_path):
     """A retried job's input lies in failed/ already; failing again must not rename or lose it."""
     failed, inbox = tmp_path / "failed", tmp_path / "inbox"
