@@ -197,13 +197,11 @@ def _shared_with_other_jobs(db: Engine, job: Job, column: str, path: Path) -> bo
 
 def move_inputs(config: Config, db: Engine, job: Job, folder: Path) -> dict[str, Path]:
     """Move the video, sidecar, mask and reference to `folder` (done/ or failed/) together, and record their
-    new places in the row. Never overwrites (see `svfrd.outbox.move_input_to`). Returns the new paths."""
+    new places in the row. Never overwrites; files already in `folder` (a retried job that failed again) stay
+    where they are (see `svfrd.outbox.move_input_to`). Returns the paths, by column."""
     to_move = {
         column: path for column, path in input_files(job).items()
-        # A retried job that failed again: its files already lie in failed/ (compared resolved, since a
-        # configured folder may be reached through a symlink).
-        if path.parent.resolve() != folder.resolve()
-        and not (column in ("mask_path", "reference_path") and _shared_with_other_jobs(db, job, column, path))
+        if not (column in ("mask_path", "reference_path") and _shared_with_other_jobs(db, job, column, path))
     }
     if not to_move:
         return {}

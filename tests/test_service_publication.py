@@ -204,6 +204,20 @@ def test_a_retried_job_that_fails_again_keeps_its_files_under_their_names_in_fai
     assert "clip.mp4" in folder.files("failed") and "clip-2.mp4" not in folder.files("failed")
 
 
+def test_a_retried_job_renamed_in_failed_gets_its_second_error_report_under_its_new_name(service):
+    folder, config, db = service
+    (folder.folder("failed") / "clip.mp4").write_text("another video of the same name")
+    job = running_job(service)
+    settle_failure(config, db, job.id, BadInputError("no face found in clip.mp4"))
+    retry_job(db, job.id)
+    claim_next_job(db, worker_pid=os.getpid())
+
+    again = settle_failure(config, db, job.id, BadInputError("no face found in clip.mp4"))
+
+    assert Path(again.source_path) == folder.folder("failed") / "clip-2.mp4"
+    assert folder.files("failed") == ["clip-2.error-2.txt", "clip-2.error.txt", "clip-2.mp4", "clip.mp4"]
+
+
 def test_at_start_up_cut_short_publications_are_finished_before_stale_temporary_files_are_cleared(service):
     folder, config, db = service
     planned_job = running_job(service, "planned.mp4")
