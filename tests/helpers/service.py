@@ -27,6 +27,7 @@ import av
 import numpy as np
 from PIL import Image
 
+from svfrd.config import toml_repr
 from svfrd.db import open_database
 from svfrd.jobs import Job
 from svfrd.queue import list_jobs
@@ -45,14 +46,6 @@ FAST_SERVICE = {
     "on_stop": "requeue",
     "stop_timeout": 15,
 }
-
-
-def _toml_value(value) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, str):
-        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
-    return str(value)
 
 
 @dataclass
@@ -92,12 +85,12 @@ class ServiceFolder:
     def write_config(self) -> None:
         service = {**FAST_SERVICE, **self.service}
         lines = ["[service]", 'state_dir = "state"']
-        lines += [f"{key} = {_toml_value(value)}" for key, value in service.items()]
+        lines += [f"{key} = {toml_repr(value)}" for key, value in service.items()]
         lines += ["", "[[inbox]]", 'path = "inbox"', 'tasks = ["bfr"]', "",
                   "[output]", 'outbox = "outbox"', 'done = "done"', 'failed = "failed"',
-                  f"preview = {_toml_value(self.preview)}", "crf = 23", "",
-                  "[faces]", f"model = {_toml_value(str(FACE_MODEL))}", "",
-                  "[engine]", f"name = {_toml_value(self.engine)}", 'device = "cpu"', 'dtype = "fp32"']
+                  f"preview = {toml_repr(self.preview)}", "crf = 23", "",
+                  "[faces]", f"model = {toml_repr(str(FACE_MODEL))}", "",
+                  "[engine]", f"name = {toml_repr(self.engine)}", 'device = "cpu"', 'dtype = "fp32"']
         self.config_path.write_text("\n".join(lines) + "\n")
 
     def drop(self, source: Path, name: str | None = None, sidecar: str | None = None,
