@@ -100,17 +100,19 @@ def planned_final_files(config: Config, job: Job) -> ResultFiles | None:
     return _files_for_stem(video.parent, stem, config.output.preview)
 
 
-def record_plan(db: Engine, job_id: int, finals: ResultFiles, frames: int) -> None:
+def record_plan(db: Engine, job_id: int, finals: ResultFiles, frames: int) -> Job:
     """Step 2 of the module docstring: the final names go into the job row before any rename (with the
-    final frame count, which the throttled progress reports may not have written)."""
+    final frame count, which the throttled progress reports may not have written). Returns the updated job."""
     statement = (
         update(Job)
         .where(col(Job.id) == job_id)
         .values(output_path=str(finals.video), report_path=str(finals.report), stage="publish",
                 frames_done=frames, frames_total=frames, eta_seconds=None, updated_at=utcnow())
+        .returning(Job)
+        .execution_options(synchronize_session=False)
     )
-    with db.begin() as connection:
-        connection.execute(statement)
+    with Session(db, expire_on_commit=False) as session, session.begin():
+        return session.execute(statement).scalars().one()
 
 
 def forget_plan(db: Engine, job_id: int) -> None:

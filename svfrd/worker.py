@@ -200,8 +200,7 @@ class JobRunner:
         finals = results.plan_final_files(self.config, job)
         report = build_report(job, self.engine, result, finals, progress.timings(), time.monotonic() - started)
         results.write_json(temps.report, report)
-        results.record_plan(self.db, job.id, finals, result.frames)
-        planned = get_job(self.db, job.id)
+        planned = results.record_plan(self.db, job.id, finals, result.frames)
         if results.complete_publication(self.config, self.db, planned, self.engine.name) is None:
             raise TransientError(f"the restored video of {job.source_name} vanished from the outbox before it "
                                  "was published; the job will run again")
