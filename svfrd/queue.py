@@ -135,12 +135,6 @@ def enqueue_job(db: Engine, **fields: Any) -> Job:
     return enqueue_or_find(db, **fields)[0]
 
 
-def find_duplicate(db: Engine, dedupe_key: str) -> Job | None:
-    """The queued, running or done job with this dedupe key, if any."""
-    with _session(db) as session, session.begin():
-        return _find_blocking_duplicate(session, dedupe_key)
-
-
 def _find_blocking_duplicate(session: Session, dedupe_key: str) -> Job | None:
     query = (
         select(Job)
