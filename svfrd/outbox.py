@@ -163,6 +163,8 @@ def numbered_names(paths: list[Path]):
 
 
 def _is_hard_link_of(name: Path, path: Path) -> bool:
+    """Whether `name` is another name of the very file `path` (symlinks are not followed): what a link whose
+    unlink never came leaves behind."""
     try:
         a, b = os.lstat(name), os.lstat(path)
     except FileNotFoundError:
