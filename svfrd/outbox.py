@@ -119,7 +119,7 @@ def ensure_free_space(folder: str | Path, need_mb: float) -> None:
     free = free_space_mb(folder)
     if free < need_mb:
         raise TransientError(
-            f"disk full: {free:.0f} MB free in {folder}, need {need_mb:.0f} MB; "
+            f"disk full: {free:.0f} MB free in {folder}, need {need_mb:.0f} MB ([service] min_free_space_mb); "
             "free space and the job will be retried"
         )
 

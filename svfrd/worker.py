@@ -256,15 +256,8 @@ def check_source_present(job: Job) -> None:
 
 
 def check_free_space(config: Config) -> None:
-    folder = config.output.outbox
-    folder.mkdir(parents=True, exist_ok=True)
-    free = outbox.free_space_mb(folder)
-    needed = config.service.min_free_space_mb
-    if free < needed:
-        raise TransientError(
-            f"only {free:.0f} MB free in {folder}; a job needs at least {needed} MB "
-            "([service] min_free_space_mb). Free some space; the job will be retried"
-        )
+    config.output.outbox.mkdir(parents=True, exist_ok=True)
+    outbox.ensure_free_space(config.output.outbox, config.service.min_free_space_mb)
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -141,7 +141,7 @@ def test_a_full_disk_fails_the_job_as_transient_and_gives_up_after_max_attempts(
     with Daemon(folder) as daemon:
         folder.drop(write_face_clip(tmp_path / "clip.mp4", tag=8))
         (job,) = daemon.wait_for_jobs(1, {"failed"})
-        assert "will retry (attempt 1 of 2 failed): only" in daemon.log()
+        assert "will retry (attempt 1 of 2 failed): disk full" in daemon.log()
     assert job.error_kind == "transient" and job.attempts == 2
     assert "[service] min_free_space_mb" in job.error_message and "gave up after 2 attempts" in job.error_message
     assert folder.files("failed") == ["clip.error.txt", "clip.mp4"]
