@@ -19,6 +19,7 @@ from svfrd.atomic import copy_replacing, write_replacing
 from svfrd.config import Config, TASKS_ALLOWED, load_config, parse_tasks
 from svfrd.engine import Task
 from svfrd.errors import ConfigError
+from svfrd.jobs import as_utc
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 DEFAULT_CONFIG = Path("config.toml")
@@ -60,12 +61,6 @@ def task_labels(tasks: str) -> str:
     return "+".join(Task(int(t)).label for t in tasks.split(",") if t.strip()) or "-"
 
 
-def as_utc(moment: datetime | None) -> datetime | None:
-    if moment is None:
-        return None
-    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
-
-
 def format_age(moment: datetime | None, now: datetime | None = None) -> str:
     moment = as_utc(moment)
     if moment is None:
@@ -80,9 +75,7 @@ def format_age(moment: datetime | None, now: datetime | None = None) -> str:
 def progress_percent(job) -> str:
     if job.state == "done":
         return "100%"
-    if job.frames_total:
-        return f"{100 * job.frames_done // job.frames_total}%"
-    return "-"
+    return "-" if job.percent_done is None else f"{job.percent_done}%"
 
 
 # ---------------------------------------------------------------------------------------------------------------

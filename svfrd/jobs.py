@@ -16,6 +16,13 @@ def utcnow() -> datetime:
     return datetime.now(timezone.utc)
 
 
+def as_utc(moment: datetime | None) -> datetime | None:
+    """Rows written by an older svfrd (or read back by a database without time zones) hold naive UTC times."""
+    if moment is None or moment.tzinfo is not None:
+        return moment
+    return moment.replace(tzinfo=timezone.utc)
+
+
 class JobState(str, enum.Enum):
     """queued -> running -> done | failed | cancelled. A running job whose worker or daemon died goes back
     to queued (transient failure, counted in `attempts`) until `max_attempts` is reached."""
@@ -83,6 +90,11 @@ class Job(SQLModel, table=True):
     report_path: str | None = None
     error_kind: str | None = None
     error_message: str | None = None
+
+    @property
+    def percent_done(self) -> int | None:
+        """Frames done of the total, in whole percent; None while the total is unknown."""
+        return 100 * self.frames_done // self.frames_total if self.frames_total else None
 
     @property
     def task_ids(self) -> list[int]:

@@ -28,7 +28,7 @@ from sqlmodel import Session, col, select
 
 from svfrd.config import Config
 from svfrd.engine import Task
-from svfrd.jobs import Job, JobState
+from svfrd.jobs import Job, JobState, as_utc
 
 DB_POLL_SECONDS = 1.0
 SCREEN_REFRESH_PER_SECOND = 4
@@ -274,9 +274,7 @@ def format_time(moment: datetime | None, now: datetime) -> str:
     """Local clock time today, else the date: short enough for a table column."""
     if moment is None:
         return "—"
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=timezone.utc)
-    local, local_now = moment.astimezone(), now.astimezone()
+    local, local_now = as_utc(moment).astimezone(), now.astimezone()
     return local.strftime("%H:%M") if local.date() == local_now.date() else local.strftime("%b %d")
 
 
@@ -333,7 +331,7 @@ def queue_table(queued: list[Job], queued_count: int, now: datetime) -> Renderab
 
 def queue_note(job: Job, now: datetime) -> str:
     if job.not_before is not None:
-        not_before = job.not_before if job.not_before.tzinfo else job.not_before.replace(tzinfo=timezone.utc)
+        not_before = as_utc(job.not_before)
         if not_before > now:
             wait = format_duration((not_before - now).total_seconds())
             return f"retry {job.attempts + 1}/{job.max_attempts} in {wait}"

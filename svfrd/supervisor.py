@@ -439,10 +439,9 @@ class Supervisor:
 
 
 def running_status(job: Job) -> str:
-    progress = ""
-    if job.frames_total:
-        progress = f" {100 * job.frames_done // job.frames_total}%"
-    return f"job {job.id}: {job.stage or 'starting'}{progress} ({job.source_name})"
+    """The STATUS line `systemctl status` shows, e.g. "job 3: restoring interview.mp4 — pass 2, 42%"."""
+    progress = "" if job.percent_done is None else f", {job.percent_done}%"
+    return f"job {job.id}: restoring {job.source_name} — {job.stage or 'starting'}{progress}"
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -88,3 +88,14 @@ def test_a_stopping_daemon_interrupts_at_the_very_next_report(db_and_job):
     stopping = True
     with pytest.raises(WorkerInterrupted):
         progress("restore", 1, 10)
+
+
+def test_the_service_manager_status_line_names_the_file_stage_and_percent():
+    from svfrd.jobs import Job
+    from svfrd.supervisor import running_status
+
+    job = Job(id=3, inbox="/in", source_name="interview.mp4", source_path="/in/interview.mp4", tasks="0",
+              content_hash="h", dedupe_key="k", stage="pass 2", frames_done=42, frames_total=100)
+    assert running_status(job) == "job 3: restoring interview.mp4 — pass 2, 42%"
+    job.frames_total = None
+    assert running_status(job) == "job 3: restoring interview.mp4 — pass 2"
