@@ -47,7 +47,7 @@ def _load(args: argparse.Namespace) -> Config:
 def _open_database(config: Config, read_only: bool = False):
     """The job database; a missing SQLite file is a message, not a freshly created database."""
     from svfrd.db import open_database
-    from svfrd.status_view import open_read_only, sqlite_file
+    from svfrd.db import open_read_only, sqlite_file
 
     path = sqlite_file(config.service.database_url)
     if path is not None and not path.exists():

@@ -33,9 +33,36 @@ def open_database(url: str, *, read_only: bool = False) -> Engine:
 
 
 def _prepare_sqlite_folder(url: str) -> None:
-    database = make_url(url).database
-    if database and database != ":memory:" and not database.startswith("file:"):
-        Path(database).parent.mkdir(parents=True, exist_ok=True)
+    path = sqlite_file(url)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+
+
+def sqlite_file(url: str) -> Path | None:
+    """The file of a SQLite database named by its path; None for other databases, `:memory:` and `file:` URIs."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite" or not parsed.database or parsed.database.startswith(("file:", ":")):
+        return None
+    return Path(parsed.database)
+
+
+def read_only_url(url: str) -> str:
+    """The same database opened read-only: a SQLite file through a `file:` URI with `mode=ro` (this process can
+    then never create, lock for writing or migrate it); other databases as they are."""
+    path = sqlite_file(url)
+    if path is None:
+        return url
+    return f"sqlite:///file:{path.absolute()}?mode=ro&uri=true"
+
+
+def open_read_only(url: str) -> Engine:
+    """For readers that must never change the database: the status view, `svfrd status`, doctor."""
+    return open_database(read_only_url(url), read_only=True)
+
+
+def database_error_reason(err: BaseException) -> str:
+    """The driver's own message, first line: SQLAlchemy's wrapper adds the SQL and a help link."""
+    return str(getattr(err, "orig", None) or err).splitlines()[0]
 
 
 def _install_sqlite_hooks(engine: Engine, *, read_only: bool) -> None:

@@ -100,7 +100,7 @@ def check_database(config: Config) -> Check:
     from sqlalchemy.exc import SQLAlchemyError
 
     from svfrd.db import current_revision
-    from svfrd.status_view import database_error_reason, read_only_url, sqlite_file
+    from svfrd.db import database_error_reason, read_only_url, sqlite_file
 
     url = config.service.database_url
     name = "database"

@@ -22,12 +22,12 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 from sqlalchemy import Engine, func
-from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Session, col, select
 
 from svfrd.config import Config
 from svfrd.engine import Task
+from svfrd.db import database_error_reason, open_read_only, sqlite_file
 from svfrd.jobs import Job, JobState, as_utc
 
 DB_POLL_SECONDS = 1.0
@@ -40,29 +40,6 @@ WIDTH = 80  # the layout is checked at 80 columns, the narrowest terminal we sup
 
 # --------------------------------------------------------------------------------------------------------------
 # Reading the database (read-only).
-
-
-def sqlite_file(url: str) -> Path | None:
-    """The file of a SQLite database named by its path; None for other databases, `:memory:` and `file:` URIs."""
-    parsed = make_url(url)
-    if parsed.get_backend_name() != "sqlite" or not parsed.database or parsed.database.startswith(("file:", ":")):
-        return None
-    return Path(parsed.database)
-
-
-def read_only_url(url: str) -> str:
-    """The same database opened read-only: a SQLite file through a `file:` URI with `mode=ro` (this process can
-    then never create, lock for writing or migrate it); other databases as they are."""
-    path = sqlite_file(url)
-    if path is None:
-        return url
-    return f"sqlite:///file:{path.absolute()}?mode=ro&uri=true"
-
-
-def open_read_only(url: str) -> Engine:
-    from svfrd.db import open_database
-
-    return open_database(read_only_url(url), read_only=True)
 
 
 @dataclass
@@ -104,11 +81,6 @@ def safe_snapshot(db: Engine, url: str) -> Snapshot:
     except SQLAlchemyError as err:
         return Snapshot(now, problem=f"cannot read the job database: {database_error_reason(err)} "
                                      "(is its schema older than this svfrd? the service upgrades it on start)")
-
-
-def database_error_reason(err: BaseException) -> str:
-    """The driver's own message, first line: SQLAlchemy's wrapper adds the SQL and a help link."""
-    return str(getattr(err, "orig", None) or err).splitlines()[0]
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -19,7 +19,7 @@ from sqlmodel import Session
 
 from svfrd import status_view as sv
 from svfrd.config import load_config
-from svfrd.db import current_revision, open_database, upgrade_database
+from svfrd.db import current_revision, open_database, open_read_only, upgrade_database
 from svfrd.jobs import Job
 
 NOW = datetime(2026, 11, 30, 10, 0, 0, tzinfo=timezone.utc)
@@ -69,7 +69,7 @@ def database(tmp_path: Path) -> str:
 
 @pytest.fixture
 def snapshot(database: str) -> sv.Snapshot:
-    db = sv.open_read_only(database)
+    db = open_read_only(database)
     try:
         return sv.read_snapshot(db, now=NOW)
     finally:
@@ -104,7 +104,7 @@ def test_dashboard_shows_every_part_of_the_service_in_80_columns(snapshot: sv.Sn
 def test_idle_service_with_an_empty_queue(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'svfrd.db'}"
     upgrade_database(url)
-    db = sv.open_read_only(url)
+    db = open_read_only(url)
     snapshot = sv.read_snapshot(db, now=NOW)
     db.dispose()
     disk = sv.DiskInfo(Path("/out"), 10 * 2**30, 20 * 2**30, 2048)
@@ -157,7 +157,7 @@ def test_low_disk_space_is_flagged(tmp_path: Path) -> None:
 
 
 def test_the_view_opens_the_database_read_only(database: str) -> None:
-    db = sv.open_read_only(database)
+    db = open_read_only(database)
     try:
         with pytest.raises(OperationalError, match="readonly"):
             with db.begin() as connection:
@@ -168,7 +168,7 @@ def test_the_view_opens_the_database_read_only(database: str) -> None:
 
 def test_a_missing_database_is_reported_and_not_created(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'state' / 'svfrd.db'}"
-    db = sv.open_read_only(url)
+    db = open_read_only(url)
     snapshot = sv.safe_snapshot(db, url)
     db.dispose()
     assert "no database at" in snapshot.problem and "svfrd run" in snapshot.problem
@@ -178,7 +178,7 @@ def test_a_missing_database_is_reported_and_not_created(tmp_path: Path) -> None:
 def test_an_older_schema_is_reported_and_left_alone(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'svfrd.db'}"
     upgrade_database(url, "0001")
-    db = sv.open_read_only(url)
+    db = open_read_only(url)
     snapshot = sv.safe_snapshot(db, url)
     db.dispose()
     assert snapshot.problem.startswith("cannot read the job database")
