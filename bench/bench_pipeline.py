@@ -63,9 +63,9 @@ def run_floor(source: Path, output: Path, crf: int) -> dict:
 
 def run_pipeline(source: Path, output: Path, crf: int, engine_name: str) -> dict:
     from svfrd.config import FacesConfig, OutputConfig
-    from svfrd.engine import Task
+    from svfrd.domain import Task
     from svfrd.engines.classical import ClassicalEngine
-    from svfrd.pipeline import PipelineJob, restore_video
+    from svfrd.media.pipeline import PipelineJob, restore_video
 
     folder = output.parent
     job = PipelineJob(

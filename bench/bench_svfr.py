@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/bench_svfr.py [--seconds 60] [--fps 25] [--steps 30] [--pass1-steps 50]
 
-Counts come from the real window schedule (`svfrd.svfr.windows`) and FLOPs from `FlopCounterMode` on the full
+Counts come from the real window schedule (`svfrd.engines.svfr.windows`) and FLOPs from `FlopCounterMode` on the full
 SVD-xt-sized UNet and VAE built on the `meta` device (no memory, no weights). With a CUDA GPU it also builds
 the full-size models with random weights, at fp16 and bf16, and measures a UNet call, VAE encode and decode,
 the resulting frames per second of video, and the peak VRAM of a pass-2 run. Compared with the reference
@@ -22,10 +22,10 @@ import torch
 from diffusers import AutoencoderKLTemporalDecoder, UNetSpatioTemporalConditionModel
 from torch.utils.flop_counter import FlopCounterMode
 
-from svfrd.svfr.loading import SVFR_UNET_IN_CHANNELS, DiffusionModels, keep_encoder_in_fp32
-from svfrd.svfr.sampler import SamplerSettings, denoise_latents
-from svfrd.svfr.vae_io import decode_latents, encode_frames
-from svfrd.svfr.windows import WindowSchedule
+from svfrd.engines.svfr.loading import SVFR_UNET_IN_CHANNELS, DiffusionModels, keep_encoder_in_fp32
+from svfrd.engines.svfr.sampler import SamplerSettings, denoise_latents
+from svfrd.engines.svfr.vae_io import decode_latents, encode_frames
+from svfrd.engines.svfr.windows import WindowSchedule
 
 SVD_CONFIGS = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "svd-xt"
 WINDOW, OVERLAP, SIZE, LATENT = 16, 3, 512, 64

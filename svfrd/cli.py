@@ -14,12 +14,14 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, Sequence
 
-from svfrd import __version__, outbox
-from svfrd.atomic import copy_replacing, write_replacing
+from svfrd import __version__
+
+from svfrd.files import placement
+from svfrd.files.atomic import copy_replacing, write_replacing
 from svfrd.config import Config, TASKS_ALLOWED, load_config, parse_tasks
-from svfrd.engine import Task
+from svfrd.domain import Task
 from svfrd.errors import ConfigError
-from svfrd.jobs import as_utc
+from svfrd.jobs.model import as_utc
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 DEFAULT_CONFIG = Path("config.toml")
@@ -46,8 +48,8 @@ def _load(args: argparse.Namespace) -> Config:
 
 def _open_database(config: Config, read_only: bool = False):
     """The job database; a missing SQLite file is a message, not a freshly created database."""
-    from svfrd.db import open_database
-    from svfrd.db import open_read_only, sqlite_file
+    from svfrd.jobs.database import open_database
+    from svfrd.jobs.database import open_read_only, sqlite_file
 
     path = sqlite_file(config.service.database_url)
     if path is not None and not path.exists():
@@ -83,8 +85,8 @@ def progress_percent(job) -> str:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from svfrd.logs import setup_logging
-    from svfrd.supervisor import run_daemon
+    from svfrd.ops.logs import setup_logging
+    from svfrd.service.supervisor import run_daemon
 
     config = _load(args)
     setup_logging(args.verbose)
@@ -98,7 +100,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from svfrd.queue import list_jobs
+    from svfrd.jobs.store import list_jobs
 
     jobs = list_jobs(_open_database(config, read_only=True), limit=args.limit)
     console = Console(highlight=False)
@@ -118,7 +120,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def _watch(config: Config) -> int:
-    from svfrd.status_view import watch
+    from svfrd.ops.status_view import watch
 
     return watch(config)
 
@@ -128,7 +130,7 @@ def cmd_top(args: argparse.Namespace) -> int:
 
 
 def _job_or_error(db, job_id: int):
-    from svfrd.queue import get_job
+    from svfrd.jobs.store import get_job
 
     job = get_job(db, job_id)
     if job is None:
@@ -154,7 +156,7 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 def _queue_request(args: argparse.Namespace, request: Callable):
     """Apply a queue request to job ID; a request that does not apply is a message, not a traceback."""
-    from svfrd.queue import QueueError
+    from svfrd.jobs.store import QueueError
 
     db = _open_database(_load(args))
     try:
@@ -164,7 +166,7 @@ def _queue_request(args: argparse.Namespace, request: Callable):
 
 
 def cmd_retry(args: argparse.Namespace) -> int:
-    from svfrd.queue import retry_job
+    from svfrd.jobs.store import retry_job
 
     job = _queue_request(args, retry_job)
     print(f"job {job.id} ({job.source_name}) is queued again; `svfrd status` shows when it runs")
@@ -172,7 +174,7 @@ def cmd_retry(args: argparse.Namespace) -> int:
 
 
 def cmd_cancel(args: argparse.Namespace) -> int:
-    from svfrd.queue import request_cancel
+    from svfrd.jobs.store import request_cancel
 
     job = _queue_request(args, request_cancel)
     if job.state == "running":
@@ -184,19 +186,19 @@ def cmd_cancel(args: argparse.Namespace) -> int:
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
-    from svfrd.doctor import run_doctor
+    from svfrd.ops.doctor import run_doctor
 
     return run_doctor(args.config)
 
 
 def cmd_install_service(args: argparse.Namespace) -> int:
-    from svfrd.install_service import install_service
+    from svfrd.ops.install_service import install_service
 
     return install_service(Path(args.config).absolute(), args.user, output=args.output)
 
 
 def cmd_fetch_face_model(args: argparse.Namespace) -> int:
-    from svfrd.face_model import fetch_face_model
+    from svfrd.media.face_model import fetch_face_model
 
     if args.path is not None:
         target = Path(args.path)
@@ -212,7 +214,7 @@ def cmd_fetch_face_model(args: argparse.Namespace) -> int:
 
 
 def cmd_parity(args: argparse.Namespace) -> int:
-    from svfrd.parity import run_parity
+    from svfrd.engines.svfr.parity import run_parity
 
     return run_parity(Path(args.models_dir), [Path(p) for p in args.case_dirs])
 
@@ -286,7 +288,7 @@ def free_stem(inbox: Path, video: Path, extras: dict[str, str | None]) -> str:
     """The video's stem, or `stem-2`, ... so that no file of this submission replaces one in the inbox."""
     suffixes = [video.suffix, ".toml"]
     suffixes += [f".{what}{Path(p).suffix.lower()}" for what, p in extras.items() if p is not None]
-    stem = outbox.free_stem(inbox, video.stem, suffixes)
+    stem = placement.free_stem(inbox, video.stem, suffixes)
     if stem is not None:
         return stem
     raise CommandError(f"{inbox} already holds 10,000 videos named like {video.name}")

@@ -14,11 +14,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from svfrd.engine import Task
+from svfrd.domain import Task
 from svfrd.errors import ConfigError
 
 # ---------------------------------------------------------------------------------------------------------------
-# Tasks and per-job options: shared with the sidecar parser (`svfrd.sidecar`).
+# Tasks and per-job options: shared with the sidecar parser (`svfrd.service.sidecar`).
 
 TASK_NAMES = {task.label: task for task in Task}
 TASKS_ALLOWED = '0/"bfr", 1/"colorize", 2/"inpaint"'

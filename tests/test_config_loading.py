@@ -8,10 +8,11 @@ from pathlib import Path
 import pytest
 
 from svfrd.config import load_config, parse_tasks
-from svfrd.engine import Task
+from svfrd.domain import Task
 from svfrd.errors import ConfigError
+from tests.helpers.paths import REPO_ROOT
 
-SHIPPED_CONFIG = Path(__file__).resolve().parents[1] / "config.toml"
+SHIPPED_CONFIG = REPO_ROOT / "config.toml"
 
 MINIMAL = '[[inbox]]\npath = "in"\n'
 

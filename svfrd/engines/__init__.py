@@ -12,7 +12,7 @@ import logging
 from pathlib import Path
 
 from svfrd.config import EngineConfig
-from svfrd.engine import Engine
+from svfrd.engines.interface import Engine
 from svfrd.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -29,7 +29,7 @@ def create_engine(cfg: EngineConfig, face_model: Path | None = None) -> Engine:
 
         return ClassicalEngine(cfg)
     if name == "svfr":
-        from svfrd.svfr.engine import SvfrEngine
+        from svfrd.engines.svfr.engine import SvfrEngine
 
         return SvfrEngine(cfg, face_model=face_model)
     if ":" in name:
@@ -41,7 +41,7 @@ def create_engine(cfg: EngineConfig, face_model: Path | None = None) -> Engine:
 
 
 def _auto_choice(cfg: EngineConfig) -> tuple[str, str]:
-    from svfrd.svfr.model_folder import weights_problem
+    from svfrd.engines.svfr.model_folder import weights_problem
 
     problem = weights_problem(cfg.svfr.models_dir)
     if problem is not None:
@@ -63,5 +63,5 @@ def _engine_from_import_path(path: str, cfg: EngineConfig) -> Engine:
         raise ConfigError(f"[engine] name = {path!r}: cannot import it ({err})") from err
     engine = cls(cfg)
     if not isinstance(engine, Engine):
-        raise ConfigError(f"[engine] name = {path!r} does not implement svfrd.engine.Engine")
+        raise ConfigError(f"[engine] name = {path!r} does not implement svfrd.engines.interface.Engine")
     return engine

@@ -29,7 +29,8 @@ import cv2
 import numpy as np
 
 from svfrd.config import DEFAULT_OPTION_NAMES
-from svfrd.engine import CROP_SIZE, CropStream, FaceCrop, ProgressReporter, RestoreRequest, Task
+from svfrd.domain import CROP_SIZE, Task
+from svfrd.engines.interface import CropStream, FaceCrop, ProgressReporter, RestoreRequest
 from svfrd.errors import BadInputError
 
 #: Neighbours on each side used for denoising and for inpainting.

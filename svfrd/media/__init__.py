@@ -1,4 +1,4 @@
-"""Video and face handling around the restoration engine (the pipeline in `svfrd.pipeline` uses them in order):
+"""Video and face handling around the restoration engine (the pipeline in `svfrd.media.pipeline` uses them in order):
 
 - `video_io`: probe, streaming decode (upright RGB + timestamps), H.264 encode with the source's audio;
 - `faces`: MediaPipe face landmarks and the 5 SVFR alignment points, small faces searched in tiles;

@@ -20,7 +20,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from svfrd.engine import CROP_SIZE
+from svfrd.domain import CROP_SIZE
 from svfrd.media.tracking import SubjectTrack
 
 #: Crop side relative to the landmark-mesh box (tracked policy), and how far the centre is raised (relative to

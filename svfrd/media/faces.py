@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from svfrd.errors import BadInputError
-from svfrd.face_model import face_model_problem
+from svfrd.media.face_model import face_model_problem
 
 # Mesh indices: iris centres (refined landmarks 468 and 473), nose tip, mouth corners.
 _IRIS_CENTRES = (468, 473)

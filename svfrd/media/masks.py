@@ -19,7 +19,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from svfrd.engine import CROP_SIZE, FaceCrop, Task
+from svfrd.domain import CROP_SIZE, Task
+
+from svfrd.engines.interface import FaceCrop
 from svfrd.errors import BadInputError
 from svfrd.media.crop import CropBox, sample_square
 

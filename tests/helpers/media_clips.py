@@ -13,6 +13,7 @@ from pathlib import Path
 import av
 import cv2
 import numpy as np
+from tests.helpers.paths import FACE_MODEL
 
 NTSC_FPS = Fraction(30000, 1001)
 AUDIO_RATE = 48000
@@ -208,4 +209,4 @@ def write_audio_only_file(path: Path, seconds: float = 1.0) -> Path:
 
 def face_model_path() -> Path:
     """The MediaPipe face model fetched by `scripts/ensure-env` into the repository's models/ folder."""
-    return Path(__file__).resolve().parents[2] / "models" / "face_landmarker.task"
+    return FACE_MODEL

@@ -6,8 +6,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+from tests.helpers.paths import FIXTURES
 
-PARITY_DIR = Path(__file__).resolve().parent.parent / "fixtures" / "parity"
+PARITY_DIR = FIXTURES / "parity"
 PARITY_MODELS = PARITY_DIR / "models"
 PARITY_CASES = sorted(path for path in PARITY_DIR.glob("case-*") if path.is_dir())
 

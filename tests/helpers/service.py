@@ -2,7 +2,7 @@
 
 `ServiceFolder` writes a config.toml (short quiet periods and scan intervals, a test engine from
 `tests/engines.py`) and drops videos into its inbox; `Daemon` runs `python -m svfrd --config ... run` as a
-subprocess from the repository root (so `tests.engines` is importable by the worker) and waits on the job
+subprocess from the repository root (so `tests.helpers.engines` is importable by the worker) and waits on the job
 database the way a user would read it.
 
 Jobs are deduplicated by content, so every clip meant to be its own job carries a `tag` stamped into a corner:
@@ -28,12 +28,12 @@ import numpy as np
 from PIL import Image
 
 from svfrd.config import toml_repr
-from svfrd.db import open_database
-from svfrd.jobs import Job
-from svfrd.queue import list_jobs
+from svfrd.jobs.database import open_database
+from svfrd.jobs.model import Job
+from svfrd.jobs.store import list_jobs
 from tests.helpers.media_clips import moving_face_frames, write_clip, write_no_face_clip, write_truncated_copy
+from tests.helpers.paths import REPO_ROOT, FACE_MODEL
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 FACE_MODEL = REPO_ROOT / "models" / "face_landmarker.task"
 
 FAST_SERVICE = {
@@ -53,7 +53,7 @@ class ServiceFolder:
     """A complete svfrd installation in one folder: config, inbox, outbox, done, failed, state."""
 
     root: Path
-    engine: str = "tests.engines:InvertingEngine"
+    engine: str = "tests.helpers.engines:InvertingEngine"
     service: dict = field(default_factory=dict)
     preview: bool = False
 

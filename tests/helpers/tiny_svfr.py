@@ -20,10 +20,11 @@ import torch
 from diffusers import AutoencoderKLTemporalDecoder, EulerDiscreteScheduler, UNetSpatioTemporalConditionModel
 
 from svfrd.config import EngineConfig, SvfrConfig
-from svfrd.engine import CROP_SIZE, FaceCrop
-from svfrd.svfr.engine import FACE_MODEL_FILE
-from svfrd.svfr.identity import IdProjection, IResNet
-from svfrd.svfr.loading import (
+from svfrd.domain import CROP_SIZE
+from svfrd.engines.interface import FaceCrop
+from svfrd.engines.svfr.engine import FACE_MODEL_FILE
+from svfrd.engines.svfr.identity import IdProjection, IResNet
+from svfrd.engines.svfr.loading import (
     ARCFACE_WEIGHTS,
     ID_LINEAR_WEIGHTS,
     SCHEDULER_CONFIG,
@@ -32,8 +33,8 @@ from svfrd.svfr.loading import (
     VAE_DIR,
 )
 from tests.helpers.media_clips import astronaut
+from tests.helpers.paths import FIXTURES
 
-FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 TOKEN_WIDTH = 32
 ARCFACE_WIDTH = 16
 

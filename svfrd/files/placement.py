@@ -1,0 +1,204 @@
+"""Putting files in their final place without ever losing or overwriting one.
+
+Results are written under a hidden temporary name in the outbox (same filesystem), fsynced, then given their
+final name with a hard link, which fails instead of replacing an existing file; name clashes get `-2`, `-3`, ...
+Inputs are moved the same way (copy + fsync first when the folders are on different filesystems), and the
+folders are fsynced so that a power cut cannot undo a rename.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+from pathlib import Path
+from typing import Iterable
+
+from svfrd.files.atomic import TEMP_SUFFIX, fsync_file, fsync_folder, hidden_temp_path
+from svfrd.errors import TransientError
+
+MAX_NAME_TRIES = 10_000
+
+
+def temp_output_path(outbox: str | Path, final_name: str) -> Path:
+    """Where to write `final_name` before publishing it: `.NAME.part` in the outbox. The dot and the suffix
+    make intake, users and sync tools ignore it; being in the outbox keeps the final rename atomic."""
+    outbox = Path(outbox)
+    outbox.mkdir(parents=True, exist_ok=True)
+    return hidden_temp_path(outbox / final_name)
+
+
+def publish(temp: str | Path, final: str | Path) -> Path:
+    """fsync `temp` and give it the name `final`, or `final` with -2, -3, ... if that is taken.
+    Returns the name used. Never replaces an existing file. A publish cut short between its link and its
+    unlink (a crash) is finished: the name that is already this very file is the one used."""
+    temp, final = Path(temp), Path(final)
+    fsync_file(temp)
+    for (candidate,) in numbered_names([final]):
+        try:
+            _link_or_rename(temp, candidate)
+        except FileExistsError:
+            if not _is_hard_link_of(candidate, temp):
+                continue
+            os.unlink(temp)
+        fsync_folder(final.parent)
+        return candidate
+    raise TransientError(f"no free name for {final} after {MAX_NAME_TRIES} tries; clean up {final.parent}")
+
+
+def publish_text(folder: str | Path, name: str, text: str) -> Path:
+    """Write a small text file (report, error note) durably under `name` (or a numbered variant)."""
+    temp = temp_output_path(folder, name)
+    temp.write_text(text, encoding="utf-8")
+    return publish(temp, Path(folder) / name)
+
+
+def move_input_to(folder: str | Path, paths: Iterable[str | Path | None]) -> list[Path]:
+    """Move an input's files (video, sidecar, mask; None entries skipped) into `folder`, keeping them
+    together: if any name is taken, all get the same number (`clip-2.mp4`, `clip-2.toml`). Files already in
+    `folder` (a retried job's input in failed/) stay as they are; a move cut short between its link and its
+    unlink (a crash) is finished. Returns the new paths in the given order (without the None entries).
+    Nothing is overwritten or lost."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    sources = [Path(p) for p in paths if p is not None]
+    placed = {s: s for s in sources if s.parent.resolve() == folder.resolve()}
+    for source in sources:
+        if source not in placed and _is_hard_link_of(folder / source.name, source):
+            os.unlink(source)
+            placed[source] = folder / source.name
+    to_move = [s for s in sources if s not in placed]
+    if to_move:
+        placed.update(zip(to_move, _move_together(folder, to_move)))
+    return [placed[s] for s in sources]
+
+
+def _move_together(folder: Path, sources: list[Path]) -> list[Path]:
+    for names in numbered_names([folder / s.name for s in sources]):
+        if any(os.path.lexists(n) for n in names):
+            continue
+        try:
+            moved = []
+            for source, target in zip(sources, names):
+                _move_one(source, target)
+                moved.append(target)
+        except FileExistsError:  # someone took a name meanwhile: put back what we moved, try the next number
+            for source, target in zip(sources, moved):
+                _move_one(target, source)
+            continue
+        fsync_folder(folder)
+        for parent in {s.parent for s in sources}:
+            fsync_folder(parent)
+        return names
+    raise TransientError(f"no free names in {folder} after {MAX_NAME_TRIES} tries; clean up {folder}")
+
+
+def error_report_name(source_name: str) -> str:
+    """`clip.mp4` -> `clip.error.txt`."""
+    return f"{Path(source_name).stem}.error.txt"
+
+
+def write_error_report(failed_folder: str | Path, source_name: str, message: str) -> Path:
+    """`NAME.error.txt` beside the failed input (pass the input's name as it lies in failed/, so a
+    renamed `clip-2.mp4` gets `clip-2.error.txt`)."""
+    text = f"svfrd could not process {source_name}.\n\n{message.rstrip()}\n"
+    return publish_text(failed_folder, error_report_name(source_name), text)
+
+
+def free_space_mb(folder: str | Path) -> float:
+    """Free space available to this user in the filesystem of `folder` (its nearest existing parent)."""
+    folder = Path(folder)
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    stats = os.statvfs(folder)
+    return stats.f_bavail * stats.f_frsize / (1024 * 1024)
+
+
+def ensure_free_space(folder: str | Path, need_mb: float) -> None:
+    """Raise TransientError (the job is retried later) when `folder` has less than `need_mb` free."""
+    free = free_space_mb(folder)
+    if free < need_mb:
+        raise TransientError(
+            f"disk full: {free:.0f} MB free in {folder}, need {need_mb:.0f} MB ([service] min_free_space_mb); "
+            "free space and the job will be retried"
+        )
+
+
+def clean_stale_temp_files(outbox: str | Path) -> list[Path]:
+    """At start-up: remove `.NAME.part` files left by a daemon that died mid-write (only our own pattern;
+    the job that wrote them is re-queued and writes them again). Returns what was removed."""
+    outbox = Path(outbox)
+    if not outbox.is_dir():
+        return []
+    removed = []
+    with os.scandir(outbox) as entries:
+        for entry in entries:
+            if entry.name.startswith(".") and entry.name.endswith(TEMP_SUFFIX) and entry.is_file(follow_symlinks=False):
+                os.unlink(entry.path)
+                removed.append(Path(entry.path))
+    if removed:
+        fsync_folder(outbox)
+    return removed
+
+
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def free_stem(folder: Path, stem: str, suffixes: Iterable[str]) -> str | None:
+    """The first of `stem`, `stem-2`, `stem-3`, ... for which no `stem + suffix` exists in `folder`, so files
+    that belong together share one number. None when all are taken."""
+    suffixes = list(suffixes)
+    for number in range(1, MAX_NAME_TRIES):
+        candidate = stem if number == 1 else f"{stem}-{number}"
+        if not any(os.path.lexists(folder / (candidate + suffix)) for suffix in suffixes):
+            return candidate
+    return None
+
+
+def numbered_names(paths: list[Path]):
+    """The names as given, then with -2, -3, ... before the last suffix, all with the same number."""
+    yield list(paths)
+    for number in range(2, MAX_NAME_TRIES):
+        yield [p.with_name(f"{p.stem}-{number}{p.suffix}") for p in paths]
+
+
+def _is_hard_link_of(name: Path, path: Path) -> bool:
+    """Whether `name` is another name of the very file `path` (symlinks are not followed): what a link whose
+    unlink never came leaves behind."""
+    try:
+        a, b = os.lstat(name), os.lstat(path)
+    except FileNotFoundError:
+        return False
+    return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
+
+
+def _move_one(source: Path, target: Path) -> None:
+    """Move without overwriting. Across filesystems: copy to a temp name, fsync, link, then remove the source
+    (the source goes only once the copy is safe)."""
+    try:
+        _link_or_rename(source, target)
+        return
+    except OSError as err:
+        if err.errno != errno.EXDEV:
+            raise
+    temp = hidden_temp_path(target)
+    shutil.copy2(source, temp)
+    fsync_file(temp)
+    _link_or_rename(temp, target)
+    os.unlink(source)
+
+
+def _link_or_rename(source: Path, target: Path) -> None:
+    """Give `source` the name `target`, raising FileExistsError rather than replacing it. A hard link is the
+    atomic no-replace rename; on filesystems without hard links, check then rename."""
+    try:
+        os.link(source, target, follow_symlinks=False)
+    except OSError as err:
+        if err.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK):
+            raise
+        if os.path.lexists(target):
+            raise FileExistsError(errno.EEXIST, "file exists", str(target)) from None
+        os.rename(source, target)
+        return
+    os.unlink(source)
+

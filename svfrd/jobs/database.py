@@ -1,0 +1,127 @@
+"""Opening the job database and upgrading its schema.
+
+SQLite is the default store, shared by the daemon, its worker process, the CLI and the status view. Every
+connection gets WAL (readers never block the writer), a busy timeout (writers queue instead of failing),
+`synchronous=FULL` (a finished job stays finished after a power cut) and foreign keys. Write transactions start
+with `BEGIN IMMEDIATE` so two processes never both read-then-write and then fail on lock upgrade.
+
+The schema belongs to Alembic (`migrations/`); `upgrade_database` runs it programmatically, so it works from
+any working directory. The SQL stays portable: a `postgresql://` URL works the same way.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.engine import make_url
+
+BUSY_TIMEOUT_MS = 30_000
+
+#: The Alembic scripts ship inside the package, so a plain (non-editable) install can migrate.
+MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
+
+
+def open_database(url: str, *, read_only: bool = False) -> Engine:
+    """An engine for `url`. For SQLite: creates the file's folder, sets the pragmas on every connection and
+    starts transactions with BEGIN IMMEDIATE (plain deferred BEGIN when `read_only`, for the status view)."""
+    engine = create_engine(url)
+    if engine.dialect.name == "sqlite":
+        _prepare_sqlite_folder(url)
+        _install_sqlite_hooks(engine, read_only=read_only)
+    return engine
+
+
+def _prepare_sqlite_folder(url: str) -> None:
+    path = sqlite_file(url)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+
+
+def sqlite_file(url: str) -> Path | None:
+    """The file of a SQLite database named by its path; None for other databases, `:memory:` and `file:` URIs."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite" or not parsed.database or parsed.database.startswith(("file:", ":")):
+        return None
+    return Path(parsed.database)
+
+
+def read_only_url(url: str) -> str:
+    """The same database opened read-only: a SQLite file through a `file:` URI with `mode=ro` (this process can
+    then never create, lock for writing or migrate it); other databases as they are."""
+    path = sqlite_file(url)
+    if path is None:
+        return url
+    return f"sqlite:///file:{path.absolute()}?mode=ro&uri=true"
+
+
+def open_read_only(url: str) -> Engine:
+    """For readers that must never change the database: the status view, `svfrd status`, doctor."""
+    return open_database(read_only_url(url), read_only=True)
+
+
+def database_error_reason(err: BaseException) -> str:
+    """The driver's own message, first line: SQLAlchemy's wrapper adds the SQL and a help link."""
+    return str(getattr(err, "orig", None) or err).splitlines()[0]
+
+
+def _install_sqlite_hooks(engine: Engine, *, read_only: bool) -> None:
+    begin = "BEGIN" if read_only else "BEGIN IMMEDIATE"
+
+    @event.listens_for(engine, "connect")
+    def set_pragmas(dbapi_connection, _record) -> None:
+        # Take transaction control away from the sqlite3 module so that our BEGIN below is the only one.
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        if not read_only:
+            cursor.execute("PRAGMA journal_mode = WAL")
+        cursor.execute("PRAGMA synchronous = FULL")
+        cursor.execute("PRAGMA foreign_keys = ON")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def begin_transaction(connection) -> None:
+        connection.exec_driver_sql(begin)
+
+
+def alembic_config(url: str):
+    """An Alembic Config that needs no alembic.ini and works from any working directory."""
+    from alembic.config import Config as AlembicConfig
+
+    if not (MIGRATIONS_DIR / "env.py").is_file():
+        raise RuntimeError(
+            f"the database migrations folder {MIGRATIONS_DIR} is missing; "
+            "reinstall svfrd (pip install --force-reinstall svfrd)"
+        )
+    config = AlembicConfig()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    config.attributes["database_url"] = url
+    return config
+
+
+def upgrade_database(url: str, revision: str = "head") -> None:
+    """Bring the schema at `url` to `revision` (creating it if the database is empty). Safe to run on every
+    start-up: it does nothing when the schema is current."""
+    from alembic import command
+
+    engine = open_database(url)
+    try:
+        with engine.begin() as connection:
+            config = alembic_config(url)
+            config.attributes["connection"] = connection
+            command.upgrade(config, revision)
+    finally:
+        engine.dispose()
+
+
+def current_revision(url: str) -> str | None:
+    """The Alembic revision the database is at (None for an empty database)."""
+    from alembic.runtime.migration import MigrationContext
+
+    engine = open_database(url, read_only=True)
+    try:
+        with engine.connect() as connection:
+            return MigrationContext.configure(connection).get_current_revision()
+    finally:
+        engine.dispose()

@@ -1,0 +1,103 @@
+"""The jobs table: the single source of truth shared by intake, supervisor, worker and status view.
+
+Schema changes go through an Alembic migration in `migrations/versions/`; never `create_all`.
+"""
+
+from __future__ import annotations
+
+import enum
+from datetime import datetime, timezone
+
+from sqlmodel import Field, SQLModel
+
+from svfrd.domain import DEFAULT_SEED
+
+
+def utcnow() -> datetime:
+    """Aware UTC: SQLModel's datetime columns refuse naive values and return aware UTC ones."""
+    return datetime.now(timezone.utc)
+
+
+def as_utc(moment: datetime | None) -> datetime | None:
+    """Rows written by an older svfrd (or read back by a database without time zones) hold naive UTC times."""
+    if moment is None or moment.tzinfo is not None:
+        return moment
+    return moment.replace(tzinfo=timezone.utc)
+
+
+class JobState(str, enum.Enum):
+    """queued -> running -> done | failed | cancelled. A running job whose worker or daemon died goes back
+    to queued (transient failure, counted in `attempts`) until `max_attempts` is reached."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def finished(self) -> bool:
+        return self in (JobState.DONE, JobState.FAILED, JobState.CANCELLED)
+
+
+class ErrorKind(str, enum.Enum):
+    BAD_INPUT = "bad_input"  # never retried
+    TRANSIENT = "transient"  # retried with backoff up to max_attempts
+
+
+class Job(SQLModel, table=True):
+    __tablename__ = "jobs"
+
+    id: int | None = Field(default=None, primary_key=True)
+    state: str = Field(default=JobState.QUEUED.value, index=True)
+
+    # What was dropped, and where it lies now (inbox, then done/ or failed/).
+    inbox: str
+    source_name: str
+    source_path: str
+    sidecar_path: str | None = None
+    mask_path: str | None = None
+    reference_path: str | None = None
+
+    # What to do: task ids "0,2", engine options as JSON, seed.
+    tasks: str
+    options_json: str = "{}"
+    seed: int = DEFAULT_SEED
+
+    # Deduplication: the same content with the same normalised options is one job.
+    content_hash: str = Field(index=True)
+    dedupe_key: str = Field(index=True)
+
+    # Scheduling.
+    attempts: int = 0
+    max_attempts: int = 3
+    not_before: datetime | None = None
+    cancel_requested: bool = False
+    worker_pid: int | None = None
+
+    created_at: datetime = Field(default_factory=utcnow)
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    updated_at: datetime = Field(default_factory=utcnow)
+
+    # Progress, written by the worker at most every few seconds.
+    stage: str | None = None
+    frames_done: int = 0
+    frames_total: int | None = None
+    eta_seconds: float | None = None
+
+    # Results.
+    engine: str | None = None
+    output_path: str | None = None
+    report_path: str | None = None
+    error_kind: str | None = None
+    error_message: str | None = None
+
+    @property
+    def percent_done(self) -> int | None:
+        """Frames done of the total, in whole percent; None while the total is unknown."""
+        return 100 * self.frames_done // self.frames_total if self.frames_total else None
+
+    @property
+    def task_ids(self) -> list[int]:
+        return [int(t) for t in self.tasks.split(",") if t != ""]

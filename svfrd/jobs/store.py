@@ -1,0 +1,418 @@
+"""The job queue: every state change of a job, as one short database transaction each.
+
+States: queued -> running -> done | failed | cancelled. A transient failure sends a running job back to queued
+with an exponential backoff (`not_before`) until `max_attempts` failures; bad input fails it for good.
+
+Duplicates: the same content with the same normalised options (`dedupe_key`) is one job. `enqueue_job` returns
+the existing job while that one is queued, running or done. A failed or cancelled job does not block a new one
+for the same key: dropping the file again makes a fresh job, and `svfrd retry ID` re-runs the old one.
+
+All functions take the SQLAlchemy engine from `svfrd.jobs.database.open_database` and return detached `Job` objects.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+from sqlalchemy import Engine, func, or_, update
+from sqlmodel import Session, col, select
+
+from svfrd.config import tasks_to_text
+from svfrd.domain import Task
+from svfrd.errors import BadInputError, JobCancelled
+from svfrd.files.hashing import file_sha256
+from svfrd.jobs.model import ErrorKind, Job, JobState, utcnow
+
+#: States in which a job blocks a new job for the same content and options.
+DEDUPE_BLOCKING_STATES = (JobState.QUEUED.value, JobState.RUNNING.value, JobState.DONE.value)
+
+INTERRUPTED_MESSAGE = "interrupted: the daemon stopped while the job ran"
+#: The stage of a job rejected by intake before it ever ran (a bad sidecar).
+INTAKE_STAGE = "intake"
+
+
+class QueueError(Exception):
+    """A request the queue cannot honour; the message says why (for the CLI)."""
+
+
+class JobNotFound(QueueError, LookupError):
+    pass
+
+
+class JobStateError(QueueError):
+    pass
+
+
+def _session(db: Engine) -> Session:
+    # Objects stay readable after the transaction ends: callers get plain, detached snapshots.
+    return Session(db, expire_on_commit=False)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Deduplication.
+
+
+def normalised_options(options: Mapping[str, Any] | str | None) -> str:
+    """Options as canonical JSON (sorted keys, no spaces), so equal options give equal text."""
+    if isinstance(options, str):
+        options = json.loads(options or "{}")
+    return json.dumps(dict(options or {}), sort_keys=True, separators=(",", ":"))
+
+
+def dedupe_key_for(
+    content_hash: str,
+    tasks: Iterable[Task | int] | str,
+    options: Mapping[str, Any] | str | None,
+    seed: int,
+    mask_hash: str | None = None,
+    reference_hash: str | None = None,
+) -> str:
+    """sha256 over everything that changes the result: the video's content, the tasks, the engine options,
+    the seed and the content of the mask and reference images (not their names)."""
+    identity = {
+        "content": content_hash,
+        "tasks": _tasks_text(tasks),
+        "options": normalised_options(options),
+        "seed": int(seed),
+        "mask": mask_hash,
+        "reference": reference_hash,
+    }
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
+
+
+def _tasks_text(tasks: Iterable[Task | int] | str) -> str:
+    if isinstance(tasks, str):
+        return tasks_to_text(frozenset(Task(int(t)) for t in tasks.split(",") if t.strip()))
+    return tasks_to_text(frozenset(Task(int(t)) for t in tasks))
+
+
+def _job_fields(fields: dict[str, Any]) -> dict[str, Any]:
+    """Accept convenient forms (`tasks` as a set, `options` as a dict) and fill in `dedupe_key`."""
+    fields = dict(fields)
+    fields["options_json"] = normalised_options(fields.pop("options", fields.get("options_json")))
+    fields["tasks"] = _tasks_text(fields["tasks"])
+    if not fields.get("dedupe_key"):
+        fields["dedupe_key"] = dedupe_key_for(
+            fields["content_hash"],
+            fields["tasks"],
+            fields["options_json"],
+            fields.get("seed", Job.model_fields["seed"].default),
+            _optional_file_hash(fields.get("mask_path")),
+            _optional_file_hash(fields.get("reference_path")),
+        )
+    return fields
+
+
+def _optional_file_hash(path: str | None) -> str | None:
+    return file_sha256(path) if path else None
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Creating jobs.
+
+
+def enqueue_or_find(db: Engine, **fields: Any) -> tuple[Job, bool]:
+    """(job, created): a new queued job, or the existing one with the same dedupe key that is queued,
+    running or done. The check and the insert share one write transaction, so they cannot race."""
+    fields = _job_fields(fields)
+    with _session(db) as session, session.begin():
+        existing = _find_blocking_duplicate(session, fields["dedupe_key"])
+        if existing is not None:
+            return existing, False
+        job = Job(**fields, state=JobState.QUEUED.value)
+        session.add(job)
+        session.flush()
+        return job, True
+
+
+def enqueue_job(db: Engine, **fields: Any) -> Job:
+    """A queued job for these Job columns (`tasks` may be a set of Task, `options` a dict), or the existing
+    job with the same content and options (see the module docstring)."""
+    return enqueue_or_find(db, **fields)[0]
+
+
+def _find_blocking_duplicate(session: Session, dedupe_key: str) -> Job | None:
+    query = (
+        select(Job)
+        .where(Job.dedupe_key == dedupe_key, col(Job.state).in_(DEDUPE_BLOCKING_STATES))
+        .order_by(col(Job.id))
+        .limit(1)
+    )
+    return session.exec(query).first()
+
+
+def insert_failed_job(db: Engine, error: BadInputError, **fields: Any) -> Job:
+    """Record an input rejected at intake (bad sidecar) as a failed job, so it shows in `svfrd status`
+    with its reason. Never deduplicated: each rejected drop is its own record. Its stage is "intake": it
+    cannot be retried, as its sidecar has to be corrected first."""
+    fields = _job_fields(fields)
+    now = utcnow()
+    job = Job(
+        **fields,
+        stage=INTAKE_STAGE,
+        state=JobState.FAILED.value,
+        error_kind=ErrorKind.BAD_INPUT.value,
+        error_message=str(error),
+        finished_at=now,
+        updated_at=now,
+    )
+    with _session(db) as session, session.begin():
+        session.add(job)
+    return job
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Running jobs.
+
+
+def claim_next_job(db: Engine, worker_pid: int, now: datetime | None = None) -> Job | None:
+    """Atomically move the oldest due queued job to running and return it (None if nothing is due).
+
+    One `UPDATE … WHERE id = (SELECT … LIMIT 1) RETURNING`: two claimers can never get the same job. The
+    repeated `state = 'queued'` and `FOR UPDATE SKIP LOCKED` (ignored by SQLite) keep it safe on PostgreSQL."""
+    now = now or utcnow()
+    next_id = (
+        select(Job.id)
+        .where(Job.state == JobState.QUEUED.value, _is_due(now))
+        .order_by(col(Job.created_at), col(Job.id))
+        .limit(1)
+        .with_for_update(skip_locked=True)
+        .scalar_subquery()
+    )
+    claim = (
+        update(Job)
+        .where(col(Job.id) == next_id, Job.state == JobState.QUEUED.value)
+        .values(
+            state=JobState.RUNNING.value,
+            worker_pid=worker_pid,
+            started_at=now,
+            updated_at=now,
+            stage=None,
+            frames_done=0,
+            frames_total=None,
+            eta_seconds=None,
+        )
+        .returning(Job)
+        .execution_options(synchronize_session=False)
+    )
+    with _session(db) as session, session.begin():
+        return session.execute(claim).scalars().first()
+
+
+def _is_due(now: datetime):
+    return or_(col(Job.not_before).is_(None), col(Job.not_before) <= now)
+
+
+def seconds_until_next_job(db: Engine, now: datetime | None = None) -> float | None:
+    """0 if a queued job is due now, the wait until the earliest backed-off one, None if none is queued.
+    Lets the supervisor sleep exactly as long as needed instead of polling."""
+    now = now or utcnow()
+    # One query, as the idle supervisor asks on every wake-up.
+    query = select(func.count(), func.count(Job.not_before), func.min(Job.not_before)).where(
+        Job.state == JobState.QUEUED.value
+    )
+    with _session(db) as session, session.begin():
+        queued, backed_off, earliest = session.exec(query).one()
+    if queued == 0:
+        return None
+    if backed_off < queued:  # a queued job without `not_before` is due now
+        return 0.0
+    return max(0.0, (earliest - now).total_seconds())
+
+
+def record_progress(
+    db: Engine, job_id: int, stage: str, done: int, total: int | None, eta_seconds: float | None
+) -> bool:
+    """Store the job's progress. Returns whether a cancel was requested, so the worker's progress reporter
+    learns it with no extra query."""
+    statement = (
+        update(Job)
+        .where(col(Job.id) == job_id)
+        .values(stage=stage, frames_done=done, frames_total=total, eta_seconds=eta_seconds, updated_at=utcnow())
+        .returning(Job.cancel_requested)
+    )
+    with db.begin() as connection:
+        cancel_requested = connection.execute(statement).scalar()
+    if cancel_requested is None:
+        raise JobNotFound(f"no job {job_id}")
+    return bool(cancel_requested)
+
+
+def finish_job(
+    db: Engine, job_id: int, *, engine: str, output_path: str | Path, report_path: str | Path | None
+) -> Job:
+    now = utcnow()
+    return _change(
+        db,
+        job_id,
+        state=JobState.DONE.value,
+        engine=engine,
+        output_path=str(output_path),
+        report_path=str(report_path) if report_path else None,
+        stage="done",
+        eta_seconds=None,
+        finished_at=now,
+        error_kind=None,
+        error_message=None,
+        worker_pid=None,
+    )
+
+
+def fail_job(
+    db: Engine, job_id: int, error: BaseException, *, retry_backoff: float, now: datetime | None = None
+) -> Job:
+    """Record a failure. Bad input: failed for good. Cancellation (or a transient failure after a cancel was
+    requested): cancelled. Anything else counts as transient: queued again after
+    `retry_backoff * 2**(attempts-1)` seconds, or failed once `max_attempts` failures are reached."""
+    with _session(db) as session, session.begin():
+        job = _locked_job(session, job_id)
+        now = now or utcnow()
+        job.updated_at, job.worker_pid, job.eta_seconds = now, None, None
+        if isinstance(error, JobCancelled) or job.cancel_requested:
+            job.state, job.finished_at = JobState.CANCELLED.value, now
+            job.error_kind, job.error_message = None, str(error) or "cancelled by the user"
+        elif isinstance(error, BadInputError):
+            job.state, job.finished_at = JobState.FAILED.value, now
+            job.error_kind, job.error_message = ErrorKind.BAD_INPUT.value, str(error)
+        else:
+            _count_transient_failure(job, str(error) or type(error).__name__, retry_backoff, now)
+        return job
+
+
+def _count_transient_failure(job: Job, message: str, retry_backoff: float, now: datetime) -> None:
+    job.attempts += 1
+    job.error_kind = ErrorKind.TRANSIENT.value
+    if job.attempts >= job.max_attempts:
+        job.state, job.finished_at = JobState.FAILED.value, now
+        job.error_message = f"{message} (gave up after {job.attempts} attempts)"
+    else:
+        job.state = JobState.QUEUED.value
+        job.not_before = now + timedelta(seconds=retry_backoff * 2 ** (job.attempts - 1))
+        job.error_message = message
+
+
+def requeue_interrupted(db: Engine) -> int:
+    """At start-up (the state lock held, so no other daemon runs): jobs left running by a crash go back to
+    queued, counting the attempt as a transient failure. Returns how many were found."""
+    with _session(db) as session, session.begin():
+        stranded = session.exec(select(Job).where(Job.state == JobState.RUNNING.value)).all()
+        now = utcnow()
+        for job in stranded:
+            job.updated_at, job.worker_pid = now, None
+            if job.cancel_requested:
+                job.state, job.finished_at = JobState.CANCELLED.value, now
+                job.error_message = "cancelled by the user"
+            else:
+                _count_transient_failure(job, INTERRUPTED_MESSAGE, 0.0, now)
+                job.not_before = None  # the daemon restarted: no reason to wait
+        return len(stranded)
+
+
+def release_job(db: Engine, job_id: int) -> Job:
+    """A clean stop (SIGTERM with on_stop = "requeue"): the running job goes back to queued, due at once,
+    without counting an attempt: nothing went wrong with it."""
+    return _change(
+        db, job_id, state=JobState.QUEUED.value, worker_pid=None, not_before=None, stage=None, eta_seconds=None
+    )
+
+
+def set_input_paths(db: Engine, job_id: int, **paths: str | Path | None) -> Job:
+    """Record where the job's input files lie now (after moving them to done/ or failed/).
+    Keys: source_path, sidecar_path, mask_path, reference_path."""
+    allowed = {"source_path", "sidecar_path", "mask_path", "reference_path"}
+    if not set(paths) <= allowed:
+        raise TypeError(f"unknown path fields {sorted(set(paths) - allowed)}")
+    return _change(db, job_id, **{k: (str(v) if v is not None else None) for k, v in paths.items()})
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# User requests (CLI).
+
+
+def request_cancel(db: Engine, job_id: int) -> Job:
+    """A queued job is cancelled at once; a running one gets `cancel_requested`, which the worker sees at
+    its next progress report. Raises JobStateError for a finished job."""
+    with _session(db) as session, session.begin():
+        job = _locked_job(session, job_id)
+        now = utcnow()
+        if job.state == JobState.QUEUED.value:
+            job.state, job.finished_at = JobState.CANCELLED.value, now
+            job.error_message = "cancelled by the user"
+        elif job.state == JobState.RUNNING.value:
+            job.cancel_requested = True
+        else:
+            raise JobStateError(f"job {job_id} is already {job.state}; nothing to cancel")
+        job.updated_at = now
+        return job
+
+
+def retry_job(db: Engine, job_id: int) -> Job:
+    """A failed or cancelled job goes back to the queue with a fresh attempt count."""
+    with _session(db) as session, session.begin():
+        job = _locked_job(session, job_id)
+        if job.state not in (JobState.FAILED.value, JobState.CANCELLED.value):
+            raise JobStateError(f"job {job_id} is {job.state}; only failed or cancelled jobs can be retried")
+        if job.stage == INTAKE_STAGE:
+            raise JobStateError(f"job {job_id} was rejected at intake, so retrying cannot help: {job.error_message}")
+        job.state, job.attempts, job.not_before = JobState.QUEUED.value, 0, None
+        job.cancel_requested, job.finished_at, job.worker_pid = False, None, None
+        job.error_kind = job.error_message = job.stage = None
+        job.frames_done, job.frames_total, job.eta_seconds = 0, None, None
+        job.updated_at = utcnow()
+        return job
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Reading.
+
+
+def get_job(db: Engine, job_id: int) -> Job | None:
+    with _session(db) as session:
+        return session.get(Job, job_id)
+
+
+def list_jobs(db: Engine, limit: int = 50, states: Iterable[str | JobState] | None = None) -> list[Job]:
+    """The most recent jobs first."""
+    query = select(Job).order_by(col(Job.id).desc()).limit(limit)
+    if states is not None:
+        query = query.where(col(Job.state).in_([JobState(s).value for s in states]))
+    with _session(db) as session:
+        return list(session.exec(query).all())
+
+
+def paths_owned_by_jobs(
+    db: Engine, paths: Iterable[str], states: Iterable[str | JobState], column: str = "source_path"
+) -> set[str]:
+    """Those of `paths` that are the `column` (source_path, mask_path, ...) of a job in one of `states`.
+    Intake uses it to leave alone the files that queued, running or failed jobs still own; only the one
+    column is read, so a rescan of a busy inbox stays cheap."""
+    paths = list(paths)
+    if not paths:
+        return set()
+    attribute = getattr(Job, column)
+    query = select(attribute).where(col(attribute).in_(paths), col(Job.state).in_([JobState(s).value for s in states]))
+    with _session(db) as session:
+        return set(session.exec(query).all())
+
+
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _locked_job(session: Session, job_id: int) -> Job:
+    job = session.exec(select(Job).where(Job.id == job_id).with_for_update()).first()
+    if job is None:
+        raise JobNotFound(f"no job {job_id}; `svfrd status` lists the jobs")
+    return job
+
+
+def _change(db: Engine, job_id: int, **values: Any) -> Job:
+    with _session(db) as session, session.begin():
+        job = _locked_job(session, job_id)
+        for name, value in values.items():
+            setattr(job, name, value)
+        job.updated_at = utcnow()
+        return job

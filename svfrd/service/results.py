@@ -1,0 +1,234 @@
+"""What happens to a job's files once it ends: results published to the outbox, inputs moved to done/ or failed/.
+
+Crash safety rests on one order and one record:
+
+1. The pipeline writes every result under a temporary name that is unique to the job (`temp_files`).
+2. Free final names are chosen (`plan_final_files`) and recorded in the job row (`output_path`, `report_path`)
+   BEFORE anything is renamed. From then on the temporary files are never deleted, only published.
+3. Each temporary file is renamed to its final name (fsync + rename, see `svfrd.files.placement.publish`).
+4. Only then are the inputs moved to done/, and the job recorded as done.
+
+A run interrupted anywhere after step 2 is completed by `complete_publication`: a final file whose temporary
+file is gone was published by this job (the names were free when chosen, and one job runs at a time), so
+nothing is produced twice; a temporary file that is still there is published now. Before step 2 nothing was
+published, so the job simply runs again.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any, Iterator
+
+from sqlalchemy import Engine, update
+from sqlmodel import Session, col, select
+
+from svfrd.files import placement
+from svfrd.config import Config
+from svfrd.errors import TransientError
+from svfrd.jobs.model import Job, JobState, utcnow
+from svfrd.ops.logs import job_logger
+from svfrd.jobs.store import fail_job, finish_job, get_job, set_input_paths
+
+VIDEO_SUFFIX = ".restored.mp4"
+REPORT_SUFFIX = ".report.json"
+PREVIEW_SUFFIX = ".preview.mp4"
+CONTACT_SHEET_SUFFIX = ".contact.png"
+
+
+@dataclass(frozen=True)
+class ResultFiles:
+    """The files one job produces. Previews are None when `[output] preview = false`."""
+
+    video: Path
+    report: Path
+    preview: Path | None = None
+    contact_sheet: Path | None = None
+
+    def items(self) -> Iterator[tuple[str, Path]]:
+        for f in fields(self):
+            path = getattr(self, f.name)
+            if path is not None:
+                yield f.name, path
+
+
+def _suffixes(preview: bool) -> dict[str, str | None]:
+    return {
+        "video": VIDEO_SUFFIX,
+        "report": REPORT_SUFFIX,
+        "preview": PREVIEW_SUFFIX if preview else None,
+        "contact_sheet": CONTACT_SHEET_SUFFIX if preview else None,
+    }
+
+
+def _files_for_stem(folder: Path, stem: str, preview: bool) -> ResultFiles:
+    paths = {kind: folder / (stem + suffix) if suffix else None for kind, suffix in _suffixes(preview).items()}
+    return ResultFiles(**paths)
+
+
+def source_stem(job: Job) -> str:
+    return Path(job.source_name).stem
+
+
+def temp_files(config: Config, job: Job) -> ResultFiles:
+    """Temporary result paths in the outbox, unique to the job: a later job for a video of the same name
+    never touches the files of an interrupted one."""
+    final = _files_for_stem(config.output.outbox, source_stem(job), config.output.preview)
+    return ResultFiles(
+        **{kind: placement.temp_output_path(config.output.outbox, f"job{job.id}.{path.name}")
+           for kind, path in final.items()}
+    )
+
+
+def plan_final_files(config: Config, job: Job) -> ResultFiles:
+    """Free final names for all results, sharing one stem (`clip`, else `clip-2`, ...) so they sort together."""
+    suffixes = [suffix for suffix in _suffixes(config.output.preview).values() if suffix]
+    stem = placement.free_stem(config.output.outbox, source_stem(job), suffixes)
+    if stem is not None:
+        return _files_for_stem(config.output.outbox, stem, config.output.preview)
+    raise TransientError(f"the outbox {config.output.outbox} holds 10,000 results named like {job.source_name}; "
+                         "move some away and the job will be retried")
+
+
+def planned_final_files(config: Config, job: Job) -> ResultFiles | None:
+    """The final names recorded in the job row by `record_plan`, or None if results were never planned."""
+    if not job.output_path:
+        return None
+    video = Path(job.output_path)
+    stem = video.name[: -len(VIDEO_SUFFIX)] if video.name.endswith(VIDEO_SUFFIX) else video.stem
+    return _files_for_stem(video.parent, stem, config.output.preview)
+
+
+def record_plan(db: Engine, job_id: int, finals: ResultFiles, frames: int) -> Job:
+    """Step 2 of the module docstring: the final names go into the job row before any rename (with the
+    final frame count, which the throttled progress reports may not have written). Returns the updated job."""
+    statement = (
+        update(Job)
+        .where(col(Job.id) == job_id)
+        .values(output_path=str(finals.video), report_path=str(finals.report), stage="publish",
+                frames_done=frames, frames_total=frames, eta_seconds=None, updated_at=utcnow())
+        .returning(Job)
+        .execution_options(synchronize_session=False)
+    )
+    with Session(db, expire_on_commit=False) as session, session.begin():
+        return session.execute(statement).scalars().one()
+
+
+def forget_plan(db: Engine, job_id: int) -> None:
+    """The planned results are gone (deleted by hand): the job runs again and plans anew."""
+    statement = update(Job).where(col(Job.id) == job_id).values(output_path=None, report_path=None)
+    with db.begin() as connection:
+        connection.execute(statement)
+
+
+def jobs_with_planned_results(db: Engine) -> list[Job]:
+    """Unfinished jobs whose results were already named: their publication was cut short."""
+    query = select(Job).where(
+        col(Job.output_path).is_not(None), col(Job.state).in_([JobState.RUNNING.value, JobState.QUEUED.value])
+    )
+    with Session(db, expire_on_commit=False) as session:
+        return list(session.exec(query).all())
+
+
+def write_json(path: Path, data: dict[str, Any]) -> None:
+    """Write a result under its temporary name (`outbox.publish` fsyncs it before giving it its final name)."""
+    path.write_text(json.dumps(data, indent=2, default=str) + "\n", encoding="utf-8")
+
+
+def remove_temp_files(config: Config, job: Job) -> None:
+    """Drop a job's unpublished results (after a failure, cancel or interrupt before results were planned)."""
+    for _, path in temp_files(config, job).items():
+        path.unlink(missing_ok=True)
+
+
+def results_are_recoverable(config: Config, job: Job) -> bool:
+    """Whether a planned job's video is either published or still waiting as a temporary file."""
+    finals = planned_final_files(config, job)
+    if finals is None:
+        return False
+    return temp_files(config, job).video.exists() or finals.video.exists()
+
+
+def publish_planned(config: Config, job: Job) -> ResultFiles:
+    """Step 3: give every temporary file that is still there its planned final name."""
+    finals = planned_final_files(config, job)
+    assert finals is not None, "publish_planned needs a job whose results were planned"
+    temps = dict(temp_files(config, job).items())
+    published = {}
+    for kind, final in finals.items():
+        temp = temps.get(kind)
+        if temp is not None and temp.exists():
+            final = placement.publish(temp, final)
+        published[kind] = final
+    return ResultFiles(**published)
+
+
+def complete_publication(config: Config, db: Engine, job: Job, engine_name: str | None = None) -> Job | None:
+    """Steps 3 and 4 for a job whose results were planned: publish, move inputs, record done.
+    Returns the finished job, or None when its results are gone (then the job must run again)."""
+    if not results_are_recoverable(config, job):
+        return None
+    logger = job_logger(job.id)
+    finals = publish_planned(config, job)
+    move_inputs(config, db, job, config.output.done)
+    report = finals.report if finals.report.exists() else None
+    finished = finish_job(db, job.id, engine=engine_name or job.engine or "unknown",
+                          output_path=finals.video, report_path=report)
+    logger.info("done: %s", finals.video.name)
+    return finished
+
+
+def input_files(job: Job) -> dict[str, Path]:
+    """The job's input files that still lie where the row says, by column name."""
+    columns = ("source_path", "sidecar_path", "mask_path", "reference_path")
+    paths = {name: Path(getattr(job, name)) for name in columns if getattr(job, name)}
+    return {name: path for name, path in paths.items() if path.exists()}
+
+
+def _shared_with_other_jobs(db: Engine, job: Job, column: str, path: Path) -> bool:
+    """A mask or reference named by another job that has not run yet must stay where that job expects it."""
+    attribute = getattr(Job, column)
+    query = select(Job.id).where(
+        attribute == str(path), Job.id != job.id,
+        col(Job.state).in_([JobState.QUEUED.value, JobState.RUNNING.value]),
+    )
+    with Session(db) as session:
+        return session.exec(query).first() is not None
+
+
+def move_inputs(config: Config, db: Engine, job: Job, folder: Path) -> dict[str, Path]:
+    """Move the video, sidecar, mask and reference to `folder` (done/ or failed/) together, and record their
+    new places in the row. Never overwrites; files already in `folder` (a retried job that failed again) stay
+    where they are (see `svfrd.files.placement.move_input_to`). Returns the paths, by column."""
+    to_move = {
+        column: path for column, path in input_files(job).items()
+        if not (column in ("mask_path", "reference_path") and _shared_with_other_jobs(db, job, column, path))
+    }
+    if not to_move:
+        return {}
+    moved = dict(zip(to_move, placement.move_input_to(folder, list(to_move.values()))))
+    set_input_paths(db, job.id, **moved)
+    return moved
+
+
+def error_report_text(job: Job, message: str) -> str:
+    """The body of NAME.error.txt (`outbox.write_error_report` adds the first line)."""
+    return (
+        f"{message}\n\n"
+        f"svfrd job {job.id}. The input files were moved into this folder unchanged. Fix the problem and drop "
+        f"the video into an inbox again, or run `svfrd retry {job.id}` to run the job once more on the files "
+        "here."
+    )
+
+
+def settle_failure(config: Config, db: Engine, job_id: int, error: BaseException) -> Job:
+    """Record a failure; a job failed for good gets its inputs moved to failed/ beside NAME.error.txt.
+    Transient failures leave the inputs in the inbox for the retry."""
+    job = fail_job(db, job_id, error, retry_backoff=config.service.retry_backoff)
+    if job.state == JobState.FAILED.value:
+        moved = move_inputs(config, db, job, config.output.failed)
+        name = moved["source_path"].name if "source_path" in moved else job.source_name
+        placement.write_error_report(config.output.failed, name, error_report_text(job, job.error_message or str(error)))
+        job = get_job(db, job_id) or job
+    return job

@@ -1,0 +1,167 @@
+"""The sidecar `NAME.toml` beside `NAME.mp4`: what to do with that one video.
+
+```
+tasks = ["bfr", "inpaint"]     # or ids [0, 2]; default: the inbox's tasks
+mask = "clip.mask.png"         # relative to the inbox; required for inpainting (2)
+reference = "face.jpg"         # optional photo of the subject
+seed = 77
+[options]                      # per-job engine options, e.g. steps = 20
+```
+
+Everything is checked here, before a job exists: a wrong sidecar fails its video at once with a message that
+says which key is wrong and how to fix it (a BadInputError), instead of failing minutes into a GPU run.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Any, Mapping
+
+from PIL import Image, UnidentifiedImageError
+
+from svfrd.config import DEFAULT_OPTION_NAMES, option_problem, parse_tasks, toml_repr
+from svfrd.domain import DEFAULT_SEED, Task
+from svfrd.errors import BadInputError
+
+SIDECAR_KEYS = ("tasks", "mask", "reference", "seed", "options")
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """What one video's job will do. Paths are absolute and inside the inbox."""
+
+    tasks: frozenset[Task]
+    mask_path: Path | None = None
+    reference_path: Path | None = None
+    seed: int = DEFAULT_SEED
+    options: dict = field(default_factory=dict, hash=False)
+
+
+def sidecar_path_for(video: Path) -> Path:
+    """`clip.mp4` -> `clip.toml`."""
+    return video.with_suffix(".toml")
+
+
+def default_spec(tasks: frozenset[Task], options: Mapping[str, Any]) -> JobSpec:
+    """The job for a video that arrived without a sidecar: the inbox's defaults."""
+    return JobSpec(tasks=frozenset(tasks), options=dict(options))
+
+
+def parse_sidecar(
+    sidecar: Path,
+    inbox: Path,
+    *,
+    default_tasks: frozenset[Task] = frozenset({Task.BFR}),
+    default_options: Mapping[str, Any] | None = None,
+    allowed_options: frozenset[str] = DEFAULT_OPTION_NAMES,
+) -> JobSpec:
+    """Read and check `sidecar`. Unset keys take the inbox defaults; `[options]` are merged over the inbox's
+    options. Raises BadInputError naming the sidecar, the key and what to do."""
+    problem = _SidecarProblem(sidecar.name)
+    raw = _read_toml(sidecar, problem)
+    unknown = sorted(set(raw) - set(SIDECAR_KEYS))
+    if unknown:
+        raise problem(f"unknown key {unknown[0]!r}; allowed keys are " + ", ".join(SIDECAR_KEYS))
+    tasks = _tasks(raw, default_tasks, problem)
+    mask = _image_path(raw, "mask", inbox, problem)
+    if Task.INPAINT in tasks and mask is None:
+        raise problem('task 2 (inpaint) needs a mask; add mask = "NAME.png", a path relative to the inbox')
+    if mask is not None and Task.INPAINT not in tasks:
+        raise problem(f"mask = {toml_repr(raw['mask'])} is set but tasks do not include 2 (inpaint); "
+                      "add \"inpaint\" to tasks or remove the mask")
+    return JobSpec(
+        tasks=tasks,
+        mask_path=mask,
+        reference_path=_image_path(raw, "reference", inbox, problem),
+        seed=_seed(raw, problem),
+        options={**(default_options or {}), **_options(raw, allowed_options, problem)},
+    )
+
+
+class _SidecarProblem:
+    """Builds the BadInputError for one sidecar, so every message has the same shape."""
+
+    def __init__(self, name: str):
+        self.name = name
+
+    def __call__(self, what: str) -> BadInputError:
+        return BadInputError(
+            f"sidecar {self.name}: {what}. Correct {self.name} and put the video and its sidecar into the inbox again."
+        )
+
+
+def _read_toml(sidecar: Path, problem: _SidecarProblem) -> dict:
+    try:
+        with open(sidecar, "rb") as f:
+            return tomllib.load(f)
+    except tomllib.TOMLDecodeError as err:
+        raise problem(f"not valid TOML: {err}") from None
+    except UnicodeDecodeError:
+        raise problem("not valid TOML: the file is not UTF-8 text") from None
+    except OSError as err:
+        raise problem(f"cannot be read: {err.strerror}") from None
+
+
+def _tasks(raw: dict, default: frozenset[Task], problem: _SidecarProblem) -> frozenset[Task]:
+    if "tasks" not in raw:
+        return frozenset(default)
+    try:
+        return parse_tasks(raw["tasks"])
+    except ValueError as err:
+        raise problem(f"tasks = {toml_repr(raw['tasks'])}: {err}") from None
+
+
+def _seed(raw: dict, problem: _SidecarProblem) -> int:
+    seed = raw.get("seed", DEFAULT_SEED)
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
+        raise problem(f"seed = {toml_repr(seed)}: must be a whole number >= 0")
+    return seed
+
+
+def _options(raw: dict, allowed: frozenset[str], problem: _SidecarProblem) -> dict:
+    options = raw.get("options", {})
+    if not isinstance(options, dict):
+        raise problem(f"options = {toml_repr(options)}: must be a table, e.g. [options] steps = 20")
+    for name, value in options.items():
+        reason = option_problem(name, value, allowed)
+        if reason:
+            raise problem(f"[options] {name} = {toml_repr(value)}: {reason}")
+    return dict(options)
+
+
+def _image_path(raw: dict, key: str, inbox: Path, problem: _SidecarProblem) -> Path | None:
+    """A path relative to the inbox that stays inside it (also through symlinks) and names a readable image."""
+    if key not in raw:
+        return None
+    value = raw[key]
+    shown = f"{key} = {toml_repr(value)}"
+    if not isinstance(value, str) or not value.strip():
+        raise problem(f"{shown}: must be a file name relative to the inbox")
+    relative = PurePosixPath(value)
+    if relative.is_absolute() or value.startswith("~"):
+        raise problem(f"{shown}: must be relative to the inbox, not an absolute path")
+    if ".." in relative.parts:
+        raise problem(f"{shown}: must not contain '..'; put the file in the inbox")
+    path = inbox / relative
+    if not path.exists():
+        raise problem(f"{shown}: {path} does not exist; put the image in the inbox next to the video")
+    inbox_real = inbox.resolve()
+    if not path.resolve().is_relative_to(inbox_real):
+        raise problem(f"{shown}: it is a symlink leading outside the inbox ({path.resolve()}); copy the image in")
+    if not path.is_file():
+        raise problem(f"{shown}: {path} is not a file")
+    _check_image(path, shown, problem)
+    return path
+
+
+def _check_image(path: Path, shown: str, problem: _SidecarProblem) -> None:
+    try:
+        with Image.open(path) as image:
+            image.verify()
+    except PermissionError:
+        raise problem(f"{shown}: {path} cannot be read (permission denied)") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+        detail = "not an image file" if isinstance(err, UnidentifiedImageError) else f"a damaged image ({err})"
+        raise problem(f"{shown}: {path} is {detail}; use a PNG or JPEG") from None

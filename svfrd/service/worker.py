@@ -1,0 +1,326 @@
+"""The worker process: runs one job at a time with an engine that stays loaded between jobs.
+
+The supervisor (`svfrd.service.supervisor`) starts it with the multiprocessing "spawn" context (a fresh interpreter: no
+inherited locks, threads or CUDA state) and talks to it over a Pipe:
+
+    supervisor -> worker   ("run", job_id)   ("stop",)
+    worker -> supervisor   ("ready", engine_name)   ("start_failed", message, kind)
+                           ("finished", job_id, outcome)   outcome: done | failed | retry | cancelled | interrupted
+
+SIGUSR1 asks the worker to interrupt the running job at its next progress report (a clean stop of the daemon):
+the job goes back to the queue without counting an attempt. The worker dies with the supervisor (Linux
+parent-death signal), so an orphaned worker can never race a restarted daemon for the same job.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import logging
+import math
+import os
+import signal
+import threading
+import time
+import traceback
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any, Callable
+
+from sqlalchemy import Engine as Database
+
+from svfrd.config import Config
+from svfrd.jobs.database import open_database
+from svfrd.domain import Task
+from svfrd.engines.interface import Engine
+from svfrd.errors import BadInputError, ConfigError, JobCancelled, SvfrdError, TransientError
+from svfrd.jobs.model import Job, JobState, utcnow
+from svfrd.ops.logs import JobLogger, job_logger, setup_logging
+from svfrd.jobs.store import fail_job, get_job, record_progress, release_job
+from svfrd.files import placement
+from svfrd.service import results
+
+log = logging.getLogger(__name__)
+
+#: Seconds between progress writes to the job row (stage changes are written at once).
+PROGRESS_INTERVAL = 2.0
+
+_interrupt_requested = threading.Event()
+
+
+class WorkerInterrupted(Exception):
+    """Raised from a progress report after SIGUSR1: the daemon is stopping and re-queues the job."""
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Progress.
+
+
+class JobProgress:
+    """The `ProgressReporter` for one job: cheap to call per frame. It writes the row at most every `interval`
+    seconds (and when a stage is first reached), estimates the time left in the stage reported, and raises
+    JobCancelled when the user cancelled the job, or WorkerInterrupted when the daemon is stopping.
+
+    Stages may interleave (the pipeline reports "encode" for each frame the engine "restore"s), so a stage's
+    rate is measured from when it was first reached, and its time is the sum of the spans reported under it."""
+
+    def __init__(
+        self,
+        db: Database,
+        job_id: int,
+        interrupted: Callable[[], bool] = _interrupt_requested.is_set,
+        interval: float = PROGRESS_INTERVAL,
+        clock: Callable[[], float] = time.monotonic,
+    ):
+        self.db, self.job_id, self.interrupted = db, job_id, interrupted
+        self.interval, self.clock = interval, clock
+        self.stage: str | None = None
+        self.last_call = clock()
+        self.last_write = -math.inf
+        self.first_seen: dict[str, float] = {}
+        self.seconds_by_stage: dict[str, float] = {}
+
+    def __call__(self, stage: str, done: int, total: int) -> None:
+        if self.interrupted():
+            raise WorkerInterrupted()
+        now = self.clock()
+        self._account(stage, now)
+        new_stage = stage not in self.first_seen
+        if new_stage:
+            self.first_seen[stage] = now
+        if new_stage or now - self.last_write >= self.interval:
+            self.last_write = now
+            if record_progress(self.db, self.job_id, stage, done, total, self.eta(stage, done, total, now)):
+                raise JobCancelled("cancelled by the user (svfrd cancel)")
+
+    def _account(self, stage: str | None, now: float) -> None:
+        """The time since the last call belongs to the stage reported then."""
+        if self.stage is not None:
+            self.seconds_by_stage[self.stage] = self.seconds_by_stage.get(self.stage, 0.0) + now - self.last_call
+        self.stage, self.last_call = stage, now
+
+    def eta(self, stage: str, done: int, total: int | None, now: float) -> float | None:
+        """Seconds left in `stage` at the rate seen so far in it (None until there is a rate)."""
+        if not total or done <= 0 or done > total:
+            return None
+        elapsed = now - self.first_seen[stage]
+        return round(elapsed / done * (total - done), 1)
+
+    def timings(self) -> dict[str, float]:
+        """Seconds spent per stage so far."""
+        self._account(self.stage, self.clock())
+        return {stage: round(seconds, 3) for stage, seconds in self.seconds_by_stage.items()}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# One job.
+
+
+def _task_labels(job: Job) -> list[str]:
+    return [Task(t).label for t in job.task_ids]
+
+
+def build_report(
+    job: Job, engine: Engine, result: Any, finals: results.ResultFiles, timings: dict[str, float], seconds: float
+) -> dict[str, Any]:
+    """NAME.report.json: what was done to which file, by which engine, how long it took, and what to watch."""
+    return {
+        "job_id": job.id,
+        "source": job.source_name,
+        "inbox": job.inbox,
+        "tasks": _task_labels(job),
+        "seed": job.seed,
+        "options": json.loads(job.options_json or "{}"),
+        "engine": engine.name,
+        "attempt": job.attempts + 1,
+        "frames": result.frames,
+        "warnings": list(result.warnings),
+        "outputs": {kind: path.name for kind, path in finals.items() if kind != "report"},
+        "timings": {
+            "queued_at": job.created_at,
+            "started_at": job.started_at,
+            "finished_at": utcnow(),
+            "seconds": round(seconds, 3),
+            "stages": timings,
+        },
+        "pipeline": result.report,
+    }
+
+
+class JobRunner:
+    """Runs jobs in this process with one engine, and records how each ended."""
+
+    def __init__(self, config: Config, db: Database, engine: Engine):
+        self.config, self.db, self.engine = config, db, engine
+
+    def run(self, job_id: int) -> str:
+        """Run the job to its end and return the outcome (see the module docstring)."""
+        job = get_job(self.db, job_id)
+        if job is None:
+            log.error("job %s vanished from the database before it ran", job_id)
+            return "failed"
+        logger = job_logger(job_id)
+        try:
+            self._run(job, logger)
+            return "done"
+        except JobCancelled as err:
+            self._discard_unpublished(job_id)
+            fail_job(self.db, job_id, err, retry_backoff=self.config.service.retry_backoff)
+            logger.info("cancelled")
+            return "cancelled"
+        except WorkerInterrupted:
+            self._discard_unpublished(job_id)
+            release_job(self.db, job_id)
+            logger.info("interrupted: the daemon is stopping; the job is back in the queue")
+            return "interrupted"
+        except (BadInputError, TransientError) as err:
+            return self._settle(job_id, err, logger)
+        except Exception as err:  # noqa: BLE001 - anything unexpected may be a passing fault: retry it
+            logger.error("unexpected error:\n%s", traceback.format_exc())
+            return self._settle(job_id, unexpected_error(job, err), logger)
+
+    def _run(self, job: Job, logger: JobLogger) -> None:
+        if job.output_path:
+            # An earlier run got as far as choosing its result names: finish that run instead of redoing it.
+            if results.complete_publication(self.config, self.db, job, self.engine.name):
+                return
+            logger.info("the results of an earlier, interrupted run are gone; restoring again")
+            results.forget_plan(self.db, job.id)
+        self._restore(job, logger)
+
+    def _restore(self, job: Job, logger: JobLogger) -> None:
+        from svfrd.media.pipeline import restore_video  # imported here so `svfrd status` never loads the media stack
+
+        check_source_present(job)
+        check_free_space(self.config)
+        temps = results.temp_files(self.config, job)
+        progress = JobProgress(self.db, job.id)
+        started = time.monotonic()
+        logger.info("restoring %s (tasks %s) with %s", job.source_name, "+".join(_task_labels(job)),
+                    self.engine.name)
+        result = restore_video(pipeline_job(self.config, job, temps), self.engine, progress)
+        finals = results.plan_final_files(self.config, job)
+        report = build_report(job, self.engine, result, finals, progress.timings(), time.monotonic() - started)
+        results.write_json(temps.report, report)
+        planned = results.record_plan(self.db, job.id, finals, result.frames)
+        if results.complete_publication(self.config, self.db, planned, self.engine.name) is None:
+            raise TransientError(f"the restored video of {job.source_name} vanished from the outbox before it "
+                                 "was published; the job will run again")
+
+    def _settle(self, job_id: int, error: SvfrdError, logger: JobLogger) -> str:
+        self._discard_unpublished(job_id)
+        job = results.settle_failure(self.config, self.db, job_id, error)
+        if job.state == JobState.QUEUED.value:
+            logger.warning("will retry (attempt %d of %d failed): %s", job.attempts, job.max_attempts, error)
+            return "retry"
+        logger.error("%s: %s", job.state, job.error_message)
+        return "cancelled" if job.state == JobState.CANCELLED.value else "failed"
+
+    def _discard_unpublished(self, job_id: int) -> None:
+        """Remove temporary results unless they were already planned for publication (then they are kept
+        for `complete_publication`, see svfrd.service.results)."""
+        job = get_job(self.db, job_id)
+        if job is not None and not job.output_path:
+            results.remove_temp_files(self.config, job)
+
+
+def unexpected_error(job: Job, err: Exception) -> TransientError:
+    return TransientError(
+        f"unexpected {type(err).__name__} while restoring {job.source_name}: {err} (the traceback is in the "
+        f"service log); such errors are retried up to {job.max_attempts} times in all"
+    )
+
+
+def pipeline_job(config: Config, job: Job, temps: results.ResultFiles):
+    from svfrd.media.pipeline import PipelineJob
+
+    return PipelineJob(
+        source=Path(job.source_path),
+        output=temps.video,
+        tasks=frozenset(Task(t) for t in job.task_ids),
+        seed=job.seed,
+        mask_path=Path(job.mask_path) if job.mask_path else None,
+        reference_path=Path(job.reference_path) if job.reference_path else None,
+        options=json.loads(job.options_json or "{}"),
+        faces=config.faces,
+        output_cfg=config.output,
+        preview_video=temps.preview,
+        contact_sheet=temps.contact_sheet,
+    )
+
+
+def check_source_present(job: Job) -> None:
+    if not Path(job.source_path).is_file():
+        raise BadInputError(
+            f"{job.source_path} is no longer there: it was moved or deleted before its turn came. "
+            "Drop the video into the inbox again to restore it"
+        )
+
+
+def check_free_space(config: Config) -> None:
+    config.output.outbox.mkdir(parents=True, exist_ok=True)
+    placement.ensure_free_space(config.output.outbox, config.service.min_free_space_mb)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The process.
+
+
+def _die_with_parent(parent_pid: int) -> None:
+    """Ask Linux to SIGKILL us when the supervisor dies, so no orphan finishes a job a new daemon re-runs."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        PR_SET_PDEATHSIG = 1
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):
+        log.warning("cannot ask to be stopped with the daemon (prctl unavailable)")
+    if os.getppid() != parent_pid:  # the parent died before prctl took effect
+        os._exit(1)
+
+
+def _install_signal_handlers() -> None:
+    # Ctrl-C at a terminal reaches the whole process group; only the supervisor decides what to do with it.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGUSR1, lambda _signum, _frame: _interrupt_requested.set())
+
+
+def _create_engine(config: Config) -> Engine:
+    from svfrd.engines import create_engine
+
+    return create_engine(config.engine, face_model=config.faces.model)
+
+
+def worker_main(config: Config, conn: Connection, parent_pid: int, verbose: bool = False) -> None:
+    """Entry point of the worker process."""
+    setup_logging(verbose)
+    _die_with_parent(parent_pid)
+    _install_signal_handlers()
+    try:
+        engine = _create_engine(config)
+        import svfrd.media.pipeline  # noqa: F401 - load the media stack now, not in the first job's time
+    except Exception as err:  # noqa: BLE001 - reported to the supervisor, which exits with the message
+        kind = "config" if isinstance(err, ConfigError) else "error"
+        if not isinstance(err, SvfrdError):
+            log.error("the worker could not start:\n%s", traceback.format_exc())
+        conn.send(("start_failed", f"the worker could not start: {err}", kind))
+        return
+    db = open_database(config.service.database_url)
+    runner = JobRunner(config, db, engine)
+    conn.send(("ready", engine.name))
+    log.info("worker %d ready with the %s engine", os.getpid(), engine.name)
+    serve(conn, runner)
+
+
+def serve(conn: Connection, runner: JobRunner) -> None:
+    while True:
+        try:
+            message = conn.recv()
+        except (EOFError, OSError):
+            return  # the supervisor is gone
+        if message[0] == "stop":
+            return
+        _, job_id = message
+        outcome = runner.run(job_id)
+        # Cleared only between jobs: an interrupt sent just after "run" must still stop that job.
+        _interrupt_requested.clear()
+        conn.send(("finished", job_id, outcome))

@@ -1,0 +1,160 @@
+"""Results and inputs are put in place durably and never overwrite anything."""
+
+from __future__ import annotations
+
+import errno
+import os
+from pathlib import Path
+
+import pytest
+
+import svfrd.files.placement as outbox_module
+from svfrd.errors import TransientError
+from svfrd.files.placement import (
+    clean_stale_temp_files,
+    ensure_free_space,
+    free_space_mb,
+    move_input_to,
+    publish,
+    publish_text,
+    temp_output_path,
+    write_error_report,
+)
+
+
+def write_temp(outbox: Path, final_name: str, data: bytes) -> Path:
+    temp = temp_output_path(outbox, final_name)
+    temp.write_bytes(data)
+    return temp
+
+
+def test_temp_outputs_are_hidden_part_files_in_the_outbox(tmp_path):
+    temp = temp_output_path(tmp_path / "outbox", "clip.restored.mp4")
+    assert temp == tmp_path / "outbox" / ".clip.restored.mp4.part"
+    assert temp.parent.is_dir()
+
+
+def test_publish_renames_and_numbers_clashes_instead_of_overwriting(tmp_path):
+    final = tmp_path / "clip.restored.mp4"
+    names = [publish(write_temp(tmp_path, final.name, f"v{n}".encode()), final) for n in range(1, 4)]
+    assert [p.name for p in names] == ["clip.restored.mp4", "clip.restored-2.mp4", "clip.restored-3.mp4"]
+    assert [p.read_bytes() for p in names] == [b"v1", b"v2", b"v3"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(p.name for p in names), "no temp file left"
+
+
+def test_a_publish_cut_short_between_link_and_unlink_is_finished_not_numbered(tmp_path):
+    final = tmp_path / "clip.restored.mp4"
+    (tmp_path / "clip.restored-2.mp4").write_bytes(b"other")
+    publish(write_temp(tmp_path, final.name, b"v1"), final)
+    temp = write_temp(tmp_path, final.name, b"v2")
+    os.link(temp, tmp_path / "clip.restored-3.mp4")  # the crash came after the link, before the unlink
+    assert publish(temp, final).name == "clip.restored-3.mp4"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "clip.restored-2.mp4", "clip.restored-3.mp4", "clip.restored.mp4"
+    ]
+    assert (tmp_path / "clip.restored-3.mp4").read_bytes() == b"v2"
+
+
+def test_publish_text_writes_a_report(tmp_path):
+    report = publish_text(tmp_path, "clip.report.json", '{"job": 1}')
+    assert report.read_text() == '{"job": 1}'
+    assert publish_text(tmp_path, "clip.report.json", "{}").name == "clip.report-2.json"
+
+
+def test_inputs_move_together_and_keep_a_shared_number_on_clashes(tmp_path):
+    inbox, done = tmp_path / "inbox", tmp_path / "done"
+    inbox.mkdir()
+    done.mkdir()
+    (done / "clip.toml").write_text("older sidecar")
+    video, sidecar, mask = inbox / "clip.mp4", inbox / "clip.toml", inbox / "mask.png"
+    for path in (video, sidecar, mask):
+        path.write_text(path.name)
+    moved = move_input_to(done, [video, sidecar, None, mask])
+    assert [p.name for p in moved] == ["clip-2.mp4", "clip-2.toml", "mask-2.png"]
+    assert [p.read_text() for p in moved] == ["clip.mp4", "clip.toml", "mask.png"]
+    assert (done / "clip.toml").read_text() == "older sidecar"
+    assert list(inbox.iterdir()) == []
+
+
+def test_a_move_cut_short_between_link_and_unlink_is_finished_not_copied_again(tmp_path):
+    inbox, done = tmp_path / "inbox", tmp_path / "done"
+    inbox.mkdir()
+    done.mkdir()
+    video, sidecar = inbox / "clip.mp4", inbox / "clip.toml"
+    video.write_text("video")
+    sidecar.write_text("seed = 1")
+    os.link(video, done / "clip.mp4")  # the crash came after the video's link, before its unlink
+    assert move_input_to(done, [video, sidecar]) == [done / "clip.mp4", done / "clip.toml"]
+    assert sorted(p.name for p in done.iterdir()) == ["clip.mp4", "clip.toml"]
+    assert list(inbox.iterdir()) == []
+
+
+def test_inputs_already_in_the_folder_stay_as_they_are(tmp_path):
+    """A retried job's input lies in failed/ already; failing again must not rename or lose it."""
+    failed, inbox = tmp_path / "failed", tmp_path / "inbox"
+    failed.mkdir()
+    inbox.mkdir()
+    video = failed / "clip.mp4"
+    video.write_text("video")
+    (inbox / "clip.toml").write_text("sidecar")
+    moved = move_input_to(failed, [video, inbox / "clip.toml"])
+    assert moved == [video, failed / "clip.toml"]
+    assert video.read_text() == "video" and sorted(p.name for p in failed.iterdir()) == ["clip.mp4", "clip.toml"]
+
+
+def test_moving_across_filesystems_copies_before_removing_the_source(tmp_path, monkeypatch):
+    real_link = os.link
+
+    def link_fails_across_devices(source, target, **kwargs):
+        if "inbox" in str(source):
+            raise OSError(errno.EXDEV, "Invalid cross-device link")
+        return real_link(source, target, **kwargs)
+
+    monkeypatch.setattr(outbox_module.os, "link", link_fails_across_devices)
+    (tmp_path / "inbox").mkdir()
+    video = tmp_path / "inbox" / "clip.mp4"
+    video.write_bytes(b"frames" * 1000)
+    [moved] = move_input_to(tmp_path / "failed", [video])
+    assert moved.read_bytes() == b"frames" * 1000 and not video.exists()
+    assert [p.name for p in moved.parent.iterdir()] == ["clip.mp4"], "no temp copy left behind"
+
+
+def test_filesystems_without_hard_links_still_never_overwrite(tmp_path, monkeypatch):
+    def no_links(*_args, **_kwargs):
+        raise OSError(errno.EPERM, "Operation not permitted")
+
+    monkeypatch.setattr(outbox_module.os, "link", no_links)
+    final = tmp_path / "out" / "clip.restored.mp4"
+    first = publish(write_temp(final.parent, final.name, b"1"), final)
+    second = publish(write_temp(final.parent, final.name, b"2"), final)
+    assert (first.read_bytes(), second.name, second.read_bytes()) == (b"1", "clip.restored-2.mp4", b"2")
+
+
+def test_error_report_beside_the_failed_input(tmp_path):
+    report = write_error_report(tmp_path, "clip-2.mp4", "sidecar clip-2.toml: unknown key 'taks'")
+    assert report.name == "clip-2.error.txt"
+    text = report.read_text()
+    assert "clip-2.mp4" in text and "unknown key 'taks'" in text
+    assert write_error_report(tmp_path, "clip-2.mp4", "again").name == "clip-2.error-2.txt"
+
+
+def test_free_space_check_fails_transiently_with_what_to_do(tmp_path):
+    free = free_space_mb(tmp_path)
+    assert free > 0
+    assert free_space_mb(tmp_path / "not" / "yet") == pytest.approx(free, rel=0.01)
+    ensure_free_space(tmp_path, need_mb=1)
+    with pytest.raises(TransientError) as info:
+        ensure_free_space(tmp_path, need_mb=free * 10 + 1e9)
+    message = str(info.value)
+    assert message.startswith("disk full: ") and f"MB free in {tmp_path}, need " in message
+    assert "free space and the job will be retried" in message
+
+
+def test_start_up_cleans_only_stale_temp_files(tmp_path):
+    stale = write_temp(tmp_path, "clip.restored.mp4", b"half")
+    keep = [tmp_path / "clip.restored.mp4", tmp_path / "notes.part", tmp_path / ".hidden"]
+    for path in keep:
+        path.write_text("keep")
+    assert clean_stale_temp_files(tmp_path) == [stale]
+    assert sorted(tmp_path.iterdir()) == sorted(keep)
+    assert clean_stale_temp_files(tmp_path / "missing") == []

@@ -1,0 +1,142 @@
+"""The `svfrd` command line around the service: submit, status, cancel, retry, and the messages and exit codes
+a shell user gets (0 ok, 1 failure, 2 usage or configuration error)."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import pytest
+
+from svfrd.cli import main
+from svfrd.jobs.database import open_database, upgrade_database
+from svfrd.domain import Task
+from svfrd.jobs.store import claim_next_job, enqueue_job, get_job, record_progress
+from svfrd.service.sidecar import parse_sidecar
+from tests.helpers.service import ServiceFolder, write_mask
+
+
+@pytest.fixture
+def folder(tmp_path) -> ServiceFolder:
+    return ServiceFolder(tmp_path / "svfrd")
+
+
+def svfrd(folder: ServiceFolder, *args: str) -> int:
+    return main(["--config", str(folder.config_path), *args])
+
+
+def some_file(path: Path, content: bytes = b"video bytes") -> Path:
+    path.write_bytes(content)
+    return path
+
+
+def test_submit_copies_the_video_and_writes_a_sidecar_intake_accepts(folder, tmp_path, capsys):
+    video = some_file(tmp_path / "clip.mp4")
+    mask = write_mask(tmp_path / "my mask.png")
+    assert svfrd(folder, "submit", str(video), "--tasks", "bfr,inpaint", "--mask", str(mask), "--seed", "3") == 0
+
+    assert folder.files("inbox") == ["clip.mask.png", "clip.mp4", "clip.toml"]  # no temporary file left
+    assert (folder.inbox / "clip.mp4").read_bytes() == video.read_bytes()
+    spec = parse_sidecar(folder.inbox / "clip.toml", folder.inbox)
+    assert spec.tasks == {Task.BFR, Task.INPAINT} and spec.seed == 3
+    assert spec.mask_path == folder.inbox / "clip.mask.png"
+    assert "submitted" in capsys.readouterr().out
+
+
+def test_submit_without_options_leaves_the_inbox_defaults_to_apply(folder, tmp_path):
+    assert svfrd(folder, "submit", str(some_file(tmp_path / "clip.mp4"))) == 0
+    assert folder.files("inbox") == ["clip.mp4"]
+
+
+def test_submit_never_replaces_a_file_already_in_the_inbox(folder, tmp_path):
+    some_file(folder.inbox / "clip.mp4", b"someone else's video")
+    assert svfrd(folder, "submit", str(some_file(tmp_path / "clip.mp4")), "--seed", "1") == 0
+    assert folder.files("inbox") == ["clip-2.mp4", "clip-2.toml", "clip.mp4"]
+    assert (folder.inbox / "clip.mp4").read_bytes() == b"someone else's video"
+
+
+@pytest.mark.parametrize(
+    "arguments, message",
+    [
+        (["--tasks", "inpaint"], "inpainting (task 2) needs a mask: add --mask MASK.png"),
+        (["--tasks", "sharpen"], 'unknown task "sharpen"'),
+        (["--mask", "MASK"], "a mask is only used for inpainting"),
+        (["--inbox", "/elsewhere"], "/elsewhere is not a configured inbox"),
+    ],
+)
+def test_submit_refuses_what_intake_would_reject_with_a_usage_error(folder, tmp_path, capsys, arguments, message):
+    mask = some_file(tmp_path / "mask.png")
+    arguments = [str(mask) if a == "MASK" else a for a in arguments]
+    assert svfrd(folder, "submit", str(some_file(tmp_path / "clip.mp4")), *arguments) == 2
+    assert message in capsys.readouterr().err
+    assert folder.files("inbox") == []
+
+
+def test_submit_of_a_missing_file_says_so(folder, capsys):
+    assert svfrd(folder, "submit", "/no/such/video.mp4") == 2
+    assert "/no/such/video.mp4 is not a file" in capsys.readouterr().err
+
+
+def test_a_broken_config_is_a_usage_error_naming_the_key(folder, capsys):
+    folder.config_path.write_text(folder.config_path.read_text().replace("scan_interval = 1.0",
+                                                                          "scan_interval = -1"))
+    assert svfrd(folder, "status") == 2
+    assert "[service] scan_interval = -1" in capsys.readouterr().err
+
+
+def test_status_before_the_service_ever_ran_says_how_to_start_it(folder, capsys):
+    assert svfrd(folder, "status") == 1
+    assert "start the service with `svfrd run`" in capsys.readouterr().err
+    assert not (folder.root / "state" / "svfrd.db").exists()  # reading never creates the database
+
+
+@pytest.fixture
+def database(folder):
+    upgrade_database(folder.database_url)
+    db = open_database(folder.database_url)
+    yield db
+    db.dispose()
+
+
+def add_job(db, folder: ServiceFolder, name: str):
+    return enqueue_job(db, inbox=str(folder.inbox), source_name=name, source_path=str(folder.inbox / name),
+                       tasks="0,1", content_hash=hashlib.sha256(name.encode()).hexdigest())
+
+
+def test_status_shows_state_tasks_progress_and_stage(folder, database, capsys):
+    add_job(database, folder, "first.mp4")
+    add_job(database, folder, "second.mp4")
+    running = claim_next_job(database, worker_pid=1)  # the oldest: first.mp4
+    record_progress(database, running.id, "restore", 30, 120, 12.0)
+
+    assert svfrd(folder, "status") == 0
+    rows = {name: line for line in capsys.readouterr().out.splitlines()
+            for name in ("first.mp4", "second.mp4") if name in line}
+    assert all(word in rows["first.mp4"] for word in ("running", "25%", "restore", "bfr+colorize"))
+    assert "queued" in rows["second.mp4"]
+
+
+def test_cancel_of_a_queued_job_cancels_it_and_retry_queues_it_again(folder, database, capsys):
+    job = add_job(database, folder, "clip.mp4")
+    assert svfrd(folder, "cancel", str(job.id)) == 0
+    assert f"job {job.id} (clip.mp4) is cancelled" in capsys.readouterr().out
+    assert get_job(database, job.id).state == "cancelled"
+
+    assert svfrd(folder, "retry", str(job.id)) == 0
+    assert "is queued again" in capsys.readouterr().out
+    assert get_job(database, job.id).state == "queued"
+
+
+def test_cancel_of_a_running_job_asks_the_worker_to_stop(folder, database, capsys):
+    add_job(database, folder, "clip.mp4")
+    job = claim_next_job(database, worker_pid=1)
+    assert svfrd(folder, "cancel", str(job.id)) == 0
+    assert "is running: it stops within seconds" in capsys.readouterr().out
+    assert get_job(database, job.id).cancel_requested
+
+
+def test_a_command_is_required(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main([])
+    assert exit_info.value.code == 2
+    assert "COMMAND" in capsys.readouterr().err
