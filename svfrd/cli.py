@@ -15,12 +15,11 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from svfrd import __version__
-
-from svfrd.files import placement
-from svfrd.files.atomic import copy_replacing, write_replacing
-from svfrd.config import Config, TASKS_ALLOWED, load_config, parse_tasks
+from svfrd.config import TASKS_ALLOWED, Config, load_config, parse_tasks
 from svfrd.domain import Task
 from svfrd.errors import ConfigError
+from svfrd.files import placement
+from svfrd.files.atomic import copy_replacing, write_replacing
 from svfrd.jobs.model import as_utc
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
@@ -48,8 +47,7 @@ def _load(args: argparse.Namespace) -> Config:
 
 def _open_database(config: Config, read_only: bool = False):
     """The job database; a missing SQLite file is a message, not a freshly created database."""
-    from svfrd.jobs.database import open_database
-    from svfrd.jobs.database import open_read_only, sqlite_file
+    from svfrd.jobs.database import open_database, open_read_only, sqlite_file
 
     path = sqlite_file(config.service.database_url)
     if path is not None and not path.exists():

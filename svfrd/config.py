@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import json
 import re
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
+
+import tomllib
 
 from svfrd.domain import Task
 from svfrd.errors import ConfigError

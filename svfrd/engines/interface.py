@@ -19,7 +19,6 @@ import numpy as np
 from svfrd.domain import DEFAULT_SEED, Task
 
 
-
 @dataclass(frozen=True)
 class FaceCrop:
     """One frame's face crop, as the engine receives it.

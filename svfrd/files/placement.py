@@ -14,8 +14,8 @@ import shutil
 from pathlib import Path
 from typing import Iterable
 
-from svfrd.files.atomic import TEMP_SUFFIX, fsync_file, fsync_folder, hidden_temp_path
 from svfrd.errors import TransientError
+from svfrd.files.atomic import TEMP_SUFFIX, fsync_file, fsync_folder, hidden_temp_path
 
 MAX_NAME_TRIES = 10_000
 

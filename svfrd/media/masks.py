@@ -20,7 +20,6 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from svfrd.domain import CROP_SIZE, Task
-
 from svfrd.engines.interface import FaceCrop
 from svfrd.errors import BadInputError
 from svfrd.media.crop import CropBox, sample_square

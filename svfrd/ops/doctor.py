@@ -17,9 +17,9 @@ from rich.console import Console
 from rich.text import Text
 
 from svfrd.config import Config, load_config
+from svfrd.engines.svfr.model_folder import weights_problem  # file checks only: no torch, no diffusers
 from svfrd.errors import ConfigError
 from svfrd.files.placement import free_space_mb
-from svfrd.engines.svfr.model_folder import weights_problem  # file checks only: no torch, no diffusers
 
 MIN_VRAM_GIB = 8.0  # the SVFR UNet in fp16 alone is ~3 GB; VAE, ArcFace and 16-frame activations need the rest
 REQUIRED_ENCODERS = ("libx264", "aac")
@@ -99,8 +99,7 @@ def check_database(config: Config) -> Check:
     """Reachable, and at the newest schema this svfrd knows. Read-only: the doctor never migrates."""
     from sqlalchemy.exc import SQLAlchemyError
 
-    from svfrd.jobs.database import current_revision
-    from svfrd.jobs.database import database_error_reason, read_only_url, sqlite_file
+    from svfrd.jobs.database import current_revision, database_error_reason, read_only_url, sqlite_file
 
     url = config.service.database_url
     name = "database"

@@ -16,9 +16,9 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from svfrd.files.atomic import replacing
 from svfrd.config import Config, load_config
 from svfrd.errors import ConfigError
+from svfrd.files.atomic import replacing
 
 UNIT_NAME = "svfrd.service"
 SERVICE_USER = "svfrd"

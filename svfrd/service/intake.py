@@ -20,18 +20,17 @@ import logging
 import os
 import threading
 import time
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Callable
 
+import tomllib
 from sqlalchemy import Engine
 
-from svfrd.ops import notify
-
-from svfrd.files import placement
 from svfrd.config import DEFAULT_OPTION_NAMES, Config, InboxConfig
+from svfrd.domain import DEFAULT_SEED
 from svfrd.errors import BadInputError
+from svfrd.files import placement
 from svfrd.files.hashing import file_sha256
 from svfrd.jobs.model import Job, JobState
 from svfrd.jobs.store import (
@@ -41,7 +40,7 @@ from svfrd.jobs.store import (
     paths_owned_by_jobs,
     set_input_paths,
 )
-from svfrd.domain import DEFAULT_SEED
+from svfrd.ops import notify
 from svfrd.service.sidecar import JobSpec, default_spec, parse_sidecar, sidecar_path_for
 
 log = logging.getLogger("svfrd.service.intake")

@@ -24,12 +24,12 @@ from typing import Any, Iterator
 from sqlalchemy import Engine, update
 from sqlmodel import Session, col, select
 
-from svfrd.files import placement
 from svfrd.config import Config
 from svfrd.errors import TransientError
+from svfrd.files import placement
 from svfrd.jobs.model import Job, JobState, utcnow
-from svfrd.ops.logs import job_logger
 from svfrd.jobs.store import fail_job, finish_job, get_job, set_input_paths
+from svfrd.ops.logs import job_logger
 
 VIDEO_SUFFIX = ".restored.mp4"
 REPORT_SUFFIX = ".report.json"

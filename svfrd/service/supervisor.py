@@ -22,21 +22,24 @@ from typing import Any, Callable
 from sqlalchemy import Engine as Database
 from sqlalchemy.exc import SQLAlchemyError
 
-from svfrd.ops import notify
-
-from svfrd.files import placement
-
-from svfrd.service import results
 from svfrd.config import Config
-from svfrd.jobs.database import open_database, upgrade_database
 from svfrd.errors import JobCancelled, TransientError
-from svfrd.service.intake import Intake
+from svfrd.files import placement
+from svfrd.jobs.database import open_database, upgrade_database
 from svfrd.jobs.model import Job, JobState
-from svfrd.service.lock import StateLockedError, acquire_state_lock
-from svfrd.ops.logs import job_logger
 from svfrd.jobs.store import (
-    claim_next_job, fail_job, get_job, release_job, requeue_interrupted, seconds_until_next_job,
+    claim_next_job,
+    fail_job,
+    get_job,
+    release_job,
+    requeue_interrupted,
+    seconds_until_next_job,
 )
+from svfrd.ops import notify
+from svfrd.ops.logs import job_logger
+from svfrd.service import results
+from svfrd.service.intake import Intake
+from svfrd.service.lock import StateLockedError, acquire_state_lock
 from svfrd.service.worker import worker_main
 
 log = logging.getLogger(__name__)

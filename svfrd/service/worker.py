@@ -30,14 +30,14 @@ from typing import Any, Callable
 from sqlalchemy import Engine as Database
 
 from svfrd.config import Config
-from svfrd.jobs.database import open_database
 from svfrd.domain import Task
 from svfrd.engines.interface import Engine
 from svfrd.errors import BadInputError, ConfigError, JobCancelled, SvfrdError, TransientError
-from svfrd.jobs.model import Job, JobState, utcnow
-from svfrd.ops.logs import JobLogger, job_logger, setup_logging
-from svfrd.jobs.store import fail_job, get_job, record_progress, release_job
 from svfrd.files import placement
+from svfrd.jobs.database import open_database
+from svfrd.jobs.model import Job, JobState, utcnow
+from svfrd.jobs.store import fail_job, get_job, record_progress, release_job
+from svfrd.ops.logs import JobLogger, job_logger, setup_logging
 from svfrd.service import results
 
 log = logging.getLogger(__name__)

@@ -7,9 +7,8 @@ import numpy as np
 import pytest
 
 from svfrd.domain import Task
-
-from svfrd.engines.interface import Engine, FaceCrop, RestoreRequest
 from svfrd.engines.classical import ClassicalEngine, enlargement
+from svfrd.engines.interface import Engine, FaceCrop, RestoreRequest
 from svfrd.errors import BadInputError
 from tests.helpers.media_clips import astronaut
 

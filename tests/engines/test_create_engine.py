@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from svfrd.config import EngineConfig, SvfrConfig
-from svfrd.engines.interface import Engine
 from svfrd.engines import create_engine
 from svfrd.engines.classical import ClassicalEngine
+from svfrd.engines.interface import Engine
 from svfrd.errors import ConfigError
 from tests.helpers.paths import REPO_ROOT
 

@@ -13,6 +13,7 @@ from pathlib import Path
 import av
 import cv2
 import numpy as np
+
 from tests.helpers.paths import FACE_MODEL
 
 NTSC_FPS = Fraction(30000, 1001)

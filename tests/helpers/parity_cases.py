@@ -3,9 +3,9 @@ the reference sampler's outputs for them). See its README for the format."""
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import torch
+
 from tests.helpers.paths import FIXTURES
 
 PARITY_DIR = FIXTURES / "parity"

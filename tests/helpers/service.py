@@ -21,20 +21,18 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Callable
 
-from sqlalchemy.exc import OperationalError
-
 import av
 import numpy as np
 from PIL import Image
+from sqlalchemy.exc import OperationalError
 
 from svfrd.config import toml_repr
 from svfrd.jobs.database import open_database
 from svfrd.jobs.model import Job
 from svfrd.jobs.store import list_jobs
 from tests.helpers.media_clips import moving_face_frames, write_clip, write_no_face_clip, write_truncated_copy
-from tests.helpers.paths import REPO_ROOT, FACE_MODEL
+from tests.helpers.paths import FACE_MODEL, REPO_ROOT
 
-FACE_MODEL = REPO_ROOT / "models" / "face_landmarker.task"
 
 FAST_SERVICE = {
     "scan_interval": 1.0,

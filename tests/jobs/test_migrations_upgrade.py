@@ -6,10 +6,10 @@ import os
 import sqlite3
 from datetime import datetime, timezone
 
+import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-import pytest
 from sqlalchemy import inspect, text
 from sqlmodel import SQLModel
 

@@ -8,9 +8,9 @@ from datetime import timedelta
 
 import pytest
 
-from svfrd.jobs.database import open_database, upgrade_database
 from svfrd.domain import Task
 from svfrd.errors import BadInputError, JobCancelled, TransientError
+from svfrd.jobs.database import open_database, upgrade_database
 from svfrd.jobs.model import JobState, utcnow
 from svfrd.jobs.store import (
     INTERRUPTED_MESSAGE,

@@ -10,7 +10,7 @@ import pytest
 from svfrd.errors import BadInputError
 from svfrd.media.crop import crop_jitter, face_crop_box, reference_crops, reference_square, tracked_crops
 from svfrd.media.faces import DetectedFace, FaceFinder, search_tiles
-from svfrd.media.tracking import FacePass, SubjectTrack, select_subject, scan_faces
+from svfrd.media.tracking import FacePass, SubjectTrack, scan_faces, select_subject
 from svfrd.media.video_io import probe
 from tests.helpers.media_clips import (
     face_model_path,

@@ -7,7 +7,6 @@ import pytest
 from PIL import Image
 
 from svfrd.domain import Task
-
 from svfrd.engines.interface import FaceCrop
 from svfrd.errors import BadInputError
 from svfrd.media.crop import CropBox

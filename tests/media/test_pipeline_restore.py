@@ -13,13 +13,13 @@ from PIL import Image
 
 from svfrd.config import FacesConfig, OutputConfig
 from svfrd.domain import Task
-from svfrd.engines.interface import FaceCrop, RestoreRequest
 from svfrd.engines.classical import ClassicalEngine
+from svfrd.engines.interface import FaceCrop, RestoreRequest
 from svfrd.errors import BadInputError
 from svfrd.media.crop import tracked_crops
+from svfrd.media.pipeline import PipelineJob, restore_video
 from svfrd.media.tracking import scan_faces, select_subject
 from svfrd.media.video_io import VideoWriter, iter_frames, probe
-from svfrd.media.pipeline import PipelineJob, restore_video
 from tests.helpers.media_clips import (
     NTSC_FPS,
     face_model_path,

@@ -11,12 +11,11 @@ import pytest
 from rich.console import Console
 from sqlalchemy import create_engine, text
 
-from svfrd.ops import doctor
 from svfrd.jobs.database import upgrade_database
-from tests.helpers.paths import REPO_ROOT, FACE_MODEL
+from svfrd.ops import doctor
+from tests.helpers.paths import FACE_MODEL, REPO_ROOT
 
 REPO = REPO_ROOT
-FACE_MODEL = REPO / "models" / "face_landmarker.task"
 needs_face_model = pytest.mark.skipif(not FACE_MODEL.is_file(),
                                       reason="models/face_landmarker.task missing: run scripts/ensure-env")
 

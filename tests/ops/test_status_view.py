@@ -17,10 +17,10 @@ from sqlalchemy import event, text
 from sqlalchemy.exc import OperationalError
 from sqlmodel import Session
 
-from svfrd.ops import status_view as sv
 from svfrd.config import load_config
 from svfrd.jobs.database import current_revision, open_database, open_read_only, upgrade_database
 from svfrd.jobs.model import Job
+from svfrd.ops import status_view as sv
 
 NOW = datetime(2026, 11, 30, 10, 0, 0, tzinfo=timezone.utc)
 LONG_ERROR = ("the video has no face in any of its 250 frames; crop the video to the person, or drop a "

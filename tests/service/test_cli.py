@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from svfrd.cli import main
-from svfrd.jobs.database import open_database, upgrade_database
 from svfrd.domain import Task
+from svfrd.jobs.database import open_database, upgrade_database
 from svfrd.jobs.store import claim_next_job, enqueue_job, get_job, record_progress
 from svfrd.service.sidecar import parse_sidecar
 from tests.helpers.service import ServiceFolder, write_mask

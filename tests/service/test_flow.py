@@ -19,7 +19,13 @@ import pytest
 from svfrd.cli import main
 from svfrd.jobs.model import Job
 from tests.helpers.service import (
-    Daemon, ServiceFolder, read_frames, write_corrupt_video, write_face_clip, write_faceless_video, write_mask,
+    Daemon,
+    ServiceFolder,
+    read_frames,
+    write_corrupt_video,
+    write_face_clip,
+    write_faceless_video,
+    write_mask,
     write_truncated_video,
 )
 

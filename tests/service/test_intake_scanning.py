@@ -12,12 +12,12 @@ import pytest
 from PIL import Image
 
 from svfrd.config import load_config
-from svfrd.jobs.database import open_database, upgrade_database
 from svfrd.domain import Task
-from svfrd.service.intake import Intake, ScanResult
-from svfrd.jobs.model import JobState
 from svfrd.files.placement import move_input_to
+from svfrd.jobs.database import open_database, upgrade_database
+from svfrd.jobs.model import JobState
 from svfrd.jobs.store import claim_next_job, file_sha256, finish_job, list_jobs, set_input_paths
+from svfrd.service.intake import Intake, ScanResult
 
 
 def make_intake(tmp_path: Path, quiet: float = 0.2, grace: float = 0.0, inbox_extra: str = "") -> Intake:

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from svfrd.jobs.database import open_database, upgrade_database
 from svfrd.errors import JobCancelled
+from svfrd.jobs.database import open_database, upgrade_database
 from svfrd.jobs.store import claim_next_job, enqueue_job, get_job, request_cancel
 from svfrd.service.worker import JobProgress, WorkerInterrupted
 

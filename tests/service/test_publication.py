@@ -13,14 +13,20 @@ from pathlib import Path
 
 import pytest
 
-from svfrd.files import placement
 from svfrd.config import load_config
-from svfrd.jobs.database import open_database, upgrade_database
 from svfrd.errors import BadInputError, TransientError
+from svfrd.files import placement
+from svfrd.jobs.database import open_database, upgrade_database
 from svfrd.jobs.model import Job
 from svfrd.jobs.store import claim_next_job, enqueue_job, get_job, retry_job
 from svfrd.service.results import (
-    ResultFiles, complete_publication, plan_final_files, publish_planned, record_plan, settle_failure, temp_files,
+    ResultFiles,
+    complete_publication,
+    plan_final_files,
+    publish_planned,
+    record_plan,
+    settle_failure,
+    temp_files,
 )
 from svfrd.service.supervisor import finish_interrupted_publications
 from tests.helpers.service import ServiceFolder

@@ -31,10 +31,6 @@ import torch
 from svfrd.config import EngineConfig, SvfrConfig, option_problem
 from svfrd.domain import CROP_SIZE, Task
 from svfrd.engines.interface import CropStream, FaceCrop, ProgressReporter, RestoreRequest
-from svfrd.errors import BadInputError, ConfigError, TransientError
-from svfrd.media.crop import CropBox, crop_face, face_crop_box
-from svfrd.media.faces import DetectedFace, FaceFinder
-from svfrd.media.masks import prepare_svfr_input
 from svfrd.engines.svfr.identity import IdentityModels, align_face, id_tokens_for_face, load_identity_models
 from svfrd.engines.svfr.loading import (
     ID_LINEAR_WEIGHTS,
@@ -47,6 +43,10 @@ from svfrd.engines.svfr.loading import (
 from svfrd.engines.svfr.sampler import SamplerSettings, denoise_latents
 from svfrd.engines.svfr.vae_io import decode_latents, encode_frames
 from svfrd.engines.svfr.windows import WindowSchedule
+from svfrd.errors import BadInputError, ConfigError, TransientError
+from svfrd.media.crop import CropBox, crop_face, face_crop_box
+from svfrd.media.faces import DetectedFace, FaceFinder
+from svfrd.media.masks import prepare_svfr_input
 
 log = logging.getLogger(__name__)
 

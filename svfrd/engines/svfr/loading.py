@@ -17,7 +17,6 @@ from typing import Any
 import torch
 from diffusers import AutoencoderKLTemporalDecoder, EulerDiscreteScheduler, UNetSpatioTemporalConditionModel
 
-from svfrd.errors import ConfigError
 from svfrd.engines.svfr.model_folder import (  # noqa: F401  (re-exported: the layout is part of this module's API)
     ARCFACE_WEIGHTS,
     BASE_MODEL_DIR,
@@ -32,6 +31,7 @@ from svfrd.engines.svfr.model_folder import (  # noqa: F401  (re-exported: the l
     diffusion_weights_problem,
     weights_problem,
 )
+from svfrd.errors import ConfigError
 
 # SVFR widens SVD's conv_in from 8 channels to 12: noisy latent, LQ latent, reference latent.
 SVFR_UNET_IN_CHANNELS = 12

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import torch
 
-from svfrd.errors import SvfrdError
 from svfrd.engines.svfr.loading import DiffusionModels, load_diffusion_models
 from svfrd.engines.svfr.sampler import SamplerSettings, sample
+from svfrd.errors import SvfrdError
 
 #: The reference reaches about 1e-5 on the fixture; anything above this is a behavioural difference.
 PARITY_TOLERANCE = 1e-4

@@ -20,7 +20,6 @@ from dataclasses import dataclass
 import torch
 
 from svfrd.domain import DEFAULT_SEED
-
 from svfrd.engines.svfr.loading import DiffusionModels
 from svfrd.engines.svfr.schedule import NoiseSchedule, euler_step, scale_model_input, sigmas_and_timesteps
 from svfrd.engines.svfr.vae_io import decode_latents, encode_frames

@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from svfrd.errors import ConfigError
 from svfrd.engines.svfr.engine import SvfrEngine
 from svfrd.engines.svfr.identity import IResNet, load_identity_models
 from svfrd.engines.svfr.loading import ARCFACE_WEIGHTS, ID_LINEAR_WEIGHTS, UNET_WEIGHTS, weights_problem
+from svfrd.errors import ConfigError
 from tests.helpers.tiny_svfr import engine_config, tiny_arcface, write_tiny_svfr_models
 
 

@@ -11,12 +11,11 @@ import pytest
 import torch
 
 from svfrd.domain import Task
-
 from svfrd.engines.interface import RestoreRequest
-from svfrd.errors import ConfigError, TransientError
 from svfrd.engines.svfr.engine import SvfrEngine, resolve_device
-from tests.helpers.tiny_svfr import engine_config, face_crops, write_tiny_svfr_models
+from svfrd.errors import ConfigError, TransientError
 from tests.helpers.paths import FACE_MODEL
+from tests.helpers.tiny_svfr import engine_config, face_crops, write_tiny_svfr_models
 
 REQUEST = RestoreRequest(tasks=frozenset({Task.BFR}), seed=1)
 

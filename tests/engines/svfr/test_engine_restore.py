@@ -15,16 +15,15 @@ import pytest
 import torch
 
 from svfrd.domain import CROP_SIZE, Task
-
 from svfrd.engines.interface import Engine, RestoreRequest
-from svfrd.errors import BadInputError
-from svfrd.media.faces import DetectedFace
 from svfrd.engines.svfr import engine as engine_module
 from svfrd.engines.svfr.engine import SvfrEngine, crossfade, segment_bounds
 from svfrd.engines.svfr.identity import TEMPLATE_256
+from svfrd.errors import BadInputError
+from svfrd.media.faces import DetectedFace
 from tests.helpers.media_clips import astronaut
-from tests.helpers.tiny_svfr import engine_config, face_crops, write_tiny_svfr_models
 from tests.helpers.paths import FACE_MODEL
+from tests.helpers.tiny_svfr import engine_config, face_crops, write_tiny_svfr_models
 
 needs_face_model = pytest.mark.skipif(
     not FACE_MODEL.is_file(), reason="models/face_landmarker.task missing: run scripts/ensure-env"

@@ -5,7 +5,6 @@ and keeps latents instead of frames; the numbers must not change."""
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import cv2
 import numpy as np
@@ -13,13 +12,12 @@ import pytest
 import torch
 
 from svfrd.domain import CROP_SIZE, Task
-
 from svfrd.engines.interface import RestoreRequest
-from svfrd.media.masks import prepare_svfr_input
 from svfrd.engines.svfr.engine import SvfrEngine, task_vector, to_model_pixels
 from svfrd.engines.svfr.sampler import SamplerSettings, sample
-from tests.helpers.tiny_svfr import engine_config, face_crops, write_tiny_svfr_models
+from svfrd.media.masks import prepare_svfr_input
 from tests.helpers.paths import FACE_MODEL
+from tests.helpers.tiny_svfr import engine_config, face_crops, write_tiny_svfr_models
 
 needs_face_model = pytest.mark.skipif(
     not FACE_MODEL.is_file(), reason="models/face_landmarker.task missing: run scripts/ensure-env"

@@ -3,14 +3,12 @@ input crop in its reference and corrected forms (spec 4.5), and the 49 ID tokens
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
 import torch
 
-from svfrd.media.faces import FaceFinder
 from svfrd.engines.svfr.identity import (
     TEMPLATE_256,
     align_face,
@@ -19,9 +17,10 @@ from svfrd.engines.svfr.identity import (
     load_identity_models,
     similarity_transform,
 )
+from svfrd.media.faces import FaceFinder
 from tests.helpers.media_clips import astronaut
-from tests.helpers.tiny_svfr import write_tiny_svfr_models
 from tests.helpers.paths import FACE_MODEL
+from tests.helpers.tiny_svfr import write_tiny_svfr_models
 
 needs_face_model = pytest.mark.skipif(
     not FACE_MODEL.is_file(), reason="models/face_landmarker.task missing: run scripts/ensure-env"

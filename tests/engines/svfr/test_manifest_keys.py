@@ -8,14 +8,12 @@ Everything is built on the `meta` device, so the full-size models cost no memory
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import torch
 from diffusers import UNetSpatioTemporalConditionModel
 
 from svfrd.engines.svfr.identity import IdProjection, IResNet
 from tests.helpers.paths import FIXTURES
-
 
 
 def manifest(name: str) -> dict[str, list[int]]:

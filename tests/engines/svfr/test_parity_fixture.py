@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from svfrd.engines.svfr.parity import PARITY_TOLERANCE, compare_case, run_parity
 from svfrd.engines.svfr.loading import load_diffusion_models
+from svfrd.engines.svfr.parity import PARITY_TOLERANCE, compare_case, run_parity
 from tests.helpers.parity_cases import PARITY_CASES, PARITY_MODELS
 
 

@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from svfrd.errors import ConfigError
 from svfrd.engines.svfr.loading import (
     ARCFACE_WEIGHTS,
     ID_LINEAR_WEIGHTS,
@@ -19,6 +18,7 @@ from svfrd.engines.svfr.loading import (
     load_diffusion_models,
     weights_problem,
 )
+from svfrd.errors import ConfigError
 from tests.helpers.parity_cases import PARITY_MODELS
 
 

@@ -8,11 +8,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from svfrd.errors import JobCancelled
 from svfrd.engines.svfr.loading import load_diffusion_models
 from svfrd.engines.svfr.sampler import SamplerSettings, denoise_latents, sample
 from svfrd.engines.svfr.vae_io import decode_latents, encode_frames
 from svfrd.engines.svfr.windows import WindowSchedule
+from svfrd.errors import JobCancelled
 from tests.helpers.parity_cases import PARITY_MODELS, load_case
 
 STEPS = 3  # enough to go through the overlapped steps with two windows per step (N = 20)
