@@ -46,6 +46,13 @@ def sqlite_file(url: str) -> Path | None:
     return Path(parsed.database)
 
 
+def missing_database_file(url: str) -> Path | None:
+    """The SQLite file `url` names if it does not exist yet (the service never ran); None when it exists or
+    the database is not a SQLite file. Readers use it to say "no jobs yet" instead of creating the file."""
+    path = sqlite_file(url)
+    return path if path is not None and not path.exists() else None
+
+
 def read_only_url(url: str) -> str:
     """The same database opened read-only: a SQLite file through a `file:` URI with `mode=ro` (this process can
     then never create, lock for writing or migrate it); other databases as they are."""
