@@ -26,11 +26,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from svfrd.config import Config
 from svfrd.domain import Task
-from svfrd.jobs.database import (
-    database_error_reason,
-    missing_database_file,
-    open_read_only,
-)
+from svfrd.jobs.database import database_error_reason, missing_database_file, open_read_only
 from svfrd.jobs.model import Job, JobState, as_utc
 from svfrd.jobs.store import overview
 
