@@ -5,8 +5,10 @@ connection gets WAL (readers never block the writer), a busy timeout (writers qu
 `synchronous=FULL` (a finished job stays finished after a power cut) and foreign keys. Write transactions start
 with `BEGIN IMMEDIATE` so two processes never both read-then-write and then fail on lock upgrade.
 
-The schema belongs to Alembic (`migrations/`); `upgrade_database` runs it programmatically, so it works from
-any working directory. The SQL stays portable: a `postgresql://` URL works the same way.
+The schema belongs to Alembic (`migrations/`, shipped inside the package); `upgrade_database` runs it
+programmatically with a configuration built here, so it works from any working directory and from a plain
+(non-editable) install, with no alembic.ini. SQLite is the supported store. The SQL avoids SQLite-only
+constructs so that a server database (PostgreSQL, planned) can follow, but nothing tests another database yet.
 """
 
 from __future__ import annotations

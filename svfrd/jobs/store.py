@@ -176,7 +176,8 @@ def claim_next_job(db: Engine, worker_pid: int, now: datetime | None = None) -> 
     """Atomically move the oldest due queued job to running and return it (None if nothing is due).
 
     One `UPDATE … WHERE id = (SELECT … LIMIT 1) RETURNING`: two claimers can never get the same job. The
-    repeated `state = 'queued'` and `FOR UPDATE SKIP LOCKED` (ignored by SQLite) keep it safe on PostgreSQL."""
+    repeated `state = 'queued'` and `FOR UPDATE SKIP LOCKED` (ignored by SQLite) are there for a server
+    database with concurrent claimers (PostgreSQL is planned, not tested)."""
     now = now or utcnow()
     next_id = (
         select(Job.id)
