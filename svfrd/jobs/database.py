@@ -109,6 +109,23 @@ def alembic_config(url: str):
     return config
 
 
+def migration_scripts(url: str):
+    """This svfrd's Alembic migrations (an alembic ScriptDirectory)."""
+    from alembic.script import ScriptDirectory
+
+    return ScriptDirectory.from_config(alembic_config(url))
+
+
+def head_revision(url: str) -> str | None:
+    """The newest schema revision this svfrd knows."""
+    return migration_scripts(url).get_current_head()
+
+
+def known_revisions(url: str) -> set[str]:
+    """Every schema revision this svfrd knows; a database at another one was written by a newer svfrd."""
+    return {rev.revision for rev in migration_scripts(url).walk_revisions()}
+
+
 def upgrade_database(url: str, revision: str = "head") -> None:
     """Bring the schema at `url` to `revision` (creating it if the database is empty). Safe to run on every
     start-up: it does nothing when the schema is current."""

@@ -12,10 +12,9 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from alembic.script import ScriptDirectory
 from sqlalchemy import inspect
 
-from svfrd.jobs.database import alembic_config, current_revision, open_read_only, read_only_url
+from svfrd.jobs.database import current_revision, head_revision, open_read_only, read_only_url
 from tests.helpers.paths import REPO_ROOT
 from tests.helpers.service import Daemon, ServiceFolder
 
@@ -61,7 +60,7 @@ def test_a_plain_install_creates_and_migrates_the_database_from_any_folder(insta
 
     url = folder.database_url
     database = folder.root / "state" / "svfrd.db"
-    head = ScriptDirectory.from_config(alembic_config(url)).get_current_head()
+    head = head_revision(url)
     with Daemon(folder, env=env, cwd=elsewhere) as daemon:
         daemon.wait_until("the database at its newest schema",
                           lambda: database.exists() and current_revision(read_only_url(url)) == head, timeout=60)
