@@ -487,6 +487,7 @@ def overview(db: Engine, *, queued_limit: int, recent_limit: int) -> Overview:
 
 
 # ---------------------------------------------------------------------------------------------------------------
+# One row, locked for a read-modify-write.
 
 
 def _locked_job(session: Session, job_id: int) -> Job:
