@@ -108,7 +108,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     if never_ran is not None:
         console.print(f"{no_jobs_yet(never_ran)}, then drop a video into {inboxes}")
         return EXIT_OK
-    jobs = list_jobs(_open_database(config, read_only=True), limit=args.limit)
+    jobs = _read_jobs(config, lambda db: list_jobs(db, limit=args.limit))
     if not jobs:
         console.print(f"no jobs yet: drop a video into {inboxes}")
         return EXIT_OK
@@ -122,6 +122,23 @@ def cmd_status(args: argparse.Namespace) -> int:
                       progress_percent(job), job.stage or "-", format_age(job.created_at), job.source_name)
     console.print(table)
     return EXIT_OK
+
+
+def _read_jobs(config: Config, read: Callable):
+    """`read(db)` on the read-only database; an unreadable one (no schema yet, a newer or broken one) is a
+    message, not a traceback."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from svfrd.jobs.database import database_error_reason
+
+    db = _open_database(config, read_only=True)
+    try:
+        return read(db)
+    except SQLAlchemyError as err:
+        raise CommandError(f"cannot read the job database: {database_error_reason(err)}; if the service has "
+                           "never started completely, `svfrd run` creates and upgrades it") from None
+    finally:
+        db.dispose()
 
 
 def _watch(config: Config) -> int:
