@@ -29,6 +29,7 @@ from svfrd.jobs.store import (
 PACKAGE = Path(svfrd.__file__).parent
 #: SQL builders and sessions: whoever imports these writes queries of their own.
 SQL_NAMES = {"Session", "select", "update", "insert", "delete", "text", "func", "col"}
+SQL_CALLS = {"execute", "exec_driver_sql", "scalars"}
 
 
 @pytest.fixture
@@ -51,10 +52,13 @@ def new_job(db, name: str, **fields):
 
 
 def sql_imports(path: Path) -> list[str]:
-    """`module.name` for every SQL builder or session a module imports (sqlmodel counts whole)."""
+    """`module.name` for every SQL builder or session a module imports (sqlmodel counts whole), and every call
+    that runs SQL on a connection."""
     found = []
     for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-        if isinstance(node, ast.Import):
+        if isinstance(node, ast.Attribute) and node.attr in SQL_CALLS:
+            found.append(f"line {node.lineno}: .{node.attr}")
+        elif isinstance(node, ast.Import):
             found += [alias.name for alias in node.names if alias.name.split(".")[0] == "sqlmodel"]
         elif isinstance(node, ast.ImportFrom) and node.module:
             root = node.module.split(".")[0]
