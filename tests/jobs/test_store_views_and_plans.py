@@ -51,7 +51,7 @@ def new_job(db, name: str, **fields):
                        content_hash=name, **fields)
 
 
-def sql_imports(path: Path) -> list[str]:
+def sql_uses(path: Path) -> list[str]:
     """`module.name` for every SQL builder or session a module imports (sqlmodel counts whole), and every call
     that runs SQL on a connection."""
     found = []
@@ -73,7 +73,7 @@ def test_only_the_jobs_package_builds_queries_on_the_jobs_table():
     outside = {
         str(path.relative_to(PACKAGE)): names
         for path in sorted(PACKAGE.rglob("*.py"))
-        if path.relative_to(PACKAGE).parts[0] != "jobs" and (names := sql_imports(path))
+        if path.relative_to(PACKAGE).parts[0] != "jobs" and (names := sql_uses(path))
     }
     assert outside == {}, "move these queries into svfrd/jobs/store.py and call them from there"
 
