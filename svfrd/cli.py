@@ -47,10 +47,10 @@ def _load(args: argparse.Namespace) -> Config:
 
 def _open_database(config: Config, read_only: bool = False):
     """The job database; a missing SQLite file is a message, not a freshly created database."""
-    from svfrd.jobs.database import open_database, open_read_only, sqlite_file
+    from svfrd.jobs.database import missing_database_file, open_database, open_read_only
 
-    path = sqlite_file(config.service.database_url)
-    if path is not None and not path.exists():
+    path = missing_database_file(config.service.database_url)
+    if path is not None:
         raise CommandError(f"there is no job database at {path} yet; start the service with `svfrd run`")
     if read_only:
         return open_read_only(config.service.database_url)
@@ -98,12 +98,19 @@ def cmd_status(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
+    from svfrd.jobs.database import missing_database_file
     from svfrd.jobs.store import list_jobs
+    from svfrd.ops.status_view import no_jobs_yet
 
-    jobs = list_jobs(_open_database(config, read_only=True), limit=args.limit)
     console = Console(highlight=False)
+    inboxes = ", ".join(str(i.path) for i in config.inboxes)
+    never_ran = missing_database_file(config.service.database_url)
+    if never_ran is not None:
+        console.print(f"{no_jobs_yet(never_ran)}, then drop a video into {inboxes}")
+        return EXIT_OK
+    jobs = _read_jobs(config, lambda db: list_jobs(db, limit=args.limit))
     if not jobs:
-        console.print("no jobs yet: drop a video into " + ", ".join(str(i.path) for i in config.inboxes))
+        console.print(f"no jobs yet: drop a video into {inboxes}")
         return EXIT_OK
     table = Table(title=f"svfrd: the {len(jobs)} most recent jobs")
     for column, justify in (("id", "right"), ("state", "left"), ("tasks", "left"), ("progress", "right"),
@@ -115,6 +122,23 @@ def cmd_status(args: argparse.Namespace) -> int:
                       progress_percent(job), job.stage or "-", format_age(job.created_at), job.source_name)
     console.print(table)
     return EXIT_OK
+
+
+def _read_jobs(config: Config, read: Callable):
+    """`read(db)` on the read-only database; an unreadable one (no schema yet, a newer or broken one) is a
+    message, not a traceback."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from svfrd.jobs.database import database_error_reason
+
+    db = _open_database(config, read_only=True)
+    try:
+        return read(db)
+    except SQLAlchemyError as err:
+        raise CommandError(f"cannot read the job database: {database_error_reason(err)}; if the service has "
+                           "never started completely, `svfrd run` creates and upgrades it") from None
+    finally:
+        db.dispose()
 
 
 def _watch(config: Config) -> int:

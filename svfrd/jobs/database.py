@@ -5,8 +5,10 @@ connection gets WAL (readers never block the writer), a busy timeout (writers qu
 `synchronous=FULL` (a finished job stays finished after a power cut) and foreign keys. Write transactions start
 with `BEGIN IMMEDIATE` so two processes never both read-then-write and then fail on lock upgrade.
 
-The schema belongs to Alembic (`migrations/`); `upgrade_database` runs it programmatically, so it works from
-any working directory. The SQL stays portable: a `postgresql://` URL works the same way.
+The schema belongs to Alembic (`migrations/`, shipped inside the package); `upgrade_database` runs it
+programmatically with a configuration built here, so it works from any working directory and from a plain
+(non-editable) install, with no alembic.ini. SQLite is the supported store. The SQL avoids SQLite-only
+constructs so that a server database (PostgreSQL, planned) can follow, but nothing tests another database yet.
 """
 
 from __future__ import annotations
@@ -44,6 +46,13 @@ def sqlite_file(url: str) -> Path | None:
     if parsed.get_backend_name() != "sqlite" or not parsed.database or parsed.database.startswith(("file:", ":")):
         return None
     return Path(parsed.database)
+
+
+def missing_database_file(url: str) -> Path | None:
+    """The SQLite file `url` names if it does not exist yet (the service never ran); None when it exists or
+    the database is not a SQLite file. Readers use it to say "no jobs yet" instead of creating the file."""
+    path = sqlite_file(url)
+    return path if path is not None and not path.exists() else None
 
 
 def read_only_url(url: str) -> str:
@@ -98,6 +107,23 @@ def alembic_config(url: str):
     config.set_main_option("script_location", str(MIGRATIONS_DIR))
     config.attributes["database_url"] = url
     return config
+
+
+def migration_scripts(url: str):
+    """This svfrd's Alembic migrations (an alembic ScriptDirectory)."""
+    from alembic.script import ScriptDirectory
+
+    return ScriptDirectory.from_config(alembic_config(url))
+
+
+def head_revision(url: str) -> str | None:
+    """The newest schema revision this svfrd knows."""
+    return migration_scripts(url).get_current_head()
+
+
+def known_revisions(url: str) -> set[str]:
+    """Every schema revision this svfrd knows; a database at another one was written by a newer svfrd."""
+    return {rev.revision for rev in migration_scripts(url).walk_revisions()}
 
 
 def upgrade_database(url: str, revision: str = "head") -> None:

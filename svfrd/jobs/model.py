@@ -1,4 +1,5 @@
-"""The jobs table: the single source of truth shared by intake, supervisor, worker and status view.
+"""The jobs table: the single source of truth shared by intake, supervisor, worker and status view, all of which
+read and write it through `svfrd.jobs.store`.
 
 Schema changes go through an Alembic migration in `migrations/versions/`; never `create_all`.
 """

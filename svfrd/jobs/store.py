@@ -1,4 +1,6 @@
-"""The job queue: every state change of a job, as one short database transaction each.
+"""The job store: the only code that reads or writes the jobs table. Every state change of a job is one short
+database transaction; callers elsewhere (intake, supervisor, worker, results, the CLI, the status view) call
+the functions here and never build SQL of their own.
 
 States: queued -> running -> done | failed | cancelled. A transient failure sends a running job back to queued
 with an exponential backoff (`not_before`) until `max_attempts` failures; bad input fails it for good.
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Iterable, Mapping
@@ -112,7 +115,7 @@ def _optional_file_hash(path: str | None) -> str | None:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Creating jobs.
+# Enqueue.
 
 
 def enqueue_or_find(db: Engine, **fields: Any) -> tuple[Job, bool]:
@@ -166,14 +169,15 @@ def insert_failed_job(db: Engine, error: BadInputError, **fields: Any) -> Job:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Running jobs.
+# Claim & run.
 
 
 def claim_next_job(db: Engine, worker_pid: int, now: datetime | None = None) -> Job | None:
     """Atomically move the oldest due queued job to running and return it (None if nothing is due).
 
     One `UPDATE … WHERE id = (SELECT … LIMIT 1) RETURNING`: two claimers can never get the same job. The
-    repeated `state = 'queued'` and `FOR UPDATE SKIP LOCKED` (ignored by SQLite) keep it safe on PostgreSQL."""
+    repeated `state = 'queued'` and `FOR UPDATE SKIP LOCKED` (ignored by SQLite) are there for a server
+    database with concurrent claimers (PostgreSQL is planned, not tested)."""
     now = now or utcnow()
     next_id = (
         select(Job.id)
@@ -240,6 +244,10 @@ def record_progress(
     if cancel_requested is None:
         raise JobNotFound(f"no job {job_id}")
     return bool(cancel_requested)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Finish & fail.
 
 
 def finish_job(
@@ -329,6 +337,57 @@ def set_input_paths(db: Engine, job_id: int, **paths: str | Path | None) -> Job:
     return _change(db, job_id, **{k: (str(v) if v is not None else None) for k, v in paths.items()})
 
 
+def input_needed_by_other_jobs(db: Engine, job_id: int, column: str, path: str | Path) -> bool:
+    """Whether another job that has not finished (queued or running) names `path` in `column` (mask_path,
+    reference_path): that file must stay where the other job expects it."""
+    attribute = getattr(Job, column)
+    query = select(Job.id).where(
+        attribute == str(path), Job.id != job_id, col(Job.state).in_([JobState.QUEUED.value, JobState.RUNNING.value])
+    )
+    with _session(db) as session:
+        return session.exec(query).first() is not None
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Publication plan: the final result names are recorded before any rename (see svfrd.service.results).
+
+
+def record_planned_results(
+    db: Engine, job_id: int, *, output_path: str | Path, report_path: str | Path, frames: int
+) -> Job:
+    """Record the final names of a job's results before any of them is renamed, with the final frame count
+    (which the throttled progress reports may not have written). Returns the updated job."""
+    statement = (
+        update(Job)
+        .where(col(Job.id) == job_id)
+        .values(output_path=str(output_path), report_path=str(report_path), stage="publish",
+                frames_done=frames, frames_total=frames, eta_seconds=None, updated_at=utcnow())
+        .returning(Job)
+        .execution_options(synchronize_session=False)
+    )
+    with _session(db) as session, session.begin():
+        job = session.execute(statement).scalars().first()
+    if job is None:
+        raise JobNotFound(f"no job {job_id}")
+    return job
+
+
+def forget_planned_results(db: Engine, job_id: int) -> None:
+    """The planned results are gone (deleted by hand): the job runs again and plans anew."""
+    statement = update(Job).where(col(Job.id) == job_id).values(output_path=None, report_path=None)
+    with db.begin() as connection:
+        connection.execute(statement)
+
+
+def jobs_with_planned_results(db: Engine) -> list[Job]:
+    """Unfinished jobs whose results were already named: their publication was cut short."""
+    query = select(Job).where(
+        col(Job.output_path).is_not(None), col(Job.state).in_([JobState.RUNNING.value, JobState.QUEUED.value])
+    )
+    with _session(db) as session:
+        return list(session.exec(query).all())
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # User requests (CLI).
 
@@ -367,7 +426,7 @@ def retry_job(db: Engine, job_id: int) -> Job:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Reading.
+# Queries for views (`svfrd status`, `show`, the live view, intake's scans). Read-only engines work here.
 
 
 def get_job(db: Engine, job_id: int) -> Job | None:
@@ -399,7 +458,36 @@ def paths_owned_by_jobs(
         return set(session.exec(query).all())
 
 
+@dataclass
+class Overview:
+    """The jobs table at one moment, as the live status view shows it."""
+
+    counts: dict[str, int]  # jobs per state
+    running: list[Job]
+    queued: list[Job]  # the next few, in claim order
+    recent: list[Job]  # finished jobs, newest first
+
+
+def overview(db: Engine, *, queued_limit: int, recent_limit: int) -> Overview:
+    """Counts per state, the running jobs, the next queued ones and the latest finished ones, read in one
+    transaction so the numbers and the lists agree."""
+    finished = [state.value for state in JobState if state.finished]
+    with _session(db) as session, session.begin():
+        counts = dict(session.exec(select(Job.state, func.count()).group_by(Job.state)).all())
+        running = session.exec(select(Job).where(Job.state == JobState.RUNNING.value).order_by(col(Job.id))).all()
+        queued = session.exec(
+            select(Job).where(Job.state == JobState.QUEUED.value)
+            .order_by(col(Job.created_at), col(Job.id)).limit(queued_limit)
+        ).all()
+        recent = session.exec(
+            select(Job).where(col(Job.state).in_(finished))
+            .order_by(col(Job.finished_at).desc(), col(Job.id).desc()).limit(recent_limit)
+        ).all()
+    return Overview(counts=counts, running=list(running), queued=list(queued), recent=list(recent))
+
+
 # ---------------------------------------------------------------------------------------------------------------
+# One row, locked for a read-modify-write.
 
 
 def _locked_job(session: Session, job_id: int) -> Job:

@@ -99,15 +99,23 @@ def check_database(config: Config) -> Check:
     """Reachable, and at the newest schema this svfrd knows. Read-only: the doctor never migrates."""
     from sqlalchemy.exc import SQLAlchemyError
 
-    from svfrd.jobs.database import current_revision, database_error_reason, read_only_url, sqlite_file
+    from svfrd.jobs.database import (
+        current_revision,
+        database_error_reason,
+        head_revision,
+        known_revisions,
+        missing_database_file,
+        read_only_url,
+        sqlite_file,
+    )
 
     url = config.service.database_url
     name = "database"
+    if (missing := missing_database_file(url)) is not None:
+        return passed(name, f"{missing} not created yet; `svfrd run` creates and migrates it")
     path = sqlite_file(url)
-    if path is not None and not path.exists():
-        return passed(name, f"{path} not created yet; `svfrd run` creates and migrates it")
     try:
-        head = migration_head(url)
+        head = head_revision(url)
         current = current_revision(read_only_url(url))
     except (SQLAlchemyError, OSError, RuntimeError) as err:
         return failed(name, f"cannot open {safe_url(url)}: {database_error_reason(err)}",
@@ -123,23 +131,6 @@ def check_database(config: Config) -> Check:
                       "it was written by a newer svfrd: upgrade svfrd")
     return failed(name, f"{where} is at schema {current}, newest is {head}",
                   "`svfrd run` upgrades it on start", required=False)
-
-
-def migration_scripts(url: str):
-    """This svfrd's Alembic migrations (an alembic ScriptDirectory)."""
-    from alembic.script import ScriptDirectory
-
-    from svfrd.jobs.database import alembic_config
-
-    return ScriptDirectory.from_config(alembic_config(url))
-
-
-def migration_head(url: str) -> str | None:
-    return migration_scripts(url).get_current_head()
-
-
-def known_revisions(url: str) -> set[str]:
-    return {rev.revision for rev in migration_scripts(url).walk_revisions()}
 
 
 def safe_url(url: str) -> str:

@@ -21,14 +21,14 @@ from rich.panel import Panel
 from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
-from sqlalchemy import Engine, func
+from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
-from sqlmodel import Session, col, select
 
 from svfrd.config import Config
 from svfrd.domain import Task
-from svfrd.jobs.database import database_error_reason, open_read_only, sqlite_file
+from svfrd.jobs.database import database_error_reason, missing_database_file, open_read_only
 from svfrd.jobs.model import Job, JobState, as_utc
+from svfrd.jobs.store import overview
 
 DB_POLL_SECONDS = 1.0
 SCREEN_REFRESH_PER_SECOND = 4
@@ -56,31 +56,27 @@ class Snapshot:
 
 def read_snapshot(db: Engine, now: datetime | None = None) -> Snapshot:
     now = now or datetime.now(timezone.utc)
-    finished = [JobState.DONE.value, JobState.FAILED.value, JobState.CANCELLED.value]
-    with Session(db) as session:
-        counts = dict(session.exec(select(Job.state, func.count()).group_by(Job.state)).all())
-        running = session.exec(select(Job).where(Job.state == JobState.RUNNING.value).order_by(Job.id)).all()
-        queued = session.exec(
-            select(Job).where(Job.state == JobState.QUEUED.value).order_by(Job.created_at, Job.id).limit(QUEUE_ROWS)
-        ).all()
-        recent = session.exec(
-            select(Job).where(col(Job.state).in_(finished))
-            .order_by(col(Job.finished_at).desc(), col(Job.id).desc()).limit(RECENT_ROWS)
-        ).all()
-    return Snapshot(taken_at=now, running=list(running), queued=list(queued), recent=list(recent), counts=counts)
+    seen = overview(db, queued_limit=QUEUE_ROWS, recent_limit=RECENT_ROWS)
+    return Snapshot(taken_at=now, running=seen.running, queued=seen.queued, recent=seen.recent, counts=seen.counts)
 
 
 def safe_snapshot(db: Engine, url: str) -> Snapshot:
     """A snapshot, or one that says why there is none (no database yet, an older schema, a locked file)."""
     now = datetime.now(timezone.utc)
-    path = sqlite_file(url)
-    if path is not None and not path.exists():
-        return Snapshot(now, problem=f"no database at {path} yet; start the service (svfrd run)")
+    path = missing_database_file(url)
+    if path is not None:
+        return Snapshot(now, problem=no_jobs_yet(path))
     try:
         return read_snapshot(db, now)
     except SQLAlchemyError as err:
         return Snapshot(now, problem=f"cannot read the job database: {database_error_reason(err)} "
                                      "(is its schema older than this svfrd? the service upgrades it on start)")
+
+
+def no_jobs_yet(database: Path) -> str:
+    """What `svfrd status` says before the service ever ran: not an error, there is simply nothing yet."""
+    return (f"no jobs yet: the service has not run, so there is no job database at {database} yet; "
+            "start it with `svfrd run`")
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -445,8 +441,9 @@ class StatusSource:
         self.db.dispose()
 
 
-def watch(config: Config, console: Console | None = None) -> int:
-    """Show the live view until Ctrl-C. Returns the exit code (0)."""
+def watch(config: Config, console: Console | None = None, pause: Callable[[float], None] = time.sleep) -> int:
+    """Show the live view until Ctrl-C. Returns the exit code (0). `pause` waits between redraws (a test's
+    pause raises KeyboardInterrupt, as Ctrl-C does)."""
     from rich.live import Live
 
     console = console or Console()
@@ -455,7 +452,7 @@ def watch(config: Config, console: Console | None = None) -> int:
         with Live(source.screen(), console=console, refresh_per_second=SCREEN_REFRESH_PER_SECOND,
                   screen=False, transient=False, redirect_stderr=False) as live:
             while True:
-                time.sleep(1 / SCREEN_REFRESH_PER_SECOND)
+                pause(1 / SCREEN_REFRESH_PER_SECOND)
                 live.update(source.screen())
     except KeyboardInterrupt:
         if not console.is_terminal:

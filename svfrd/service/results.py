@@ -21,14 +21,20 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Iterator
 
-from sqlalchemy import Engine, update
-from sqlmodel import Session, col, select
+from sqlalchemy import Engine
 
 from svfrd.config import Config
 from svfrd.errors import TransientError
 from svfrd.files import placement
-from svfrd.jobs.model import Job, JobState, utcnow
-from svfrd.jobs.store import fail_job, finish_job, get_job, set_input_paths
+from svfrd.jobs.model import Job, JobState
+from svfrd.jobs.store import (
+    fail_job,
+    finish_job,
+    get_job,
+    input_needed_by_other_jobs,
+    record_planned_results,
+    set_input_paths,
+)
 from svfrd.ops.logs import job_logger
 
 VIDEO_SUFFIX = ".restored.mp4"
@@ -101,34 +107,9 @@ def planned_final_files(config: Config, job: Job) -> ResultFiles | None:
 
 
 def record_plan(db: Engine, job_id: int, finals: ResultFiles, frames: int) -> Job:
-    """Step 2 of the module docstring: the final names go into the job row before any rename (with the
-    final frame count, which the throttled progress reports may not have written). Returns the updated job."""
-    statement = (
-        update(Job)
-        .where(col(Job.id) == job_id)
-        .values(output_path=str(finals.video), report_path=str(finals.report), stage="publish",
-                frames_done=frames, frames_total=frames, eta_seconds=None, updated_at=utcnow())
-        .returning(Job)
-        .execution_options(synchronize_session=False)
-    )
-    with Session(db, expire_on_commit=False) as session, session.begin():
-        return session.execute(statement).scalars().one()
-
-
-def forget_plan(db: Engine, job_id: int) -> None:
-    """The planned results are gone (deleted by hand): the job runs again and plans anew."""
-    statement = update(Job).where(col(Job.id) == job_id).values(output_path=None, report_path=None)
-    with db.begin() as connection:
-        connection.execute(statement)
-
-
-def jobs_with_planned_results(db: Engine) -> list[Job]:
-    """Unfinished jobs whose results were already named: their publication was cut short."""
-    query = select(Job).where(
-        col(Job.output_path).is_not(None), col(Job.state).in_([JobState.RUNNING.value, JobState.QUEUED.value])
-    )
-    with Session(db, expire_on_commit=False) as session:
-        return list(session.exec(query).all())
+    """Step 2 of the module docstring: the final names go into the job row before any rename. Returns the
+    updated job."""
+    return record_planned_results(db, job_id, output_path=finals.video, report_path=finals.report, frames=frames)
 
 
 def write_json(path: Path, data: dict[str, Any]) -> None:
@@ -186,24 +167,13 @@ def input_files(job: Job) -> dict[str, Path]:
     return {name: path for name, path in paths.items() if path.exists()}
 
 
-def _shared_with_other_jobs(db: Engine, job: Job, column: str, path: Path) -> bool:
-    """A mask or reference named by another job that has not run yet must stay where that job expects it."""
-    attribute = getattr(Job, column)
-    query = select(Job.id).where(
-        attribute == str(path), Job.id != job.id,
-        col(Job.state).in_([JobState.QUEUED.value, JobState.RUNNING.value]),
-    )
-    with Session(db) as session:
-        return session.exec(query).first() is not None
-
-
 def move_inputs(config: Config, db: Engine, job: Job, folder: Path) -> dict[str, Path]:
     """Move the video, sidecar, mask and reference to `folder` (done/ or failed/) together, and record their
     new places in the row. Never overwrites; files already in `folder` (a retried job that failed again) stay
     where they are (see `svfrd.files.placement.move_input_to`). Returns the paths, by column."""
     to_move = {
         column: path for column, path in input_files(job).items()
-        if not (column in ("mask_path", "reference_path") and _shared_with_other_jobs(db, job, column, path))
+        if not (column in ("mask_path", "reference_path") and input_needed_by_other_jobs(db, job.id, column, path))
     }
     if not to_move:
         return {}

@@ -31,6 +31,7 @@ from svfrd.jobs.store import (
     claim_next_job,
     fail_job,
     get_job,
+    jobs_with_planned_results,
     release_job,
     requeue_interrupted,
     seconds_until_next_job,
@@ -466,7 +467,7 @@ def finish_interrupted_publications(config: Config, db: Database) -> None:
     """Jobs whose results were complete and named when the last daemon died (or whose publication failed
     and waits for a retry) are finished now, before the outbox's stale temporary files are cleared
     (svfrd.service.results explains the order)."""
-    for job in results.jobs_with_planned_results(db):
+    for job in jobs_with_planned_results(db):
         if results.complete_publication(config, db, job):
             job_logger(job.id).info("finished publishing the results of the interrupted run")
 

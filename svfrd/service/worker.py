@@ -32,11 +32,23 @@ from sqlalchemy import Engine as Database
 from svfrd.config import Config
 from svfrd.domain import Task
 from svfrd.engines.interface import Engine
-from svfrd.errors import BadInputError, ConfigError, JobCancelled, SvfrdError, TransientError
+from svfrd.errors import (
+    BadInputError,
+    ConfigError,
+    JobCancelled,
+    SvfrdError,
+    TransientError,
+)
 from svfrd.files import placement
 from svfrd.jobs.database import open_database
 from svfrd.jobs.model import Job, JobState, utcnow
-from svfrd.jobs.store import fail_job, get_job, record_progress, release_job
+from svfrd.jobs.store import (
+    fail_job,
+    forget_planned_results,
+    get_job,
+    record_progress,
+    release_job,
+)
 from svfrd.ops.logs import JobLogger, job_logger, setup_logging
 from svfrd.service import results
 
@@ -185,11 +197,13 @@ class JobRunner:
             if results.complete_publication(self.config, self.db, job, self.engine.name):
                 return
             logger.info("the results of an earlier, interrupted run are gone; restoring again")
-            results.forget_plan(self.db, job.id)
+            forget_planned_results(self.db, job.id)
         self._restore(job, logger)
 
     def _restore(self, job: Job, logger: JobLogger) -> None:
-        from svfrd.media.pipeline import restore_video  # imported here so `svfrd status` never loads the media stack
+        from svfrd.media.pipeline import (
+            restore_video,  # imported here so `svfrd status` never loads the media stack
+        )
 
         check_source_present(job)
         check_free_space(self.config)

@@ -129,8 +129,10 @@ class ServiceFolder:
 class Daemon:
     """`svfrd run` as a subprocess; its log goes to a file the assertions can show."""
 
-    def __init__(self, folder: ServiceFolder, log_name: str = "daemon.log", env: dict[str, str] | None = None):
+    def __init__(self, folder: ServiceFolder, log_name: str = "daemon.log", env: dict[str, str] | None = None,
+                 cwd: Path = REPO_ROOT):
         self.folder = folder
+        self.cwd = cwd
         self.log_path = folder.root / log_name
         self.extra_env = env or {}
         self.process: subprocess.Popen | None = None
@@ -143,7 +145,7 @@ class Daemon:
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "svfrd", "--config", str(self.folder.config_path), "run"],
-                cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+                cwd=self.cwd, env=env, stdout=log, stderr=subprocess.STDOUT,
             )
         return self
 

@@ -9,19 +9,14 @@ from datetime import datetime, timezone
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
 from sqlalchemy import inspect, text
 from sqlmodel import SQLModel
 
 import svfrd.jobs.model  # noqa: F401  (registers the jobs table)
-from svfrd.jobs.database import alembic_config, current_revision, open_database, upgrade_database
+from svfrd.jobs.database import current_revision, head_revision, open_database, upgrade_database
 from svfrd.jobs.store import claim_next_job, get_job
 
 FIRST_REVISION = "0001"
-
-
-def head_revision(url: str) -> str:
-    return ScriptDirectory.from_config(alembic_config(url)).get_current_head()
 
 
 def schema_differences(url: str) -> list:

@@ -13,8 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from svfrd.jobs.database import current_revision
-from svfrd.ops.doctor import migration_head
+from svfrd.jobs.database import current_revision, head_revision
 from tests.helpers.media_clips import face_model_path, write_moving_face_clip
 from tests.helpers.paths import REPO_ROOT
 
@@ -95,7 +94,7 @@ def test_daemon_reports_ready_status_watchdog_and_stopping(tmp_path: Path, manag
         ready_at = manager.wait_for(
             "READY=1", 60, daemon, on_arrival=lambda: schema_at_ready.append(current_revision(database)))
         # READY means started: the database is migrated and the inbox folder exists.
-        assert schema_at_ready == [migration_head(database)]
+        assert schema_at_ready == [head_revision(database)]
         assert (tmp_path / "inbox").is_dir()
         manager.wait_for("STATUS=", 10, daemon)
         for _ in range(3):

@@ -3,11 +3,7 @@
 from __future__ import annotations
 
 import io
-import os
-import signal
-import subprocess
 import sys
-import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -18,7 +14,12 @@ from sqlalchemy.exc import OperationalError
 from sqlmodel import Session
 
 from svfrd.config import load_config
-from svfrd.jobs.database import current_revision, open_database, open_read_only, upgrade_database
+from svfrd.jobs.database import (
+    current_revision,
+    open_database,
+    open_read_only,
+    upgrade_database,
+)
 from svfrd.jobs.model import Job
 from svfrd.ops import status_view as sv
 
@@ -171,7 +172,8 @@ def test_a_missing_database_is_reported_and_not_created(tmp_path: Path) -> None:
     db = open_read_only(url)
     snapshot = sv.safe_snapshot(db, url)
     db.dispose()
-    assert "no database at" in snapshot.problem and "svfrd run" in snapshot.problem
+    assert snapshot.problem.startswith("no jobs yet") and "svfrd run" in snapshot.problem
+    assert str(tmp_path / "state" / "svfrd.db") in snapshot.problem
     assert not (tmp_path / "state" / "svfrd.db").exists()
 
 
@@ -210,21 +212,35 @@ def test_the_database_is_read_at_most_once_a_second(tmp_path: Path, database: st
     assert 0 < len(selects) <= 4  # one snapshot's queries for twenty redraws
 
 
+def ctrl_c_after(redraws: int):
+    """A pause for `watch` that lets it redraw `redraws` times, then acts as Ctrl-C."""
+    calls = []
+
+    def pause(_seconds: float) -> None:
+        calls.append(_seconds)
+        if len(calls) > redraws:
+            raise KeyboardInterrupt
+
+    return pause
+
+
+def recording_console() -> Console:
+    return Console(record=True, width=80, file=io.StringIO(), color_system=None)
+
+
 def test_watch_runs_until_ctrl_c_and_exits_0(tmp_path: Path, database: str) -> None:
-    config = write_config(tmp_path)
-    code = ("import sys; from svfrd.config import load_config; from svfrd.ops.status_view import watch;"
-            "print('started', flush=True); sys.exit(watch(load_config(sys.argv[1])))")
-    proc = subprocess.Popen([sys.executable, "-c", code, str(config)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=dict(os.environ, COLUMNS="80"))
-    try:
-        assert proc.stdout.readline().strip() == "started"
-        time.sleep(1.5)
-        proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=20)
-    finally:
-        proc.kill()
-    assert proc.returncode == 0, err
-    assert "interview.mp4" in out and "Traceback" not in err
+    console = recording_console()
+    assert sv.watch(load_config(write_config(tmp_path)), console, pause=ctrl_c_after(3)) == 0
+    assert "interview.mp4" in console.export_text()
+
+
+def test_watch_before_the_service_ever_ran_says_there_are_no_jobs_yet(tmp_path: Path) -> None:
+    config = load_config(write_config(tmp_path))
+    console = recording_console()
+    assert sv.watch(config, console, pause=ctrl_c_after(1)) == 0
+    screen = " ".join(console.export_text().split())  # the message wraps at 80 columns
+    assert "no jobs yet" in screen and "svfrd run" in screen
+    assert not (tmp_path / "state" / "svfrd.db").exists()
 
 
 class FakeNvml:

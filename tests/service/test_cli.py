@@ -4,6 +4,9 @@ a shell user gets (0 ok, 1 failure, 2 usage or configuration error)."""
 from __future__ import annotations
 
 import hashlib
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -13,6 +16,7 @@ from svfrd.domain import Task
 from svfrd.jobs.database import open_database, upgrade_database
 from svfrd.jobs.store import claim_next_job, enqueue_job, get_job, record_progress
 from svfrd.service.sidecar import parse_sidecar
+from tests.helpers.paths import REPO_ROOT
 from tests.helpers.service import ServiceFolder, write_mask
 
 
@@ -84,10 +88,28 @@ def test_a_broken_config_is_a_usage_error_naming_the_key(folder, capsys):
     assert "[service] scan_interval = -1" in capsys.readouterr().err
 
 
-def test_status_before_the_service_ever_ran_says_how_to_start_it(folder, capsys):
+def test_status_before_the_service_ever_ran_says_there_are_no_jobs_yet(folder, tmp_path):
+    """Not an error: a new user's first `svfrd status` (a real process, from another folder) exits 0."""
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    done = subprocess.run([sys.executable, "-m", "svfrd", "--config", str(folder.config_path), "status"],
+                          cwd=elsewhere, env={**os.environ, "PYTHONPATH": str(REPO_ROOT), "COLUMNS": "300"},
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    database = folder.root / "state" / "svfrd.db"
+    assert "no jobs yet" in done.stdout and str(database) in done.stdout and "svfrd run" in done.stdout
+    assert str(folder.inbox) in done.stdout
+    assert done.stderr == ""
+    assert not database.exists()  # reading never creates the database
+
+
+def test_status_on_a_database_without_a_schema_says_so_without_a_traceback(folder, capsys):
+    """A first start that stopped before its migration leaves an empty file behind."""
+    (folder.root / "state").mkdir()
+    (folder.root / "state" / "svfrd.db").write_bytes(b"")
     assert svfrd(folder, "status") == 1
-    assert "start the service with `svfrd run`" in capsys.readouterr().err
-    assert not (folder.root / "state" / "svfrd.db").exists()  # reading never creates the database
+    err = capsys.readouterr().err
+    assert "cannot read the job database: no such table: jobs" in err and "svfrd run" in err
 
 
 @pytest.fixture
