@@ -100,7 +100,7 @@ def test_invalid_values_are_rejected_naming_the_key_and_what_is_allowed(tmp_path
     "inbox, expected",
     [
         ('path = "in"\ntasks = ["sharpen"]', '[[inbox]] #1 tasks = ["sharpen"]: unknown task "sharpen"'),
-        ('path = "in"\ntasks = [2]', "[[inbox]] #1 tasks = [2]: inpainting (2) needs a mask"),
+        ('path = "in"\ntasks = [2]', "[[inbox]] #1 tasks = [2]: task 2 (inpaint) needs a mask, so it can only be"),
         ('path = "in"\ntasks = []', "the task list is empty"),
         ('path = "in"\nfolder = "x"', "[[inbox]] #1 unknown key 'folder'"),
         ('tasks = ["bfr"]', '[[inbox]] #1 has no path; add path = "FOLDER"'),
