@@ -77,7 +77,7 @@ def parse_sidecar(
     )
 
 
-def _check_mask_rule(tasks: frozenset[Task], mask: Path | None, raw: dict, problem: "_SidecarProblem") -> None:
+def _check_mask_rule(tasks: frozenset[Task], mask: Path | None, raw: dict, problem: _SidecarProblem) -> None:
     rule = mask_rule_problem(tasks, has_mask=mask is not None)
     if rule is None:
         return
