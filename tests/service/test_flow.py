@@ -132,7 +132,7 @@ def test_the_report_names_job_tasks_engine_frames_and_timings(service):
     assert report["outputs"]["video"] == "with_sidecar.restored.mp4"
     assert set(report["timings"]["stages"]) >= {"probe", "faces", "restore", "encode"}
     assert "test engine: job number" in report["warnings"][-1]
-    assert report["pipeline"]["resolution"] == [160, 160]
+    assert report["schema"] == 1 and report["frame_size"]["output"] == [160, 160]
 
 
 def test_the_engine_kept_its_models_between_jobs(service):
