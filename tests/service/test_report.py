@@ -21,17 +21,17 @@ def documented_fields() -> list[str]:
     return re.findall(r"^\| `(\w+)` \|", section, flags=re.MULTILINE)
 
 
-def all_keys(value, inside: str = "") -> list[str]:
+def all_keys(value) -> list[str]:
     """Every object key at every depth, except inside `options` (its keys are the user's option names)."""
     if isinstance(value, dict):
         keys = []
         for key, item in value.items():
             keys.append(key)
             if key != "options":
-                keys += all_keys(item, key)
+                keys += all_keys(item)
         return keys
     if isinstance(value, list):  # items of a list share their keys: count each once
-        return list(dict.fromkeys(key for item in value for key in all_keys(item, inside)))
+        return list(dict.fromkeys(key for item in value for key in all_keys(item)))
     return []
 
 
