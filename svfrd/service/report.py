@@ -129,3 +129,17 @@ def _moment(moment: datetime | None) -> str | None:
     """An ISO 8601 UTC time, e.g. 2026-12-04T13:33:32.123456+00:00."""
     moment = as_utc(moment)
     return moment.isoformat() if moment else None
+
+
+def reuse_report(earlier: Mapping[str, Any], job: Job, outputs: Mapping[str, str]) -> dict[str, Any]:
+    """The report of an input with the same content and options as an earlier job, whose result it reuses:
+    the earlier report (what was done, by which engine, how long it took) under this job's identity and output
+    names, with `reuses_job` naming the job that did the work."""
+    return {
+        **earlier,
+        "job_id": job.id,
+        "source": job.source_name,
+        "inbox": job.inbox,
+        "reuses_job": earlier.get("reuses_job") or earlier["job_id"],
+        "outputs": dict(outputs),
+    }

@@ -10,6 +10,8 @@ from pathlib import Path
 import av
 import pytest
 
+from svfrd.jobs.model import Job
+from svfrd.service.report import reuse_report
 from tests.helpers.paths import REPO_ROOT
 from tests.helpers.service import Daemon, ServiceFolder, write_face_clip
 
@@ -85,3 +87,13 @@ def test_an_odd_sized_video_comes_out_in_4_2_0_one_pixel_smaller_and_the_report_
     assert stream_format(folder.outbox / "odd.preview.mp4")[0] == "yuv420p"
     assert data["frame_size"]["input"] == [161, 161] and data["frame_size"]["output"] == [160, 160]
     assert "cropped the last column (right edge) and the last row (bottom edge)" in data["frame_size"]["adjusted"]
+
+
+def test_a_reused_result_gets_the_earlier_report_under_its_own_name_and_says_which_job_it_reuses(report):
+    _, _, earlier = report
+    duplicate = Job(id=earlier["job_id"] + 5, inbox="/in", source_name="copy.mp4", source_path="/in/copy.mp4",
+                    tasks="0", content_hash="c", dedupe_key="k")
+    data = reuse_report(earlier, duplicate, {"video": "copy.restored.mp4"})
+    assert list(data) == documented_fields()
+    assert (data["job_id"], data["source"], data["reuses_job"]) == (duplicate.id, "copy.mp4", earlier["job_id"])
+    assert data["outputs"] == {"video": "copy.restored.mp4"} and data["frames"] == earlier["frames"]
