@@ -76,7 +76,7 @@ def run_pipeline(source: Path, output: Path, crf: int, engine_name: str) -> dict
     engine = ClassicalEngine() if engine_name == "classical" else IdentityEngine()
     start = time.perf_counter()
     result = restore_video(job, engine, lambda *a: None)
-    return {"frames": result.frames, "seconds": time.perf_counter() - start, "timings": result.report["timings"]}
+    return {"frames": result.frames, "seconds": time.perf_counter() - start, "timings": result.timings}
 
 
 def child(mode: str, source: Path, output: Path, crf: int) -> None:

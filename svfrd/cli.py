@@ -12,11 +12,11 @@ import subprocess
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 from svfrd import __version__
-from svfrd.config import TASKS_ALLOWED, Config, load_config, parse_tasks
-from svfrd.domain import Task
+from svfrd.config import TASKS_ALLOWED, Config, load_config, parse_tasks, toml_repr
+from svfrd.domain import OPTIONS, Task, mask_rule_problem, option_problem
 from svfrd.errors import ConfigError
 from svfrd.files import placement
 from svfrd.files.atomic import copy_replacing, write_replacing
@@ -252,11 +252,8 @@ def cmd_submit(args: argparse.Namespace) -> int:
         raise CommandError(f"{video} is not a file", EXIT_USAGE)
     inbox = _chosen_inbox(config, args.inbox)
     tasks = _parse_task_arguments(args.tasks) if args.tasks else None
-    if tasks is not None and Task.INPAINT in tasks and not args.mask:
-        raise CommandError("inpainting (task 2) needs a mask: add --mask MASK.png", EXIT_USAGE)
-    if args.mask and (tasks is None or Task.INPAINT not in tasks):
-        raise CommandError("a mask is only used for inpainting: add --tasks inpaint (e.g. --tasks bfr,inpaint)",
-                           EXIT_USAGE)
+    _check_mask_rule(tasks, bool(args.mask))
+    options = _parse_option_arguments(args.option or [], config.engine.option_names)
     extras = {"mask": args.mask, "reference": args.reference}
     for what, path in extras.items():
         if path is not None and not Path(path).is_file():
@@ -269,9 +266,9 @@ def cmd_submit(args: argparse.Namespace) -> int:
             name = f"{stem}.{what}{Path(path).suffix.lower()}"
             copy_replacing(Path(path), inbox / name)
             copied[what] = name
-    wants_sidecar = tasks is not None or copied or args.seed is not None
+    wants_sidecar = tasks is not None or copied or args.seed is not None or options
     if wants_sidecar:
-        write_replacing(inbox / f"{stem}.toml", sidecar_text(tasks, copied, args.seed))
+        write_replacing(inbox / f"{stem}.toml", sidecar_text(tasks, copied, args.seed, options))
     target = inbox / f"{stem}{video.suffix}"
     copy_replacing(video, target)
     chosen = "+".join(t.label for t in sorted(tasks)) if tasks else "the inbox's default"
@@ -291,6 +288,41 @@ def _chosen_inbox(config: Config, wanted: str | None) -> Path:
         inbox = matches[0]
     inbox.mkdir(parents=True, exist_ok=True)
     return inbox
+
+
+def _check_mask_rule(tasks: frozenset[Task] | None, has_mask: bool) -> None:
+    """The inbox's default tasks never include inpainting (config refuses it), so no --tasks means no task 2."""
+    problem = mask_rule_problem(tasks or frozenset(), has_mask)
+    if problem is None:
+        return
+    fix = "add --mask MASK.png" if not has_mask else "add --tasks inpaint (e.g. --tasks bfr,inpaint)"
+    raise CommandError(f"{problem}: {fix}", EXIT_USAGE)
+
+
+def _parse_option_arguments(values: Sequence[str], accepted: frozenset[str]) -> dict[str, Any]:
+    """`--option steps=20 --option mode=improved` -> {"steps": 20, "mode": "improved"}, checked as intake
+    checks a sidecar's [options] (the table in svfrd.domain and the configured engine's own options)."""
+    options: dict[str, Any] = {}
+    for value in values:
+        name, equals, text = value.partition("=")
+        name = name.strip()
+        if not equals or not name:
+            raise CommandError(f"--option {value}: write it as NAME=VALUE, e.g. --option steps=20", EXIT_USAGE)
+        options[name] = _option_value(text.strip())
+        problem = option_problem(name, options[name], accepted)
+        if problem:
+            raise CommandError(f"--option {name}={text.strip()}: {problem}", EXIT_USAGE)
+    return options
+
+
+def _option_value(text: str) -> Any:
+    """A TOML value (20, 1.5, true, "text"), or else the text itself (so mode=improved needs no quotes)."""
+    import tomllib
+
+    try:
+        return tomllib.loads(f"value = {text}")["value"]
+    except tomllib.TOMLDecodeError:
+        return text
 
 
 def _parse_task_arguments(values: Sequence[str]) -> frozenset[Task]:
@@ -323,7 +355,9 @@ def toml_string(text: str) -> str:
     return json.dumps(text, ensure_ascii=False)
 
 
-def sidecar_text(tasks: frozenset[Task] | None, copied: dict[str, str], seed: int | None) -> str:
+def sidecar_text(
+    tasks: frozenset[Task] | None, copied: dict[str, str], seed: int | None, options: dict[str, Any] | None = None,
+) -> str:
     lines = ["# written by `svfrd submit`"]
     if tasks is not None:
         lines.append("tasks = [" + ", ".join(toml_string(t.label) for t in sorted(tasks)) + "]")
@@ -331,6 +365,9 @@ def sidecar_text(tasks: frozenset[Task] | None, copied: dict[str, str], seed: in
         lines.append(f"{what} = {toml_string(name)}")
     if seed is not None:
         lines.append(f"seed = {seed}")
+    if options:
+        lines.append("[options]")
+        lines += [f"{name} = {toml_repr(value)}" for name, value in options.items()]
     return "\n".join(lines) + "\n"
 
 
@@ -366,6 +403,10 @@ def build_parser() -> argparse.ArgumentParser:
     submit.add_argument("--mask", metavar="PNG", help="inpainting mask (white = damaged)")
     submit.add_argument("--reference", metavar="IMAGE", help="a reference photo of the face")
     submit.add_argument("--seed", type=int, help="random seed of the restoration")
+    submit.add_argument("--option", action="append", metavar="NAME=VALUE",
+                        help="a per-job option, repeatable: " + "; ".join(
+                            f"{o.name} ({o.allowed})" for o in OPTIONS.values())
+                        + "; and the configured engine's own")
     submit.add_argument("--inbox", metavar="PATH", help="which configured inbox (default: the first)")
     command("doctor", cmd_doctor, "check the configuration, folders, database, weights, GPU and codecs")
     install = command("install-service", cmd_install_service, "write the systemd unit for this config")

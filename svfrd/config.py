@@ -7,6 +7,7 @@ whatever the working directory.
 
 from __future__ import annotations
 
+import importlib
 import json
 import re
 from dataclasses import dataclass, field
@@ -15,7 +16,14 @@ from typing import Any, Callable
 
 import tomllib
 
-from svfrd.domain import Task
+from svfrd.domain import (
+    BUILTIN_OPTION_NAMES,
+    OPTIONS,
+    Task,
+    accepted_option_names,
+    mask_rule_problem,
+    option_problem,
+)
 from svfrd.errors import ConfigError
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -24,10 +32,8 @@ from svfrd.errors import ConfigError
 TASK_NAMES = {task.label: task for task in Task}
 TASKS_ALLOWED = '0/"bfr", 1/"colorize", 2/"inpaint"'
 
-#: Per-job engine options a sidecar `[options]` table or an inbox `options` table may set.
-DEFAULT_OPTION_NAMES = frozenset(
-    {"steps", "pass1_steps", "guidance_scale", "mode", "crop", "crf", "output_mode"}
-)
+#: Kept for callers of the old name: the options of the table in svfrd.domain (`OPTIONS`).
+DEFAULT_OPTION_NAMES = BUILTIN_OPTION_NAMES
 
 
 def parse_tasks(value: Any) -> frozenset[Task]:
@@ -79,26 +85,6 @@ def _positive_number(value: Any) -> str | None:
     if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0:
         return None
     return "must be a number > 0"
-
-
-#: Checks for the values of the options we know; options an engine adds beyond these pass unchecked.
-OPTION_CHECKS: dict[str, Callable[[Any], str | None]] = {
-    "steps": _int_in(1, 1000),
-    "pass1_steps": _int_in(1, 1000),
-    "guidance_scale": _positive_number,
-    "mode": _choice("reference", "improved"),
-    "crop": _choice("tracked", "reference"),
-    "crf": _int_in(0, 51),
-    "output_mode": _choice("full_frame", "crop"),
-}
-
-
-def option_problem(name: str, value: Any, allowed_options: frozenset[str]) -> str | None:
-    """None if `name = value` is an acceptable per-job option, else why not (for an error message)."""
-    if name not in allowed_options:
-        return "unknown option; allowed options are " + ", ".join(sorted(allowed_options))
-    check = OPTION_CHECKS.get(name)
-    return check(value) if check else None
 
 
 def toml_repr(value: Any) -> str:
@@ -172,6 +158,8 @@ class EngineConfig:
     device: str  # "auto" | "cpu" | "cuda" | "cuda:N"
     dtype: str  # "fp16" | "bf16" | "fp32"
     svfr: SvfrConfig
+    #: The per-job options a job may set with this engine: the table's and a plug-in engine's own.
+    option_names: frozenset[str] = BUILTIN_OPTION_NAMES
 
 
 @dataclass(frozen=True)
@@ -232,6 +220,12 @@ class _Table:
             raise self.fail(key, problem)
         return float(value) if isinstance(default, float) else value
 
+    def take_option(self, key: str, option: str) -> Any:
+        """A key that sets a per-job option's service-wide default: its default and check are the table's
+        (svfrd.domain.OPTIONS)."""
+        spec = OPTIONS[option]
+        return self.take(key, spec.default, spec.problem)
+
     def take_path(self, key: str, default: str) -> Path:
         value = self.take(key, default, _non_empty_string)
         return (self.base / Path(value).expanduser()).resolve()
@@ -272,10 +266,10 @@ def _build_config(path: Path, raw: dict) -> Config:
             allowed = ", ".join(f"[{s}]" for s in sorted(known_sections - {"inbox"})) + ", [[inbox]]"
             raise ConfigError(f"unknown section or key {key!r} at the top level; allowed are {allowed}")
     service = _service(_Table("[service]", raw.get("service", {}), base))
-    inboxes = _inboxes(raw.get("inbox"), base)
+    engine = _engine(_Table("[engine]", raw.get("engine", {}), base))
+    inboxes = _inboxes(raw.get("inbox"), base, engine.option_names)
     output = _output(_Table("[output]", raw.get("output", {}), base))
     faces = _faces(_Table("[faces]", raw.get("faces", {}), base))
-    engine = _engine(_Table("[engine]", raw.get("engine", {}), base))
     _check_folders_distinct(inboxes, output)
     return Config(path=path, service=service, inboxes=inboxes, output=output, faces=faces, engine=engine)
 
@@ -311,12 +305,12 @@ def _resolve_database_url(url: str, state_dir: Path, base: Path) -> str:
     return url
 
 
-def _inboxes(raw: Any, base: Path) -> list[InboxConfig]:
+def _inboxes(raw: Any, base: Path, option_names: frozenset[str]) -> list[InboxConfig]:
     if raw is None:
         raise ConfigError('no [[inbox]] configured; add one, e.g. [[inbox]] path = "inbox"')
     if not isinstance(raw, list):
         raise ConfigError("inbox must be written as [[inbox]] blocks (an array of tables)")
-    inboxes = [_inbox(_Table(f"[[inbox]] #{n}", item, base)) for n, item in enumerate(raw, start=1)]
+    inboxes = [_inbox(_Table(f"[[inbox]] #{n}", item, base), option_names) for n, item in enumerate(raw, start=1)]
     seen: set[Path] = set()
     for inbox in inboxes:
         if inbox.path in seen:
@@ -325,12 +319,12 @@ def _inboxes(raw: Any, base: Path) -> list[InboxConfig]:
     return inboxes
 
 
-def _inbox(t: _Table) -> InboxConfig:
+def _inbox(t: _Table, option_names: frozenset[str]) -> InboxConfig:
     if "path" not in t.raw:
         raise ConfigError(f"{t.label} has no path; add path = \"FOLDER\"")
     path = t.take_path("path", "inbox")
     tasks = t.take("tasks", ["bfr"], _inbox_tasks_problem)
-    options = t.take("options", {}, _inbox_options_problem)
+    options = t.take("options", {}, lambda value: _inbox_options_problem(value, option_names))
     t.finish()
     return InboxConfig(path=path, tasks=parse_tasks(tasks), options=dict(options))
 
@@ -340,16 +334,17 @@ def _inbox_tasks_problem(value: Any) -> str | None:
         tasks = parse_tasks(value)
     except ValueError as err:
         return str(err)
-    if Task.INPAINT in tasks:
-        return "inpainting (2) needs a mask, so it can only be asked for in a video's sidecar NAME.toml"
+    problem = mask_rule_problem(tasks, has_mask=False)  # an inbox has no mask: only a sidecar can name one
+    if problem:
+        return f"{problem}, so it can only be asked for in a video's sidecar NAME.toml"
     return None
 
 
-def _inbox_options_problem(value: Any) -> str | None:
+def _inbox_options_problem(value: Any, option_names: frozenset[str]) -> str | None:
     if not isinstance(value, dict):
         return "must be a table of engine options, e.g. options = { steps = 20 }"
     for name, option in value.items():
-        problem = option_problem(name, option, DEFAULT_OPTION_NAMES)
+        problem = option_problem(name, option, option_names)
         if problem:
             return f"option {name} = {toml_repr(option)}: {problem}"
     return None
@@ -360,8 +355,8 @@ def _output(t: _Table) -> OutputConfig:
         outbox=t.take_path("outbox", "outbox"),
         done=t.take_path("done", "done"),
         failed=t.take_path("failed", "failed"),
-        mode=t.take("mode", "full_frame", _choice("full_frame", "crop")),
-        crf=t.take("crf", 18, _int_in(0, 51)),
+        mode=t.take_option("mode", "output_mode"),
+        crf=t.take_option("crf", "crf"),
         preview=t.take("preview", True),
     )
     t.finish()
@@ -370,7 +365,7 @@ def _output(t: _Table) -> OutputConfig:
 
 def _faces(t: _Table) -> FacesConfig:
     faces = FacesConfig(
-        crop=t.take("crop", "tracked", _choice("tracked", "reference")),
+        crop=t.take_option("crop", "crop"),
         model=t.take_path("model", "models/face_landmarker.task"),
     )
     t.finish()
@@ -384,7 +379,8 @@ def _engine(t: _Table) -> EngineConfig:
     dtype = t.take("dtype", "fp16", _choice("fp16", "bf16", "fp32"))
     svfr = _svfr(t.sub("svfr"))
     t.finish()
-    return EngineConfig(name=name, device=device, dtype=dtype, svfr=svfr)
+    option_names = accepted_option_names(plugin_option_names(name))
+    return EngineConfig(name=name, device=device, dtype=dtype, svfr=svfr, option_names=option_names)
 
 
 def _engine_name_problem(value: Any) -> str | None:
@@ -395,13 +391,28 @@ def _engine_name_problem(value: Any) -> str | None:
     return 'allowed values are "auto", "svfr", "classical" or an import path "package.module:ClassName"'
 
 
+def plugin_option_names(engine_name: str) -> frozenset[str]:
+    """The `option_names` a plug-in engine class ("package.module:ClassName") declares, read from the class
+    without creating an engine. Empty for the built-in engines (their options are the table's) and for a class
+    that cannot be imported: the worker then refuses to start and says why (svfrd.engines.create_engine)."""
+    if not _ENGINE_IMPORT_PATH.match(engine_name):
+        return frozenset()
+    module_name, _, class_name = engine_name.partition(":")
+    try:
+        cls = getattr(importlib.import_module(module_name), class_name)
+    except (ImportError, AttributeError):
+        return frozenset()
+    names = getattr(cls, "option_names", ())
+    return frozenset(names) if isinstance(names, (set, frozenset, list, tuple)) else frozenset()
+
+
 def _svfr(t: _Table) -> SvfrConfig:
     svfr = SvfrConfig(
         models_dir=t.take_path("models_dir", "models"),
-        mode=t.take("mode", "reference", _choice("reference", "improved")),
-        steps=t.take("steps", 30, _int_in(1, 1000)),
-        pass1_steps=t.take("pass1_steps", 50, _int_in(1, 1000)),
-        guidance_scale=float(t.take("guidance_scale", 2.0, _positive_number)),
+        mode=t.take_option("mode", "mode"),
+        steps=t.take_option("steps", "steps"),
+        pass1_steps=t.take_option("pass1_steps", "pass1_steps"),
+        guidance_scale=float(t.take_option("guidance_scale", "guidance_scale")),
         vae_chunk=t.take("vae_chunk", 16, _int_in(1)),
         segment_frames=t.take("segment_frames", 2000, _int_in(32)),
     )

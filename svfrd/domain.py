@@ -1,9 +1,16 @@
-"""The service's domain vocabulary, with no heavy imports: the restoration tasks, the face crop size and the
-default seed. Config, sidecar, CLI, pipeline and engines all take these from here."""
+"""The service's domain vocabulary, with no heavy imports (standard library only): the restoration tasks, the
+face crop size, the default seed, the rule that inpainting needs a mask, and the table of per-job options.
+
+Config, sidecar, `svfrd submit`, the pipeline and the engines all take these from here, so an option or a rule
+is defined once.
+"""
 
 from __future__ import annotations
 
 import enum
+import json
+from dataclasses import dataclass
+from typing import Any, Collection, Iterable, Mapping
 
 #: Engines restore square face crops of this many pixels a side (SVFR's training resolution; docs/svfr.md).
 CROP_SIZE = 512
@@ -22,3 +29,115 @@ class Task(enum.IntEnum):
     @property
     def label(self) -> str:
         return {Task.BFR: "bfr", Task.COLORIZE: "colorize", Task.INPAINT: "inpaint"}[self]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The mask rule.
+
+
+def mask_rule_problem(tasks: Collection[Task], has_mask: bool) -> str | None:
+    """None if the tasks and the presence of a mask fit together, else what is wrong (callers add how to fix
+    it where the user gave the tasks: a sidecar key, a command-line flag, a config key)."""
+    if Task.INPAINT in tasks and not has_mask:
+        return "task 2 (inpaint) needs a mask"
+    if has_mask and Task.INPAINT not in tasks:
+        return "a mask is only used for inpainting (task 2)"
+    return None
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Per-job options: one table. A sidecar `[options]` table, an inbox's `options` and `svfrd submit --option` may
+# set them; the config key named in `config_key` sets the service-wide default.
+
+#: Who reads an option: the video pipeline (`svfrd.media.pipeline`) or the SVFR engine. Options the pipeline
+#: owns never reach an engine; every other option goes to the engine in `RestoreRequest.options`.
+PIPELINE, SVFR = "pipeline", "svfr"
+
+
+@dataclass(frozen=True)
+class Option:
+    """One per-job option. `kind` is "int" (whole number in [minimum, maximum]), "number" (> minimum) or
+    "choice" (one of `choices`)."""
+
+    name: str
+    owner: str
+    kind: str
+    default: Any
+    config_key: str
+    help: str
+    choices: tuple[str, ...] = ()
+    minimum: float | None = None
+    maximum: float | None = None
+
+    def problem(self, value: Any) -> str | None:
+        """None if `value` is allowed, else what is allowed (for an error message)."""
+        if self.kind == "choice":
+            return None if value in self.choices else "allowed values are " + self.allowed
+        is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if self.kind == "int":
+            ok = is_number and isinstance(value, int) and self._in_range(value)
+        else:
+            ok = is_number and value > (self.minimum or 0)
+        return None if ok else "must be " + self.allowed
+
+    @property
+    def allowed(self) -> str:
+        """What the option accepts, in words: `"a", "b"`, `a whole number >= 1 and <= 1000`, `a number > 0`."""
+        if self.kind == "choice":
+            return ", ".join(json.dumps(c) for c in self.choices)
+        if self.kind == "int":
+            upper = f" and <= {self.maximum:g}" if self.maximum is not None else ""
+            return f"a whole number >= {self.minimum:g}{upper}"
+        return f"a number > {self.minimum or 0:g}"
+
+    def _in_range(self, value: float) -> bool:
+        return (self.minimum is None or value >= self.minimum) and (self.maximum is None or value <= self.maximum)
+
+
+OPTIONS: dict[str, Option] = {option.name: option for option in (
+    Option("steps", SVFR, "int", 30, "[engine.svfr] steps", "SVFR denoising steps of the main pass",
+           minimum=1, maximum=1000),
+    Option("pass1_steps", SVFR, "int", 50, "[engine.svfr] pass1_steps",
+           "SVFR denoising steps of the first pass that finds the reference frame", minimum=1, maximum=1000),
+    Option("guidance_scale", SVFR, "number", 2.0, "[engine.svfr] guidance_scale",
+           "SVFR classifier-free guidance strength", minimum=0),
+    Option("mode", SVFR, "choice", "reference", "[engine.svfr] mode",
+           "SVFR as the original code runs it, or with its known flaws corrected (docs/svfr.md)",
+           choices=("reference", "improved")),
+    Option("crop", PIPELINE, "choice", "tracked", "[faces] crop",
+           "face crop per frame following the face, or SVFR's larger static crop", choices=("tracked", "reference")),
+    Option("crf", PIPELINE, "int", 18, "[output] crf", "H.264 quality of the output (lower is better, larger)",
+           minimum=0, maximum=51),
+    Option("output_mode", PIPELINE, "choice", "full_frame", "[output] mode",
+           "the whole picture with the face pasted back, or the 512x512 face crop only",
+           choices=("full_frame", "crop")),
+)}
+
+#: The options of the table: accepted whatever the engine, so an inbox can switch engines (an engine ignores
+#: the ones it does not use and says so in the report).
+BUILTIN_OPTION_NAMES = frozenset(OPTIONS)
+
+
+def options_owned_by(owner: str) -> frozenset[str]:
+    return frozenset(name for name, option in OPTIONS.items() if option.owner == owner)
+
+
+def accepted_option_names(engine_option_names: Iterable[str] = ()) -> frozenset[str]:
+    """The options a job may set with a given engine: the table's, plus the engine's own (a plug-in engine
+    declares them in `option_names`; see svfrd/engines/interface.py)."""
+    return BUILTIN_OPTION_NAMES | frozenset(engine_option_names)
+
+
+def option_problem(name: str, value: Any, accepted: Collection[str] = BUILTIN_OPTION_NAMES) -> str | None:
+    """None if `name = value` is an acceptable per-job option, else why not (for an error message).
+    Values of an engine's own options (not in the table) are the engine's to check, in `Engine.check`."""
+    if name not in accepted:
+        return "unknown option; allowed options are " + ", ".join(sorted(accepted))
+    option = OPTIONS.get(name)
+    return option.problem(value) if option else None
+
+
+def engine_options(options: Mapping[str, Any]) -> dict[str, Any]:
+    """The options an engine receives: all but the pipeline's own."""
+    pipeline = options_owned_by(PIPELINE)
+    return {name: value for name, value in options.items() if name not in pipeline}

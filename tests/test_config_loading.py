@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from svfrd.config import load_config, parse_tasks
-from svfrd.domain import Task
+from svfrd.domain import BUILTIN_OPTION_NAMES, OPTIONS, Task
 from svfrd.errors import ConfigError
 from tests.helpers.paths import REPO_ROOT
 
@@ -100,7 +100,7 @@ def test_invalid_values_are_rejected_naming_the_key_and_what_is_allowed(tmp_path
     "inbox, expected",
     [
         ('path = "in"\ntasks = ["sharpen"]', '[[inbox]] #1 tasks = ["sharpen"]: unknown task "sharpen"'),
-        ('path = "in"\ntasks = [2]', "[[inbox]] #1 tasks = [2]: inpainting (2) needs a mask"),
+        ('path = "in"\ntasks = [2]', "[[inbox]] #1 tasks = [2]: task 2 (inpaint) needs a mask, so it can only be"),
         ('path = "in"\ntasks = []', "the task list is empty"),
         ('path = "in"\nfolder = "x"', "[[inbox]] #1 unknown key 'folder'"),
         ('tasks = ["bfr"]', '[[inbox]] #1 has no path; add path = "FOLDER"'),
@@ -143,3 +143,32 @@ def test_parse_tasks_accepts_ids_names_and_mixtures():
     for bad in ([3], ["deblur"], [True], [1.0]):
         with pytest.raises(ValueError, match="unknown task"):
             parse_tasks(bad)
+
+
+PLUG_IN = '[engine]\nname = "tests.helpers.engines:{}"\n'
+
+
+def test_a_plug_in_engines_own_options_are_accepted_when_it_is_the_configured_engine(tmp_path):
+    text = MINIMAL + "options = { strength = 3, steps = 12 }\n" + PLUG_IN.format("OptionEngine")
+    config = load_config(write_config(tmp_path, text))
+    assert config.inboxes[0].options == {"strength": 3, "steps": 12}
+    assert config.engine.option_names == BUILTIN_OPTION_NAMES | {"strength"}
+
+
+def test_a_plug_in_engines_options_are_unknown_with_another_engine(tmp_path):
+    text = MINIMAL + "options = { strength = 3 }\n" + PLUG_IN.format("InvertingEngine")
+    assert "option strength = 3: unknown option; allowed options are crf" in load_error(tmp_path, text)
+
+
+def test_an_engine_that_cannot_be_imported_is_left_to_the_worker_to_report(tmp_path):
+    # The worker's start says what is wrong (tests/service/test_recovery.py); config only adds no options.
+    config = load_config(write_config(tmp_path, MINIMAL + PLUG_IN.format("NoSuchEngine")))
+    assert config.engine.option_names == BUILTIN_OPTION_NAMES
+
+
+def test_the_configured_defaults_of_per_job_options_come_from_the_option_table(tmp_path):
+    config = load_config(write_config(tmp_path, MINIMAL))
+    configured = {"steps": config.engine.svfr.steps, "pass1_steps": config.engine.svfr.pass1_steps,
+                  "guidance_scale": config.engine.svfr.guidance_scale, "mode": config.engine.svfr.mode,
+                  "crop": config.faces.crop, "crf": config.output.crf, "output_mode": config.output.mode}
+    assert configured == {name: option.default for name, option in OPTIONS.items()}

@@ -3,6 +3,8 @@
 `[engine] name`: "classical" (CPU, no weights), "svfr" (the SVFR model; imported only then, so a CPU-only
 install never loads diffusers), "auto" (SVFR when its weights and a CUDA GPU are present, else classical, and
 the log says why), or an import path "package.module:ClassName" whose class is called with the EngineConfig.
+Such a plug-in's class attribute `option_names` may add options of its own to the table in svfrd.domain;
+config reads it without creating the engine (`svfrd.config.plugin_option_names`).
 """
 
 from __future__ import annotations

@@ -28,8 +28,7 @@ from typing import Callable, Iterable, Iterator
 import cv2
 import numpy as np
 
-from svfrd.config import DEFAULT_OPTION_NAMES
-from svfrd.domain import CROP_SIZE, Task
+from svfrd.domain import BUILTIN_OPTION_NAMES, CROP_SIZE, Task
 from svfrd.engines.interface import CropStream, FaceCrop, ProgressReporter, RestoreRequest
 from svfrd.errors import BadInputError
 
@@ -75,7 +74,9 @@ class _Item:
 
 class ClassicalEngine:
     name = "classical"
-    option_names = DEFAULT_OPTION_NAMES  # accepted so an inbox can switch engines; the SVFR ones are ignored
+    # It owns no option of the table (svfrd.domain.OPTIONS); all are accepted so an inbox can switch engines,
+    # and the SVFR ones it receives are ignored with a warning in the report.
+    option_names = BUILTIN_OPTION_NAMES
 
     def __init__(self, cfg=None):
         self.cfg = cfg

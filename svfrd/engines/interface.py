@@ -49,7 +49,8 @@ class RestoreRequest:
 
     reference_face: an optional (H, W, 3) uint8 RGB image of the subject supplied in the sidecar; an engine
                     that can use one (SVFR) replaces its self-found reference with it.
-    options: per-job engine options from the sidecar, already validated against `Engine.option_names`.
+    options: per-job options from the sidecar and the inbox, already validated (svfrd.domain.OPTIONS and the
+             configured engine's `option_names`), less those the pipeline owns (crop, crf, output_mode).
     """
 
     tasks: frozenset[Task]
@@ -72,7 +73,10 @@ class Engine(Protocol):
 
     #: Short name recorded in the job row and the report, e.g. "classical" or "svfr".
     name: str
-    #: Per-job options this engine accepts in a sidecar's `[options]` table.
+    #: Per-job options this engine uses: names from the table in `svfrd.domain.OPTIONS` and/or its own. The
+    #: table's options are accepted whatever the engine; an engine's own names are accepted in sidecars, inbox
+    #: options and `svfrd submit --option` when it is the configured engine. Config reads it from the class
+    #: without creating an engine, so a plug-in declares it as a class attribute.
     option_names: frozenset[str]
 
     def check(self, request: RestoreRequest) -> None:

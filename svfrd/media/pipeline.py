@@ -18,7 +18,7 @@ from typing import Iterator
 import numpy as np
 
 from svfrd.config import FacesConfig, OutputConfig
-from svfrd.domain import CROP_SIZE, Task
+from svfrd.domain import CROP_SIZE, OPTIONS, Task, engine_options, mask_rule_problem
 from svfrd.engines.interface import Engine, FaceCrop, ProgressReporter, RestoreRequest
 from svfrd.errors import BadInputError
 from svfrd.media.crop import FrameCrops, crop_face, crop_jitter, reference_crops, tracked_crops
@@ -28,10 +28,6 @@ from svfrd.media.preview import PreviewMaker
 from svfrd.media.tracking import SubjectTrack, scan_faces, select_subject
 from svfrd.media.video_io import Frame, VideoInfo, VideoWriter, iter_frames, probe
 
-#: Sidecar options the pipeline itself reads; the rest go to the engine.
-PIPELINE_OPTIONS = frozenset({"crop", "crf", "output_mode"})
-CROP_POLICIES = ("tracked", "reference")
-OUTPUT_MODES = ("full_frame", "crop")
 
 
 @dataclass(frozen=True)
@@ -49,11 +45,30 @@ class PipelineJob:
     contact_sheet: Path | None = None
 
 
+@dataclass(frozen=True)
+class MediaFacts:
+    """What the pipeline found and did, for the job report (laid out by svfrd.service.report, which documents
+    each field)."""
+
+    fps: str
+    duration_s: float
+    rotation: int
+    audio_streams: int
+    frame_size: dict  # {"input": [w, h], "output": [w, h], "adjusted": str | None}
+    frames_with_face: int
+    face_tracking: dict
+    crop_jitter: dict
+    mask: str | None  # "frame" | "crop" (the coordinates it was drawn in) | None
+    options: dict  # the pipeline's options as applied: crop, crf, output_mode
+
+
 @dataclass
 class PipelineResult:
     frames: int
-    report: dict
+    media: MediaFacts
     warnings: list[str] = field(default_factory=list)
+    #: Coarse wall-clock seconds per phase (probe_s, faces_s, restore_and_encode_s, total_s), for benchmarks.
+    timings: dict[str, float] = field(default_factory=dict)
 
 
 class VideoCropStream:
@@ -108,21 +123,19 @@ def restore_video(job: PipelineJob, engine: Engine, progress: ProgressReporter) 
 def _restore_video(job: PipelineJob, engine: Engine, progress: ProgressReporter) -> PipelineResult:
     started = time.monotonic()
     timings: dict[str, float] = {}
-    crop_policy = str(job.options.get("crop", job.faces.crop))
-    output_mode = str(job.options.get("output_mode", job.output_cfg.mode))
-    crf = int(job.options.get("crf", job.output_cfg.crf))
-    if crop_policy not in CROP_POLICIES or output_mode not in OUTPUT_MODES:
-        raise BadInputError(
-            f"crop = {crop_policy!r} / output_mode = {output_mode!r}: crop must be one of {CROP_POLICIES}, "
-            f"output_mode one of {OUTPUT_MODES}"
-        )
+    crop_policy = _pipeline_option(job, "crop", job.faces.crop)
+    output_mode = _pipeline_option(job, "output_mode", job.output_cfg.mode)
+    crf = _pipeline_option(job, "crf", job.output_cfg.crf)
 
     request = RestoreRequest(
         tasks=frozenset(job.tasks),
         seed=job.seed,
         reference_face=load_reference_face(job.reference_path) if job.reference_path else None,
-        options={k: v for k, v in job.options.items() if k not in PIPELINE_OPTIONS},
+        options=engine_options(job.options),
     )
+    problem = mask_rule_problem(job.tasks, has_mask=job.mask_path is not None)
+    if problem:  # intake refuses such a job before it exists; this guards callers that build one themselves
+        raise BadInputError(f"{job.source.name}: {problem}; give a mask with task 2, and only then")
     engine.check(request)
 
     progress("probe", 0, 1)
@@ -147,23 +160,42 @@ def _restore_video(job: PipelineJob, engine: Engine, progress: ProgressReporter)
     mark = time.monotonic()
     stream = VideoCropStream(job.source, crops, mask)
     previews = _preview_maker(job, seen.frames, info)
-    written = _write_output(job, info, crops, engine.restore(request, stream, progress), output_mode, crf,
-                            previews, progress)
+    written, frame_size = _write_output(job, info, crops, engine.restore(request, stream, progress), output_mode,
+                                        crf, previews, progress)
     timings["restore_and_encode_s"] = time.monotonic() - mark
     timings["total_s"] = time.monotonic() - started
 
     warnings += _face_warnings(track, crops)
     warnings += _mask_warnings(mask, crops)
     warnings += list(engine.warnings())
-    report = _report(job, info, engine, track, crops, crop_policy, output_mode, crf, mask, written, timings)
-    return PipelineResult(frames=written, report=report, warnings=warnings)
+    media = MediaFacts(
+        fps=str(info.fps),
+        duration_s=round(info.duration, 3),
+        rotation=info.rotation,
+        audio_streams=len(info.audio),
+        frame_size=frame_size,
+        frames_with_face=int(crops.has_face.sum()),
+        face_tracking=track.report,
+        crop_jitter=crop_jitter(crops),
+        mask=None if mask is None else mask.coordinates,
+        options={"crop": crop_policy, "crf": crf, "output_mode": output_mode},
+    )
+    timings = {k: round(v, 2) for k, v in timings.items()}
+    return PipelineResult(frames=written, media=media, warnings=warnings, timings=timings)
+
+
+def _pipeline_option(job: PipelineJob, name: str, configured):
+    """The job's value of a pipeline option (svfrd.domain.OPTIONS), else the configured one. Intake checked
+    it already; a job row edited by hand is still refused with what is allowed."""
+    value = job.options.get(name, configured)
+    problem = OPTIONS[name].problem(value)
+    if problem:
+        raise BadInputError(f"option {name} = {value!r}: {problem}")
+    return value
 
 
 def _load_task_mask(job: PipelineJob, info: VideoInfo, warnings: list[str]) -> Mask | None:
-    if Task.INPAINT not in job.tasks:
-        return None
     if job.mask_path is None:
-        warnings.append("inpainting was asked for without a mask: only the task flag was set")
         return None
     mask = load_mask(job.mask_path, info.size)
     if mask.note:
@@ -193,8 +225,9 @@ def _preview_maker(job: PipelineJob, frames: int, info: VideoInfo) -> PreviewMak
 def _write_output(
     job: PipelineJob, info: VideoInfo, crops: FrameCrops, restored: Iterator[np.ndarray], output_mode: str,
     crf: int, previews: PreviewMaker | None, progress: ProgressReporter,
-) -> int:
-    """Zip the engine's output with a fresh decode of the originals, paste back, encode. Returns frames written."""
+) -> tuple[int, dict]:
+    """Zip the engine's output with a fresh decode of the originals, paste back, encode. Returns the frames
+    written and the frame size: {"input": [w, h], "output": [w, h], "adjusted": what changed or None}."""
     total = len(crops)
     crop_only = output_mode == "crop"
     size = (CROP_SIZE, CROP_SIZE) if crop_only else None
@@ -223,6 +256,8 @@ def _write_output(
                     previews.add(written, frame.pts, before, after, faces)
                 written += 1
                 progress("encode", written, total)
+            frame_size = {"input": list(writer.input_size), "output": list(writer.size),
+                          "adjusted": writer.adjustment}
         if next(restored, None) is not None:
             raise RuntimeError(f"the engine returned more crops than the {total} frames")
     except BaseException:
@@ -231,7 +266,7 @@ def _write_output(
         raise
     if previews is not None:
         previews.close()
-    return written
+    return written, frame_size
 
 
 def _check_face(face: np.ndarray, index: int) -> None:
@@ -259,32 +294,3 @@ def _mask_warnings(mask: Mask | None, crops: FrameCrops) -> list[str]:
         return []
     return [f"up to {outside:.0%} of the mask lies outside the face crop and was left as it is: svfrd restores "
             "the face region only (options = { crop = \"reference\" } in the sidecar crops wider)"]
-
-
-def _report(
-    job: PipelineJob, info: VideoInfo, engine: Engine, track: SubjectTrack, crops: FrameCrops, crop_policy: str,
-    output_mode: str, crf: int, mask: Mask | None, frames: int, timings: dict[str, float],
-) -> dict:
-    return {
-        "source": job.source.name,
-        "engine": engine.name,
-        "tasks": sorted(int(t) for t in job.tasks),
-        "seed": job.seed,
-        "frames": frames,
-        "fps": str(info.fps),
-        "fps_float": round(float(info.fps), 4),
-        "duration_s": round(info.duration, 3),
-        "resolution": [info.width, info.height],
-        "rotation": info.rotation,
-        "audio_streams": len(info.audio),
-        "crop_policy": crop_policy,
-        "output_mode": output_mode,
-        "crf": crf,
-        "frames_with_face": int(crops.has_face.sum()),
-        "faces": track.report,
-        "crop_jitter": crop_jitter(crops),
-        "mask": None if mask is None else mask.coordinates,
-        "reference_face": job.reference_path.name if job.reference_path else None,
-        "timings": {k: round(v, 2) for k, v in timings.items()},
-        "frames_per_second": round(frames / timings["total_s"], 2) if timings.get("total_s") else None,
-    }

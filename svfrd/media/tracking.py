@@ -132,7 +132,7 @@ def select_subject(seen: FacePass, max_gap: int = 12) -> SubjectTrack:
         needed = min(MIN_TRACK_FRAMES, end - start)
         tracks = [t for t in _link_tracks(seen.faces, start, end, max_gap) if len(t) >= needed]
         if not tracks:
-            shot_reports.append({"frames": [start, end], "faces": 0})
+            shot_reports.append({"frame_range": [start, end], "face_tracks": 0})
             continue
         # Ties go to the track that appears first: deterministic whatever the detector's order.
         subject = max(tracks, key=lambda t: (sum(f.area for f in t.values()), -min(t)))
@@ -141,8 +141,8 @@ def select_subject(seen: FacePass, max_gap: int = 12) -> SubjectTrack:
             points[i] = face.points5
         mean_box = np.mean([f.box for f in subject.values()], axis=0)
         shot_reports.append({
-            "frames": [start, end],
-            "faces": len(tracks),
+            "frame_range": [start, end],
+            "face_tracks": len(tracks),
             "subject_box": [round(float(v), 1) for v in mean_box],
             "subject_frames": len(subject),
         })

@@ -8,10 +8,11 @@ The writer keeps the input's time base and per-frame timestamps (29.97 fps and v
 its resolution, and its audio: audio packets are copied unchanged when MP4 can hold the codec, else re-encoded
 to AAC. Audio is interleaved with the video as it is written, so memory stays bounded.
 
-Odd sizes: H.264 cannot store an odd width or height in 4:2:0 at all (even its frame cropping works in
-2-pixel steps there). To keep the exact input resolution, a video with an odd dimension is written as yuv444p
-(High 4:4:4 profile) instead; FFmpeg-based players (VLC, mpv, ffplay) read it, some hardware decoders and
-browsers do not. Even-sized videos, nearly all real ones, get ordinary yuv420p.
+Output is always yuv420p (H.264 High profile), the format browsers, phones and QuickTime play; they do not play
+High 4:4:4. 4:2:0 cannot hold an odd width or height (H.264's own frame cropping works in 2-pixel steps there),
+so a picture with an odd dimension loses its last column (right edge) and/or its last row (bottom edge), as
+displayed. Cropping rather than padding keeps every kept pixel where it was (face boxes and masks stay aligned)
+and invents no pixel; `VideoWriter.adjustment` says what was done, for the job report.
 """
 
 from __future__ import annotations
@@ -242,15 +243,17 @@ class VideoWriter:
         self.path = Path(path)
         self.time_base = info.time_base
         self.rotation = info.rotation if rotation is None else rotation
-        width, height = size or (info.width, info.height)
+        #: Upright (display) sizes of the frames given and of the video written; they differ by the odd pixel.
+        self.input_size: tuple[int, int] = size or (info.width, info.height)
+        self.size = even_size(*self.input_size)
+        width, height = self.size
         if self.rotation in (90, 270):
             width, height = height, width  # coded orientation
         self._container = _open_output(self.path)
-        pix_fmt = "yuv420p" if width % 2 == 0 and height % 2 == 0 else "yuv444p"
         self._video = self._container.add_stream(
             "libx264", rate=info.fps, options={"crf": str(int(crf)), "preset": preset}
         )
-        self._video.width, self._video.height, self._video.pix_fmt = width, height, pix_fmt
+        self._video.width, self._video.height, self._video.pix_fmt = width, height, "yuv420p"
         self._video.time_base = info.time_base
         # The encoder must count in the source's time base too: at 1/fps it would round VFR timestamps away.
         self._video.codec_context.time_base = info.time_base
@@ -267,7 +270,14 @@ class VideoWriter:
         else:
             self.abort()
 
+    @property
+    def adjustment(self) -> str | None:
+        """What was done to the frame size, in words (None: nothing)."""
+        return size_adjustment(self.input_size, self.size)
+
     def write(self, image: np.ndarray, pts: int) -> None:
+        width, height = self.size
+        image = image[:height, :width]  # drops the odd last column / row, see the module docstring
         frame = av.VideoFrame.from_ndarray(coded(np.ascontiguousarray(image), self.rotation), format="rgb24")
         frame.pts = pts
         frame.time_base = self.time_base
@@ -293,6 +303,24 @@ class VideoWriter:
 
     def _mux(self, packets: list[av.Packet]) -> None:
         guard_disk(self.path, lambda: self._container.mux(packets))
+
+
+def even_size(width: int, height: int) -> tuple[int, int]:
+    """The largest size 4:2:0 can hold within (width, height): an odd dimension loses one pixel."""
+    return max(2, width - width % 2), max(2, height - height % 2)
+
+
+def size_adjustment(source: tuple[int, int], written: tuple[int, int]) -> str | None:
+    """`"cropped 1 px column at the right edge ..."`, or None when the size was kept."""
+    cut = []
+    if written[0] < source[0]:
+        cut.append("the last column (right edge)")
+    if written[1] < source[1]:
+        cut.append("the last row (bottom edge)")
+    if not cut:
+        return None
+    return (f"cropped {' and '.join(cut)} from {source[0]}x{source[1]} to {written[0]}x{written[1]}: "
+            "H.264 4:2:0, the format every player reads, needs an even width and height")
 
 
 def _open_output(path: Path) -> av.container.OutputContainer:

@@ -27,7 +27,7 @@ from typing import Callable
 import tomllib
 from sqlalchemy import Engine
 
-from svfrd.config import DEFAULT_OPTION_NAMES, Config, InboxConfig
+from svfrd.config import Config, InboxConfig
 from svfrd.domain import DEFAULT_SEED
 from svfrd.errors import BadInputError
 from svfrd.files import placement
@@ -89,10 +89,11 @@ class Intake:
         config: Config,
         db: Engine,
         on_hint: Callable[[], None] | None = None,
-        allowed_options: frozenset[str] = DEFAULT_OPTION_NAMES,
+        allowed_options: frozenset[str] | None = None,
     ):
         self.config, self.db = config, db
-        self.allowed_options = allowed_options
+        # The configured engine's options by default, a plug-in engine's own included (svfrd.domain.OPTIONS).
+        self.allowed_options = config.engine.option_names if allowed_options is None else allowed_options
         self._on_hint = on_hint
         self._hinted = threading.Event()
         self._observed: dict[Path, _Observed] = {}

@@ -21,8 +21,8 @@ from typing import Any, Mapping
 import tomllib
 from PIL import Image, UnidentifiedImageError
 
-from svfrd.config import DEFAULT_OPTION_NAMES, option_problem, parse_tasks, toml_repr
-from svfrd.domain import DEFAULT_SEED, Task
+from svfrd.config import parse_tasks, toml_repr
+from svfrd.domain import BUILTIN_OPTION_NAMES, DEFAULT_SEED, Task, mask_rule_problem, option_problem
 from svfrd.errors import BadInputError
 
 SIDECAR_KEYS = ("tasks", "mask", "reference", "seed", "options")
@@ -55,10 +55,11 @@ def parse_sidecar(
     *,
     default_tasks: frozenset[Task] = frozenset({Task.BFR}),
     default_options: Mapping[str, Any] | None = None,
-    allowed_options: frozenset[str] = DEFAULT_OPTION_NAMES,
+    allowed_options: frozenset[str] = BUILTIN_OPTION_NAMES,
 ) -> JobSpec:
     """Read and check `sidecar`. Unset keys take the inbox defaults; `[options]` are merged over the inbox's
-    options. Raises BadInputError naming the sidecar, the key and what to do."""
+    options. `allowed_options`: the configured engine's (`EngineConfig.option_names`, which includes a plug-in
+    engine's own). Raises BadInputError naming the sidecar, the key and what to do."""
     problem = _SidecarProblem(sidecar.name)
     raw = _read_toml(sidecar, problem)
     unknown = sorted(set(raw) - set(SIDECAR_KEYS))
@@ -66,11 +67,7 @@ def parse_sidecar(
         raise problem(f"unknown key {unknown[0]!r}; allowed keys are " + ", ".join(SIDECAR_KEYS))
     tasks = _tasks(raw, default_tasks, problem)
     mask = _image_path(raw, "mask", inbox, problem)
-    if Task.INPAINT in tasks and mask is None:
-        raise problem('task 2 (inpaint) needs a mask; add mask = "NAME.png", a path relative to the inbox')
-    if mask is not None and Task.INPAINT not in tasks:
-        raise problem(f"mask = {toml_repr(raw['mask'])} is set but tasks do not include 2 (inpaint); "
-                      "add \"inpaint\" to tasks or remove the mask")
+    _check_mask_rule(tasks, mask, raw, problem)
     return JobSpec(
         tasks=tasks,
         mask_path=mask,
@@ -78,6 +75,15 @@ def parse_sidecar(
         seed=_seed(raw, problem),
         options={**(default_options or {}), **_options(raw, allowed_options, problem)},
     )
+
+
+def _check_mask_rule(tasks: frozenset[Task], mask: Path | None, raw: dict, problem: _SidecarProblem) -> None:
+    rule = mask_rule_problem(tasks, has_mask=mask is not None)
+    if rule is None:
+        return
+    if mask is None:
+        raise problem(f'{rule}; add mask = "NAME.png", a path relative to the inbox')
+    raise problem(f"mask = {toml_repr(raw['mask'])}: {rule}; add \"inpaint\" to tasks or remove the mask")
 
 
 class _SidecarProblem:

@@ -25,7 +25,7 @@ import time
 import traceback
 from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 from sqlalchemy import Engine as Database
 
@@ -41,7 +41,7 @@ from svfrd.errors import (
 )
 from svfrd.files import placement
 from svfrd.jobs.database import open_database
-from svfrd.jobs.model import Job, JobState, utcnow
+from svfrd.jobs.model import Job, JobState
 from svfrd.jobs.store import (
     fail_job,
     forget_planned_results,
@@ -51,6 +51,7 @@ from svfrd.jobs.store import (
 )
 from svfrd.ops.logs import JobLogger, job_logger, setup_logging
 from svfrd.service import results
+from svfrd.service.report import build_report
 
 log = logging.getLogger(__name__)
 
@@ -132,33 +133,6 @@ def _task_labels(job: Job) -> list[str]:
     return [Task(t).label for t in job.task_ids]
 
 
-def build_report(
-    job: Job, engine: Engine, result: Any, finals: results.ResultFiles, timings: dict[str, float], seconds: float
-) -> dict[str, Any]:
-    """NAME.report.json: what was done to which file, by which engine, how long it took, and what to watch."""
-    return {
-        "job_id": job.id,
-        "source": job.source_name,
-        "inbox": job.inbox,
-        "tasks": _task_labels(job),
-        "seed": job.seed,
-        "options": json.loads(job.options_json or "{}"),
-        "engine": engine.name,
-        "attempt": job.attempts + 1,
-        "frames": result.frames,
-        "warnings": list(result.warnings),
-        "outputs": {kind: path.name for kind, path in finals.items() if kind != "report"},
-        "timings": {
-            "queued_at": job.created_at,
-            "started_at": job.started_at,
-            "finished_at": utcnow(),
-            "seconds": round(seconds, 3),
-            "stages": timings,
-        },
-        "pipeline": result.report,
-    }
-
-
 class JobRunner:
     """Runs jobs in this process with one engine, and records how each ended."""
 
@@ -214,8 +188,8 @@ class JobRunner:
                     self.engine.name)
         result = restore_video(pipeline_job(self.config, job, temps), self.engine, progress)
         finals = results.plan_final_files(self.config, job)
-        report = build_report(job, self.engine, result, finals, progress.timings(), time.monotonic() - started)
-        results.write_json(temps.report, report)
+        report = build_report(job, self.engine.name, result, finals, progress.timings(), time.monotonic() - started)
+        results.write_json(temps.report, report.to_json())
         planned = results.record_plan(self.db, job.id, finals, result.frames)
         if results.complete_publication(self.config, self.db, planned, self.engine.name) is None:
             raise TransientError(f"the restored video of {job.source_name} vanished from the outbox before it "

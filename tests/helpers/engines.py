@@ -16,9 +16,10 @@ from typing import Iterator
 
 import numpy as np
 
-from svfrd.config import DEFAULT_OPTION_NAMES, EngineConfig
+from svfrd.config import EngineConfig
+from svfrd.domain import BUILTIN_OPTION_NAMES
 from svfrd.engines.interface import CropStream, ProgressReporter, RestoreRequest
-from svfrd.errors import TransientError
+from svfrd.errors import BadInputError, TransientError
 
 MARKER_ENV = "SVFRD_TEST_MARKER"
 SLOW_SECONDS_ENV = "SVFRD_TEST_SECONDS_PER_FRAME"
@@ -33,7 +34,7 @@ class InvertingEngine:
     """Restores every crop to its negative, so a test can see that the face region of the output changed."""
 
     name = "test-invert"
-    option_names = DEFAULT_OPTION_NAMES
+    option_names = BUILTIN_OPTION_NAMES
 
     def __init__(self, cfg: EngineConfig):
         self.cfg = cfg
@@ -103,3 +104,25 @@ class TransientOnceEngine(InvertingEngine):
     def before_restore(self) -> None:
         if _first_time("transient"):
             raise TransientError("the test engine ran out of (pretend) GPU memory; the job will be retried")
+
+
+class OptionEngine(InvertingEngine):
+    """A plug-in engine with an option of its own, `strength` (a whole number 1 to 10), besides the table's
+    (svfrd.domain.OPTIONS). Its warnings name the options it received, so a test sees them arrive."""
+
+    name = "test-options"
+    option_names = BUILTIN_OPTION_NAMES | {"strength"}
+
+    def check(self, request: RestoreRequest) -> None:
+        strength = request.options.get("strength", 1)
+        if isinstance(strength, bool) or not isinstance(strength, int) or not 1 <= strength <= 10:
+            raise BadInputError(f"option strength = {strength!r}: must be a whole number from 1 to 10")
+
+    def restore(
+        self, request: RestoreRequest, crops: CropStream, progress: ProgressReporter
+    ) -> Iterator[np.ndarray]:
+        self.received = dict(request.options)
+        return super().restore(request, crops, progress)
+
+    def warnings(self) -> list[str]:
+        return ["test engine options: " + ", ".join(f"{k}={v}" for k, v in sorted(self.received.items()))]

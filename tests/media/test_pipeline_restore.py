@@ -97,10 +97,10 @@ def negative_run(ntsc_clip, tmp_path_factory):
     return job, result, engine, stages
 
 
-def test_output_keeps_resolution_frame_count_duration_fps_and_audio(ntsc_clip, negative_run):
+def test_output_keeps_the_even_size_frame_count_duration_fps_and_audio(ntsc_clip, negative_run):
     job, result, _, _ = negative_run
     before, after = probe(ntsc_clip), probe(job.output)
-    assert (after.width, after.height) == (241, 181)
+    assert (after.width, after.height) == (240, 180)  # 4:2:0 needs even sizes; see the test below
     assert after.frames == before.frames == result.frames == 24
     assert after.fps == before.fps == NTSC_FPS
     assert abs(after.duration - before.duration) <= 1 / float(before.fps)
@@ -119,6 +119,7 @@ def test_face_region_changes_and_pixels_far_from_the_face_do_not(ntsc_clip, nega
     for box, before, after, plain in zip(
         crops.boxes, iter_frames(ntsc_clip), iter_frames(job.output), iter_frames(tmp_path / "plain.mp4")
     ):
+        before = replace(before, image=before.image[:180, :240])  # the output lost the odd column and row
         far = np.ones(before.image.shape[:2], bool)
         x1, y1, x2, y2 = box.pixel_bounds()
         far[max(0, y1 - 16) : y2 + 16, max(0, x1 - 16) : x2 + 16] = False
@@ -153,21 +154,52 @@ def test_progress_covers_every_stage_up_to_the_last_frame(negative_run):
     assert ("faces", 24, 24) in stages and ("encode", 24, 24) in stages
 
 
-def test_report_records_the_facts(negative_run):
+def test_the_result_records_the_facts_for_the_report(negative_run):
     _, result, _, _ = negative_run
-    report = result.report
-    assert report["engine"] == "test-negative"
-    assert report["frames"] == 24 and report["resolution"] == [241, 181] and report["fps"] == "30000/1001"
-    assert report["crop_policy"] == "tracked" and report["frames_with_face"] == 24
-    assert report["crop_jitter"]["jitter_rel"] < 0.005
-    assert report["faces"]["most_faces_in_a_frame"] == 1
+    media = result.media
+    assert result.frames == 24 and media.fps == "30000/1001" and media.audio_streams == 1
+    assert media.frame_size["input"] == [241, 181]
+    assert media.options == {"crop": "tracked", "crf": 12, "output_mode": "full_frame"}
+    assert media.frames_with_face == 24
+    assert media.crop_jitter["jitter_rel"] < 0.005
+    assert media.face_tracking["most_faces_in_a_frame"] == 1
+    assert set(result.timings) == {"probe_s", "faces_s", "restore_and_encode_s", "total_s"}
+
+
+def video_format(path: Path) -> tuple[str, str, int, int]:
+    """(pixel format, H.264 profile, width, height) of the video stream, as PyAV reads them."""
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        context = stream.codec_context
+        return context.pix_fmt, context.profile, context.width, context.height
+
+
+def test_an_odd_sized_video_is_written_in_4_2_0_cropped_by_one_pixel_and_the_report_says_so(ntsc_clip, tmp_path):
+    # 241x181: both dimensions odd. Before, the output kept that size as High 4:4:4, which browsers,
+    # phones and QuickTime do not play.
+    job = make_job(tmp_path, ntsc_clip, preview_video=tmp_path / "p.mp4", contact_sheet=tmp_path / "s.png")
+    result = restore_video(job, NegativeEngine(), ignore_progress)
+    pix_fmt, profile, width, height = video_format(job.output)
+    assert pix_fmt == "yuv420p" and "4:4:4" not in profile and profile in {"High", "Main", "Baseline"}
+    assert (width, height) == (240, 180)
+    size = result.media.frame_size
+    assert size["input"] == [241, 181] and size["output"] == [240, 180]
+    assert size["adjusted"].startswith("cropped the last column (right edge) and the last row (bottom edge)")
+    assert video_format(tmp_path / "p.mp4")[0] == "yuv420p"  # the preview too
+
+
+def test_an_even_sized_video_keeps_its_size_and_says_nothing_was_adjusted(tmp_path):
+    source = write_moving_face_clip(tmp_path / "even.mp4", frames=6, width=160, height=120)
+    result = restore_video(make_job(tmp_path, source), NegativeEngine(), ignore_progress)
+    assert video_format(tmp_path / "out.mp4") == ("yuv420p", "High", 160, 120)
+    assert result.media.frame_size == {"input": [160, 120], "output": [160, 120], "adjusted": None}
 
 
 def test_classical_engine_end_to_end_with_previews(tmp_path):
     source = write_moving_face_clip(tmp_path / "small.mp4", frames=8, width=160, height=120)
     job = make_job(tmp_path, source, preview_video=tmp_path / "preview.mp4", contact_sheet=tmp_path / "sheet.png")
     result = restore_video(job, ClassicalEngine(), ignore_progress)
-    assert result.report["engine"] == "classical"
+    assert not any("ignores the options" in w for w in result.warnings)
     assert probe(job.output).frames == 8
     preview = probe(tmp_path / "preview.mp4")
     assert preview.frames == 8 and preview.width > 2 * 150  # before and after side by side
@@ -181,7 +213,9 @@ def test_crop_output_mode_writes_the_512_face_video(ntsc_clip, tmp_path):
     result = restore_video(job, NegativeEngine(), ignore_progress)
     out = probe(job.output)
     assert (out.width, out.height, out.frames) == (512, 512, 24)
-    assert result.report["crop_policy"] == "reference" and result.report["output_mode"] == "crop"
+    assert video_format(job.output)[0] == "yuv420p"
+    assert result.media.options["crop"] == "reference" and result.media.options["output_mode"] == "crop"
+    assert result.media.frame_size["adjusted"] is None  # the crop is 512x512 whatever the source
 
 
 def test_video_without_any_face_fails_clearly(tmp_path):
@@ -215,7 +249,7 @@ def test_frame_mask_reaches_the_engine_mapped_into_the_crop(ntsc_clip, tmp_path)
     crop_mask = engine.crops_seen[0].mask
     assert crop_mask.shape == (512, 512) and crop_mask.any() and not crop_mask.all()
     assert crop_mask.all(axis=1).any()  # the bar spans the crop's full width
-    assert result.report["mask"] == "frame"
+    assert result.media.mask == "frame"
 
 
 def test_classical_engine_refuses_colorization_before_decoding(tmp_path):
@@ -244,8 +278,8 @@ def test_phone_video_with_rotation_is_restored_upright_and_keeps_its_rotation(tm
     result = restore_video(make_job(tmp_path, source), engine, ignore_progress)
     out = probe(tmp_path / "out.mp4")
     assert (out.rotation, out.width, out.height) == (270, 120, 160)
-    assert result.report["frames_with_face"] == 8  # found upright: MediaPipe needs the face the right way up
-    assert result.report["rotation"] == 270
+    assert result.media.frames_with_face == 8  # found upright: MediaPipe needs the face the right way up
+    assert result.media.rotation == 270
 
 
 def test_a_failing_engine_leaves_no_partial_output(ntsc_clip, tmp_path):
@@ -279,7 +313,7 @@ def test_frames_without_a_face_pass_through_unchanged(tmp_path):
     source = write_clip(tmp_path / "leaves.mp4", frames, crf=0)
     result = restore_video(make_job(tmp_path, source), NegativeEngine(), ignore_progress)
     # The face leaves with a scene cut, so it is not held over into the new shot.
-    assert result.report["frames_with_face"] == 8
+    assert result.media.frames_with_face == 8
     assert "14 of 22 frames had no face and were left unchanged" in result.warnings
     for frame_in, frame_out in zip(iter_frames(source), iter_frames(tmp_path / "out.mp4")):
         difference = np.abs(frame_in.image.astype(int) - frame_out.image.astype(int)).mean()

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from svfrd.cli import main
+from svfrd.config import load_config
 from svfrd.domain import Task
 from svfrd.jobs.database import open_database, upgrade_database
 from svfrd.jobs.store import claim_next_job, enqueue_job, get_job, record_progress
@@ -62,7 +63,10 @@ def test_submit_never_replaces_a_file_already_in_the_inbox(folder, tmp_path):
 @pytest.mark.parametrize(
     "arguments, message",
     [
-        (["--tasks", "inpaint"], "inpainting (task 2) needs a mask: add --mask MASK.png"),
+        (["--tasks", "inpaint"], "task 2 (inpaint) needs a mask: add --mask MASK.png"),
+        (["--option", "steps=0"], "--option steps=0: must be a whole number >= 1"),
+        (["--option", "strength=3"], "--option strength=3: unknown option; allowed options are crf"),
+        (["--option", "steps"], "--option steps: write it as NAME=VALUE"),
         (["--tasks", "sharpen"], 'unknown task "sharpen"'),
         (["--mask", "MASK"], "a mask is only used for inpainting"),
         (["--inbox", "/elsewhere"], "/elsewhere is not a configured inbox"),
@@ -74,6 +78,15 @@ def test_submit_refuses_what_intake_would_reject_with_a_usage_error(folder, tmp_
     assert svfrd(folder, "submit", str(some_file(tmp_path / "clip.mp4")), *arguments) == 2
     assert message in capsys.readouterr().err
     assert folder.files("inbox") == []
+
+
+def test_submit_writes_options_into_the_sidecar_a_plug_in_engines_own_included(tmp_path):
+    folder = ServiceFolder(tmp_path / "svfrd", engine="tests.helpers.engines:OptionEngine")
+    video = some_file(tmp_path / "clip.mp4")
+    assert svfrd(folder, "submit", str(video), "--option", "strength=3", "--option", "mode=improved") == 0
+    config = load_config(folder.config_path)
+    spec = parse_sidecar(folder.inbox / "clip.toml", folder.inbox, allowed_options=config.engine.option_names)
+    assert spec.options == {"strength": 3, "mode": "improved"}
 
 
 def test_submit_of_a_missing_file_says_so(folder, capsys):

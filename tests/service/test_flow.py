@@ -132,7 +132,7 @@ def test_the_report_names_job_tasks_engine_frames_and_timings(service):
     assert report["outputs"]["video"] == "with_sidecar.restored.mp4"
     assert set(report["timings"]["stages"]) >= {"probe", "faces", "restore", "encode"}
     assert "test engine: job number" in report["warnings"][-1]
-    assert report["pipeline"]["resolution"] == [160, 160]
+    assert report["schema"] == 1 and report["frame_size"]["output"] == [160, 160]
 
 
 def test_the_engine_kept_its_models_between_jobs(service):
@@ -150,7 +150,7 @@ def test_the_face_in_the_output_is_the_engines_work(service):
     before, after = read_frames(clips / "plain.mp4"), read_frames(Path(job.output_path))
     assert len(after) == len(before) == 4
     x0, y0, x1, y1 = (int(v) for v in json.loads(Path(job.report_path).read_text())
-                      ["pipeline"]["faces"]["shot_details"][0]["subject_box"])
+                      ["face_tracking"]["shot_details"][0]["subject_box"])
     inner = (slice(y0 + (y1 - y0) // 4, y1 - (y1 - y0) // 4), slice(x0 + (x1 - x0) // 4, x1 - (x1 - x0) // 4))
     for original, restored in zip(before, after):
         face_before = original[inner].astype(np.float32)

@@ -28,8 +28,8 @@ import cv2
 import numpy as np
 import torch
 
-from svfrd.config import EngineConfig, SvfrConfig, option_problem
-from svfrd.domain import CROP_SIZE, Task
+from svfrd.config import EngineConfig, SvfrConfig
+from svfrd.domain import CROP_SIZE, SVFR, Task, option_problem, options_owned_by
 from svfrd.engines.interface import CropStream, FaceCrop, ProgressReporter, RestoreRequest
 from svfrd.engines.svfr.identity import IdentityModels, align_face, id_tokens_for_face, load_identity_models
 from svfrd.engines.svfr.loading import (
@@ -50,7 +50,7 @@ from svfrd.media.masks import prepare_svfr_input
 
 log = logging.getLogger(__name__)
 
-OPTION_NAMES = frozenset({"steps", "pass1_steps", "guidance_scale", "mode"})
+OPTION_NAMES = options_owned_by(SVFR)  # the table in svfrd.domain
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 FACE_MODEL_FILE = "face_landmarker.task"
 WINDOW = 16
