@@ -39,6 +39,7 @@ from svfrd.jobs.model import Job, JobState, utcnow
 from svfrd.jobs.store import fail_job, get_job, record_progress, release_job
 from svfrd.ops.logs import JobLogger, job_logger, setup_logging
 from svfrd.service import results
+from svfrd.service.intake import settle_before_restoring
 
 log = logging.getLogger(__name__)
 
@@ -186,6 +187,8 @@ class JobRunner:
                 return
             logger.info("the results of an earlier, interrupted run are gone; restoring again")
             results.forget_plan(self.db, job.id)
+        if settle_before_restoring(self.config, self.db, job):  # video replaced since queued, or a duplicate
+            return
         self._restore(job, logger)
 
     def _restore(self, job: Job, logger: JobLogger) -> None:
