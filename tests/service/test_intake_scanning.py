@@ -378,3 +378,106 @@ def test_tasks_enum_round_trip(intake):
     drop(inbox_of(intake), "clip.toml", 'tasks = ["colorize", "bfr"]\n')
     [job] = enqueued(scan_until(intake, lambda r: enqueued(r)))
     assert [Task(t) for t in job.task_ids] == [Task.BFR, Task.COLORIZE]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Folders, symlinks, and a video replaced while its job waited.
+
+
+def test_a_dropped_folder_is_scanned_and_its_videos_keep_their_relative_path(intake):
+    inbox = inbox_of(intake)
+    (inbox / "trip" / "day2").mkdir(parents=True)
+    save_mask(inbox / "trip" / "clip.mask.png")
+    drop(inbox / "trip", "clip.toml", 'tasks = ["bfr", "inpaint"]\nmask = "clip.mask.png"\n')
+    drop(inbox / "trip", "clip.mp4", video_bytes(30))
+    drop(inbox / "trip" / "day2", "b.mp4", video_bytes(31))
+    (inbox / "trip" / ".cache").mkdir()
+    drop(inbox / "trip" / ".cache", "hidden.mp4", video_bytes(32))
+    drop(inbox / "trip", "partial.mp4.part", video_bytes(33))
+    jobs = enqueued(scan_until(intake, lambda r: len(enqueued(r)) >= 2))
+    scan_for(intake, 0.3)
+    assert sorted(j.source_name for j in all_jobs(intake)) == ["trip/clip.mp4", "trip/day2/b.mp4"]
+    clip = next(j for j in jobs if j.source_name == "trip/clip.mp4")
+    assert clip.source_path == str(inbox / "trip" / "clip.mp4") and clip.tasks == "0,2"
+    assert clip.mask_path == str(inbox / "trip" / "clip.mask.png"), "the mask is named beside its video"
+
+
+def test_a_bad_sidecar_in_a_folder_fails_into_the_same_folder_under_failed(intake):
+    inbox = inbox_of(intake)
+    (inbox / "trip").mkdir()
+    save_mask(inbox / "outside.png")
+    drop(inbox / "trip", "clip.toml", 'tasks = [2]\nmask = "../outside.png"\n')
+    drop(inbox / "trip", "clip.mp4", video_bytes(34))
+    [job] = [j for r in scan_until(intake, lambda r: any(r_.failed for r_ in r)) for j in r.failed]
+    failed = intake.config.output.failed / "trip"
+    assert "must not contain '..'" in job.error_message, "a mask may not leave the video's folder"
+    assert job.source_name == "trip/clip.mp4" and job.source_path == str(failed / "clip.mp4")
+    assert sorted(p.name for p in failed.iterdir()) == ["clip.error.txt", "clip.mp4", "clip.toml"]
+
+
+def test_a_non_recursive_inbox_ignores_folders_and_output_folders_inside_an_inbox_are_never_scanned(tmp_path):
+    intake = make_intake(tmp_path, inbox_extra="recursive = false")
+    inbox = inbox_of(intake)
+    (inbox / "trip").mkdir()
+    drop(inbox / "trip", "a.mp4", video_bytes(35))
+    assert enqueued(scan_for(intake, 0.5)) == []
+    intake.db.dispose()
+
+    (tmp_path / "nested").mkdir()
+    nested = make_intake(tmp_path / "nested", extra='[output]\noutbox = "inbox/results"\n')
+    results_folder = nested.config.output.outbox
+    results_folder.mkdir()
+    drop(results_folder, "a.restored.mp4", video_bytes(36))
+    assert enqueued(scan_for(nested, 0.5)) == [], "results must not come back as new jobs"
+    nested.db.dispose()
+
+
+def test_a_symlinked_video_is_refused_and_the_link_itself_goes_to_failed(tmp_path):
+    intake = make_intake(tmp_path)
+    inbox = inbox_of(intake)
+    secret = drop(tmp_path, "secret.mp4", video_bytes(37))
+    (inbox / "link.mp4").symlink_to(secret)
+    (tmp_path / "photos").mkdir()
+    (inbox / "photos").symlink_to(tmp_path / "photos")
+    failed_jobs = [j for r in scan_until(intake, lambda r: sum(len(r_.failed) for r_ in r) >= 2) for j in r.failed]
+    by_name = {j.source_name: j for j in failed_jobs}
+    failed = intake.config.output.failed
+    link_job = by_name["link.mp4"]
+    assert link_job.state == "failed" and link_job.error_kind == "bad_input"
+    assert "symbolic link" in link_job.error_message and "Copy the file itself" in link_job.error_message
+    assert os.readlink(failed / "link.mp4") == str(secret), "the link moved, not its target"
+    assert secret.read_bytes() == video_bytes(37)
+    assert "Copy the file itself" in (failed / "link.error.txt").read_text()
+    assert "Copy the folder itself" in by_name["photos"].error_message
+    assert (failed / "photos").is_symlink() and (tmp_path / "photos").is_dir()
+    assert list(inbox.iterdir()) == []
+    intake.db.dispose()
+
+
+def test_an_inbox_may_choose_to_follow_links_to_videos(tmp_path):
+    intake = make_intake(tmp_path, inbox_extra="follow_symlinks = true")
+    target = drop(tmp_path, "elsewhere.mp4", video_bytes(38))
+    (inbox_of(intake) / "link.mp4").symlink_to(target)
+    [job] = enqueued(scan_until(intake, lambda r: enqueued(r)))
+    assert job.content_hash == file_sha256(target)
+    intake.db.dispose()
+
+
+def test_a_video_replaced_while_its_job_waited_is_a_new_job_when_the_job_starts(intake):
+    inbox = inbox_of(intake)
+    drop(inbox, "clip.mp4", video_bytes(39))
+    [queued] = enqueued(scan_until(intake, lambda r: enqueued(r)))
+    drop(inbox, "clip.mp4", video_bytes(40))  # overwritten with other content
+    running = claim_next_job(intake.db, worker_pid=1)
+    assert running.id == queued.id
+    assert settle_before_restoring(intake.config, intake.db, running), "nothing to restore for the old content"
+    old = get_job(intake.db, queued.id)
+    assert old.state == JobState.CANCELLED.value
+    [new] = [j for j in all_jobs(intake) if j.id != old.id]
+    assert old.error_message == (f"superseded: clip.mp4 was replaced with different content after it was queued; "
+                                 f"job {new.id} restores the new content")
+    assert new.state == JobState.QUEUED.value and new.content_hash == file_sha256(inbox / "clip.mp4")
+    assert new.dedupe_key != old.dedupe_key and new.source_path == old.source_path
+    assert enqueued(scan_for(intake, 0.3)) == [], "the new job owns the file: no third job"
+    claimed = claim_next_job(intake.db, worker_pid=1)
+    assert claimed.id == new.id and not settle_before_restoring(intake.config, intake.db, claimed)
