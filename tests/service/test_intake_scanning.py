@@ -481,3 +481,15 @@ def test_a_video_replaced_while_its_job_waited_is_a_new_job_when_the_job_starts(
     assert enqueued(scan_for(intake, 0.3)) == [], "the new job owns the file: no third job"
     claimed = claim_next_job(intake.db, worker_pid=1)
     assert claimed.id == new.id and not settle_before_restoring(intake.config, intake.db, claimed)
+
+
+def test_a_symlinked_sidecar_fails_its_video_instead_of_being_read(tmp_path):
+    intake = make_intake(tmp_path)
+    inbox = inbox_of(intake)
+    elsewhere = drop(tmp_path, "elsewhere.toml", "tasks = [1]\n")
+    (inbox / "clip.toml").symlink_to(elsewhere)
+    drop(inbox, "clip.mp4", video_bytes(41))
+    [job] = [j for r in scan_until(intake, lambda r: any(r_.failed for r_ in r)) for j in r.failed]
+    assert "sidecar clip.toml is a symbolic link" in job.error_message
+    assert (intake.config.output.failed / "clip.toml").is_symlink() and elsewhere.is_file()
+    intake.db.dispose()
