@@ -28,7 +28,13 @@ from svfrd.config import Config
 from svfrd.errors import TransientError
 from svfrd.files import placement
 from svfrd.jobs.model import Job, JobState, utcnow
-from svfrd.jobs.store import done_jobs_with_key, fail_job, finish_job, get_job, set_input_paths
+from svfrd.jobs.store import (
+    done_jobs_with_key,
+    fail_job,
+    finish_job,
+    get_job,
+    set_input_paths,
+)
 from svfrd.ops.logs import job_logger
 
 VIDEO_SUFFIX = ".restored.mp4"

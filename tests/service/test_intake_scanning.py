@@ -18,7 +18,14 @@ from svfrd.domain import Task
 from svfrd.files.placement import move_input_to
 from svfrd.jobs.database import open_database, upgrade_database
 from svfrd.jobs.model import JobState
-from svfrd.jobs.store import claim_next_job, file_sha256, finish_job, get_job, list_jobs, set_input_paths
+from svfrd.jobs.store import (
+    claim_next_job,
+    file_sha256,
+    finish_job,
+    get_job,
+    list_jobs,
+    set_input_paths,
+)
 from svfrd.service.intake import Intake, ScanResult, settle_before_restoring
 from tests.service.test_stability import SteppedClock
 

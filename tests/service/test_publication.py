@@ -19,7 +19,13 @@ from svfrd.errors import BadInputError, TransientError
 from svfrd.files import placement
 from svfrd.jobs.database import open_database, upgrade_database
 from svfrd.jobs.model import Job
-from svfrd.jobs.store import claim_next_job, enqueue_job, enqueue_reusing, get_job, retry_job
+from svfrd.jobs.store import (
+    claim_next_job,
+    enqueue_job,
+    enqueue_reusing,
+    get_job,
+    retry_job,
+)
 from svfrd.service.results import (
     ResultFiles,
     complete_publication,
