@@ -123,6 +123,10 @@ class InboxConfig:
     path: Path
     tasks: frozenset[Task]
     options: dict = field(default_factory=dict, hash=False)
+    #: Take videos from subfolders too, mirroring their relative path under the outbox, done/ and failed/.
+    recursive: bool = True
+    #: Take symlinked videos (their target is read); by default a link fails and asks for a copy.
+    follow_symlinks: bool = False
 
 
 @dataclass(frozen=True)
@@ -325,8 +329,10 @@ def _inbox(t: _Table, option_names: frozenset[str]) -> InboxConfig:
     path = t.take_path("path", "inbox")
     tasks = t.take("tasks", ["bfr"], _inbox_tasks_problem)
     options = t.take("options", {}, lambda value: _inbox_options_problem(value, option_names))
+    recursive, follow_symlinks = t.take("recursive", True), t.take("follow_symlinks", False)
     t.finish()
-    return InboxConfig(path=path, tasks=parse_tasks(tasks), options=dict(options))
+    return InboxConfig(path=path, tasks=parse_tasks(tasks), options=dict(options), recursive=recursive,
+                       follow_symlinks=follow_symlinks)
 
 
 def _inbox_tasks_problem(value: Any) -> str | None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import errno
 import os
 import shutil
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Iterable
 
 from svfrd.errors import TransientError
@@ -93,9 +93,28 @@ def _move_together(folder: Path, sources: list[Path]) -> list[Path]:
     raise TransientError(f"no free names in {folder} after {MAX_NAME_TRIES} tries; clean up {folder}")
 
 
+def mirror_folder(root: str | Path, source_name: str) -> Path:
+    """Where an input's files go under `root` (outbox, done/, failed/): the folder it had under its inbox, so
+    `inbox/trip/a.mp4` gives `root/trip`. `source_name` is the path relative to the inbox that intake records."""
+    return Path(root).joinpath(*PurePosixPath(source_name).parent.parts)
+
+
+def link_or_copy(source: str | Path, target: str | Path) -> None:
+    """Give `target` the content of `source`: a hard link (no space, no time), or a copy where the filesystem
+    cannot link (another device, no hard links). A leftover `target` from an interrupted run is replaced."""
+    source, target = Path(source), Path(target)
+    target.unlink(missing_ok=True)
+    try:
+        os.link(source, target)
+    except OSError as err:
+        if err.errno not in (errno.EXDEV, errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK):
+            raise
+        shutil.copyfile(source, target)
+
+
 def error_report_name(source_name: str) -> str:
     """`clip.mp4` -> `clip.error.txt`."""
-    return f"{Path(source_name).stem}.error.txt"
+    return f"{PurePosixPath(source_name).stem}.error.txt"
 
 
 def write_error_report(failed_folder: str | Path, source_name: str, message: str) -> Path:
@@ -182,8 +201,11 @@ def _move_one(source: Path, target: Path) -> None:
         if err.errno != errno.EXDEV:
             raise
     temp = hidden_temp_path(target)
-    shutil.copy2(source, temp)
-    fsync_file(temp)
+    if source.is_symlink():
+        os.symlink(os.readlink(source), temp)  # the link itself, never the file it points to
+    else:
+        shutil.copy2(source, temp)
+        fsync_file(temp)
     _link_or_rename(temp, target)
     os.unlink(source)
 

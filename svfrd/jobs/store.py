@@ -19,7 +19,7 @@ import json
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 from sqlalchemy import Engine, func, or_, update
 from sqlmodel import Session, col, select
@@ -146,6 +146,47 @@ def _find_blocking_duplicate(session: Session, dedupe_key: str) -> Job | None:
         .limit(1)
     )
     return session.exec(query).first()
+
+
+def enqueue_reusing(db: Engine, **fields: Any) -> tuple[Job, Job | None]:
+    """(new queued job, earlier job or None): a job for every drop, also when a job with the same dedupe key is
+    queued, running or done (returned second). Such a duplicate costs no GPU time: when its turn comes, the
+    worker publishes the earlier job's results under the duplicate's own name
+    (`svfrd.service.intake.settle_before_restoring`). One transaction: a crash leaves both or neither."""
+    fields = _job_fields(fields)
+    with _session(db) as session, session.begin():
+        earlier = _find_blocking_duplicate(session, fields["dedupe_key"])
+        job = Job(**fields, state=JobState.QUEUED.value)
+        session.add(job)
+        session.flush()
+        return job, earlier
+
+
+def done_jobs_with_key(db: Engine, dedupe_key: str, exclude_id: int) -> list[Job]:
+    """Done jobs (newest first) with this dedupe key, other than `exclude_id`: results a job may reuse."""
+    query = (
+        select(Job)
+        .where(Job.dedupe_key == dedupe_key, Job.state == JobState.DONE.value, Job.id != exclude_id)
+        .order_by(col(Job.id).desc())
+    )
+    with _session(db) as session:
+        return list(session.exec(query).all())
+
+
+def supersede_job(db: Engine, job_id: int, describe: Callable[[int], str], **fields: Any) -> Job:
+    """The source of a job changed after it was queued: in one transaction a new queued job is made from
+    `fields` (the new content's hash) and the old job cancelled with the message `describe(new job id)`,
+    so a crash never leaves the file without a job. Returns the new job."""
+    fields = _job_fields(fields)
+    with _session(db) as session, session.begin():
+        old = _locked_job(session, job_id)
+        job = Job(**fields, state=JobState.QUEUED.value)
+        session.add(job)
+        session.flush()
+        now = utcnow()
+        old.state, old.finished_at, old.updated_at, old.worker_pid = JobState.CANCELLED.value, now, now, None
+        old.error_kind, old.error_message, old.eta_seconds = None, describe(job.id), None
+        return job
 
 
 def insert_failed_job(db: Engine, error: BadInputError, **fields: Any) -> Job:

@@ -4,18 +4,27 @@ The scan is the truth: `scan()` lists every inbox with `os.scandir` and compares
 with the database. File events (watchdog) are only a hint that makes the daemon scan sooner; inotify misses
 events on network mounts and drops them on overflow, a rescan never does.
 
-A video is taken once it is complete: hidden and partial names are ignored, and its size and mtime must stay the
-same for `quiet_period`. A video without `NAME.toml` then waits `sidecar_grace` more for one (a sidecar may be
-copied in after its video), and a sidecar must itself be unchanged for `quiet_period` before it is read.
+Folders dropped into an inbox are scanned too (`recursive = true`, the default): `inbox/trip/a.mp4` is recorded
+with the source name `trip/a.mp4`, and its results, done/ and failed/ copies keep that folder
+(`svfrd.files.placement.mirror_folder`). Its sidecar and mask sit beside it in `trip/`.
+
+A video is taken once it is complete (`svfrd.service.stability`): hidden and partial names are ignored, and its
+size and mtime must stay the same for `quiet_period`; a video without `NAME.toml` waits `sidecar_grace` more.
+
+Symbolic links are not followed (unless the inbox says `follow_symlinks = true`): a linked video or folder is a
+failed job that asks for a copy, and the link itself (never its target) goes to failed/. A link must not make
+the service read a file the person who dropped it could not give it.
 
 Files stay in the inbox while their job is queued or running; the worker moves them to done/ or failed/. So a
 file that is the source of a queued, running, failed or cancelled job is left alone here. A video whose content
-and options match a queued, running or done job is a duplicate: it goes to done/ without a second job. A bad
-sidecar makes a failed job at once, its files moved to failed/ beside `NAME.error.txt`.
+and options match an earlier job still gets its own job: when its turn comes the worker publishes the earlier
+job's results under its name instead of restoring again (`settle_before_restoring`), so dedupe saves GPU time
+but never a result. A bad sidecar makes a failed job at once, its files moved to failed/ beside `NAME.error.txt`.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import threading
@@ -35,13 +44,16 @@ from svfrd.files.hashing import file_sha256
 from svfrd.jobs.model import Job, JobState
 from svfrd.jobs.store import (
     dedupe_key_for,
-    enqueue_or_find,
+    enqueue_reusing,
     insert_failed_job,
     paths_owned_by_jobs,
     set_input_paths,
+    supersede_job,
 )
 from svfrd.ops import notify
+from svfrd.service import results
 from svfrd.service.sidecar import JobSpec, default_spec, parse_sidecar, sidecar_path_for
+from svfrd.service.stability import Clock, Signature, StabilityTracker
 
 log = logging.getLogger("svfrd.service.intake")
 
@@ -63,13 +75,22 @@ def is_candidate_video(name: str) -> bool:
     return not name.startswith((".", "~")) and Path(name).suffix.lower() in VIDEO_SUFFIXES
 
 
-@dataclass
-class _Observed:
-    """What a scan saw of one file, and since when (monotonic seconds) it looks the same."""
+def is_ignored_name(name: str) -> bool:
+    """Hidden files and folders, and downloads still in progress, are not looked at."""
+    return name.startswith(".") or Path(name).suffix.lower() in PARTIAL_SUFFIXES
 
-    size: int
-    mtime_ns: int
-    unchanged_since: float
+
+def relative_name(inbox: Path, path: Path) -> str:
+    """The name a job records for its source: its path under the inbox, `trip/a.mp4` (POSIX separators)."""
+    return path.relative_to(inbox).as_posix()
+
+
+@dataclass
+class InboxListing:
+    """What one scan found in an inbox: files with their (size, mtime), and links that are not followed."""
+
+    files: dict[Path, Signature] = field(default_factory=dict)
+    links: dict[Path, Signature] = field(default_factory=dict)
 
 
 @dataclass
@@ -78,7 +99,8 @@ class ScanResult:
 
     enqueued: list[Job] = field(default_factory=list)
     failed: list[Job] = field(default_factory=list)
-    duplicates: list[tuple[Path, Job]] = field(default_factory=list)
+    #: (new job, earlier job with the same content and options): the new job will reuse the earlier results.
+    duplicates: list[tuple[Job, Job]] = field(default_factory=list)
     #: Seconds until a waiting file may be ready (quiet period or sidecar grace running), None if none waits.
     wait: float | None = None
 
@@ -90,15 +112,22 @@ class Intake:
         db: Engine,
         on_hint: Callable[[], None] | None = None,
         allowed_options: frozenset[str] | None = None,
+        clock: Clock = time.monotonic,
     ):
         self.config, self.db = config, db
         # The configured engine's options by default, a plug-in engine's own included (svfrd.domain.OPTIONS).
         self.allowed_options = config.engine.option_names if allowed_options is None else allowed_options
         self._on_hint = on_hint
         self._hinted = threading.Event()
-        self._observed: dict[Path, _Observed] = {}
+        self.clock = clock
+        self.stability = StabilityTracker(config.service.quiet_period, config.service.sidecar_grace, clock)
         self._hashes: dict[tuple[Path, int, int], str] = {}
         self._observer = None
+        # Folders a recursive scan must not enter: results or failed inputs would come back as new jobs.
+        self._not_inputs = frozenset(
+            [config.output.outbox, config.output.done, config.output.failed, config.service.state_dir]
+            + [inbox.path for inbox in config.inboxes]
+        )
 
     # -- watching (a hint only) ------------------------------------------------------------------------------
 
@@ -129,7 +158,7 @@ class Intake:
         self._observer = Observer()
         for inbox in self.config.inboxes:
             inbox.path.mkdir(parents=True, exist_ok=True)
-            self._observer.schedule(Hint(), str(inbox.path), recursive=False)
+            self._observer.schedule(Hint(), str(inbox.path), recursive=inbox.recursive)
         self._observer.daemon = True
         self._observer.start()
 
@@ -152,83 +181,104 @@ class Intake:
     def scan_once(self) -> ScanResult:
         self._hinted.clear()
         result = ScanResult()
-        now = time.monotonic()
-        seen: set[Path] = set()
-        for inbox in self.config.inboxes:
-            ready = self._ready_videos(inbox, now, seen, result)
-            owned = paths_owned_by_jobs(self.db, [str(v) for v in ready], OWNED_BY_JOB_STATES)
-            for video in ready:
-                if str(video) not in owned:
-                    self._take_safely(inbox, video, result)
-        self._forget_vanished(seen)
+        listings = [(inbox, self._list_inbox(inbox)) for inbox in self.config.inboxes]
+        everything = {path: sig for _, listing in listings for path, sig in {**listing.files, **listing.links}.items()}
+        self.stability.observe(everything)
+        self._hashes = {key: value for key, value in self._hashes.items() if key[0] in everything}
+        for inbox, listing in listings:
+            ready = self._ready_inputs(listing, result)
+            owned = paths_owned_by_jobs(self.db, [str(p) for p in ready], OWNED_BY_JOB_STATES)
+            for path in ready:
+                if str(path) in owned:
+                    continue
+                if path in listing.links:
+                    self._safely(self._refuse_link, inbox, path, result)
+                else:
+                    self._safely(self._take, inbox, path, result)
         return result
 
-    def _ready_videos(self, inbox: InboxConfig, now: float, seen: set[Path], result: ScanResult) -> list[Path]:
-        """Videos of this inbox that are complete and whose sidecar question is settled."""
-        entries = _list_files(inbox.path)
-        for path, (size, mtime_ns) in entries.items():
-            seen.add(path)
-            self._observe(path, size, mtime_ns, now)
+    def _list_inbox(self, inbox: InboxConfig) -> InboxListing:
+        """Every input file of the inbox (with its subfolders when `recursive`), without following links."""
+        listing = InboxListing()
+        folders = [inbox.path]
+        while folders:
+            folder = folders.pop()
+            try:
+                entries = list(os.scandir(folder))
+            except (FileNotFoundError, NotADirectoryError):
+                continue  # removed since it was listed
+            for entry in entries:
+                if not is_ignored_name(entry.name):
+                    try:
+                        self._list_entry(inbox, entry, listing, folders)
+                    except OSError:
+                        continue  # vanished between listing and stat
+        return listing
+
+    def _list_entry(self, inbox: InboxConfig, entry: os.DirEntry, listing: InboxListing, folders: list[Path]) -> None:
+        path = Path(entry.path)
+        if entry.is_symlink():
+            self._list_link(inbox, path, listing)
+        elif entry.is_dir(follow_symlinks=False):
+            if inbox.recursive and path not in self._not_inputs:
+                folders.append(path)
+        elif entry.is_file(follow_symlinks=False):
+            stat = entry.stat(follow_symlinks=False)
+            listing.files[path] = (stat.st_size, stat.st_mtime_ns)
+
+    @staticmethod
+    def _list_link(inbox: InboxConfig, path: Path, listing: InboxListing) -> None:
+        """A linked video (or, in a recursive inbox, a linked folder) is refused; other links (a mask that
+        a sidecar names, say) are left for the sidecar check. Only stat is used: a link's target is never
+        opened here."""
+        if path.is_dir():
+            if inbox.recursive:
+                listing.links[path] = _link_signature(path)
+        elif is_candidate_video(path.name):
+            if inbox.follow_symlinks and path.is_file():
+                stat = path.stat()
+                listing.files[path] = (stat.st_size, stat.st_mtime_ns)
+            else:
+                listing.links[path] = _link_signature(path)
+
+    def _ready_inputs(self, listing: InboxListing, result: ScanResult) -> list[Path]:
+        """Videos and refused links that are complete and whose sidecar question is settled, sorted."""
         ready = []
-        for path in sorted(entries):
-            if not is_candidate_video(path.name):
-                continue
-            remaining = self._seconds_until_ready(path, entries, now)
+        candidates = [p for p in listing.files if is_candidate_video(p.name)] + list(listing.links)
+        for path in sorted(candidates):
+            sidecar = sidecar_path_for(path)
+            remaining = self.stability.seconds_until_ready(path, sidecar if sidecar in listing.files else None)
             if remaining <= 0:
                 ready.append(path)
             else:
                 result.wait = remaining if result.wait is None else min(result.wait, remaining)
         return ready
 
-    def _observe(self, path: Path, size: int, mtime_ns: int, now: float) -> None:
-        known = self._observed.get(path)
-        if known is None or (known.size, known.mtime_ns) != (size, mtime_ns):
-            self._observed[path] = _Observed(size, mtime_ns, now)
-
-    def _quiet_for(self, path: Path, now: float) -> float:
-        return now - self._observed[path].unchanged_since
-
-    def _seconds_until_ready(self, video: Path, entries: dict, now: float) -> float:
-        quiet = self.config.service.quiet_period
-        video_wait = quiet - self._quiet_for(video, now)
-        if video_wait > 0:
-            return video_wait
-        sidecar = sidecar_path_for(video)
-        if sidecar in entries:
-            return max(0.0, quiet - self._quiet_for(sidecar, now))
-        # No sidecar yet: the grace period counts from the moment the video became stable.
-        stable_for = self._quiet_for(video, now) - quiet
-        return max(0.0, self.config.service.sidecar_grace - stable_for)
-
-    def _forget_vanished(self, seen: set[Path]) -> None:
-        for path in set(self._observed) - seen:
-            del self._observed[path]
-        self._hashes = {key: value for key, value in self._hashes.items() if key[0] in seen}
-
     # -- taking one video ------------------------------------------------------------------------------------
 
-    def _take_safely(self, inbox: InboxConfig, video: Path, result: ScanResult) -> None:
+    def _safely(self, action: Callable[[InboxConfig, Path, ScanResult], None], inbox: InboxConfig, path: Path,
+                result: ScanResult) -> None:
         """A file that vanishes or cannot be moved mid-way (the user deleted or renamed it, permissions) must not
         stop the daemon: log it; the next scan sees the truth."""
         try:
-            self._take(inbox, video, result)
+            action(inbox, path, result)
         except OSError as err:
-            log.warning("could not take %s (%s); will look again at the next scan", video, err)
+            log.warning("could not take %s (%s); will look again at the next scan", path, err)
 
     def _take(self, inbox: InboxConfig, video: Path, result: ScanResult) -> None:
         sidecar = sidecar_path_for(video)
-        has_sidecar = sidecar.is_file()
+        has_sidecar = sidecar.is_symlink() or sidecar.is_file()
         content_hash = self._content_hash(video)
         try:
-            spec = self._spec(inbox, sidecar if has_sidecar else None)
+            spec = self._spec(inbox, video, sidecar if has_sidecar else None)
         except BadInputError as err:
             result.failed.append(self._reject(inbox, video, sidecar, content_hash, err))
             return
         # The queue derives the dedupe key from these fields (hashing the mask and reference).
-        job, created = enqueue_or_find(
+        job, earlier = enqueue_reusing(
             self.db,
             inbox=str(inbox.path),
-            source_name=video.name,
+            source_name=relative_name(inbox.path, video),
             source_path=str(video),
             sidecar_path=str(sidecar) if has_sidecar else None,
             mask_path=_text(spec.mask_path),
@@ -239,18 +289,23 @@ class Intake:
             content_hash=content_hash,
             max_attempts=self.config.service.max_attempts,
         )
-        if created:
+        if earlier is None:
             log.info("queued job %d: %s (%s)", job.id, video, "with sidecar" if has_sidecar else "inbox defaults")
             result.enqueued.append(job)
         else:
-            self._set_aside_duplicate(video, sidecar if has_sidecar else None, job)
-            result.duplicates.append((video, job))
+            log.info("queued job %d: %s has the same content and options as job %d (%s), whose results it will "
+                     "reuse instead of restoring again", job.id, video, earlier.id, earlier.state)
+            result.duplicates.append((job, earlier))
 
-    def _spec(self, inbox: InboxConfig, sidecar: Path | None) -> JobSpec:
+    def _spec(self, inbox: InboxConfig, video: Path, sidecar: Path | None) -> JobSpec:
         if sidecar is None:
             return default_spec(inbox.tasks, inbox.options)
+        if sidecar.is_symlink():
+            raise BadInputError(f"sidecar {sidecar.name} is a symbolic link; svfrd does not follow links in an "
+                                f"inbox. Copy the file itself in beside {video.name}.")
+        # Masks and references are named relative to the video's own folder and may not leave it.
         return parse_sidecar(
-            sidecar, inbox.path, default_tasks=inbox.tasks, default_options=inbox.options,
+            sidecar, video.parent, default_tasks=inbox.tasks, default_options=inbox.options,
             allowed_options=self.allowed_options,
         )
 
@@ -262,37 +317,52 @@ class Intake:
             self._hashes[key] = file_sha256(path, still_alive=notify.still_busy)
         return self._hashes[key]
 
-    def _set_aside_duplicate(self, video: Path, sidecar: Path | None, job: Job) -> None:
-        """Same content and options as `job`: no second run. The file goes to done/ (nothing is deleted)."""
-        moved = placement.move_input_to(self.config.output.done, [video, sidecar])
-        verb = "restored" if job.state == JobState.DONE.value else f"{job.state} as"
-        log.info("%s is a duplicate: already %s job %d; moved to %s", video, verb, job.id, moved[0])
-
     def _reject(self, inbox: InboxConfig, video: Path, sidecar: Path, content_hash: str, err: BadInputError) -> Job:
         """A bad sidecar: a failed job with the reason, the files together in failed/ with NAME.error.txt."""
-        mask = self._mask_named_by(sidecar, inbox.path)
+        mask = None if sidecar.is_symlink() else self._mask_named_by(sidecar)
+        return self._record_failure(inbox, video, sidecar, mask, content_hash, err,
+                                    "The video and its sidecar were moved into this folder unchanged.")
+
+    def _refuse_link(self, inbox: InboxConfig, link: Path, result: ScanResult) -> None:
+        """A symbolic link in the inbox: a failed job that says to copy the file in; the link itself moves."""
+        target = os.readlink(link)
+        what = "folder" if link.is_dir() else "file"
+        err = BadInputError(
+            f"{relative_name(inbox.path, link)} is a symbolic link to {target}, and svfrd does not follow links "
+            f"in an inbox (a link could make the service read a file that was not given to it). Copy the {what} "
+            "itself into the inbox (e.g. `cp -L`)."
+        )
+        sidecar = sidecar_path_for(link) if is_candidate_video(link.name) else None
+        if sidecar is not None and not (sidecar.is_file() and not sidecar.is_symlink()):
+            sidecar = None
+        link_hash = hashlib.sha256(f"symlink:{target}".encode()).hexdigest()  # the target is never read
+        result.failed.append(self._record_failure(inbox, link, sidecar, None, link_hash, err,
+                                                  "The link itself (not its target) was moved into this folder."))
+
+    def _record_failure(self, inbox: InboxConfig, video: Path, sidecar: Path | None, mask: Path | None,
+                        content_hash: str, err: BadInputError, moved_note: str) -> Job:
+        source_name = relative_name(inbox.path, video)
         job = insert_failed_job(
             self.db, err,
-            inbox=str(inbox.path), source_name=video.name, source_path=str(video), sidecar_path=str(sidecar),
+            inbox=str(inbox.path), source_name=source_name, source_path=str(video), sidecar_path=_text(sidecar),
             mask_path=_text(mask), tasks=inbox.tasks, content_hash=content_hash,
             dedupe_key=dedupe_key_for(content_hash, inbox.tasks, inbox.options, DEFAULT_SEED),  # never blocks
             max_attempts=self.config.service.max_attempts,
         )
-        moved = placement.move_input_to(self.config.output.failed, [video, sidecar, mask])
-        placement.write_error_report(
-            self.config.output.failed, moved[0].name,
-            f"{err}\n\nsvfrd job {job.id}. The video and its sidecar were moved into this folder unchanged.",
-        )
-        paths = {"source_path": moved[0], "sidecar_path": moved[1]}
-        if mask is not None:
-            paths["mask_path"] = moved[2]
+        failed_folder = placement.mirror_folder(self.config.output.failed, source_name)
+        inputs = {"source_path": video, "sidecar_path": sidecar, "mask_path": mask}
+        present = {column: path for column, path in inputs.items() if path is not None}
+        moved = dict(zip(present, placement.move_input_to(failed_folder, list(present.values()))))
+        placement.write_error_report(failed_folder, moved["source_path"].name,
+                                     f"{err}\n\nsvfrd job {job.id}. {moved_note}")
         log.warning("job %d failed: %s", job.id, err)
-        return set_input_paths(self.db, job.id, **paths)
+        return set_input_paths(self.db, job.id, **moved)
 
-    def _mask_named_by(self, sidecar: Path, inbox: Path) -> Path | None:
-        """The mask a rejected sidecar names, if it is plainly a file of this inbox (so it can travel with the
-        video to failed/) and neither a waiting job nor another sidecar in the inbox uses it."""
-        mask = _mask_in_sidecar(sidecar, inbox)
+    def _mask_named_by(self, sidecar: Path) -> Path | None:
+        """The mask a rejected sidecar names, if it is plainly a file of the video's folder (so it can travel
+        with the video to failed/) and neither a waiting job nor another sidecar there uses it."""
+        folder = sidecar.parent
+        mask = _mask_in_sidecar(sidecar, folder)
         if mask is None or mask.is_symlink() or not mask.is_file():
             return None
         if mask.suffix.lower() in VIDEO_SUFFIXES | {".toml"}:
@@ -300,11 +370,44 @@ class Intake:
         waiting = {JobState.QUEUED.value, JobState.RUNNING.value}
         if paths_owned_by_jobs(self.db, [str(mask)], waiting, column="mask_path"):
             return None
-        others = [p for p in inbox.glob("*.toml") if p != sidecar]
-        return None if any(_mask_in_sidecar(other, inbox) == mask for other in others) else mask
+        others = [p for p in folder.glob("*.toml") if p != sidecar]
+        return None if any(_mask_in_sidecar(other, folder) == mask for other in others) else mask
 
 
-def _mask_in_sidecar(sidecar: Path, inbox: Path) -> Path | None:
+# ---------------------------------------------------------------------------------------------------------------
+# At the start of a job (called by the worker).
+
+
+def settle_before_restoring(config: Config, db: Engine, job: Job) -> bool:
+    """Whether the job is settled without restoring: its video was replaced with other content after it was
+    queued (the job is superseded by a new one for the new content), or an earlier job with the same content
+    and options left results, now published under this job's name (`results.publish_reused_results`)."""
+    return supersede_if_changed(db, job) is not None or results.publish_reused_results(config, db, job)
+
+
+def supersede_if_changed(db: Engine, job: Job) -> Job | None:
+    """Hash the job's video again: a file overwritten while its job waited is a new job (returned), and the old
+    one is cancelled saying so, so that dedupe and the report never name content that was not restored.
+    Only a video still in its inbox is checked; a missing one is left for the worker to report."""
+    source = Path(job.source_path)
+    if not source.is_file() or not source.is_relative_to(job.inbox):
+        return None
+    content_hash = file_sha256(source)
+    if content_hash == job.content_hash:
+        return None
+    new = supersede_job(
+        db, job.id,
+        lambda new_id: (f"superseded: {job.source_name} was replaced with different content after it was queued; "
+                        f"job {new_id} restores the new content"),
+        inbox=job.inbox, source_name=job.source_name, source_path=job.source_path, sidecar_path=job.sidecar_path,
+        mask_path=job.mask_path, reference_path=job.reference_path, tasks=job.tasks, options_json=job.options_json,
+        seed=job.seed, content_hash=content_hash, max_attempts=job.max_attempts,
+    )
+    log.info("job %d: %s changed since it was queued; job %d restores the new content", job.id, source, new.id)
+    return new
+
+
+def _mask_in_sidecar(sidecar: Path, folder: Path) -> Path | None:
     """The `mask` a sidecar names, read leniently (the sidecar may be broken); None unless it is a plain
     relative path."""
     try:
@@ -313,27 +416,12 @@ def _mask_in_sidecar(sidecar: Path, inbox: Path) -> Path | None:
         return None
     if not isinstance(value, str) or not value or PurePosixPath(value).is_absolute() or ".." in value:
         return None
-    return inbox / value
+    return folder / value
 
 
-def _list_files(folder: Path) -> dict[Path, tuple[int, int]]:
-    """Top-level regular files (symlinks followed) with (size, mtime_ns); dot-files and partial names skipped."""
-    files: dict[Path, tuple[int, int]] = {}
-    try:
-        entries = list(os.scandir(folder))
-    except FileNotFoundError:
-        return files
-    for entry in entries:
-        if entry.name.startswith(".") or Path(entry.name).suffix.lower() in PARTIAL_SUFFIXES:
-            continue
-        try:
-            if not entry.is_file():
-                continue
-            stat = entry.stat()
-        except OSError:
-            continue  # vanished between listing and stat
-        files[Path(entry.path)] = (stat.st_size, stat.st_mtime_ns)
-    return files
+def _link_signature(link: Path) -> Signature:
+    stat = link.lstat()
+    return (stat.st_size, stat.st_mtime_ns)
 
 
 def _text(path: Path | None) -> str | None:

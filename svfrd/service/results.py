@@ -28,6 +28,7 @@ from svfrd.errors import TransientError
 from svfrd.files import placement
 from svfrd.jobs.model import Job, JobState
 from svfrd.jobs.store import (
+    done_jobs_with_key,
     fail_job,
     finish_job,
     get_job,
@@ -36,6 +37,7 @@ from svfrd.jobs.store import (
     set_input_paths,
 )
 from svfrd.ops.logs import job_logger
+from svfrd.service.report import reuse_report
 
 VIDEO_SUFFIX = ".restored.mp4"
 REPORT_SUFFIX = ".report.json"
@@ -90,9 +92,11 @@ def temp_files(config: Config, job: Job) -> ResultFiles:
 def plan_final_files(config: Config, job: Job) -> ResultFiles:
     """Free final names for all results, sharing one stem (`clip`, else `clip-2`, ...) so they sort together."""
     suffixes = [suffix for suffix in _suffixes(config.output.preview).values() if suffix]
-    stem = placement.free_stem(config.output.outbox, source_stem(job), suffixes)
+    folder = placement.mirror_folder(config.output.outbox, job.source_name)  # inbox/trip/a.mp4 -> outbox/trip
+    folder.mkdir(parents=True, exist_ok=True)
+    stem = placement.free_stem(folder, source_stem(job), suffixes)
     if stem is not None:
-        return _files_for_stem(config.output.outbox, stem, config.output.preview)
+        return _files_for_stem(folder, stem, config.output.preview)
     raise TransientError(f"the outbox {config.output.outbox} holds 10,000 results named like {job.source_name}; "
                          "move some away and the job will be retried")
 
@@ -170,7 +174,9 @@ def input_files(job: Job) -> dict[str, Path]:
 def move_inputs(config: Config, db: Engine, job: Job, folder: Path) -> dict[str, Path]:
     """Move the video, sidecar, mask and reference to `folder` (done/ or failed/) together, and record their
     new places in the row. Never overwrites; files already in `folder` (a retried job that failed again) stay
-    where they are (see `svfrd.files.placement.move_input_to`). Returns the paths, by column."""
+    where they are (see `svfrd.files.placement.move_input_to`). The folder the video had under its inbox is
+    kept (`placement.mirror_folder`). Returns the paths, by column."""
+    folder = placement.mirror_folder(folder, job.source_name)
     to_move = {
         column: path for column, path in input_files(job).items()
         if not (column in ("mask_path", "reference_path") and input_needed_by_other_jobs(db, job.id, column, path))
@@ -198,7 +204,53 @@ def settle_failure(config: Config, db: Engine, job_id: int, error: BaseException
     job = fail_job(db, job_id, error, retry_backoff=config.service.retry_backoff)
     if job.state == JobState.FAILED.value:
         moved = move_inputs(config, db, job, config.output.failed)
-        name = moved["source_path"].name if "source_path" in moved else job.source_name
-        placement.write_error_report(config.output.failed, name, error_report_text(job, job.error_message or str(error)))
+        name = moved["source_path"].name if "source_path" in moved else Path(job.source_name).name
+        folder = placement.mirror_folder(config.output.failed, job.source_name)
+        placement.write_error_report(folder, name, error_report_text(job, job.error_message or str(error)))
         job = get_job(db, job_id) or job
     return job
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Reusing an earlier job's results (a duplicate: the same content with the same options).
+
+
+def publish_reused_results(config: Config, db: Engine, job: Job) -> bool:
+    """Dedupe saves GPU time, never a user's output: when a done job with the same content and options still
+    has its restored video, this job's results are that job's files (hard links, or copies) and a report that
+    names the job it reuses, published by the same crash-safe steps as a restoration (module docstring).
+    False when there is nothing to reuse: then the job restores its video itself."""
+    earlier = _reusable_job(config, db, job)
+    if earlier is None:
+        return False
+    earlier_files = planned_final_files(config, earlier)
+    temps, finals = temp_files(config, job), plan_final_files(config, job)
+    linked = []
+    for kind, temp in temps.items():
+        source = getattr(earlier_files, kind)
+        if kind != "report" and source is not None and source.is_file():
+            placement.link_or_copy(source, temp)
+            linked.append(kind)
+    outputs = {kind: getattr(finals, kind).name for kind in linked}
+    write_json(temps.report, reuse_report(read_report(earlier), job, outputs))
+    planned = record_plan(db, job.id, finals, earlier.frames_total or 0)
+    job_logger(job.id).info("%s has the same content and options as job %d: its results are reused, not restored "
+                            "again", job.source_name, earlier.id)
+    return complete_publication(config, db, planned, earlier.engine) is not None
+
+
+def _reusable_job(config: Config, db: Engine, job: Job) -> Job | None:
+    """The newest done job with this job's dedupe key whose restored video is still there."""
+    for earlier in done_jobs_with_key(db, job.dedupe_key, exclude_id=job.id):
+        if earlier.output_path and Path(earlier.output_path).is_file():
+            return earlier
+    return None
+
+
+def read_report(job: Job) -> dict[str, Any]:
+    """A done job's NAME.report.json, or {} when it was deleted or cannot be read."""
+    try:
+        report = json.loads(Path(job.report_path).read_text(encoding="utf-8")) if job.report_path else {}
+    except (OSError, ValueError):
+        return {}
+    return report if isinstance(report, dict) else {}

@@ -52,6 +52,7 @@ from svfrd.jobs.store import (
 from svfrd.ops.logs import JobLogger, job_logger, setup_logging
 from svfrd.service import results
 from svfrd.service.report import build_report
+from svfrd.service.intake import settle_before_restoring
 
 log = logging.getLogger(__name__)
 
@@ -172,6 +173,8 @@ class JobRunner:
                 return
             logger.info("the results of an earlier, interrupted run are gone; restoring again")
             forget_planned_results(self.db, job.id)
+        if settle_before_restoring(self.config, self.db, job):  # video replaced since queued, or a duplicate
+            return
         self._restore(job, logger)
 
     def _restore(self, job: Job, logger: JobLogger) -> None:

@@ -14,6 +14,8 @@ from svfrd.files.placement import (
     clean_stale_temp_files,
     ensure_free_space,
     free_space_mb,
+    link_or_copy,
+    mirror_folder,
     move_input_to,
     publish,
     publish_text,
@@ -158,3 +160,47 @@ def test_start_up_cleans_only_stale_temp_files(tmp_path):
     assert clean_stale_temp_files(tmp_path) == [stale]
     assert sorted(tmp_path.iterdir()) == sorted(keep)
     assert clean_stale_temp_files(tmp_path / "missing") == []
+
+
+def test_an_input_keeps_the_folder_it_had_under_its_inbox(tmp_path):
+    assert mirror_folder(tmp_path / "done", "clip.mp4") == tmp_path / "done"
+    assert mirror_folder(tmp_path / "done", "trip/day 2/clip.mp4") == tmp_path / "done" / "trip" / "day 2"
+
+
+def refuse_links_of(monkeypatch, source: Path) -> None:
+    """Make hard links from `source` fail as they do across filesystems."""
+    real_link = os.link
+
+    def link(src, dst, *args, **kwargs):
+        if Path(src) == source:
+            raise OSError(errno.EXDEV, "Invalid cross-device link")
+        return real_link(src, dst, *args, **kwargs)
+
+    monkeypatch.setattr(outbox_module.os, "link", link)
+
+
+def test_a_result_is_reused_by_hard_link_or_by_copy_where_linking_fails(tmp_path, monkeypatch):
+    result = tmp_path / "first.restored.mp4"
+    result.write_bytes(b"restored")
+    link_or_copy(result, tmp_path / "linked.mp4")
+    assert os.path.samefile(result, tmp_path / "linked.mp4")
+    refuse_links_of(monkeypatch, result)
+    (tmp_path / "copied.mp4").write_bytes(b"left by an interrupted run")
+    link_or_copy(result, tmp_path / "copied.mp4")
+    assert (tmp_path / "copied.mp4").read_bytes() == b"restored"
+    assert not os.path.samefile(result, tmp_path / "copied.mp4")
+
+
+def test_a_symlink_moved_across_filesystems_stays_a_link_and_its_target_is_never_read(tmp_path, monkeypatch):
+    secret = tmp_path / "secret.mp4"
+    secret.write_bytes(b"not for svfrd")
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    link = inbox / "link.mp4"
+    link.symlink_to(secret)
+    refuse_links_of(monkeypatch, link)
+
+    [moved] = move_input_to(tmp_path / "failed", [link])
+
+    assert moved.is_symlink() and os.readlink(moved) == str(secret)
+    assert not link.exists() and secret.read_bytes() == b"not for svfrd"

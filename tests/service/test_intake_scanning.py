@@ -1,10 +1,12 @@
-"""Intake on real folders and a real SQLite database: complete files become jobs exactly once."""
+"""Intake on real folders and a real SQLite database: complete files become jobs exactly once.
+
+Time is a clock the test advances (`SteppedClock`): scans run back to back, and a quiet period passes when the
+test says so, never by sleeping."""
 
 from __future__ import annotations
 
 import os
 import threading
-import time
 from pathlib import Path
 
 import numpy as np
@@ -16,20 +18,32 @@ from svfrd.domain import Task
 from svfrd.files.placement import move_input_to
 from svfrd.jobs.database import open_database, upgrade_database
 from svfrd.jobs.model import JobState
-from svfrd.jobs.store import claim_next_job, file_sha256, finish_job, list_jobs, set_input_paths
-from svfrd.service.intake import Intake, ScanResult
+from svfrd.jobs.store import (
+    claim_next_job,
+    file_sha256,
+    finish_job,
+    get_job,
+    list_jobs,
+    set_input_paths,
+)
+from svfrd.service.intake import Intake, ScanResult, settle_before_restoring
+from tests.service.test_stability import SteppedClock
+
+#: Fake seconds between two scans of `scan_until` and `scan_for` (the daemon rescans about as often on hints).
+SCAN_STEP = 0.05
 
 
-def make_intake(tmp_path: Path, quiet: float = 0.2, grace: float = 0.0, inbox_extra: str = "") -> Intake:
+def make_intake(tmp_path: Path, quiet: float = 0.2, grace: float = 0.0, inbox_extra: str = "",
+                extra: str = "") -> Intake:
     config_file = tmp_path / "config.toml"
     config_file.write_text(
         f"[service]\nquiet_period = {quiet}\nsidecar_grace = {grace}\nmax_attempts = 2\n"
-        f'[[inbox]]\npath = "inbox"\ntasks = ["bfr"]\n{inbox_extra}\n'
+        f'[[inbox]]\npath = "inbox"\ntasks = ["bfr"]\n{inbox_extra}\n{extra}\n'
     )
     config = load_config(config_file)
     upgrade_database(config.service.database_url)
     config.inboxes[0].path.mkdir()
-    return Intake(config, open_database(config.service.database_url))
+    return Intake(config, open_database(config.service.database_url), clock=SteppedClock())
 
 
 @pytest.fixture
@@ -62,24 +76,24 @@ def save_mask(path: Path) -> Path:
     return path
 
 
-def scan_until(intake: Intake, done, timeout: float = 10.0) -> list[ScanResult]:
-    """Scan like the daemon does until `done(results)` holds; each scan sleeps at most 0.05 s after."""
+def scan_until(intake: Intake, done, limit: float = 30.0) -> list[ScanResult]:
+    """Scan like the daemon does until `done(results)` holds, the clock moving SCAN_STEP between scans."""
     results: list[ScanResult] = []
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    started = intake.clock()
+    while intake.clock() - started <= limit:
         results.append(intake.scan_once())
         if done(results):
             return results
-        time.sleep(0.05)
-    raise AssertionError(f"condition not met within {timeout} s")
+        intake.clock.advance(SCAN_STEP)
+    raise AssertionError(f"condition not met within {limit} clock seconds")
 
 
 def scan_for(intake: Intake, seconds: float) -> list[ScanResult]:
+    """Scan every SCAN_STEP clock seconds for `seconds`."""
     results = []
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
+    for _ in range(round(seconds / SCAN_STEP)):
         results.append(intake.scan_once())
-        time.sleep(0.05)
+        intake.clock.advance(SCAN_STEP)
     return results
 
 
@@ -118,24 +132,14 @@ def test_a_complete_video_becomes_one_queued_job_with_the_inbox_defaults(intake)
 def test_a_slowly_copied_file_is_not_taken_before_it_is_complete(tmp_path):
     intake = make_intake(tmp_path, quiet=1.2)
     video = inbox_of(intake) / "slow.mov"
-    chunks = [video_bytes(n, 2048) for n in range(12)]
-    last_write: list[float] = []
-
-    def copy_slowly() -> None:
-        with open(video, "wb") as f:
-            for chunk in chunks:
-                time.sleep(0.25)
-                f.write(chunk)
-                f.flush()
-                last_write.append(time.monotonic())
-
-    writer = threading.Thread(target=copy_slowly)
-    writer.start()
-    results = scan_until(intake, lambda r: enqueued(r), timeout=10)
-    taken_at = time.monotonic()
-    writer.join()
-    [job] = enqueued(results)
-    assert len(last_write) == 12 and taken_at >= last_write[-1] + 1.15, "taken only after a full quiet period"
+    with open(video, "wb") as f:
+        for n in range(12):
+            f.write(video_bytes(n, 2048))
+            f.flush()
+            last_write = intake.clock()
+            assert enqueued(scan_for(intake, 0.25)) == [], "a file that keeps growing is never complete"
+    [job] = enqueued(scan_until(intake, lambda r: enqueued(r)))
+    assert intake.clock() - last_write >= 1.2 - 1e-9, "taken only after a full quiet period"
     assert job.content_hash == file_sha256(video) and video.stat().st_size == 12 * 2048
     intake.db.dispose()
 
@@ -186,12 +190,11 @@ def test_a_sidecar_still_being_written_is_waited_for(tmp_path):
     inbox = inbox_of(intake)
     drop(inbox, "clip.mp4", video_bytes(13))
     sidecar = drop(inbox, "clip.toml", "tasks = [0]\n")
-    stop_writing = time.monotonic() + 1.5
-    while time.monotonic() < stop_writing:
+    for _ in range(15):
         assert enqueued([intake.scan_once()]) == []
         with open(sidecar, "a") as f:
             f.write("# still editing\n")
-        time.sleep(0.1)
+        intake.clock.advance(0.1)
     drop(inbox, "clip.toml", "tasks = [1]\n")
     [job] = enqueued(scan_until(intake, lambda r: enqueued(r)))
     assert job.tasks == "1", "the finished sidecar is the one used"
@@ -221,28 +224,31 @@ def test_a_sidecar_arriving_after_the_video_within_the_grace_period_is_used(tmp_
 def test_without_a_sidecar_the_inbox_defaults_apply_once_the_grace_period_is_over(tmp_path):
     intake = make_intake(tmp_path, quiet=0.2, grace=0.8, inbox_extra="options = { steps = 5 }")
     drop(inbox_of(intake), "plain.mp4", video_bytes(5))
-    started = time.monotonic()
+    started = intake.clock()
     results = scan_until(intake, lambda r: enqueued(r))
-    assert time.monotonic() - started >= 0.2 + 0.8
+    assert intake.clock() - started >= 0.2 + 0.8
     assert 0 < min(r.wait for r in results if r.wait is not None) <= 1.0, "scan says how long to wait"
     [job] = enqueued(results)
     assert job.tasks == "0" and job.options_json == '{"steps":5}' and job.sidecar_path is None
     intake.db.dispose()
 
 
-def test_the_same_content_and_options_again_is_not_a_second_job(intake):
+def test_the_same_content_and_options_again_is_a_job_that_will_reuse_the_first(intake):
     inbox = inbox_of(intake)
     drop(inbox, "first.mp4", video_bytes(6))
     [job] = enqueued(scan_until(intake, lambda r: enqueued(r)))
     drop(inbox, "copy.mp4", video_bytes(6))
     results = scan_until(intake, lambda r: any(r_.duplicates for r_ in r))
-    [(path, original)] = [d for r in results for d in r.duplicates]
-    assert path == inbox / "copy.mp4" and original.id == job.id
-    assert (intake.config.output.done / "copy.mp4").read_bytes() == video_bytes(6), "moved, not deleted"
-    assert len(all_jobs(intake)) == 1
+    [(duplicate, original)] = [d for r in results for d in r.duplicates]
+    assert original.id == job.id and duplicate.id != job.id and enqueued(results) == []
+    assert duplicate.source_name == "copy.mp4" and duplicate.state == JobState.QUEUED.value
+    assert duplicate.dedupe_key == job.dedupe_key, "the worker finds the earlier results by this key"
+    assert (inbox / "copy.mp4").read_bytes() == video_bytes(6), "the copy waits in the inbox for its turn"
+    scan_for(intake, 0.3)
+    assert len(all_jobs(intake)) == 2
 
 
-def test_a_changed_sidecar_makes_a_new_job_and_an_unchanged_one_does_not(intake):
+def test_a_changed_sidecar_makes_a_new_job_and_an_unchanged_one_reuses_the_earlier_one(intake):
     inbox = inbox_of(intake)
     drop(inbox, "clip.mp4", video_bytes(7))
     drop(inbox, "clip.toml", "tasks = [0]\n")
@@ -258,8 +264,9 @@ def test_a_changed_sidecar_makes_a_new_job_and_an_unchanged_one_does_not(intake)
     drop(inbox, "clip.mp4", video_bytes(7))
     drop(inbox, "clip.toml", "tasks = [0]\nseed = 1\n")
     results = scan_until(intake, lambda r: any(r_.duplicates for r_ in r))
-    assert enqueued(results) == [] and len(all_jobs(intake)) == 2
-    assert list(inbox.iterdir()) == []
+    assert enqueued(results) == []
+    [(_, original)] = [d for r in results for d in r.duplicates]
+    assert original.id == second.id
 
 
 def test_a_failed_job_does_not_block_dropping_the_file_again(intake):
@@ -342,7 +349,7 @@ def test_files_of_queued_jobs_stay_put_across_restarts(tmp_path):
     drop(inbox_of(first), "clip.mp4", video_bytes(11))
     [job] = enqueued(scan_until(first, lambda r: enqueued(r)))
     first.db.dispose()
-    restarted = Intake(first.config, open_database(first.config.service.database_url))
+    restarted = Intake(first.config, open_database(first.config.service.database_url), clock=SteppedClock())
     results = scan_for(restarted, 0.5)
     assert enqueued(results) == [] and not any(r.duplicates for r in results)
     assert [j.id for j in all_jobs(restarted)] == [job.id]
@@ -356,7 +363,7 @@ def test_file_events_wake_the_daemon_and_the_scan_clears_the_hint(intake):
     assert not intake.has_hints()
     drop(inbox_of(intake), "clip.mp4", b"x")
     assert wake.wait(5), "a new file is a hint"
-    time.sleep(0.3)  # the write's later events (modified, closed) arrive before the scan, not after it
+    intake.stop()  # joins the observer thread: no later event of the write can re-arm the hint after the scan
     assert intake.has_hints()
     intake.scan_once()
     assert not intake.has_hints()
@@ -378,3 +385,118 @@ def test_tasks_enum_round_trip(intake):
     drop(inbox_of(intake), "clip.toml", 'tasks = ["colorize", "bfr"]\n')
     [job] = enqueued(scan_until(intake, lambda r: enqueued(r)))
     assert [Task(t) for t in job.task_ids] == [Task.BFR, Task.COLORIZE]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Folders, symlinks, and a video replaced while its job waited.
+
+
+def test_a_dropped_folder_is_scanned_and_its_videos_keep_their_relative_path(intake):
+    inbox = inbox_of(intake)
+    (inbox / "trip" / "day2").mkdir(parents=True)
+    save_mask(inbox / "trip" / "clip.mask.png")
+    drop(inbox / "trip", "clip.toml", 'tasks = ["bfr", "inpaint"]\nmask = "clip.mask.png"\n')
+    drop(inbox / "trip", "clip.mp4", video_bytes(30))
+    drop(inbox / "trip" / "day2", "b.mp4", video_bytes(31))
+    (inbox / "trip" / ".cache").mkdir()
+    drop(inbox / "trip" / ".cache", "hidden.mp4", video_bytes(32))
+    drop(inbox / "trip", "partial.mp4.part", video_bytes(33))
+    jobs = enqueued(scan_until(intake, lambda r: len(enqueued(r)) >= 2))
+    scan_for(intake, 0.3)
+    assert sorted(j.source_name for j in all_jobs(intake)) == ["trip/clip.mp4", "trip/day2/b.mp4"]
+    clip = next(j for j in jobs if j.source_name == "trip/clip.mp4")
+    assert clip.source_path == str(inbox / "trip" / "clip.mp4") and clip.tasks == "0,2"
+    assert clip.mask_path == str(inbox / "trip" / "clip.mask.png"), "the mask is named beside its video"
+
+
+def test_a_bad_sidecar_in_a_folder_fails_into_the_same_folder_under_failed(intake):
+    inbox = inbox_of(intake)
+    (inbox / "trip").mkdir()
+    save_mask(inbox / "outside.png")
+    drop(inbox / "trip", "clip.toml", 'tasks = [2]\nmask = "../outside.png"\n')
+    drop(inbox / "trip", "clip.mp4", video_bytes(34))
+    [job] = [j for r in scan_until(intake, lambda r: any(r_.failed for r_ in r)) for j in r.failed]
+    failed = intake.config.output.failed / "trip"
+    assert "must not contain '..'" in job.error_message, "a mask may not leave the video's folder"
+    assert job.source_name == "trip/clip.mp4" and job.source_path == str(failed / "clip.mp4")
+    assert sorted(p.name for p in failed.iterdir()) == ["clip.error.txt", "clip.mp4", "clip.toml"]
+
+
+def test_a_non_recursive_inbox_ignores_folders_and_output_folders_inside_an_inbox_are_never_scanned(tmp_path):
+    intake = make_intake(tmp_path, inbox_extra="recursive = false")
+    inbox = inbox_of(intake)
+    (inbox / "trip").mkdir()
+    drop(inbox / "trip", "a.mp4", video_bytes(35))
+    assert enqueued(scan_for(intake, 0.5)) == []
+    intake.db.dispose()
+
+    (tmp_path / "nested").mkdir()
+    nested = make_intake(tmp_path / "nested", extra='[output]\noutbox = "inbox/results"\n')
+    results_folder = nested.config.output.outbox
+    results_folder.mkdir()
+    drop(results_folder, "a.restored.mp4", video_bytes(36))
+    assert enqueued(scan_for(nested, 0.5)) == [], "results must not come back as new jobs"
+    nested.db.dispose()
+
+
+def test_a_symlinked_video_is_refused_and_the_link_itself_goes_to_failed(tmp_path):
+    intake = make_intake(tmp_path)
+    inbox = inbox_of(intake)
+    secret = drop(tmp_path, "secret.mp4", video_bytes(37))
+    (inbox / "link.mp4").symlink_to(secret)
+    (tmp_path / "photos").mkdir()
+    (inbox / "photos").symlink_to(tmp_path / "photos")
+    failed_jobs = [j for r in scan_until(intake, lambda r: sum(len(r_.failed) for r_ in r) >= 2) for j in r.failed]
+    by_name = {j.source_name: j for j in failed_jobs}
+    failed = intake.config.output.failed
+    link_job = by_name["link.mp4"]
+    assert link_job.state == "failed" and link_job.error_kind == "bad_input"
+    assert "symbolic link" in link_job.error_message and "Copy the file itself" in link_job.error_message
+    assert os.readlink(failed / "link.mp4") == str(secret), "the link moved, not its target"
+    assert secret.read_bytes() == video_bytes(37)
+    assert "Copy the file itself" in (failed / "link.error.txt").read_text()
+    assert "Copy the folder itself" in by_name["photos"].error_message
+    assert (failed / "photos").is_symlink() and (tmp_path / "photos").is_dir()
+    assert list(inbox.iterdir()) == []
+    intake.db.dispose()
+
+
+def test_an_inbox_may_choose_to_follow_links_to_videos(tmp_path):
+    intake = make_intake(tmp_path, inbox_extra="follow_symlinks = true")
+    target = drop(tmp_path, "elsewhere.mp4", video_bytes(38))
+    (inbox_of(intake) / "link.mp4").symlink_to(target)
+    [job] = enqueued(scan_until(intake, lambda r: enqueued(r)))
+    assert job.content_hash == file_sha256(target)
+    intake.db.dispose()
+
+
+def test_a_video_replaced_while_its_job_waited_is_a_new_job_when_the_job_starts(intake):
+    inbox = inbox_of(intake)
+    drop(inbox, "clip.mp4", video_bytes(39))
+    [queued] = enqueued(scan_until(intake, lambda r: enqueued(r)))
+    drop(inbox, "clip.mp4", video_bytes(40))  # overwritten with other content
+    running = claim_next_job(intake.db, worker_pid=1)
+    assert running.id == queued.id
+    assert settle_before_restoring(intake.config, intake.db, running), "nothing to restore for the old content"
+    old = get_job(intake.db, queued.id)
+    assert old.state == JobState.CANCELLED.value
+    [new] = [j for j in all_jobs(intake) if j.id != old.id]
+    assert old.error_message == (f"superseded: clip.mp4 was replaced with different content after it was queued; "
+                                 f"job {new.id} restores the new content")
+    assert new.state == JobState.QUEUED.value and new.content_hash == file_sha256(inbox / "clip.mp4")
+    assert new.dedupe_key != old.dedupe_key and new.source_path == old.source_path
+    assert enqueued(scan_for(intake, 0.3)) == [], "the new job owns the file: no third job"
+    claimed = claim_next_job(intake.db, worker_pid=1)
+    assert claimed.id == new.id and not settle_before_restoring(intake.config, intake.db, claimed)
+
+
+def test_a_symlinked_sidecar_fails_its_video_instead_of_being_read(tmp_path):
+    intake = make_intake(tmp_path)
+    inbox = inbox_of(intake)
+    elsewhere = drop(tmp_path, "elsewhere.toml", "tasks = [1]\n")
+    (inbox / "clip.toml").symlink_to(elsewhere)
+    drop(inbox, "clip.mp4", video_bytes(41))
+    [job] = [j for r in scan_until(intake, lambda r: any(r_.failed for r_ in r)) for j in r.failed]
+    assert "sidecar clip.toml is a symbolic link" in job.error_message
+    assert (intake.config.output.failed / "clip.toml").is_symlink() and elsewhere.is_file()
+    intake.db.dispose()

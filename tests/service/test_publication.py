@@ -8,6 +8,7 @@ could, then calls what the restarted daemon calls.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from pathlib import Path
 
@@ -18,12 +19,19 @@ from svfrd.errors import BadInputError, TransientError
 from svfrd.files import placement
 from svfrd.jobs.database import open_database, upgrade_database
 from svfrd.jobs.model import Job
-from svfrd.jobs.store import claim_next_job, enqueue_job, get_job, retry_job
+from svfrd.jobs.store import (
+    claim_next_job,
+    enqueue_job,
+    enqueue_reusing,
+    get_job,
+    retry_job,
+)
 from svfrd.service.results import (
     ResultFiles,
     complete_publication,
     plan_final_files,
     publish_planned,
+    publish_reused_results,
     record_plan,
     settle_failure,
     temp_files,
@@ -45,6 +53,7 @@ def service(tmp_path):
 def running_job(service, name: str = "clip.mp4", mask: str | None = None) -> Job:
     folder, _, db = service
     video = folder.inbox / name
+    video.parent.mkdir(parents=True, exist_ok=True)
     video.write_bytes(f"the video {name}".encode())
     enqueue_job(db, inbox=str(folder.inbox), source_name=name, source_path=str(video), tasks="0",
                 mask_path=str(folder.inbox / mask) if mask else None,
@@ -238,3 +247,79 @@ def test_at_start_up_cut_short_publications_are_finished_before_stale_temporary_
     assert get_job(db, unplanned_job.id).state == "running"  # requeue_interrupted's business
     assert outbox_names(folder) == [f"planned{suffix}" for suffix in
                                     (".contact.png", ".preview.mp4", ".report.json", ".restored.mp4")]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Videos in folders, and duplicates that reuse an earlier job's results.
+
+
+def test_a_video_from_a_folder_keeps_its_folder_in_the_outbox_and_in_done(service):
+    folder, config, db = service
+    job = running_job(service, "trip/day2/clip.mp4")
+    _, planned = restored_and_planned(service, job)
+
+    finished = complete_publication(config, db, planned, "test")
+
+    assert finished.output_path == str(folder.outbox / "trip" / "day2" / "clip.restored.mp4")
+    assert sorted(p.name for p in (folder.outbox / "trip" / "day2").iterdir()) == RESULTS
+    assert finished.source_path == str(folder.folder("done") / "trip" / "day2" / "clip.mp4")
+
+
+def test_a_failed_video_from_a_folder_keeps_its_folder_in_failed(service):
+    folder, config, db = service
+    job = running_job(service, "trip/clip.mp4")
+
+    failed = settle_failure(config, db, job.id, BadInputError("no face found in clip.mp4"))
+
+    assert failed.source_path == str(folder.folder("failed") / "trip" / "clip.mp4")
+    assert sorted(p.name for p in (folder.folder("failed") / "trip").iterdir()) == ["clip.error.txt", "clip.mp4"]
+
+
+def finished_original(service, name: str = "first.mp4") -> Job:
+    _, config, db = service
+    job = running_job(service, name)
+    _, planned = restored_and_planned(service, job)
+    report = json.dumps({"job_id": job.id, "source": name, "engine": "test", "frames": 4})
+    temp_files(config, planned).report.write_text(report)
+    return complete_publication(config, db, planned, "test")
+
+
+def queued_duplicate(service, original: Job, name: str) -> Job:
+    folder, _, db = service
+    video = folder.inbox / name
+    video.write_bytes(b"the same video under another name")
+    job, earlier = enqueue_reusing(db, inbox=str(folder.inbox), source_name=name, source_path=str(video),
+                                   tasks=original.tasks, content_hash=original.content_hash)
+    assert earlier.id == original.id
+    claimed = claim_next_job(db, worker_pid=os.getpid())
+    assert claimed.id == job.id
+    return claimed
+
+
+def test_a_duplicate_publishes_the_earlier_results_under_its_own_name_and_says_which_job_it_reuses(service):
+    folder, config, db = service
+    original = finished_original(service)
+    duplicate = queued_duplicate(service, original, "copy.mp4")
+
+    assert publish_reused_results(config, db, duplicate)
+
+    done = get_job(db, duplicate.id)
+    assert done.state == "done" and done.output_path == str(folder.outbox / "copy.restored.mp4")
+    assert os.path.samefile(folder.outbox / "copy.restored.mp4", folder.outbox / "first.restored.mp4")
+    assert os.path.samefile(folder.outbox / "copy.preview.mp4", folder.outbox / "first.preview.mp4")
+    report = json.loads((folder.outbox / "copy.report.json").read_text())
+    assert report["reuses_job"] == original.id and report["job_id"] == duplicate.id
+    assert report["source"] == "copy.mp4" and report["engine"] == "test" and report["frames"] == 4
+    assert report["outputs"]["video"] == "copy.restored.mp4"
+    assert folder.files("done") == ["copy.mp4", "first.mp4"] and folder.files("inbox") == []
+    assert not [name for name in outbox_names(folder) if name.startswith(".")], "no temporary file left"
+
+
+def test_a_duplicate_whose_earlier_result_was_deleted_restores_its_video_itself(service):
+    folder, config, db = service
+    original = finished_original(service)
+    duplicate = queued_duplicate(service, original, "copy.mp4")
+    (folder.outbox / "first.restored.mp4").unlink()
+
+    assert not publish_reused_results(config, db, duplicate)
+    assert get_job(db, duplicate.id).state == "running" and folder.files("inbox") == ["copy.mp4"]
