@@ -28,7 +28,7 @@ from svfrd.service.results import (
     settle_failure,
     temp_files,
 )
-from svfrd.service.supervisor import finish_interrupted_publications
+from svfrd.service.recovery import finish_interrupted_publications
 from tests.helpers.service import ServiceFolder
 
 
