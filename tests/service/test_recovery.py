@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 from svfrd.cli import main
+from svfrd.jobs.model import Job
 from tests.helpers.paths import FACE_MODEL
 from tests.helpers.service import Daemon, ServiceFolder, write_face_clip, write_mask
 
@@ -183,24 +184,30 @@ def test_a_worker_deaf_to_a_cancel_is_killed_and_the_job_still_ends_cancelled(tm
 SLOW_FRAMES = {"SVFRD_TEST_SECONDS_PER_FRAME": "0.4"}
 
 
-def kill_service_mid_job(folder: ServiceFolder, log_name: str, interrupted_before: int = 0) -> None:
-    """Start the service, and SIGKILL the daemon and its worker together once the job is mid-restoration
-    (in this run: the row a killed run left says "running" too, until the new daemon has recovered it)."""
+def kill_service_mid_job(folder: ServiceFolder, log_name: str, killed_before: Job | None = None) -> Job:
+    """Start the service, and SIGKILL the daemon and its worker together once the job is mid-restoration in
+    this run (the row an earlier killed run left says "running" too, until the new daemon recovers it)."""
+
+    def running_again() -> Job | None:
+        jobs = folder.jobs()
+        assert not [job.error_message for job in jobs if job.state == "failed"]
+        return next((job for job in jobs if job.state == "running" and job.stage in MID_RESTORE
+                     and (killed_before is None or job.started_at != killed_before.started_at)), None)
+
     daemon = Daemon(folder, log_name=log_name, env=SLOW_FRAMES, own_process_group=True).start()
     try:
-        daemon.wait_until("the job to run again", lambda: [
-            job for job in folder.jobs() if job.state == "running" and job.stage in MID_RESTORE
-            and job.service_interruptions == interrupted_before])
+        running = daemon.wait_until("the job to run", running_again)
         daemon.kill_service()
     finally:
         daemon.stop()
+    return running
 
 
 def test_killing_the_whole_service_mid_job_more_often_than_max_attempts_uses_up_no_attempt(tmp_path):
     folder = ServiceFolder(tmp_path / "svfrd", engine=SLOW, service={"max_attempts": 1})
     folder.drop(write_face_clip(tmp_path / "clip.mp4", tag=10, frames=8))
-    for kill in (0, 1):
-        kill_service_mid_job(folder, f"killed-{kill}.log", interrupted_before=kill)
+    killed = kill_service_mid_job(folder, "killed-1.log")
+    kill_service_mid_job(folder, "killed-2.log", killed_before=killed)
     with Daemon(folder, log_name="clean.log", env={"SVFRD_TEST_SECONDS_PER_FRAME": "0"}) as daemon:
         (done,) = daemon.wait_for_jobs(1, {"done"})
     assert (done.attempts, done.service_interruptions) == (0, 2)
