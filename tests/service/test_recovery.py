@@ -79,7 +79,7 @@ def test_sigterm_during_a_job_exits_promptly_and_requeues_the_job_with_no_partia
 def test_sigterm_with_on_stop_finish_completes_the_running_job_first(tmp_path):
     folder = ServiceFolder(tmp_path / "svfrd", engine=SLOW, service={"on_stop": "finish"})
     with Daemon(folder, env={"SVFRD_TEST_SECONDS_PER_FRAME": "0.3"}) as daemon:
-        folder.drop(write_face_clip(tmp_path / "clip.mp4", tag=3, frames=8))
+        folder.drop(write_face_clip(tmp_path / "clip.mp4", tag=3, frames=4))
         daemon.wait_for_running_stage(MID_RESTORE)
         daemon.signal(signal.SIGTERM)
         assert daemon.wait_exit(timeout=30) == 0
