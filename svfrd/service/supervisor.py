@@ -42,7 +42,7 @@ from svfrd.service.messages import (
     WorkerStartFailed,
 )
 from svfrd.service.timers import LoopTimers
-from svfrd.service.worker import worker_main, worker_start_problem
+from svfrd.service.worker import service_config_problem, worker_main
 
 log = logging.getLogger(__name__)
 
@@ -411,7 +411,7 @@ def prepare_folders(config: Config) -> None:
 def run_daemon(config: Config, verbose: bool = False) -> int:
     """`svfrd run`: the service in the foreground until SIGTERM/SIGINT. Returns the exit code."""
     # A misconfigured service is not the inputs' fault: refuse to start before taking any (exit code 2).
-    problem = worker_start_problem(config)
+    problem = service_config_problem(config)
     if problem is not None:
         log.error("svfrd cannot start: %s. Nothing in the inboxes was touched", problem)
         return EXIT_CONFIG

@@ -197,9 +197,7 @@ class JobRunner:
         self._restore(job, logger)
 
     def _restore(self, job: Job, logger: JobLogger) -> None:
-        from svfrd.media.pipeline import (
-            restore_video,  # imported here so `svfrd status` never loads the media stack
-        )
+        from svfrd.media.pipeline import restore_video  # imported here so `svfrd status` never loads the media stack
 
         self._check_before_restoring(job)
         temps = results.temp_files(self.config, job)
@@ -270,7 +268,7 @@ def pipeline_job(config: Config, job: Job, temps: results.ResultFiles):
     )
 
 
-def worker_start_problem(config: Config) -> str | None:
+def service_config_problem(config: Config) -> str | None:
     """What in the configuration stops every job from running, before any is taken (None when all is well).
     Checked by the daemon before it starts, and by each job in case it changed since."""
     from svfrd.media.face_model import face_model_problem
@@ -282,7 +280,7 @@ def worker_start_problem(config: Config) -> str | None:
 
 
 def check_service_configured(config: Config) -> None:
-    problem = worker_start_problem(config)
+    problem = service_config_problem(config)
     if problem is not None:
         raise ConfigError(problem)
 
