@@ -116,6 +116,10 @@ class ServiceConfig:
     min_free_space_mb: int
     on_stop: str  # "requeue" | "finish"
     stop_timeout: float
+    #: Seconds a running job's worker gets to honour a cancel by itself before it is killed.
+    cancel_grace: float = 15.0
+    #: Deaths of the whole service (kill -9, power loss) during one job before that job fails.
+    max_service_interruptions: int = 10
 
 
 @dataclass(frozen=True)
@@ -292,6 +296,8 @@ def _service(t: _Table) -> ServiceConfig:
         min_free_space_mb=t.take("min_free_space_mb", 2048),
         on_stop=t.take("on_stop", "requeue", _choice("requeue", "finish")),
         stop_timeout=t.take("stop_timeout", 90.0, _positive_number),
+        cancel_grace=t.take("cancel_grace", 15.0, _positive_number),
+        max_service_interruptions=t.take("max_service_interruptions", 10, _int_in(1)),
     )
     t.finish()
     return service

@@ -27,8 +27,9 @@ def as_utc(moment: datetime | None) -> datetime | None:
 
 
 class JobState(str, enum.Enum):
-    """queued -> running -> done | failed | cancelled. A running job whose worker or daemon died goes back
-    to queued (transient failure, counted in `attempts`) until `max_attempts` is reached."""
+    """queued -> running -> done | failed | cancelled. A running job whose worker died goes back to queued
+    (a transient failure, counted in `attempts`) until `max_attempts` is reached. A job left running by a
+    daemon that died (killed, power loss) goes back too, counted apart in `service_interruptions`."""
 
     QUEUED = "queued"
     RUNNING = "running"
@@ -72,6 +73,8 @@ class Job(SQLModel, table=True):
     # Scheduling.
     attempts: int = 0
     max_attempts: int = 3
+    # Deaths of the whole service while the job ran: not the job's fault, so not counted in `attempts`.
+    service_interruptions: int = 0
     not_before: datetime | None = None
     cancel_requested: bool = False
     worker_pid: int | None = None

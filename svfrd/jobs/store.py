@@ -344,23 +344,6 @@ def _count_transient_failure(job: Job, message: str, retry_backoff: float, now: 
         job.error_message = message
 
 
-def requeue_interrupted(db: Engine) -> int:
-    """At start-up (the state lock held, so no other daemon runs): jobs left running by a crash go back to
-    queued, counting the attempt as a transient failure. Returns how many were found."""
-    with _session(db) as session, session.begin():
-        stranded = session.exec(select(Job).where(Job.state == JobState.RUNNING.value)).all()
-        now = utcnow()
-        for job in stranded:
-            job.updated_at, job.worker_pid = now, None
-            if job.cancel_requested:
-                job.state, job.finished_at = JobState.CANCELLED.value, now
-                job.error_message = "cancelled by the user"
-            else:
-                _count_transient_failure(job, INTERRUPTED_MESSAGE, 0.0, now)
-                job.not_before = None  # the daemon restarted: no reason to wait
-        return len(stranded)
-
-
 def release_job(db: Engine, job_id: int) -> Job:
     """A clean stop (SIGTERM with on_stop = "requeue"): the running job goes back to queued, due at once,
     without counting an attempt: nothing went wrong with it."""
@@ -459,6 +442,7 @@ def retry_job(db: Engine, job_id: int) -> Job:
         if job.stage == INTAKE_STAGE:
             raise JobStateError(f"job {job_id} was rejected at intake, so retrying cannot help: {job.error_message}")
         job.state, job.attempts, job.not_before = JobState.QUEUED.value, 0, None
+        job.service_interruptions = 0
         job.cancel_requested, job.finished_at, job.worker_pid = False, None, None
         job.error_kind = job.error_message = job.stage = None
         job.frames_done, job.frames_total, job.eta_seconds = 0, None, None
@@ -545,3 +529,45 @@ def _change(db: Engine, job_id: int, **values: Any) -> Job:
             setattr(job, name, value)
         job.updated_at = utcnow()
         return job
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Recovery after the whole service died (used by `svfrd.service.recovery` at start-up).
+
+
+def service_interruption_message(job: Job) -> str:
+    """Why a job failed after the service died under it `service_interruptions` times, and what to do."""
+    return (
+        f"the service stopped {_times(job.service_interruptions)} while this job ran (killed, crashed, or the "
+        "machine lost power), so svfrd gave up on it in case the job itself brings the service or the machine "
+        "down. The system log (journalctl) says what stopped the service; if this job was not the cause, run "
+        f"`svfrd retry {job.id}`, or raise [service] max_service_interruptions"
+    )
+
+
+def _times(count: int) -> str:
+    return "once" if count == 1 else f"{count} times"
+
+
+def requeue_after_service_death(db: Engine, max_interruptions: int, now: datetime | None = None) -> list[Job]:
+    """At start-up (the state lock held, so no other daemon runs): jobs left running by a daemon that died go
+    back to the queue, due at once, counting a service interruption instead of an attempt: a power loss is
+    not the job's fault. A job reaching `max_interruptions` fails; one the user cancelled ends cancelled.
+    Returns the jobs found, as they are now."""
+    now = now or utcnow()
+    with _session(db) as session, session.begin():
+        stranded = session.exec(select(Job).where(Job.state == JobState.RUNNING.value)).all()
+        for job in stranded:
+            job.updated_at, job.worker_pid, job.eta_seconds = now, None, None
+            if job.cancel_requested:
+                job.state, job.finished_at = JobState.CANCELLED.value, now
+                job.error_message = "cancelled by the user"
+                continue
+            job.service_interruptions += 1
+            if job.service_interruptions >= max_interruptions:
+                job.state, job.finished_at = JobState.FAILED.value, now
+                job.error_kind, job.error_message = ErrorKind.TRANSIENT.value, service_interruption_message(job)
+            else:
+                job.state, job.not_before, job.stage = JobState.QUEUED.value, None, None
+                job.error_message = INTERRUPTED_MESSAGE
+        return list(stranded)

@@ -29,7 +29,6 @@ from svfrd.media.tracking import SubjectTrack, scan_faces, select_subject
 from svfrd.media.video_io import Frame, VideoInfo, VideoWriter, iter_frames, probe
 
 
-
 @dataclass(frozen=True)
 class PipelineJob:
     source: Path

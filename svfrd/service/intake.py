@@ -53,7 +53,7 @@ from svfrd.jobs.store import (
 from svfrd.ops import notify
 from svfrd.service import results
 from svfrd.service.sidecar import JobSpec, default_spec, parse_sidecar, sidecar_path_for
-from svfrd.service.stability import Clock, Signature, StabilityTracker
+from svfrd.service.stability import MonotonicSeconds, Signature, StabilityTracker
 
 log = logging.getLogger("svfrd.service.intake")
 
@@ -112,7 +112,7 @@ class Intake:
         db: Engine,
         on_hint: Callable[[], None] | None = None,
         allowed_options: frozenset[str] | None = None,
-        clock: Clock = time.monotonic,
+        clock: MonotonicSeconds = time.monotonic,
     ):
         self.config, self.db = config, db
         # The configured engine's options by default, a plug-in engine's own included (svfrd.domain.OPTIONS).

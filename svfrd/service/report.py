@@ -47,7 +47,7 @@ class JobReport:
     engine: str
     options: dict[str, Any]
     attempt: int
-    attempts: Attempts | None
+    attempts: Attempts
     reuses_job: int | None
     frames: int
     frames_with_face: int
@@ -81,7 +81,6 @@ def build_report(
     finals: ResultFiles,
     stages: Mapping[str, float],
     seconds: float,
-    attempts: Attempts | None = None,
 ) -> JobReport:
     """The report of a job that just ran: `stages` are the seconds per progress stage (the worker's
     JobProgress.timings()), `seconds` the wall-clock time of the whole run."""
@@ -95,7 +94,7 @@ def build_report(
         engine=engine_name,
         options={**json.loads(job.options_json or "{}"), **media.options},
         attempt=job.attempts + 1,
-        attempts=attempts,
+        attempts=Attempts(job_failures=job.attempts, service_interruptions=job.service_interruptions),
         reuses_job=None,
         frames=result.frames,
         frames_with_face=media.frames_with_face,

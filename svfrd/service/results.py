@@ -203,12 +203,18 @@ def settle_failure(config: Config, db: Engine, job_id: int, error: BaseException
     Transient failures leave the inputs in the inbox for the retry."""
     job = fail_job(db, job_id, error, retry_backoff=config.service.retry_backoff)
     if job.state == JobState.FAILED.value:
-        moved = move_inputs(config, db, job, config.output.failed)
-        name = moved["source_path"].name if "source_path" in moved else Path(job.source_name).name
-        folder = placement.mirror_folder(config.output.failed, job.source_name)
-        placement.write_error_report(folder, name, error_report_text(job, job.error_message or str(error)))
-        job = get_job(db, job_id) or job
+        job = file_failed_inputs(config, db, job, job.error_message or str(error))
     return job
+
+
+def file_failed_inputs(config: Config, db: Engine, job: Job, message: str) -> Job:
+    """A job failed for good, whatever the cause: its inputs go to failed/ beside NAME.error.txt saying why.
+    Returns the row with the inputs' new places."""
+    moved = move_inputs(config, db, job, config.output.failed)
+    name = moved["source_path"].name if "source_path" in moved else Path(job.source_name).name
+    folder = placement.mirror_folder(config.output.failed, job.source_name)
+    placement.write_error_report(folder, name, error_report_text(job, message))
+    return get_job(db, job.id) or job
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Mapping
 
-Clock = Callable[[], float]
+MonotonicSeconds = Callable[[], float]
 
 #: What a listing knows of a file: (size in bytes, mtime in ns).
 Signature = tuple[int, int]
@@ -30,7 +30,7 @@ class _Seen:
 class StabilityTracker:
     """Remembers since when each listed file looks the same, and says how long a video still has to wait."""
 
-    def __init__(self, quiet_period: float, sidecar_grace: float, clock: Clock = time.monotonic):
+    def __init__(self, quiet_period: float, sidecar_grace: float, clock: MonotonicSeconds = time.monotonic):
         self.quiet_period, self.sidecar_grace, self.clock = quiet_period, sidecar_grace, clock
         self._seen: dict[Path, _Seen] = {}
 

@@ -2,19 +2,19 @@
 supervised worker process (`svfrd.service.worker`).
 
 The main loop sleeps in one `select` on: a self-pipe (woken by signals and by inbox file events), the worker's
-pipe and the worker's process sentinel, with a timeout set to the next thing due (inbox rescan, backed-off job,
-watchdog keep-alive, or the check of a running job). Idle, it wakes once per scan interval: no busy polling.
+pipe and the worker's process sentinel, with a timeout set to the next thing due (`svfrd.service.timers`:
+inbox rescan, backed-off job, watchdog keep-alive, or the check of a running job). Idle, it wakes once per scan
+interval: no busy polling. What happens after a death (of the worker, or of the last daemon) is in
+`svfrd.service.recovery`.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import multiprocessing
 import os
 import selectors
 import signal
-import time
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Any, Callable
@@ -23,37 +23,32 @@ from sqlalchemy import Engine as Database
 from sqlalchemy.exc import SQLAlchemyError
 
 from svfrd.config import Config
-from svfrd.errors import JobCancelled, TransientError
-from svfrd.files import placement
 from svfrd.jobs.database import open_database, upgrade_database
-from svfrd.jobs.model import Job, JobState
-from svfrd.jobs.store import (
-    claim_next_job,
-    fail_job,
-    get_job,
-    jobs_with_planned_results,
-    release_job,
-    requeue_interrupted,
-    seconds_until_next_job,
-)
+from svfrd.jobs.model import Job
+from svfrd.jobs.store import claim_next_job, get_job, seconds_until_next_job
 from svfrd.ops import notify
 from svfrd.ops.logs import job_logger
-from svfrd.service import results
+from svfrd.service import recovery
+from svfrd.service.clock import SYSTEM_CLOCK, Clock
 from svfrd.service.intake import Intake
 from svfrd.service.lock import StateLockedError, acquire_state_lock
-from svfrd.service.worker import worker_main
+from svfrd.service.messages import (
+    FromWorker,
+    JobFinished,
+    Outcome,
+    RunJob,
+    Stop,
+    WorkerReady,
+    WorkerStartFailed,
+)
+from svfrd.service.timers import LoopTimers
+from svfrd.service.worker import service_config_problem, worker_main
 
 log = logging.getLogger(__name__)
 
-#: While a job runs: how often its row is read (cancel requests, the status line).
-RUNNING_CHECK_INTERVAL = 2.0
-#: How long a cancelled job's worker may take to notice the cancel by itself before it is killed.
-CANCEL_GRACE = 15.0
-#: File events come in floods while a big file is copied in: scan at most this often because of them.
-HINT_SCAN_SPACING = 0.5
 #: Pause after an unexpected error in the main loop, so a persistent one does not spin.
 LOOP_ERROR_PAUSE = 5.0
-#: How long an idle worker gets to exit after "stop".
+#: How long an idle worker gets to exit after Stop.
 WORKER_EXIT_GRACE = 5.0
 #: Consecutive worker deaths before it is ready after which the daemon gives up (a broken GPU or install).
 MAX_STARTUP_DEATHS = 3
@@ -126,7 +121,6 @@ class WorkerProcess:
     ready: bool = False
     engine_name: str | None = None
     job: Job | None = None
-    cancel_seen_at: float | None = None
 
     def start(self) -> None:
         context = multiprocessing.get_context("spawn")
@@ -136,7 +130,7 @@ class WorkerProcess:
         )
         self.process.start()
         child_end.close()  # so that our end sees EOF when the worker dies
-        self.conn, self.ready, self.job, self.cancel_seen_at = parent_end, False, None, None
+        self.conn, self.ready, self.job = parent_end, False, None
         log.info("worker process %d started", self.process.pid)
 
     @property
@@ -154,7 +148,7 @@ class WorkerProcess:
     def wait_objects(self) -> list:
         return [self.conn, self.process.sentinel] if self.process is not None else []
 
-    def receive(self) -> list[tuple]:
+    def receive(self) -> list[FromWorker]:
         """Messages waiting on the pipe (none once the worker is gone)."""
         received = []
         try:
@@ -165,9 +159,9 @@ class WorkerProcess:
         return received
 
     def run(self, job: Job) -> None:
-        self.job, self.cancel_seen_at = job, None
+        self.job = job
         try:
-            self.conn.send(("run", job.id))
+            self.conn.send(RunJob(job.id))
         except OSError:
             pass  # it just died: the death is handled with the job, as for any death mid-job
 
@@ -185,7 +179,7 @@ class WorkerProcess:
         """End an idle worker: ask, then insist."""
         if self.alive:
             try:
-                self.conn.send(("stop",))
+                self.conn.send(Stop())
             except OSError:
                 pass
             self.process.join(WORKER_EXIT_GRACE)
@@ -200,18 +194,15 @@ class WorkerProcess:
 
 
 class Supervisor:
-    def __init__(self, config: Config, db: Database, verbose: bool = False):
-        self.config, self.db = config, db
+    def __init__(self, config: Config, db: Database, verbose: bool = False, clock: Clock = SYSTEM_CLOCK):
+        self.config, self.db, self.clock = config, db, clock
         self.wakeup = Wakeup()
         self.worker = WorkerProcess(config, verbose)
-        self.intake = Intake(config, db, on_hint=self.wakeup.set)
-        self.last_scan = -math.inf
+        self.intake = Intake(config, db, on_hint=self.wakeup.set, clock=self.clock.monotonic)
+        self.timers = LoopTimers(scan_interval=config.service.scan_interval, cancel_grace=config.service.cancel_grace,
+                                 watchdog_interval=notify.watchdog_interval(), clock=clock)
         self.stop_signal: int | None = None
         self.exit_code: int | None = None
-        self.next_scan = 0.0
-        self.next_running_check = 0.0
-        self.next_watchdog = 0.0
-        self.watchdog_interval = notify.watchdog_interval()
         self.startup_deaths = 0
         self.status_text = ""
         self.sent_status: str | None = None
@@ -256,48 +247,34 @@ class Supervisor:
             self._wait(LOOP_ERROR_PAUSE)
 
     def _step(self) -> None:
-        now = time.monotonic()
-        if now >= self.next_scan or (self.intake.has_hints() and now >= self.last_scan + HINT_SCAN_SPACING):
+        if self.timers.scan_due(self.intake.has_hints()):
             self._scan()
         self._handle_worker()
         if self.exit_code is not None or self.stop_signal is not None:
             return
         if self.worker.idle:
             self._start_next_job()
-        if self.worker.job is not None and time.monotonic() >= self.next_running_check:
+        if self.worker.job is not None and self.timers.running_check_due():
             self._check_running_job()
         self._keep_manager_informed()
         self._wait(self._seconds_to_sleep())
 
     def _scan(self) -> None:
-        self.last_scan = time.monotonic()
-        wait = self.intake.scan()
-        # A file waiting out its quiet period is looked at again as soon as it may be ready.
-        due = self.config.service.scan_interval if wait is None else min(self.config.service.scan_interval, wait)
-        self.next_scan = time.monotonic() + due
+        self.timers.scan_started()
+        self.timers.scan_finished(self.intake.scan())
 
     def _start_next_job(self) -> None:
-        job = claim_next_job(self.db, self.worker.pid)
+        job = claim_next_job(self.db, self.worker.pid, now=self.clock.now())
         if job is None:
             return
         job_logger(job.id).info("started: %s", job.source_path)
         self.worker.run(job)
-        self.next_running_check = time.monotonic() + RUNNING_CHECK_INTERVAL
+        self.timers.job_started()
 
     def _seconds_to_sleep(self) -> float:
-        now = time.monotonic()
-        deadlines = [self.next_scan]
-        if self.intake.has_hints():
-            deadlines.append(self.last_scan + HINT_SCAN_SPACING)
-        if self.worker.job is not None:
-            deadlines.append(self.next_running_check)
-        elif self.worker.idle:
-            due = seconds_until_next_job(self.db)
-            if due is not None:
-                deadlines.append(now + due)
-        if self.watchdog_interval:
-            deadlines.append(self.next_watchdog)
-        return max(0.0, min(deadlines) - now)
+        next_job_in = seconds_until_next_job(self.db, now=self.clock.now()) if self.worker.idle else None
+        return self.timers.seconds_to_sleep(hinted=self.intake.has_hints(), job_running=self.worker.job is not None,
+                                            next_job_in=next_job_in)
 
     def _wait(self, timeout: float) -> None:
         with selectors.DefaultSelector() as selector:
@@ -315,27 +292,34 @@ class Supervisor:
         if self.exit_code is None and self.worker.process is not None and not self.worker.alive:
             self._on_worker_death()
 
-    def _on_worker_message(self, message: tuple) -> None:
-        kind = message[0]
-        if kind == "ready":
-            self.worker.ready, self.worker.engine_name = True, message[1]
-            self.startup_deaths = 0
-        elif kind == "start_failed":
-            _, text, error_kind = message
-            log.error("%s", text)
-            self.exit_code = EXIT_CONFIG if error_kind == "config" else EXIT_FAILURE
-        elif kind == "finished":
-            _, job_id, outcome = message
-            job_logger(job_id).debug("the worker reports the job %s", outcome)
-            self.worker.job = None
+    def _on_worker_message(self, message: FromWorker) -> None:
+        match message:
+            case WorkerReady(engine_name=name):
+                self.worker.ready, self.worker.engine_name = True, name
+                self.startup_deaths = 0
+            case WorkerStartFailed(message=text, config_problem=config_problem):
+                log.error("%s", text)
+                self.exit_code = EXIT_CONFIG if config_problem else EXIT_FAILURE
+            case JobFinished(job_id=job_id, outcome=Outcome.CONFIG_ERROR, message=text):
+                # Not the input's fault: the job went back to the queue, and the service stops until fixed.
+                log.error("svfrd stops: %s. Job %d is back in the queue and runs once this is fixed", text, job_id)
+                self.worker.job = None
+                self.exit_code = EXIT_CONFIG
+            case JobFinished(job_id=job_id, outcome=outcome):
+                job_logger(job_id).debug("the worker reports the job %s", outcome.value)
+                self.worker.job = None
+            case _:
+                log.warning("ignored an unknown message from the worker: %r", message)
 
     def _on_worker_death(self) -> None:
         how = describe_exit(self.worker.process.exitcode)
         job = self.worker.job
         self.worker.kill()  # reap it
         if job is not None:
-            self._settle_orphaned_job(job, f"the worker process died ({how}) while restoring {job.source_name}; "
-                                           "it was restarted and the job will be retried")
+            recovery.settle_orphaned_job(
+                self.config, self.db, job,
+                f"the worker process died ({how}) while restoring {job.source_name}; "
+                "it was restarted and the job will be retried")
         elif not self.worker.ready:
             self.startup_deaths += 1
             log.error("the worker process died while starting (%s)", how)
@@ -349,48 +333,16 @@ class Supervisor:
         if self.stop_signal is None:
             self.worker.start()
 
-    def _unfinished_orphan(self, job: Job) -> Job | None:
-        """The row of a job whose worker ended without recording its outcome, once its output is dealt with:
-        results that were complete are published (the job is done: None), anything partial is removed.
-        None too when the worker did record the outcome."""
-        current = get_job(self.db, job.id)
-        if current is None or current.state != JobState.RUNNING.value:
-            return None
-        if results.complete_publication(self.config, self.db, current):
-            return None
-        results.remove_temp_files(self.config, current)
-        return current
-
-    def _settle_orphaned_job(self, job: Job, death_message: str) -> None:
-        """A job whose worker is gone: finish its publication if its results were complete, record a
-        cancel if one was asked for, else count a transient failure (retried with backoff)."""
-        current = self._unfinished_orphan(job)
-        if current is None:
-            return
-        logger = job_logger(job.id)
-        if current.cancel_requested:
-            fail_job(self.db, job.id, JobCancelled("cancelled by the user; the worker was stopped to end it"),
-                     retry_backoff=self.config.service.retry_backoff)
-            logger.info("cancelled")
-            return
-        logger.error("%s", death_message)
-        results.settle_failure(self.config, self.db, job.id, TransientError(death_message))
-
     def _check_running_job(self) -> None:
         """Read the running job's row: honour a cancel the worker did not act on, and update the status line."""
-        self.next_running_check = time.monotonic() + RUNNING_CHECK_INTERVAL
+        self.timers.running_checked()
         job = get_job(self.db, self.worker.job.id)
         if job is None:
             return
         self.status_text = running_status(job)
-        if not job.cancel_requested:
-            return
-        now = time.monotonic()
-        if self.worker.cancel_seen_at is None:
-            self.worker.cancel_seen_at = now
-        elif now - self.worker.cancel_seen_at > CANCEL_GRACE:
-            job_logger(job.id).warning("the worker did not stop for the cancel within %.0f s; killing it",
-                                       CANCEL_GRACE)
+        if job.cancel_requested and self.timers.cancel_overdue():
+            job_logger(job.id).warning("the worker did not stop for the cancel within %g s ([service] "
+                                       "cancel_grace); killing it", self.timers.cancel_grace)
             self.worker.process.kill()
 
     def _keep_manager_informed(self) -> None:
@@ -399,9 +351,9 @@ class Supervisor:
         if self.status_text != self.sent_status:
             notify.status(self.status_text)
             self.sent_status = self.status_text
-        if self.watchdog_interval and time.monotonic() >= self.next_watchdog:
+        if self.timers.watchdog_due():
             notify.watchdog()
-            self.next_watchdog = time.monotonic() + self.watchdog_interval
+            self.timers.watchdog_sent()
 
     # -- stopping ----------------------------------------------------------------------------------------
 
@@ -414,7 +366,7 @@ class Supervisor:
             self._wind_down_running_job()
         job = self.worker.job
         if job is not None:
-            self._requeue_after_stop(job)
+            recovery.requeue_after_stop(self.config, self.db, job)
         self.worker.stop()
         log.info("stopped")
         return self.exit_code if self.exit_code is not None else EXIT_OK
@@ -422,28 +374,21 @@ class Supervisor:
     def _wind_down_running_job(self) -> None:
         """Finish the running job (on_stop = "finish") or interrupt it, within stop_timeout; then kill."""
         timeout = self.config.service.stop_timeout
-        deadline = time.monotonic() + timeout
+        deadline = self.clock.monotonic() + timeout
         finishing = self.config.service.on_stop == "finish" and self.exit_code is None
         if finishing:
             job_logger(self.worker.job.id).info("finishing the running job before stopping (at most %.0f s)",
                                                 timeout)
         else:
             self.worker.interrupt()
-        while self.worker.job is not None and self.worker.alive and time.monotonic() < deadline:
-            notify.extend_timeout(deadline - time.monotonic() + 10)
-            self._wait(min(5.0, deadline - time.monotonic()))
+        while self.worker.job is not None and self.worker.alive and self.clock.monotonic() < deadline:
+            notify.extend_timeout(deadline - self.clock.monotonic() + 10)
+            self._wait(min(5.0, deadline - self.clock.monotonic()))
             for message in self.worker.receive():
                 self._on_worker_message(message)
         if self.worker.job is not None and self.worker.alive:
             job_logger(self.worker.job.id).warning("the worker did not stop within %.0f s; killing it", timeout)
             self.worker.kill()
-
-    def _requeue_after_stop(self, job: Job) -> None:
-        """The worker ended without recording the job (killed): put it back, keeping no partial output."""
-        if self._unfinished_orphan(job) is None:
-            return
-        release_job(self.db, job.id)
-        job_logger(job.id).info("back in the queue; it will run when the service starts again")
 
 
 def running_status(job: Job) -> str:
@@ -463,17 +408,13 @@ def prepare_folders(config: Config) -> None:
         folder.mkdir(parents=True, exist_ok=True)
 
 
-def finish_interrupted_publications(config: Config, db: Database) -> None:
-    """Jobs whose results were complete and named when the last daemon died (or whose publication failed
-    and waits for a retry) are finished now, before the outbox's stale temporary files are cleared
-    (svfrd.service.results explains the order)."""
-    for job in jobs_with_planned_results(db):
-        if results.complete_publication(config, db, job):
-            job_logger(job.id).info("finished publishing the results of the interrupted run")
-
-
 def run_daemon(config: Config, verbose: bool = False) -> int:
     """`svfrd run`: the service in the foreground until SIGTERM/SIGINT. Returns the exit code."""
+    # A misconfigured service is not the inputs' fault: refuse to start before taking any (exit code 2).
+    problem = service_config_problem(config)
+    if problem is not None:
+        log.error("svfrd cannot start: %s. Nothing in the inboxes was touched", problem)
+        return EXIT_CONFIG
     try:
         lock = acquire_state_lock(config.service.state_dir)
     except StateLockedError as err:
@@ -488,11 +429,7 @@ def run_daemon(config: Config, verbose: bool = False) -> int:
             return EXIT_FAILURE
         db = open_database(config.service.database_url)
         try:
-            finish_interrupted_publications(config, db)
-            requeued = requeue_interrupted(db)
-            if requeued:
-                log.info("%d job(s) left running by the last daemon are back in the queue", requeued)
-            placement.clean_stale_temp_files(config.output.outbox)
+            recovery.recover_at_startup(config, db)
             return Supervisor(config, db, verbose).run()
         finally:
             db.dispose()

@@ -1,11 +1,15 @@
 """The worker process: runs one job at a time with an engine that stays loaded between jobs.
 
 The supervisor (`svfrd.service.supervisor`) starts it with the multiprocessing "spawn" context (a fresh interpreter: no
-inherited locks, threads or CUDA state) and talks to it over a Pipe:
+inherited locks, threads or CUDA state) and talks to it over a Pipe, in the messages of
+`svfrd.service.messages`:
 
-    supervisor -> worker   ("run", job_id)   ("stop",)
-    worker -> supervisor   ("ready", engine_name)   ("start_failed", message, kind)
-                           ("finished", job_id, outcome)   outcome: done | failed | retry | cancelled | interrupted
+    supervisor -> worker   RunJob(job_id)   Stop()
+    worker -> supervisor   WorkerReady(engine_name)   WorkerStartFailed(message, config_problem)
+                           JobFinished(job_id, outcome, message)
+
+A job that finds the service misconfigured (the face model deleted under the running service) goes back to the
+queue with outcome CONFIG_ERROR, and the daemon stops: that is never the input's fault.
 
 SIGUSR1 asks the worker to interrupt the running job at its next progress report (a clean stop of the daemon):
 the job goes back to the queue without counting an attempt. The worker dies with the supervisor (Linux
@@ -51,8 +55,9 @@ from svfrd.jobs.store import (
 )
 from svfrd.ops.logs import JobLogger, job_logger, setup_logging
 from svfrd.service import results
-from svfrd.service.report import build_report
 from svfrd.service.intake import settle_before_restoring
+from svfrd.service.messages import JobFinished, Outcome, RunJob, Stop, ToWorker, WorkerReady, WorkerStartFailed
+from svfrd.service.report import build_report
 
 log = logging.getLogger(__name__)
 
@@ -140,31 +145,33 @@ class JobRunner:
     def __init__(self, config: Config, db: Database, engine: Engine):
         self.config, self.db, self.engine = config, db, engine
 
-    def run(self, job_id: int) -> str:
-        """Run the job to its end and return the outcome (see the module docstring)."""
+    def run(self, job_id: int) -> JobFinished:
+        """Run the job to its end and say how it ended (see the module docstring)."""
         job = get_job(self.db, job_id)
         if job is None:
             log.error("job %s vanished from the database before it ran", job_id)
-            return "failed"
+            return JobFinished(job_id, Outcome.FAILED)
         logger = job_logger(job_id)
         try:
             self._run(job, logger)
-            return "done"
+            return JobFinished(job_id, Outcome.DONE)
         except JobCancelled as err:
             self._discard_unpublished(job_id)
             fail_job(self.db, job_id, err, retry_backoff=self.config.service.retry_backoff)
             logger.info("cancelled")
-            return "cancelled"
+            return JobFinished(job_id, Outcome.CANCELLED)
         except WorkerInterrupted:
-            self._discard_unpublished(job_id)
-            release_job(self.db, job_id)
+            self._release(job_id)
             logger.info("interrupted: the daemon is stopping; the job is back in the queue")
-            return "interrupted"
+            return JobFinished(job_id, Outcome.INTERRUPTED)
+        except ConfigError as err:
+            self._release(job_id)
+            return JobFinished(job_id, Outcome.CONFIG_ERROR, str(err))
         except (BadInputError, TransientError) as err:
-            return self._settle(job_id, err, logger)
+            return JobFinished(job_id, self._settle(job_id, err, logger))
         except Exception as err:  # noqa: BLE001 - anything unexpected may be a passing fault: retry it
             logger.error("unexpected error:\n%s", traceback.format_exc())
-            return self._settle(job_id, unexpected_error(job, err), logger)
+            return JobFinished(job_id, self._settle(job_id, unexpected_error(job, err), logger))
 
     def _run(self, job: Job, logger: JobLogger) -> None:
         if job.output_path:
@@ -182,8 +189,7 @@ class JobRunner:
             restore_video,  # imported here so `svfrd status` never loads the media stack
         )
 
-        check_source_present(job)
-        check_free_space(self.config)
+        self._check_before_restoring(job)
         temps = results.temp_files(self.config, job)
         progress = JobProgress(self.db, job.id)
         started = time.monotonic()
@@ -198,14 +204,26 @@ class JobRunner:
             raise TransientError(f"the restored video of {job.source_name} vanished from the outbox before it "
                                  "was published; the job will run again")
 
-    def _settle(self, job_id: int, error: SvfrdError, logger: JobLogger) -> str:
+    def _check_before_restoring(self, job: Job) -> None:
+        """Everything that must hold before a job's (long) restoration starts; each raises the error that
+        decides what happens to the job. Checks of the input itself (it is still there, unchanged) go here."""
+        check_service_configured(self.config)
+        check_source_present(job)
+        check_free_space(self.config)
+
+    def _settle(self, job_id: int, error: SvfrdError, logger: JobLogger) -> Outcome:
         self._discard_unpublished(job_id)
         job = results.settle_failure(self.config, self.db, job_id, error)
         if job.state == JobState.QUEUED.value:
             logger.warning("will retry (attempt %d of %d failed): %s", job.attempts, job.max_attempts, error)
-            return "retry"
+            return Outcome.RETRY
         logger.error("%s: %s", job.state, job.error_message)
-        return "cancelled" if job.state == JobState.CANCELLED.value else "failed"
+        return Outcome.CANCELLED if job.state == JobState.CANCELLED.value else Outcome.FAILED
+
+    def _release(self, job_id: int) -> None:
+        """Back to the queue, due at once, no attempt counted: the job did nothing wrong."""
+        self._discard_unpublished(job_id)
+        release_job(self.db, job_id)
 
     def _discard_unpublished(self, job_id: int) -> None:
         """Remove temporary results unless they were already planned for publication (then they are kept
@@ -238,6 +256,23 @@ def pipeline_job(config: Config, job: Job, temps: results.ResultFiles):
         preview_video=temps.preview,
         contact_sheet=temps.contact_sheet,
     )
+
+
+def service_config_problem(config: Config) -> str | None:
+    """What in the configuration stops every job from running, before any is taken (None when all is well).
+    Checked by the daemon before it starts, and by each job in case it changed since."""
+    from svfrd.media.face_model import face_model_problem
+
+    problem = face_model_problem(config.faces.model)
+    if problem is not None:
+        return f"{problem}, or set `[faces] model` in {config.path} to where the file is"
+    return None
+
+
+def check_service_configured(config: Config) -> None:
+    problem = service_config_problem(config)
+    if problem is not None:
+        raise ConfigError(problem)
 
 
 def check_source_present(job: Job) -> None:
@@ -287,17 +322,17 @@ def worker_main(config: Config, conn: Connection, parent_pid: int, verbose: bool
     _die_with_parent(parent_pid)
     _install_signal_handlers()
     try:
+        check_service_configured(config)
         engine = _create_engine(config)
         import svfrd.media.pipeline  # noqa: F401 - load the media stack now, not in the first job's time
     except Exception as err:  # noqa: BLE001 - reported to the supervisor, which exits with the message
-        kind = "config" if isinstance(err, ConfigError) else "error"
         if not isinstance(err, SvfrdError):
             log.error("the worker could not start:\n%s", traceback.format_exc())
-        conn.send(("start_failed", f"the worker could not start: {err}", kind))
+        conn.send(WorkerStartFailed(f"the worker could not start: {err}", isinstance(err, ConfigError)))
         return
     db = open_database(config.service.database_url)
     runner = JobRunner(config, db, engine)
-    conn.send(("ready", engine.name))
+    conn.send(WorkerReady(engine.name))
     log.info("worker %d ready with the %s engine", os.getpid(), engine.name)
     serve(conn, runner)
 
@@ -308,10 +343,20 @@ def serve(conn: Connection, runner: JobRunner) -> None:
             message = conn.recv()
         except (EOFError, OSError):
             return  # the supervisor is gone
-        if message[0] == "stop":
+        if not run_message(conn, runner, message):
             return
-        _, job_id = message
-        outcome = runner.run(job_id)
-        # Cleared only between jobs: an interrupt sent just after "run" must still stop that job.
-        _interrupt_requested.clear()
-        conn.send(("finished", job_id, outcome))
+
+
+def run_message(conn: Connection, runner: JobRunner, message: ToWorker) -> bool:
+    """Act on one message from the supervisor; False when the worker is to end."""
+    match message:
+        case RunJob(job_id=job_id):
+            finished = runner.run(job_id)
+            # Cleared only between jobs: an interrupt sent just after RunJob must still stop that job.
+            _interrupt_requested.clear()
+            conn.send(finished)
+            return True
+        case Stop():
+            return False
+    log.error("ignored an unknown message from the supervisor: %r", message)
+    return True

@@ -74,6 +74,17 @@ class SlowEngine(InvertingEngine):
         time.sleep(float(os.environ.get(SLOW_SECONDS_ENV, "0.5")))
 
 
+class StuckEngine(InvertingEngine):
+    """Hangs in its first frame for a minute with no progress report (a wedged GPU kernel), after leaving a
+    marker file "stuck", so a test knows the worker cannot notice a cancel by itself."""
+
+    name = "test-stuck"
+
+    def before_frame(self) -> None:
+        Path(os.environ[MARKER_ENV], "stuck").touch()
+        time.sleep(60)
+
+
 def _first_time(marker_name: str) -> bool:
     """True once per marker file: creates it and reports whether it was new."""
     folder = os.environ.get(MARKER_ENV)

@@ -3,7 +3,6 @@ the reference sampler's outputs for them). See its README for the format."""
 
 from __future__ import annotations
 
-
 import torch
 
 from tests.helpers.paths import FIXTURES

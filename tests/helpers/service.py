@@ -33,7 +33,6 @@ from svfrd.jobs.store import list_jobs
 from tests.helpers.media_clips import moving_face_frames, write_clip, write_no_face_clip, write_truncated_copy
 from tests.helpers.paths import FACE_MODEL, REPO_ROOT
 
-
 FAST_SERVICE = {
     "scan_interval": 1.0,
     "quiet_period": 0.3,
@@ -54,6 +53,7 @@ class ServiceFolder:
     engine: str = "tests.helpers.engines:InvertingEngine"
     service: dict = field(default_factory=dict)
     preview: bool = False
+    face_model: Path = FACE_MODEL
 
     def __post_init__(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
@@ -87,7 +87,7 @@ class ServiceFolder:
         lines += ["", "[[inbox]]", 'path = "inbox"', 'tasks = ["bfr"]', "",
                   "[output]", 'outbox = "outbox"', 'done = "done"', 'failed = "failed"',
                   f"preview = {toml_repr(self.preview)}", "crf = 23", "",
-                  "[faces]", f"model = {toml_repr(str(FACE_MODEL))}", "",
+                  "[faces]", f"model = {toml_repr(str(self.face_model))}", "",
                   "[engine]", f"name = {toml_repr(self.engine)}", 'device = "cpu"', 'dtype = "fp32"']
         self.config_path.write_text("\n".join(lines) + "\n")
 
@@ -130,11 +130,12 @@ class Daemon:
     """`svfrd run` as a subprocess; its log goes to a file the assertions can show."""
 
     def __init__(self, folder: ServiceFolder, log_name: str = "daemon.log", env: dict[str, str] | None = None,
-                 cwd: Path = REPO_ROOT):
+                 cwd: Path = REPO_ROOT, own_process_group: bool = False):
         self.folder = folder
         self.cwd = cwd
         self.log_path = folder.root / log_name
         self.extra_env = env or {}
+        self.own_process_group = own_process_group  # needed by `kill_service`
         self.process: subprocess.Popen | None = None
 
     def start(self) -> "Daemon":
@@ -146,6 +147,7 @@ class Daemon:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "svfrd", "--config", str(self.folder.config_path), "run"],
                 cwd=self.cwd, env=env, stdout=log, stderr=subprocess.STDOUT,
+                start_new_session=self.own_process_group,
             )
         return self
 
@@ -162,6 +164,12 @@ class Daemon:
     def kill(self) -> None:
         """kill -9, as a crash or the OOM killer would."""
         self.process.send_signal(signal.SIGKILL)
+        self.process.wait(10)
+
+    def kill_service(self) -> None:
+        """SIGKILL to the daemon and its worker at the same instant, as a power loss ends them."""
+        assert self.own_process_group, "start the Daemon with own_process_group=True"
+        os.killpg(self.process.pid, signal.SIGKILL)
         self.process.wait(10)
 
     def wait_exit(self, timeout: float) -> int:

@@ -13,7 +13,6 @@ from svfrd.errors import BadInputError, JobCancelled, TransientError
 from svfrd.jobs.database import open_database, upgrade_database
 from svfrd.jobs.model import JobState, utcnow
 from svfrd.jobs.store import (
-    INTERRUPTED_MESSAGE,
     JobNotFound,
     JobStateError,
     claim_next_job,
@@ -28,7 +27,6 @@ from svfrd.jobs.store import (
     record_progress,
     release_job,
     request_cancel,
-    requeue_interrupted,
     retry_job,
     seconds_until_next_job,
     set_input_paths,
@@ -181,18 +179,6 @@ def test_retry_requeues_a_failed_job_with_fresh_attempts(db):
     assert claim_next_job(db, 1).id == job.id
     with pytest.raises(JobStateError, match="is running; only failed or cancelled jobs can be retried"):
         retry_job(db, job.id)
-
-
-def test_jobs_left_running_by_a_crash_are_requeued_counting_the_attempt(db):
-    job = new_job(db, max_attempts=2)
-    claim_next_job(db, 1)
-    assert requeue_interrupted(db) == 1
-    row = get_job(db, job.id)
-    assert row.state == "queued" and row.attempts == 1 and row.error_message == INTERRUPTED_MESSAGE
-    assert claim_next_job(db, 1).id == job.id, "due at once after a restart"
-    assert requeue_interrupted(db) == 1
-    assert get_job(db, job.id).state == "failed"
-    assert requeue_interrupted(db) == 0
 
 
 def test_a_clean_stop_releases_the_job_without_counting_an_attempt(db):

@@ -26,6 +26,7 @@ from svfrd.jobs.store import (
     get_job,
     retry_job,
 )
+from svfrd.service.recovery import finish_interrupted_publications
 from svfrd.service.results import (
     ResultFiles,
     complete_publication,
@@ -36,7 +37,6 @@ from svfrd.service.results import (
     settle_failure,
     temp_files,
 )
-from svfrd.service.supervisor import finish_interrupted_publications
 from tests.helpers.service import ServiceFolder
 
 

@@ -4,12 +4,17 @@ dies, an engine failing for a moment, a user cancelling the running job, and a s
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import signal
 import time
+from pathlib import Path
 
 from svfrd.cli import main
-from tests.helpers.service import Daemon, ServiceFolder, write_face_clip
+from svfrd.jobs.model import Job
+from tests.helpers.paths import FACE_MODEL
+from tests.helpers.service import Daemon, ServiceFolder, write_face_clip, write_mask
 
 SLOW = "tests.helpers.engines:SlowEngine"
 MID_RESTORE = {"restore", "encode"}
@@ -42,7 +47,8 @@ def test_kill_9_during_a_job_then_restart_completes_it_once_without_losing_the_i
     with Daemon(folder, log_name="restart.log", env={"SVFRD_TEST_SECONDS_PER_FRAME": "0"}) as restarted:
         (done,) = restarted.wait_for_jobs(1, {"done"})
     assert done.id == job.id
-    assert done.attempts == 1  # the interrupted run counts as one failed attempt
+    # A dead service is not the job's failure: counted apart, so kill -9 or a power loss uses up no attempt.
+    assert (done.attempts, done.service_interruptions) == (0, 1)
     assert folder.files("outbox") == ["clip.report.json", "clip.restored.mp4"]  # one output, no temporary file
     assert folder.files("done") == ["clip.mp4"]
     assert folder.files("inbox") == []
@@ -73,7 +79,7 @@ def test_sigterm_during_a_job_exits_promptly_and_requeues_the_job_with_no_partia
 def test_sigterm_with_on_stop_finish_completes_the_running_job_first(tmp_path):
     folder = ServiceFolder(tmp_path / "svfrd", engine=SLOW, service={"on_stop": "finish"})
     with Daemon(folder, env={"SVFRD_TEST_SECONDS_PER_FRAME": "0.3"}) as daemon:
-        folder.drop(write_face_clip(tmp_path / "clip.mp4", tag=3, frames=8))
+        folder.drop(write_face_clip(tmp_path / "clip.mp4", tag=3, frames=4))
         daemon.wait_for_running_stage(MID_RESTORE)
         daemon.signal(signal.SIGTERM)
         assert daemon.wait_exit(timeout=30) == 0
@@ -157,15 +163,101 @@ def test_an_engine_that_cannot_be_created_stops_the_daemon_with_the_reason(tmp_p
 
 
 def test_a_worker_deaf_to_a_cancel_is_killed_and_the_job_still_ends_cancelled(tmp_path):
-    folder = ServiceFolder(tmp_path / "svfrd", engine=SLOW)
-    # One frame takes a minute without a progress report: the worker cannot notice the cancel by itself.
-    with Daemon(folder, env={"SVFRD_TEST_SECONDS_PER_FRAME": "60"}) as daemon:
+    # The engine hangs in a frame without a progress report: the worker cannot notice the cancel by itself.
+    folder = ServiceFolder(tmp_path / "svfrd", engine="tests.helpers.engines:StuckEngine",
+                           service={"cancel_grace": 0.5})
+    with Daemon(folder) as daemon:
         folder.drop(write_face_clip(tmp_path / "stuck.mp4", tag=9, frames=2))
-        stuck = daemon.wait_for_running_stage({"faces"})
-        time.sleep(1.0)  # into the engine's long frame
+        daemon.wait_until("the engine to hang", lambda: (folder.root / "markers" / "stuck").exists())
+        (stuck,) = folder.jobs()
         assert main(["--config", str(folder.config_path), "cancel", str(stuck.id)]) == 0
         daemon.wait_until("the job to be cancelled", lambda: folder.jobs()[0].state == "cancelled", timeout=40)
-        assert "did not stop for the cancel within 15 s; killing it" in daemon.log()
-        daemon.wait_until("a new worker", lambda: daemon.log().count("ready with the test-slow engine") == 2)
+        assert "did not stop for the cancel within 0.5 s ([service] cancel_grace); killing it" in daemon.log()
+        daemon.wait_until("a new worker", lambda: daemon.log().count("ready with the test-stuck engine") == 2)
     assert folder.files("outbox") == []
     assert (folder.inbox / "stuck.mp4").is_file()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The whole service killed (power loss), and a misconfigured service: never the input's fault.
+
+SLOW_FRAMES = {"SVFRD_TEST_SECONDS_PER_FRAME": "0.4"}
+
+
+def kill_service_mid_job(folder: ServiceFolder, log_name: str, killed_before: Job | None = None) -> Job:
+    """Start the service, and SIGKILL the daemon and its worker together once the job is mid-restoration in
+    this run (the row an earlier killed run left says "running" too, until the new daemon recovers it)."""
+
+    def running_again() -> Job | None:
+        jobs = folder.jobs()
+        assert not [job.error_message for job in jobs if job.state == "failed"]
+        return next((job for job in jobs if job.state == "running" and job.stage in MID_RESTORE
+                     and (killed_before is None or job.started_at != killed_before.started_at)), None)
+
+    daemon = Daemon(folder, log_name=log_name, env=SLOW_FRAMES, own_process_group=True).start()
+    try:
+        running = daemon.wait_until("the job to run", running_again)
+        daemon.kill_service()
+    finally:
+        daemon.stop()
+    return running
+
+
+def test_killing_the_whole_service_mid_job_more_often_than_max_attempts_uses_up_no_attempt(tmp_path):
+    folder = ServiceFolder(tmp_path / "svfrd", engine=SLOW, service={"max_attempts": 1})
+    folder.drop(write_face_clip(tmp_path / "clip.mp4", tag=10, frames=8))
+    killed = kill_service_mid_job(folder, "killed-1.log")
+    kill_service_mid_job(folder, "killed-2.log", killed_before=killed)
+    with Daemon(folder, log_name="clean.log", env={"SVFRD_TEST_SECONDS_PER_FRAME": "0"}) as daemon:
+        (done,) = daemon.wait_for_jobs(1, {"done"})
+    assert (done.attempts, done.service_interruptions) == (0, 2)
+    report = json.loads(Path(done.report_path).read_text())
+    assert report["attempts"] == {"job_failures": 0, "service_interruptions": 2}
+    assert folder.files("outbox") == ["clip.report.json", "clip.restored.mp4"]
+    assert folder.files("inbox") == []
+
+
+def test_a_job_the_service_keeps_dying_under_fails_into_failed_with_its_sidecar_mask_and_error_file(tmp_path):
+    folder = ServiceFolder(tmp_path / "svfrd", engine=SLOW, service={"max_service_interruptions": 1})
+    folder.drop(write_face_clip(tmp_path / "clip.mp4", tag=11, frames=8),
+                sidecar='tasks = ["bfr", "inpaint"]\nmask = "clip.mask.png"\n',
+                extras={"clip.mask.png": write_mask(tmp_path / "mask.png")})
+    kill_service_mid_job(folder, "killed.log")
+    with Daemon(folder, log_name="restart.log") as daemon:
+        (job,) = daemon.wait_for_jobs(1, {"failed"})
+    assert "the service stopped once while this job ran" in job.error_message
+    assert f"svfrd retry {job.id}" in job.error_message
+    assert folder.files("failed") == ["clip.error.txt", "clip.mask.png", "clip.mp4", "clip.toml"]
+    assert job.error_message in (folder.folder("failed") / "clip.error.txt").read_text()
+    assert Path(job.source_path) == folder.folder("failed") / "clip.mp4"
+    assert folder.files("inbox") == [] and folder.files("outbox") == []
+
+
+def test_a_missing_face_model_stops_the_service_before_it_takes_any_input(tmp_path):
+    missing = tmp_path / "models" / "face_landmarker.task"
+    folder = ServiceFolder(tmp_path / "svfrd", face_model=missing)
+    folder.drop(write_face_clip(tmp_path / "clip.mp4", tag=12))
+    daemon = Daemon(folder).start()
+    assert daemon.wait_exit(timeout=30) == 2
+    log = daemon.log()
+    assert f"svfrd cannot start: the face model {missing} is missing; run `svfrd fetch-face-model" in log
+    assert "set `[faces] model`" in log
+    assert folder.files("inbox") == ["clip.mp4"]
+    assert folder.files("failed") == []
+    assert not [job for job in folder.jobs() if job.state == "failed"]
+
+
+def test_a_face_model_deleted_under_the_running_service_stops_it_and_keeps_the_job_queued(tmp_path):
+    model = tmp_path / "models" / "face_landmarker.task"
+    model.parent.mkdir()
+    shutil.copyfile(FACE_MODEL, model)
+    folder = ServiceFolder(tmp_path / "svfrd", face_model=model)
+    with Daemon(folder) as daemon:
+        daemon.wait_until("the worker to be ready", lambda: "ready with the test-invert engine" in daemon.log())
+        model.unlink()
+        folder.drop(write_face_clip(tmp_path / "clip.mp4", tag=13))
+        assert daemon.wait_exit(timeout=30) == 2
+    (job,) = folder.jobs()
+    assert (job.state, job.attempts) == ("queued", 0)
+    assert f"the face model {model} is missing" in daemon.log() and "is back in the queue" in daemon.log()
+    assert folder.files("inbox") == ["clip.mp4"] and folder.files("failed") == []

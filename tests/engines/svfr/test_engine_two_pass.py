@@ -5,7 +5,6 @@ and keeps latents instead of frames; the numbers must not change."""
 
 from __future__ import annotations
 
-
 import cv2
 import numpy as np
 import pytest

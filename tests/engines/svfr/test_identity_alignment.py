@@ -3,7 +3,6 @@ input crop in its reference and corrected forms (spec 4.5), and the 49 ID tokens
 
 from __future__ import annotations
 
-
 import cv2
 import numpy as np
 import pytest

@@ -1,0 +1,105 @@
+"""Putting things right after something died: the worker process under a running job, or the whole service
+(kill -9, power loss) found at the next start-up. The crash-safety order that makes this possible is in
+`svfrd.service.results`.
+
+Two kinds of death are counted apart. A worker that dies while the daemon lives is the job's failure (a
+segfault, the OOM killer): a transient failure, counted in `attempts` against `max_attempts`. A daemon that
+dies with its worker is the service's: counted in `service_interruptions` against the generous
+`[service] max_service_interruptions`, which still stops a job that brings the machine down every time.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from sqlalchemy import Engine as Database
+
+from svfrd.config import Config
+from svfrd.errors import JobCancelled, TransientError
+from svfrd.files import placement
+from svfrd.jobs.model import Job, JobState
+from svfrd.jobs.store import fail_job, get_job, jobs_with_planned_results, release_job, requeue_after_service_death
+from svfrd.ops.logs import job_logger
+from svfrd.service import results
+
+log = logging.getLogger(__name__)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# At start-up, after the last daemon died.
+
+
+def recover_at_startup(config: Config, db: Database) -> None:
+    """With the state lock held: finish cut-short publications, put the jobs the dead daemon left running
+    back in the queue (or fail them), then clear the outbox's stale temporary files, in this order."""
+    finish_interrupted_publications(config, db)
+    requeue_jobs_of_a_dead_service(config, db)
+    placement.clean_stale_temp_files(config.output.outbox)
+
+
+def finish_interrupted_publications(config: Config, db: Database) -> None:
+    """Jobs whose results were complete and named when the last daemon died (or whose publication failed
+    and waits for a retry) are finished now, before the outbox's stale temporary files are cleared
+    (svfrd.service.results explains the order)."""
+    for job in jobs_with_planned_results(db):
+        if results.complete_publication(config, db, job):
+            job_logger(job.id).info("finished publishing the results of the interrupted run")
+
+
+def requeue_jobs_of_a_dead_service(config: Config, db: Database) -> list[Job]:
+    """Jobs left running: back in the queue without using up an attempt; a job the service died under
+    `max_service_interruptions` times fails, and its inputs go to failed/ like any failed job's."""
+    jobs = requeue_after_service_death(db, config.service.max_service_interruptions)
+    for job in jobs:
+        logger = job_logger(job.id)
+        if job.state == JobState.FAILED.value:
+            logger.error("failed: %s", job.error_message)
+            results.file_failed_inputs(config, db, job, job.error_message or "")
+        elif job.state == JobState.QUEUED.value:
+            logger.info("back in the queue: the service stopped while it ran (%d of at most %d times)",
+                        job.service_interruptions, config.service.max_service_interruptions)
+        else:
+            logger.info("cancelled")
+    return jobs
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# While the daemon runs, after its worker died or was stopped.
+
+
+def unfinished_orphan(config: Config, db: Database, job: Job) -> Job | None:
+    """The row of a job whose worker ended without recording its outcome, once its output is dealt with:
+    results that were complete are published (the job is done: None), anything partial is removed.
+    None too when the worker did record the outcome."""
+    current = get_job(db, job.id)
+    if current is None or current.state != JobState.RUNNING.value:
+        return None
+    if results.complete_publication(config, db, current):
+        return None
+    results.remove_temp_files(config, current)
+    return current
+
+
+def settle_orphaned_job(config: Config, db: Database, job: Job, death_message: str) -> None:
+    """A job whose worker died: finish its publication if its results were complete, record a cancel if one
+    was asked for, else count a transient failure (retried with backoff, or failed into failed/)."""
+    current = unfinished_orphan(config, db, job)
+    if current is None:
+        return
+    logger = job_logger(job.id)
+    if current.cancel_requested:
+        fail_job(db, job.id, JobCancelled("cancelled by the user; the worker was stopped to end it"),
+                 retry_backoff=config.service.retry_backoff)
+        logger.info("cancelled")
+        return
+    logger.error("%s", death_message)
+    results.settle_failure(config, db, job.id, TransientError(death_message))
+
+
+def requeue_after_stop(config: Config, db: Database, job: Job) -> None:
+    """The daemon is stopping and the worker ended without recording the job (killed): put it back,
+    keeping no partial output and counting no attempt."""
+    if unfinished_orphan(config, db, job) is None:
+        return
+    release_job(db, job.id)
+    job_logger(job.id).info("back in the queue; it will run when the service starts again")

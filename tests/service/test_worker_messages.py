@@ -1,0 +1,60 @@
+"""The supervisor acts on the worker's typed messages (they cross a pipe, so they must pickle)."""
+
+from __future__ import annotations
+
+import pickle
+
+import pytest
+
+from svfrd.config import load_config
+from svfrd.jobs.database import open_database, upgrade_database
+from svfrd.service.messages import (
+    JobFinished,
+    Outcome,
+    RunJob,
+    Stop,
+    WorkerReady,
+    WorkerStartFailed,
+)
+from svfrd.service.supervisor import EXIT_CONFIG, EXIT_FAILURE, Supervisor
+from tests.helpers.clock import FakeClock
+
+
+@pytest.fixture
+def supervisor(tmp_path):
+    (tmp_path / "config.toml").write_text('[[inbox]]\npath = "inbox"\n')
+    config = load_config(tmp_path / "config.toml")
+    upgrade_database(config.service.database_url)
+    db = open_database(config.service.database_url)
+    supervisor = Supervisor(config, db, clock=FakeClock())
+    yield supervisor
+    supervisor.wakeup.close()
+    db.dispose()
+
+
+@pytest.mark.parametrize("message", [RunJob(3), Stop(), WorkerReady("classical"), WorkerStartFailed("x", True),
+                                     JobFinished(3, Outcome.RETRY)])
+def test_messages_survive_the_pipe(message):
+    assert pickle.loads(pickle.dumps(message)) == message
+
+
+def test_a_ready_worker_is_idle_for_jobs_and_resets_the_startup_death_count(supervisor):
+    supervisor.startup_deaths = 2
+    supervisor._on_worker_message(WorkerReady("classical"))
+    assert supervisor.worker.ready and supervisor.worker.engine_name == "classical"
+    assert supervisor.startup_deaths == 0 and supervisor.exit_code is None
+
+
+@pytest.mark.parametrize(("config_problem", "exit_code"), [(True, EXIT_CONFIG), (False, EXIT_FAILURE)])
+def test_a_worker_that_cannot_start_stops_the_daemon(supervisor, config_problem, exit_code):
+    supervisor._on_worker_message(WorkerStartFailed("the worker could not start: no GPU", config_problem))
+    assert supervisor.exit_code == exit_code
+
+
+def test_a_finished_job_frees_the_worker_and_a_config_error_stops_the_daemon_with_exit_code_2(supervisor):
+    supervisor.worker.job = object()
+    supervisor._on_worker_message(JobFinished(1, Outcome.FAILED))
+    assert supervisor.worker.job is None and supervisor.exit_code is None
+    supervisor.worker.job = object()
+    supervisor._on_worker_message(JobFinished(1, Outcome.CONFIG_ERROR, "the face model is missing"))
+    assert supervisor.worker.job is None and supervisor.exit_code == EXIT_CONFIG
