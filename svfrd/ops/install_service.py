@@ -48,6 +48,8 @@ TimeoutStartSec={TIMEOUT_START_SEC}
 TimeoutStopSec={TIMEOUT_STOP_SEC}
 Restart=on-failure
 RestartSec={RESTART_SEC}
+# Exit 2 is a wrong configuration (a missing face model, a bad config.toml): restarting cannot fix it.
+RestartPreventExitStatus=2
 # SIGTERM goes to the daemon only: it stops or requeues the job itself and then ends its worker.
 KillMode=mixed
 # glibc gives every decoder/encoder thread its own malloc arena; two keep the worker's memory steady.

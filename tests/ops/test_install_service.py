@@ -49,8 +49,8 @@ def test_shipped_units_are_the_rendered_templates() -> None:
 def test_system_unit_runs_notify_type_under_its_own_user_with_gpu_friendly_hardening() -> None:
     unit = (REPO / "systemd/svfrd.service").read_text()
     for line in ("Type=notify", "NotifyAccess=main", "User=svfrd", "StateDirectory=svfrd", "RuntimeDirectory=svfrd",
-                 "ConfigurationDirectory=svfrd", "Restart=on-failure", "ProtectSystem=strict", "PrivateDevices=no",
-                 "NoNewPrivileges=yes", "DeviceAllow=char-nvidia-frontend rw", "DeviceAllow=char-nvidia-uvm rw"):
+                 "ConfigurationDirectory=svfrd", "Restart=on-failure", "RestartPreventExitStatus=2",
+                 "ProtectSystem=strict", "PrivateDevices=no", "NoNewPrivileges=yes", "DeviceAllow=char-nvidia-frontend rw", "DeviceAllow=char-nvidia-uvm rw"):
         assert line in unit.splitlines()
     assert not any(line.startswith("MemoryDenyWriteExecute") for line in unit.splitlines())
     assert "WatchdogSec=" in unit and "TimeoutStopSec=" in unit and "RestartSec=" in unit
