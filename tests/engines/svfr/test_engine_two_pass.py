@@ -13,7 +13,8 @@ import torch
 
 from svfrd.domain import CROP_SIZE, Task
 from svfrd.engines.interface import RestoreRequest
-from svfrd.engines.svfr.engine import SvfrEngine, task_vector, to_model_pixels
+from svfrd.engines.svfr.engine import SvfrEngine
+from svfrd.engines.svfr.pipeline import task_vector, to_model_pixels
 from svfrd.engines.svfr.sampler import SamplerSettings, sample
 from svfrd.media.masks import prepare_svfr_input
 from tests.helpers.paths import FACE_MODEL
@@ -34,7 +35,7 @@ def engine(tmp_path_factory: pytest.TempPathFactory) -> SvfrEngine:
 
 def two_pass_recipe(engine: SvfrEngine, crops, tasks: frozenset[Task], seed: int) -> list[np.ndarray]:
     """Spec 3.1 on whole tensors: what the engine must reproduce."""
-    models = engine.models
+    models = engine.pipeline.models
     frames = torch.stack([to_model_pixels(prepare_svfr_input(c, tasks), RESOLUTION) for c in crops.crops])
     generator = torch.Generator().manual_seed(seed)
     first = frames[:16]
