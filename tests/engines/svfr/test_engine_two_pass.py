@@ -1,4 +1,4 @@
-"""The streaming engine computes exactly SVFR's two-pass recipe (svfr-spec.md 3.1), written out here with the
+"""The streaming engine computes exactly SVFR's two-pass recipe (docs/svfr.md §6), written out here with the
 sampler's whole-clip `sample` function: pass 1 on the first <= 16 frames without CFG, its last frame as the
 reference latent, pass 2 over the whole clip, output truncated to uint8. Only the engine streams, chunks
 and keeps latents instead of frames; the numbers must not change."""
@@ -34,7 +34,7 @@ def engine(tmp_path_factory: pytest.TempPathFactory) -> SvfrEngine:
 
 
 def two_pass_recipe(engine: SvfrEngine, crops, tasks: frozenset[Task], seed: int) -> list[np.ndarray]:
-    """Spec 3.1 on whole tensors: what the engine must reproduce."""
+    """docs/svfr.md §6 on whole tensors: what the engine must reproduce."""
     models = engine.pipeline.models
     frames = torch.stack([to_model_pixels(prepare_svfr_input(c, tasks), RESOLUTION) for c in crops.crops])
     generator = torch.Generator().manual_seed(seed)
