@@ -182,13 +182,22 @@ class SVFRPipeline:
 
     @classmethod
     def from_folder(
-        cls, models_dir: Path, device: torch.device, dtype: torch.dtype, face_model: Path, **kwargs: object
+        cls,
+        models_dir: Path,
+        device: torch.device,
+        dtype: torch.dtype,
+        face_model: Path,
+        *,
+        resolution: int = CROP_SIZE,
+        segment_frames: int = 2000,
+        memory: MemoryPolicy | None = None,
     ) -> SVFRPipeline:
-        """Load every module from a model folder (layout in `svfrd.engines.svfr.model_folder`)."""
+        """Load every module from a model folder (layout in `svfrd.engines.svfr.model_folder`); a missing or
+        mismatching file is a `WeightsError` naming it."""
         models = load_diffusion_models(models_dir, device, dtype)
         identity = load_identity_models(models_dir, device, dtype)
         check_token_width(identity, models, models_dir)
-        return cls(models, identity, face_model, **kwargs)  # type: ignore[arg-type]
+        return cls(models, identity, face_model, resolution=resolution, segment_frames=segment_frames, memory=memory)
 
     # -- the whole call, top to bottom ----------------------------------------------------------------
 
