@@ -151,7 +151,7 @@ def test_a_reference_picture_without_a_face_is_refused_before_any_work(engine: S
 @needs_face_model
 def test_a_long_video_is_restored_in_overlapping_segments(models_dir: Path) -> None:
     segmented = SvfrEngine(engine_config(models_dir, segment_frames=32), resolution=RESOLUTION, face_model=FACE_MODEL)
-    restored, reports = restore(segmented, request_for((0,)), 50)
+    restored, reports = restore(segmented, request_for((0,), steps=1, pass1_steps=1), 50)
     assert_restored_crops(restored, 50)
     assert any(stage.endswith("(segment 3/3)") for stage, _, _ in reports)
     assert all(np.isfinite(crop).all() for crop in restored)
