@@ -222,17 +222,18 @@ class SVFRPipeline:
         )
         if call.total == 0:
             return
-        pixels = self.prepare_inputs(crops, call)
+        pixels = self.prepare_inputs(crops, call)  # 1. (lazily, as the crops are read)
         segments = segment_bounds(call.total, self.segment_frames)
         reference: Reference | None = None
         carried: Overlap | None = None
         for index, (start, end) in enumerate(segments):
-            lq = self.encode_segment(pixels, carried, end - start, call)
-            if reference is None:
+            lq = self.encode_segment(pixels, carried, end - start, call)  # 2.
+            if reference is None:  # 3. once per video, from the first segment
                 reference = self.reference_conditioning(lq, reference_face, call)
-            latents = self.pass_two(lq, reference, call, segment_label(index, len(segments)))
+            latents = self.pass_two(lq, reference, call, segment_label(index, len(segments)))  # 4.
             if carried is not None:
                 latents[: len(carried.latents)] = crossfade(carried.latents, latents[: len(carried.latents)])
+            # 5. Frames the next segment shares are decoded there, after the cross-fade.
             keep = 0 if index == len(segments) - 1 else end - segments[index + 1][0]
             yield from self.decode(latents[: len(latents) - keep], call)
             carried = Overlap(lq[len(lq) - keep :], latents[len(latents) - keep :]) if keep else None
