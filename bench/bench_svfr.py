@@ -6,7 +6,7 @@ Counts come from the real window schedule (`svfrd.engines.svfr.windows`) and FLO
 SVD-xt-sized UNet and VAE built on the `meta` device (no memory, no weights). With a CUDA GPU it also builds
 the full-size models with random weights, at fp16 and bf16, and measures a UNet call, VAE encode and decode,
 the resulting frames per second of video, and the peak VRAM of a pass-2 run. Compared with the reference
-(svfr-spec.md section 6): ~48 UNet calls of 2x16 frames per second of 25 fps video, CFG in pass 1 and two VAE
+(docs/svfr.md §9): ~48 UNet calls of 2x16 frames per second of 25 fps video, CFG in pass 1 and two VAE
 encodes per frame; ~40 GB peak VRAM reported by users.
 """
 
@@ -203,8 +203,6 @@ def measure_gpu(dtype_name: str, dtype: torch.dtype, args: argparse.Namespace) -
           f" ({video_seconds_per_second:.1f} s per second of video) + pass 1 ~{pass1:.0f} s once per video")
     print(f"        weights {weights_gib:.2f} GiB, peak allocated {peak_gib:.2f} GiB"
           f" ({frames} frames, decode chunk {WINDOW})")
-    del models
-    torch.cuda.empty_cache()
 
 
 def report_gpu(args: argparse.Namespace) -> None:

@@ -2,7 +2,7 @@
 
 Two policies turn the subject's per-frame face boxes into one crop square per frame:
 
-- `reference`: SVFR's own behaviour (svfr-spec.md 4.2): the union of the face boxes on every 5th frame,
+- `reference`: SVFR's own behaviour (docs/svfr.md §7): the union of the face boxes on every 5th frame,
   expanded by 0.4 per side, squared to the shorter side, one static crop for the whole video.
 - `tracked`: a square per frame that follows the face, from the detected boxes, with short detection gaps
   bridged, smoothed without lag (the whole track is known before restoring), and restarted at scene cuts.
@@ -75,7 +75,7 @@ class FrameCrops:
 
 
 def reference_square(union: tuple[float, float, float, float], width: int, height: int, expand: float = 0.4) -> CropBox:
-    """SVFR's `process_bbox` as described in svfr-spec.md 4.2 (written from the description)."""
+    """SVFR's `process_bbox` as described in docs/svfr.md §7 (written from the description)."""
     x1, y1, x2, y2 = union
     w, h = x2 - x1, y2 - y1
     ex1, ey1 = max(x1 - expand * w, 0.0), max(y1 - expand * h, 0.0)
@@ -250,5 +250,5 @@ def sample_square(
 
 
 def crop_face(image: np.ndarray, box: CropBox) -> np.ndarray:
-    """The 512x512 RGB crop the engine sees; bicubic as the reference's PIL resize (svfr-spec.md 4.3)."""
+    """The 512x512 RGB crop the engine sees; bicubic as the reference's PIL resize (docs/svfr.md §7)."""
     return sample_square(image, box)

@@ -3,7 +3,7 @@
 MediaPipe wheels ship no model; the `face_landmarker.task` bundle is fetched by a setup step
 (`svfrd fetch-face-model`) and checked by hash here before use. Each face gives the 478-point mesh; svfrd keeps
 its bounding box and the 5 points SVFR aligns on (eyes, nose tip, mouth corners, image-left before image-right,
-the order of the ArcFace template in svfr-spec.md 4.4).
+the order of the ArcFace template in docs/svfr.md §4).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Inpainting masks and the task-specific model input.
 
 A sidecar mask marks damaged pixels in white. Users draw it either on a full frame (frame coordinates: the
-natural way) or on the 512x512 face crop (the SVFR reference's convention, svfr-spec.md 4.3). Its size tells
+natural way) or on the 512x512 face crop (the SVFR reference's convention, docs/svfr.md §7). Its size tells
 which; a frame coordinate mask is mapped into each frame's crop square, so it stays put on the picture while
 the crop follows the face. When the frame is itself 512x512 both readings are possible; frame coordinates are
 taken, and the report says so: that is what the reference means too when it runs without face cropping (as
@@ -102,7 +102,7 @@ def grayscale(image: np.ndarray) -> np.ndarray:
 
 
 def prepare_svfr_input(crop: FaceCrop, tasks: frozenset[Task]) -> np.ndarray:
-    """The model-resolution input for SVFR (svfr-spec.md 4.3): gray for colorization, then white under the
+    """The model-resolution input for SVFR (docs/svfr.md §7): gray for colorization, then white under the
     mask for inpainting. (512, 512, 3) uint8 RGB; the caller scales it to [-1, 1]."""
     image = crop.image
     if Task.COLORIZE in tasks:

@@ -1,6 +1,6 @@
 """SVFR's identity branch: ArcFace layer-4 features of the reference face, projected to 49 ID tokens.
 
-The chain (spec 1.5, 1.6, 4.4, 4.5): five face landmarks -> similarity warp onto the ArcFace template at 512
+The chain (docs/svfr.md §4): five face landmarks -> similarity warp onto the ArcFace template at 512
 -> a crop of the warped face resized to 112x112 -> iresnet100 -> the (512, 7, 7) layer-4 map taken before `bn2`
 -> `id_linear` (1x1 conv to 1024 + LayerNorm) -> (1, 49, 1024) tokens, the UNet's cross-attention context.
 
@@ -42,14 +42,14 @@ ALIGNED_SIZE = 512
 
 CropName = Literal["reference", "corrected"]
 
-# Rows and columns of the 512 aligned face that ArcFace sees (spec 4.5). The reference applies the 256-canvas
+# Rows and columns of the 512 aligned face that ArcFace sees (docs/svfr.md §4). The reference applies the 256-canvas
 # box to the 512 canvas (forehead and left eye only); "corrected" is the same box scaled to 512.
 ARCFACE_CROPS: dict[str, tuple[slice, slice]] = {
     "reference": (slice(0, 224), slice(16, 240)),
     "corrected": (slice(0, 448), slice(32, 480)),
 }
 
-# The ArcFace 5-point template on a 256 canvas (spec 4.4): left eye, right eye, nose, mouth left, mouth right.
+# The ArcFace 5-point template on a 256 canvas (docs/svfr.md §4): left eye, right eye, nose, mouth left, mouth right.
 TEMPLATE_256 = np.array(
     [
         [92.5892, 103.3926],
@@ -233,7 +233,7 @@ def build_projection_for(state: dict[str, torch.Tensor], path: Path) -> IdProjec
 
 def similarity_transform(source: np.ndarray, target: np.ndarray) -> np.ndarray:
     """The least-squares similarity (rotation, uniform scale, translation; no reflection) mapping `source`
-    points onto `target` points, as a 2x3 matrix [[a, -b, tx], [b, a, ty]] (spec 4.4)."""
+    points onto `target` points, as a 2x3 matrix [[a, -b, tx], [b, a, ty]] (docs/svfr.md §4)."""
     source = np.asarray(source, dtype=np.float64).reshape(-1, 2)
     target = np.asarray(target, dtype=np.float64).reshape(-1, 2)
     rows = []

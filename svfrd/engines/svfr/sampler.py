@@ -1,4 +1,5 @@
-"""The SVFR sampler: windowed Euler sampling of the 12-channel SVD UNet with classifier-free guidance.
+"""The SVFR sampler: windowed Euler sampling of the 12-channel SVD UNet with classifier-free guidance
+(docs/svfr.md §3, §5).
 
 Reads top to bottom like a diffusers pipeline:
 1. conditioning: per-frame LQ latents, the reference latent, ID tokens and the task vector;

@@ -1,4 +1,4 @@
-"""The noise schedule of SVD-xt / SVFR: Euler, Karras sigmas, v-prediction, continuous timesteps.
+"""The noise schedule of SVD-xt / SVFR: Euler, Karras sigmas, v-prediction, continuous timesteps (docs/svfr.md §5).
 
 diffusers' `EulerDiscreteScheduler` computes the sigmas and the timesteps the UNet sees (0.25·ln σ). The
 sampler does the Euler update itself (`euler_step`) because it steps every window from the same σ, which the

@@ -1,4 +1,4 @@
-"""Which frames each UNet call denoises together, per step, and how overlapping results are fused.
+"""Which frames each UNet call denoises together, per step, and how overlapping results are fused (docs/svfr.md §5).
 
 SVFR denoises a long video in windows of `window` (16) frames. For the first `overlapped_steps` (3) steps
 the windows start every `window - overlap` frames, afterwards every `window` frames; every step all windows

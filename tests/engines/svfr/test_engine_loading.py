@@ -30,12 +30,13 @@ def test_the_engine_loads_the_tiny_model_folder_with_the_weights_from_the_files(
     engine = SvfrEngine(engine_config(tiny_models), resolution=64)
     assert weights_problem(tiny_models) is None
     saved_unet = torch.load(tiny_models / UNET_WEIGHTS, weights_only=True)
-    assert torch.equal(engine.models.unet.conv_in.weight, saved_unet["conv_in.weight"])
-    assert engine.models.unet.conv_in.in_channels == 12
+    assert torch.equal(engine.pipeline.models.unet.conv_in.weight, saved_unet["conv_in.weight"])
+    assert engine.pipeline.models.unet.conv_in.in_channels == 12
     saved_arcface = torch.load(tiny_models / ARCFACE_WEIGHTS, weights_only=True)
-    assert torch.equal(engine.identity.arcface.layer4[0].conv2.weight, saved_arcface["layer4.0.conv2.weight"])
-    assert torch.equal(engine.identity.arcface.bn2.running_var, saved_arcface["bn2.running_var"])
-    assert not engine.identity.arcface.training and engine.device == torch.device("cpu")
+    arcface = engine.pipeline.identity.arcface
+    assert torch.equal(arcface.layer4[0].conv2.weight, saved_arcface["layer4.0.conv2.weight"])
+    assert torch.equal(arcface.bn2.running_var, saved_arcface["bn2.running_var"])
+    assert not arcface.training and engine.pipeline.models.device == torch.device("cpu")
 
 
 @pytest.mark.parametrize("relative", [ARCFACE_WEIGHTS, ID_LINEAR_WEIGHTS, UNET_WEIGHTS])

@@ -50,8 +50,8 @@ def restore_all(engine: SvfrEngine, frames: int) -> list[np.ndarray]:
 def test_the_vae_retries_with_smaller_chunks_and_later_jobs_start_small(models_dir: Path) -> None:
     engine = small_engine(models_dir)
     encodes, decodes = [], []
-    fail_above(engine.models.vae, "encode", 4, encodes)
-    fail_above(engine.models.vae, "decode", 4, decodes)
+    fail_above(engine.pipeline.models.vae, "encode", 4, encodes)
+    fail_above(engine.pipeline.models.vae, "decode", 4, decodes)
     restored = restore_all(engine, 10)
     assert len(restored) == 10
     assert encodes[:5] == [10, 8, 4, 4, 2], "10 frames in chunks of 16, then 8, then 4"
@@ -64,14 +64,14 @@ def test_the_vae_retries_with_smaller_chunks_and_later_jobs_start_small(models_d
 
 def test_a_vae_that_does_not_fit_even_one_frame_is_a_transient_failure(models_dir: Path) -> None:
     engine = small_engine(models_dir)
-    fail_above(engine.models.vae, "decode", 0, [])
+    fail_above(engine.pipeline.models.vae, "decode", 0, [])
     with pytest.raises(TransientError, match="out of memory"):
         restore_all(engine, 5)
 
 
 def test_a_unet_out_of_memory_is_a_transient_failure(models_dir: Path) -> None:
     engine = small_engine(models_dir)
-    fail_above(engine.models.unet, "forward", 0, [])
+    fail_above(engine.pipeline.models.unet, "forward", 0, [])
     with pytest.raises(TransientError, match="out of memory while denoising"):
         restore_all(engine, 5)
 

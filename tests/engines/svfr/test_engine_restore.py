@@ -16,9 +16,10 @@ import torch
 
 from svfrd.domain import CROP_SIZE, Task
 from svfrd.engines.interface import Engine, RestoreRequest
-from svfrd.engines.svfr import engine as engine_module
-from svfrd.engines.svfr.engine import SvfrEngine, crossfade, segment_bounds
+from svfrd.engines.svfr import pipeline as pipeline_module
+from svfrd.engines.svfr.engine import SvfrEngine
 from svfrd.engines.svfr.identity import TEMPLATE_256
+from svfrd.engines.svfr.pipeline import crossfade, segment_bounds
 from svfrd.errors import BadInputError
 from svfrd.media.faces import DetectedFace
 from tests.helpers.media_clips import astronaut
@@ -150,7 +151,7 @@ def test_a_reference_picture_without_a_face_is_refused_before_any_work(engine: S
 @needs_face_model
 def test_a_long_video_is_restored_in_overlapping_segments(models_dir: Path) -> None:
     segmented = SvfrEngine(engine_config(models_dir, segment_frames=32), resolution=RESOLUTION, face_model=FACE_MODEL)
-    restored, reports = restore(segmented, request_for((0,)), 50)
+    restored, reports = restore(segmented, request_for((0,), steps=1, pass1_steps=1), 50)
     assert_restored_crops(restored, 50)
     assert any(stage.endswith("(segment 3/3)") for stage, _, _ in reports)
     assert all(np.isfinite(crop).all() for crop in restored)
@@ -177,15 +178,15 @@ def test_a_face_in_the_pass_one_frame_gives_id_tokens_that_condition_pass_two(
     without_face, _ = restore(engine, request_for((0,), seed=5, mode=mode), 9)
     # The random tiny models paint no face, so the face finder is told the frame shows one, on the template.
     face = DetectedFace(box=(150.0, 150.0, 360.0, 400.0), points5=TEMPLATE_256 * 2)
-    monkeypatch.setattr(engine, "find_face", lambda image: face)
+    monkeypatch.setattr(engine.pipeline, "find_face", lambda image, warn: face)
     crops_used: list[str] = []
-    real_tokens = engine_module.id_tokens_for_face
+    real_tokens = pipeline_module.id_tokens_for_face
 
     def recording_tokens(identity, aligned, crop_name):
         crops_used.append(crop_name)
         return real_tokens(identity, aligned, crop_name)
 
-    monkeypatch.setattr(engine_module, "id_tokens_for_face", recording_tokens)
+    monkeypatch.setattr(pipeline_module, "id_tokens_for_face", recording_tokens)
     with_face, _ = restore(engine, request_for((0,), seed=5, mode=mode), 9)
     assert engine.warnings() == []
     assert crops_used == [crop]
@@ -197,6 +198,6 @@ def test_a_face_in_the_pass_one_frame_gives_id_tokens_that_condition_pass_two(
 def test_the_half_precision_dtypes_of_the_gpu_run_the_same_code(models_dir: Path, dtype: str) -> None:
     config = replace(engine_config(models_dir), dtype=dtype)
     half = SvfrEngine(config, resolution=RESOLUTION, face_model=FACE_MODEL)
-    assert half.models.unet.dtype == half.identity.arcface.conv1.weight.dtype != torch.float32
+    assert half.pipeline.models.unet.dtype == half.pipeline.identity.arcface.conv1.weight.dtype != torch.float32
     restored, _ = restore(half, request_for((0, 1), reference=True), 9)
     assert_restored_crops(restored, 9)

@@ -1,4 +1,4 @@
-"""The streaming engine computes exactly SVFR's two-pass recipe (svfr-spec.md 3.1), written out here with the
+"""The streaming engine computes exactly SVFR's two-pass recipe (docs/svfr.md §6), written out here with the
 sampler's whole-clip `sample` function: pass 1 on the first <= 16 frames without CFG, its last frame as the
 reference latent, pass 2 over the whole clip, output truncated to uint8. Only the engine streams, chunks
 and keeps latents instead of frames; the numbers must not change."""
@@ -12,7 +12,8 @@ import torch
 
 from svfrd.domain import CROP_SIZE, Task
 from svfrd.engines.interface import RestoreRequest
-from svfrd.engines.svfr.engine import SvfrEngine, task_vector, to_model_pixels
+from svfrd.engines.svfr.engine import SvfrEngine
+from svfrd.engines.svfr.pipeline import task_vector, to_model_pixels
 from svfrd.engines.svfr.sampler import SamplerSettings, sample
 from svfrd.media.masks import prepare_svfr_input
 from tests.helpers.paths import FACE_MODEL
@@ -32,8 +33,8 @@ def engine(tmp_path_factory: pytest.TempPathFactory) -> SvfrEngine:
 
 
 def two_pass_recipe(engine: SvfrEngine, crops, tasks: frozenset[Task], seed: int) -> list[np.ndarray]:
-    """Spec 3.1 on whole tensors: what the engine must reproduce."""
-    models = engine.models
+    """docs/svfr.md §6 on whole tensors: what the engine must reproduce."""
+    models = engine.pipeline.models
     frames = torch.stack([to_model_pixels(prepare_svfr_input(c, tasks), RESOLUTION) for c in crops.crops])
     generator = torch.Generator().manual_seed(seed)
     first = frames[:16]

@@ -1,5 +1,5 @@
-"""The identity branch: 5-point similarity alignment onto the ArcFace template at 512 (spec 4.4), the ArcFace
-input crop in its reference and corrected forms (spec 4.5), and the 49 ID tokens."""
+"""The identity branch: 5-point similarity alignment onto the ArcFace template at 512 (docs/svfr.md §4), the ArcFace
+input crop in its reference and corrected forms (docs/svfr.md §4), and the 49 ID tokens."""
 
 from __future__ import annotations
 
@@ -75,7 +75,7 @@ def test_an_aligned_face_is_upright_with_its_eyes_on_the_template() -> None:
 
 def test_the_reference_crop_sees_only_the_top_left_of_the_512_face_and_the_corrected_one_all_of_it() -> None:
     face = np.zeros((512, 512, 3), np.uint8)
-    face[0:224, 16:240] = 255  # exactly the reference's box (spec 4.5)
+    face[0:224, 16:240] = 255  # exactly the reference's box (docs/svfr.md §4)
     reference = arcface_input(face, "reference", torch.device("cpu"), torch.float32)
     corrected = arcface_input(face, "corrected", torch.device("cpu"), torch.float32)
     assert reference.shape == corrected.shape == (1, 3, 112, 112)

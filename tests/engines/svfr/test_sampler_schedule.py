@@ -1,4 +1,4 @@
-"""The Karras/Euler v-prediction schedule of SVD-xt (spec section 1.4)."""
+"""The Karras/Euler v-prediction schedule of SVD-xt (docs/svfr.md §5)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The window schedule and fusion weights of the SVFR long-video sampler (spec section 3, step 11)."""
+"""The window schedule and fusion weights of the SVFR long-video sampler (docs/svfr.md §5)."""
 
 from __future__ import annotations
 
