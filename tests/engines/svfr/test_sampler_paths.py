@@ -104,7 +104,12 @@ def test_half_precision_on_cpu_stays_close_to_fp32(case, reference_path, dtype, 
     ("dtype", "windows_per_batch", "tolerance"),
     [(torch.float32, 1, 1e-3), (torch.float16, 1, 0.01), (torch.bfloat16, 1, 0.05), (torch.float16, 2, 0.01)],
 )
-def test_gpu_paths_stay_close_to_the_cpu_reference_path(case, reference_path, dtype, windows_per_batch, tolerance):
+def test_gpu_paths_stay_close_to_the_cpu_reference_path(
+    case, reference_path, dtype, windows_per_batch, tolerance, monkeypatch
+):
+    # cuDNN runs fp32 convolutions in TF32 by default on Ampere and later GPUs (1.05e-3 measured on an H200):
+    # the fp32 path is meant to be full fp32.
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
     gpu = load_diffusion_models(PARITY_MODELS, "cuda", dtype)
 
     latents = denoise(gpu, case, windows_per_batch=windows_per_batch)
