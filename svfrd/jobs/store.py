@@ -571,3 +571,18 @@ def requeue_after_service_death(db: Engine, max_interruptions: int, now: datetim
                 job.state, job.not_before, job.stage = JobState.QUEUED.value, None, None
                 job.error_message = INTERRUPTED_MESSAGE
         return list(stranded)
+
+
+def failed_jobs_with_source_under(db: Engine, folders: Iterable[Path]) -> list[Job]:
+    """Failed jobs whose row still places their video in one of `folders` (the inboxes): the failure was
+    recorded, then the service died before the inputs were moved to failed/."""
+    prefixes = [str(folder).rstrip("/") + "/" for folder in folders]
+    if not prefixes:
+        return []
+    with _session(db) as session:
+        return list(session.exec(
+            select(Job)
+            .where(Job.state == JobState.FAILED.value)
+            .where(or_(*(col(Job.source_path).startswith(prefix, autoescape=True) for prefix in prefixes)))
+            .order_by(Job.id)
+        ).all())

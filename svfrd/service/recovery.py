@@ -11,6 +11,7 @@ dies with its worker is the service's: counted in `service_interruptions` agains
 from __future__ import annotations
 
 import logging
+import os
 
 from sqlalchemy import Engine as Database
 
@@ -18,7 +19,14 @@ from svfrd.config import Config
 from svfrd.errors import JobCancelled, TransientError
 from svfrd.files import placement
 from svfrd.jobs.model import Job, JobState
-from svfrd.jobs.store import fail_job, get_job, jobs_with_planned_results, release_job, requeue_after_service_death
+from svfrd.jobs.store import (
+    fail_job,
+    failed_jobs_with_source_under,
+    get_job,
+    jobs_with_planned_results,
+    release_job,
+    requeue_after_service_death,
+)
 from svfrd.ops.logs import job_logger
 from svfrd.service import results
 
@@ -31,9 +39,11 @@ log = logging.getLogger(__name__)
 
 def recover_at_startup(config: Config, db: Database) -> None:
     """With the state lock held: finish cut-short publications, put the jobs the dead daemon left running
-    back in the queue (or fail them), then clear the outbox's stale temporary files, in this order."""
+    back in the queue (or fail them), move the inputs of failures recorded just before the death to failed/,
+    then clear the outbox's stale temporary files, in this order."""
     finish_interrupted_publications(config, db)
     requeue_jobs_of_a_dead_service(config, db)
+    file_inputs_of_failures_cut_short(config, db)
     placement.clean_stale_temp_files(config.output.outbox)
 
 
@@ -61,6 +71,20 @@ def requeue_jobs_of_a_dead_service(config: Config, db: Database) -> list[Job]:
         else:
             logger.info("cancelled")
     return jobs
+
+
+def file_inputs_of_failures_cut_short(config: Config, db: Database) -> list[Job]:
+    """A failure is recorded before its inputs move to failed/; a death in between leaves the video in its
+    inbox under a failed job. Every terminal failure ends with the inputs in failed/ beside NAME.error.txt, so
+    that move is finished now, before intake could take the video for a new job."""
+    filed = []
+    for job in failed_jobs_with_source_under(db, [inbox.path for inbox in config.inboxes]):
+        if not os.path.lexists(job.source_path):  # lexists: a refused symlink is moved as the link itself
+            continue
+        filed.append(results.file_failed_inputs(config, db, job, job.error_message or "the job failed"))
+        job_logger(job.id).info("moved the inputs of this failed job to failed/ (the service had stopped before "
+                                "it could)")
+    return filed
 
 
 # ---------------------------------------------------------------------------------------------------------------

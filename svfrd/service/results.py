@@ -17,6 +17,7 @@ published, so the job simply runs again.
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Iterator
@@ -168,7 +169,7 @@ def input_files(job: Job) -> dict[str, Path]:
     """The job's input files that still lie where the row says, by column name."""
     columns = ("source_path", "sidecar_path", "mask_path", "reference_path")
     paths = {name: Path(getattr(job, name)) for name in columns if getattr(job, name)}
-    return {name: path for name, path in paths.items() if path.exists()}
+    return {name: path for name, path in paths.items() if os.path.lexists(path)}  # a refused symlink too
 
 
 def move_inputs(config: Config, db: Engine, job: Job, folder: Path) -> dict[str, Path]:

@@ -12,7 +12,12 @@ import time
 from pathlib import Path
 
 from svfrd.cli import main
+from svfrd.domain import Task
+from svfrd.errors import BadInputError
+from svfrd.files.hashing import file_sha256
+from svfrd.jobs.database import open_database, upgrade_database
 from svfrd.jobs.model import Job
+from svfrd.jobs.store import claim_next_job, enqueue_job, fail_job
 from tests.helpers.paths import FACE_MODEL
 from tests.helpers.service import Daemon, ServiceFolder, write_face_clip, write_mask
 
@@ -231,6 +236,30 @@ def test_a_job_the_service_keeps_dying_under_fails_into_failed_with_its_sidecar_
     assert job.error_message in (folder.folder("failed") / "clip.error.txt").read_text()
     assert Path(job.source_path) == folder.folder("failed") / "clip.mp4"
     assert folder.files("inbox") == [] and folder.files("outbox") == []
+
+
+def test_a_failure_recorded_just_before_the_service_died_has_its_inputs_filed_at_the_next_start(tmp_path):
+    # The crash window between recording a terminal failure and moving its inputs: the row says failed, the
+    # video and its sidecar still lie in the inbox, no error file exists.
+    folder = ServiceFolder(tmp_path / "svfrd")
+    video = folder.drop(write_face_clip(tmp_path / "clip.mp4", tag=14), sidecar="tasks = [0]\n")
+    upgrade_database(folder.database_url)
+    db = open_database(folder.database_url)
+    job = enqueue_job(db, inbox=str(folder.inbox), source_name="clip.mp4", source_path=str(video),
+                      sidecar_path=str(folder.inbox / "clip.toml"), tasks={Task.BFR}, options={},
+                      content_hash=file_sha256(video), max_attempts=3)
+    claim_next_job(db, worker_pid=1)
+    fail_job(db, job.id, BadInputError("no face was found in clip.mp4"), retry_backoff=0)
+    db.dispose()
+
+    with Daemon(folder) as daemon:
+        daemon.wait_until_serving()
+        daemon.wait_until("the inputs to be filed", lambda: "clip.error.txt" in folder.files("failed"), timeout=20)
+    assert folder.files("inbox") == []
+    assert folder.files("failed") == ["clip.error.txt", "clip.mp4", "clip.toml"]
+    assert "no face was found in clip.mp4" in (folder.folder("failed") / "clip.error.txt").read_text()
+    (row,) = folder.jobs()
+    assert (row.id, row.state, Path(row.source_path)) == (job.id, "failed", folder.folder("failed") / "clip.mp4")
 
 
 def test_a_missing_face_model_stops_the_service_before_it_takes_any_input(tmp_path):
