@@ -32,9 +32,6 @@ from svfrd.errors import ConfigError
 TASK_NAMES = {task.label: task for task in Task}
 TASKS_ALLOWED = '0/"bfr", 1/"colorize", 2/"inpaint"'
 
-#: Kept for callers of the old name: the options of the table in svfrd.domain (`OPTIONS`).
-DEFAULT_OPTION_NAMES = BUILTIN_OPTION_NAMES
-
 
 def parse_tasks(value: Any) -> frozenset[Task]:
     """Task ids or names (`[0, 2]`, `["bfr", "inpaint"]`, mixed, or one bare value) -> a non-empty set.

@@ -2,7 +2,7 @@
 
 ```
 tasks = ["bfr", "inpaint"]     # or ids [0, 2]; default: the inbox's tasks
-mask = "clip.mask.png"         # relative to the inbox; required for inpainting (2)
+mask = "clip.mask.png"         # relative to the folder of the video; required for inpainting (2)
 reference = "face.jpg"         # optional photo of the subject
 seed = 77
 [options]                      # per-job engine options, e.g. steps = 20
@@ -82,7 +82,7 @@ def _check_mask_rule(tasks: frozenset[Task], mask: Path | None, raw: dict, probl
     if rule is None:
         return
     if mask is None:
-        raise problem(f'{rule}; add mask = "NAME.png", a path relative to the inbox')
+        raise problem(f'{rule}; add mask = "NAME.png", a path relative to the folder of the video')
     raise problem(f"mask = {toml_repr(raw['mask'])}: {rule}; add \"inpaint\" to tasks or remove the mask")
 
 
@@ -138,24 +138,24 @@ def _options(raw: dict, allowed: frozenset[str], problem: _SidecarProblem) -> di
 
 
 def _image_path(raw: dict, key: str, inbox: Path, problem: _SidecarProblem) -> Path | None:
-    """A path relative to the inbox that stays inside it (also through symlinks) and names a readable image."""
+    """A path relative to the folder of the video that stays inside it (also through symlinks) and names a readable image."""
     if key not in raw:
         return None
     value = raw[key]
     shown = f"{key} = {toml_repr(value)}"
     if not isinstance(value, str) or not value.strip():
-        raise problem(f"{shown}: must be a file name relative to the inbox")
+        raise problem(f"{shown}: must be a file name relative to the folder of the video")
     relative = PurePosixPath(value)
     if relative.is_absolute() or value.startswith("~"):
-        raise problem(f"{shown}: must be relative to the inbox, not an absolute path")
+        raise problem(f"{shown}: must be relative to the folder of the video, not an absolute path")
     if ".." in relative.parts:
-        raise problem(f"{shown}: must not contain '..'; put the file in the inbox")
+        raise problem(f"{shown}: must not contain '..'; put the file next to the video")
     path = inbox / relative
     if not path.exists():
         raise problem(f"{shown}: {path} does not exist; put the image in the inbox next to the video")
     inbox_real = inbox.resolve()
     if not path.resolve().is_relative_to(inbox_real):
-        raise problem(f"{shown}: it is a symlink leading outside the inbox ({path.resolve()}); copy the image in")
+        raise problem(f"{shown}: it is a symlink leading outside the folder of the video ({path.resolve()}); copy the image in")
     if not path.is_file():
         raise problem(f"{shown}: {path} is not a file")
     _check_image(path, shown, problem)

@@ -1,6 +1,6 @@
 """Intake on real folders and a real SQLite database: complete files become jobs exactly once.
 
-Time is a clock the test advances (`SteppedClock`): scans run back to back, and a quiet period passes when the
+Time is a clock the test advances (`FakeClock`): scans run back to back, and a quiet period passes when the
 test says so, never by sleeping."""
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from svfrd.jobs.store import (
     set_input_paths,
 )
 from svfrd.service.intake import Intake, ScanResult, settle_before_restoring
-from tests.service.test_stability import SteppedClock
+from tests.helpers.clock import FakeClock
 
 #: Fake seconds between two scans of `scan_until` and `scan_for` (the daemon rescans about as often on hints).
 SCAN_STEP = 0.05
@@ -43,7 +43,7 @@ def make_intake(tmp_path: Path, quiet: float = 0.2, grace: float = 0.0, inbox_ex
     config = load_config(config_file)
     upgrade_database(config.service.database_url)
     config.inboxes[0].path.mkdir()
-    return Intake(config, open_database(config.service.database_url), clock=SteppedClock())
+    return Intake(config, open_database(config.service.database_url), clock=FakeClock())
 
 
 @pytest.fixture
@@ -285,9 +285,9 @@ BAD_SIDECARS = [
     ('taks = ["bfr"]\n', "unknown key 'taks'"),
     ('tasks = ["sharpen"]\n', 'unknown task "sharpen"'),
     ("tasks = [2]\n", "task 2 (inpaint) needs a mask"),
-    ('tasks = [2]\nmask = "/etc/passwd"\n', "must be relative to the inbox, not an absolute path"),
+    ('tasks = [2]\nmask = "/etc/passwd"\n', "must be relative to the folder of the video, not an absolute path"),
     ('tasks = [2]\nmask = "../outside.png"\n', "must not contain '..'"),
-    ('tasks = [2]\nmask = "link.png"\n', "symlink leading outside the inbox"),
+    ('tasks = [2]\nmask = "link.png"\n', "symlink leading outside the folder of the video"),
     ('tasks = [2]\nmask = "gone.png"\n', "gone.png does not exist"),
     ('tasks = [2]\nmask = "notes.png"\n', "notes.png is not an image file"),
     ('reference = "notes.png"\n', "notes.png is not an image file"),
@@ -349,7 +349,7 @@ def test_files_of_queued_jobs_stay_put_across_restarts(tmp_path):
     drop(inbox_of(first), "clip.mp4", video_bytes(11))
     [job] = enqueued(scan_until(first, lambda r: enqueued(r)))
     first.db.dispose()
-    restarted = Intake(first.config, open_database(first.config.service.database_url), clock=SteppedClock())
+    restarted = Intake(first.config, open_database(first.config.service.database_url), clock=FakeClock())
     results = scan_for(restarted, 0.5)
     assert enqueued(results) == [] and not any(r.duplicates for r in results)
     assert [j.id for j in all_jobs(restarted)] == [job.id]
@@ -417,7 +417,7 @@ def test_a_bad_sidecar_in_a_folder_fails_into_the_same_folder_under_failed(intak
     drop(inbox / "trip", "clip.mp4", video_bytes(34))
     [job] = [j for r in scan_until(intake, lambda r: any(r_.failed for r_ in r)) for j in r.failed]
     failed = intake.config.output.failed / "trip"
-    assert "must not contain '..'" in job.error_message, "a mask may not leave the video's folder"
+    assert "must not contain '..'" in job.error_message, "a mask may not leave the folder of the video"
     assert job.source_name == "trip/clip.mp4" and job.source_path == str(failed / "clip.mp4")
     assert sorted(p.name for p in failed.iterdir()) == ["clip.error.txt", "clip.mp4", "clip.toml"]
 

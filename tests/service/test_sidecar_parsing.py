@@ -81,15 +81,15 @@ def test_engine_specific_options_are_accepted_when_the_engine_declares_them(inbo
         ('tasks = ["deblur"]\n', 'tasks = ["deblur"]: unknown task "deblur": allowed are 0/"bfr"'),
         ("tasks = [7]\n", "tasks = [7]: unknown task 7"),
         ("tasks = []\n", "tasks = []: the task list is empty"),
-        ("tasks = [2]\n", 'task 2 (inpaint) needs a mask; add mask = "NAME.png", a path relative to the inbox'),
+        ("tasks = [2]\n", 'task 2 (inpaint) needs a mask; add mask = "NAME.png", a path relative to the folder of the video'),
         ('tasks = [0]\nmask = "clip.mask.png"\n',
          'mask = "clip.mask.png": a mask is only used for inpainting (task 2); add "inpaint" to tasks'),
-        ('tasks = [2]\nmask = "/etc/mask.png"\n', 'mask = "/etc/mask.png": must be relative to the inbox'),
+        ('tasks = [2]\nmask = "/etc/mask.png"\n', 'mask = "/etc/mask.png": must be relative to the folder of the video'),
         ('tasks = [2]\nmask = "../mask.png"\n', "mask = \"../mask.png\": must not contain '..'"),
         ('tasks = [2]\nmask = "faces/../clip.mask.png"\n', "must not contain '..'"),
         ('tasks = [2]\nmask = "missing.png"\n', "missing.png does not exist; put the image in the inbox"),
         ('tasks = [2]\nmask = "faces"\n', "faces is not a file"),
-        ("tasks = [2]\nmask = 3\n", "mask = 3: must be a file name relative to the inbox"),
+        ("tasks = [2]\nmask = 3\n", "mask = 3: must be a file name relative to the folder of the video"),
         ('tasks = [2]\nmask = "notes.png"\n', "notes.png is not an image file; use a PNG or JPEG"),
         ('reference = "broken.png"\n', "broken.png is a damaged image"),
         ('seed = -1\n', "seed = -1: must be a whole number >= 0"),
@@ -116,7 +116,7 @@ def test_a_symlink_leading_outside_the_inbox_is_refused(inbox, tmp_path):
     outside = save_png(tmp_path / "private" / "secret.png")
     os.symlink(outside, inbox / "sneaky.png")
     message = error_of(inbox, 'tasks = [2]\nmask = "sneaky.png"\n')
-    assert 'mask = "sneaky.png": it is a symlink leading outside the inbox' in message
+    assert 'mask = "sneaky.png": it is a symlink leading outside the folder of the video' in message
 
 
 def test_a_symlink_inside_the_inbox_is_fine(inbox):

@@ -7,26 +7,13 @@ from pathlib import Path
 import pytest
 
 from svfrd.service.stability import StabilityTracker
-
-
-class SteppedClock:
-    """Monotonic seconds that move only when the test says so."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
-
+from tests.helpers.clock import FakeClock
 
 VIDEO, SIDECAR = Path("/inbox/clip.mp4"), Path("/inbox/clip.toml")
 
 
-def tracker(quiet: float = 2.0, grace: float = 0.0) -> tuple[StabilityTracker, SteppedClock]:
-    clock = SteppedClock()
+def tracker(quiet: float = 2.0, grace: float = 0.0) -> tuple[StabilityTracker, FakeClock]:
+    clock = FakeClock()
     return StabilityTracker(quiet, grace, clock), clock
 
 
