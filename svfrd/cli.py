@@ -108,7 +108,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     if never_ran is not None:
         console.print(f"{no_jobs_yet(never_ran)}, then drop a video into {inboxes}")
         return EXIT_OK
-    jobs = _read_jobs(config, lambda db: list_jobs(db, limit=args.limit))
+    jobs = _using_database(config, lambda db: list_jobs(db, limit=args.limit))
     if not jobs:
         console.print(f"no jobs yet: drop a video into {inboxes}")
         return EXIT_OK
@@ -124,16 +124,16 @@ def cmd_status(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _read_jobs(config: Config, read: Callable):
-    """`read(db)` on the read-only database; an unreadable one (no schema yet, a newer or broken one) is a
+def _using_database(config: Config, action: Callable, read_only: bool = True):
+    """`action(db)` on the job database; an unreadable one (no schema yet, a newer or broken one) is a
     message, not a traceback."""
     from sqlalchemy.exc import SQLAlchemyError
 
     from svfrd.jobs.database import database_error_reason
 
-    db = _open_database(config, read_only=True)
+    db = _open_database(config, read_only=read_only)
     try:
-        return read(db)
+        return action(db)
     except SQLAlchemyError as err:
         raise CommandError(f"cannot read the job database: {database_error_reason(err)}; if the service has "
                            "never started completely, `svfrd run` creates and upgrades it") from None
@@ -161,8 +161,7 @@ def _job_or_error(db, job_id: int):
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    config = _load(args)
-    job = _job_or_error(_open_database(config, read_only=True), args.job_id)
+    job = _using_database(_load(args), lambda db: _job_or_error(db, args.job_id))
     fields = {name: getattr(job, name) for name in type(job).model_fields}  # in the table's column order
     fields["tasks"] = f"{job.tasks} ({task_labels(job.tasks)})"
     width = max(len(name) for name in fields)
@@ -180,11 +179,13 @@ def _queue_request(args: argparse.Namespace, request: Callable):
     """Apply a queue request to job ID; a request that does not apply is a message, not a traceback."""
     from svfrd.jobs.store import QueueError
 
-    db = _open_database(_load(args))
-    try:
-        return request(db, args.job_id)
-    except QueueError as err:
-        raise CommandError(str(err)) from None
+    def apply(db):
+        try:
+            return request(db, args.job_id)
+        except QueueError as err:
+            raise CommandError(str(err)) from None
+
+    return _using_database(_load(args), apply, read_only=False)
 
 
 def cmd_retry(args: argparse.Namespace) -> int:
@@ -249,7 +250,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
     config = _load(args)
     video = Path(args.video)
     if not video.is_file():
-        raise CommandError(f"{video} is not a file", EXIT_USAGE)
+        raise CommandError(f"{video} is not a file; give the path of a video file", EXIT_USAGE)
     inbox = _chosen_inbox(config, args.inbox)
     tasks = _parse_task_arguments(args.tasks) if args.tasks else None
     _check_mask_rule(tasks, bool(args.mask))
@@ -257,7 +258,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
     extras = {"mask": args.mask, "reference": args.reference}
     for what, path in extras.items():
         if path is not None and not Path(path).is_file():
-            raise CommandError(f"the {what} {path} is not a file", EXIT_USAGE)
+            raise CommandError(f"the {what} {path} is not a file; give the path of an image file", EXIT_USAGE)
 
     stem = free_stem(inbox, video, extras)
     copied: dict[str, str] = {}

@@ -116,11 +116,12 @@ def test_status_before_the_service_ever_ran_says_there_are_no_jobs_yet(folder, t
     assert not database.exists()  # reading never creates the database
 
 
-def test_status_on_a_database_without_a_schema_says_so_without_a_traceback(folder, capsys):
+@pytest.mark.parametrize("command", [["status"], ["show", "1"], ["cancel", "1"], ["retry", "1"]])
+def test_a_database_without_a_schema_is_a_message_without_a_traceback(folder, capsys, command):
     """A first start that stopped before its migration leaves an empty file behind."""
     (folder.root / "state").mkdir()
     (folder.root / "state" / "svfrd.db").write_bytes(b"")
-    assert svfrd(folder, "status") == 1
+    assert svfrd(folder, *command) == 1
     err = capsys.readouterr().err
     assert "cannot read the job database: no such table: jobs" in err and "svfrd run" in err
 
