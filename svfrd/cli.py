@@ -16,7 +16,7 @@ from typing import Any, Callable, Sequence
 
 from svfrd import __version__
 from svfrd.config import TASKS_ALLOWED, Config, load_config, parse_tasks, toml_repr
-from svfrd.domain import OPTIONS, Task, mask_rule_problem, option_problem
+from svfrd.domain import OPTIONS, Task, mask_rule_problem, option_problem, task_labels
 from svfrd.errors import ConfigError
 from svfrd.files import placement
 from svfrd.files.atomic import copy_replacing, write_replacing
@@ -55,10 +55,6 @@ def _open_database(config: Config, read_only: bool = False):
     if read_only:
         return open_read_only(config.service.database_url)
     return open_database(config.service.database_url)
-
-
-def task_labels(tasks: str) -> str:
-    return "+".join(Task(int(t)).label for t in tasks.split(",") if t.strip()) or "-"
 
 
 def format_age(moment: datetime | None, now: datetime | None = None) -> str:

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from sqlalchemy import text
 
 from svfrd.cli import main
 from svfrd.config import load_config
@@ -150,6 +151,23 @@ def test_status_shows_state_tasks_progress_and_stage(folder, database, capsys):
             for name in ("first.mp4", "second.mp4") if name in line}
     assert all(word in rows["first.mp4"] for word in ("running", "25%", "restore", "bfr+colorize"))
     assert "queued" in rows["second.mp4"]
+
+
+def test_show_prints_every_field_with_service_interruptions_beside_the_attempts(folder, database, capsys):
+    job = add_job(database, folder, "clip.mp4")
+    with database.begin() as connection:
+        connection.execute(text("UPDATE jobs SET attempts = 1, service_interruptions = 2 WHERE id = :id"),
+                           {"id": job.id})
+    assert svfrd(folder, "show", str(job.id)) == 0
+    lines = [line.strip() for line in capsys.readouterr().out.splitlines()]
+    at = lines.index("attempts: 1")
+    assert lines[at:at + 3] == ["attempts: 1", "max_attempts: 3", "service_interruptions: 2"]
+    assert "tasks: 0,1 (bfr+colorize)" in lines and "source_name: clip.mp4" in lines
+
+
+def test_show_of_an_unknown_job_says_how_to_list_them(folder, database, capsys):
+    assert svfrd(folder, "show", "99") == 1
+    assert "there is no job 99; `svfrd status` lists the jobs" in capsys.readouterr().err
 
 
 def test_cancel_of_a_queued_job_cancels_it_and_retry_queues_it_again(folder, database, capsys):
