@@ -372,6 +372,17 @@ def sidecar_text(
 # The parser.
 
 
+def _positive_int(text: str) -> int:
+    """An argparse type: a whole number >= 1 (`--limit 0` would list nothing and look like an empty queue)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number >= 1; e.g. --limit 50")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="svfrd", description="Restore face videos dropped into inbox folders.")
     parser.add_argument("--config", default=str(DEFAULT_CONFIG), metavar="PATH",
@@ -388,7 +399,7 @@ def build_parser() -> argparse.ArgumentParser:
     command("run", cmd_run, "run the service in the foreground (as systemd does)")
     status = command("status", cmd_status, "one table of the most recent jobs")
     status.add_argument("--watch", action="store_true", help="a live view (same as `svfrd top`)")
-    status.add_argument("--limit", type=int, default=30, help="how many jobs to list (default 30)")
+    status.add_argument("--limit", type=_positive_int, default=30, help="how many jobs to list (default 30)")
     command("top", cmd_top, "live status view of the running job, the queue and the GPU")
     for name, handler, text in (("show", cmd_show, "everything about one job"),
                                 ("retry", cmd_retry, "run a failed or cancelled job again"),

@@ -165,6 +165,16 @@ def test_show_prints_every_field_with_service_interruptions_beside_the_attempts(
     assert "tasks: 0,1 (bfr+colorize)" in lines and "source_name: clip.mp4" in lines
 
 
+@pytest.mark.parametrize("limit", ["0", "-1", "ten"])
+def test_status_limit_must_be_a_whole_number_of_at_least_one(folder, database, capsys, limit):
+    """`--limit 0` listed nothing and said "no jobs yet" while jobs waited; `-1` listed every job."""
+    add_job(database, folder, "clip.mp4")
+    with pytest.raises(SystemExit) as exit_info:
+        svfrd(folder, "status", "--limit", limit)
+    assert exit_info.value.code == 2
+    assert "is not a whole number >= 1; e.g. --limit 50" in capsys.readouterr().err
+
+
 def test_show_of_an_unknown_job_says_how_to_list_them(folder, database, capsys):
     assert svfrd(folder, "show", "99") == 1
     assert "there is no job 99; `svfrd status` lists the jobs" in capsys.readouterr().err
