@@ -409,13 +409,18 @@ def plugin_option_names(engine_name: str) -> frozenset[str]:
     that cannot be imported: the worker then refuses to start and says why (svfrd.engines.create_engine)."""
     if not _ENGINE_IMPORT_PATH.match(engine_name):
         return frozenset()
-    module_name, _, class_name = engine_name.partition(":")
     try:
-        cls = getattr(importlib.import_module(module_name), class_name)
+        cls = import_engine_class(engine_name)
     except (ImportError, AttributeError):
         return frozenset()
     names = getattr(cls, "option_names", ())
     return frozenset(names) if isinstance(names, (set, frozenset, list, tuple)) else frozenset()
+
+
+def import_engine_class(import_path: str) -> type:
+    """The class a plug-in engine's "package.module:ClassName" names. Raises ImportError or AttributeError."""
+    module_name, _, class_name = import_path.partition(":")
+    return getattr(importlib.import_module(module_name), class_name)
 
 
 def _svfr(t: _Table) -> SvfrConfig:
