@@ -16,7 +16,7 @@ from typing import Any, Callable, Sequence
 
 from svfrd import __version__
 from svfrd.config import TASKS_ALLOWED, Config, load_config, parse_tasks, toml_repr
-from svfrd.domain import OPTIONS, Task, mask_rule_problem, option_problem
+from svfrd.domain import OPTIONS, Task, mask_rule_problem, option_problem, task_labels
 from svfrd.errors import ConfigError
 from svfrd.files import placement
 from svfrd.files.atomic import copy_replacing, write_replacing
@@ -55,10 +55,6 @@ def _open_database(config: Config, read_only: bool = False):
     if read_only:
         return open_read_only(config.service.database_url)
     return open_database(config.service.database_url)
-
-
-def task_labels(tasks: str) -> str:
-    return "+".join(Task(int(t)).label for t in tasks.split(",") if t.strip()) or "-"
 
 
 def format_age(moment: datetime | None, now: datetime | None = None) -> str:
@@ -108,7 +104,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     if never_ran is not None:
         console.print(f"{no_jobs_yet(never_ran)}, then drop a video into {inboxes}")
         return EXIT_OK
-    jobs = _read_jobs(config, lambda db: list_jobs(db, limit=args.limit))
+    jobs = _using_database(config, lambda db: list_jobs(db, limit=args.limit))
     if not jobs:
         console.print(f"no jobs yet: drop a video into {inboxes}")
         return EXIT_OK
@@ -124,16 +120,16 @@ def cmd_status(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _read_jobs(config: Config, read: Callable):
-    """`read(db)` on the read-only database; an unreadable one (no schema yet, a newer or broken one) is a
+def _using_database(config: Config, action: Callable, read_only: bool = True):
+    """`action(db)` on the job database; an unreadable one (no schema yet, a newer or broken one) is a
     message, not a traceback."""
     from sqlalchemy.exc import SQLAlchemyError
 
     from svfrd.jobs.database import database_error_reason
 
-    db = _open_database(config, read_only=True)
+    db = _open_database(config, read_only=read_only)
     try:
-        return read(db)
+        return action(db)
     except SQLAlchemyError as err:
         raise CommandError(f"cannot read the job database: {database_error_reason(err)}; if the service has "
                            "never started completely, `svfrd run` creates and upgrades it") from None
@@ -161,8 +157,7 @@ def _job_or_error(db, job_id: int):
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    config = _load(args)
-    job = _job_or_error(_open_database(config, read_only=True), args.job_id)
+    job = _using_database(_load(args), lambda db: _job_or_error(db, args.job_id))
     fields = {name: getattr(job, name) for name in type(job).model_fields}  # in the table's column order
     fields["tasks"] = f"{job.tasks} ({task_labels(job.tasks)})"
     width = max(len(name) for name in fields)
@@ -180,11 +175,13 @@ def _queue_request(args: argparse.Namespace, request: Callable):
     """Apply a queue request to job ID; a request that does not apply is a message, not a traceback."""
     from svfrd.jobs.store import QueueError
 
-    db = _open_database(_load(args))
-    try:
-        return request(db, args.job_id)
-    except QueueError as err:
-        raise CommandError(str(err)) from None
+    def apply(db):
+        try:
+            return request(db, args.job_id)
+        except QueueError as err:
+            raise CommandError(str(err)) from None
+
+    return _using_database(_load(args), apply, read_only=False)
 
 
 def cmd_retry(args: argparse.Namespace) -> int:
@@ -249,7 +246,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
     config = _load(args)
     video = Path(args.video)
     if not video.is_file():
-        raise CommandError(f"{video} is not a file", EXIT_USAGE)
+        raise CommandError(f"{video} is not a file; give the path of a video file", EXIT_USAGE)
     inbox = _chosen_inbox(config, args.inbox)
     tasks = _parse_task_arguments(args.tasks) if args.tasks else None
     _check_mask_rule(tasks, bool(args.mask))
@@ -257,7 +254,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
     extras = {"mask": args.mask, "reference": args.reference}
     for what, path in extras.items():
         if path is not None and not Path(path).is_file():
-            raise CommandError(f"the {what} {path} is not a file", EXIT_USAGE)
+            raise CommandError(f"the {what} {path} is not a file; give the path of an image file", EXIT_USAGE)
 
     stem = free_stem(inbox, video, extras)
     copied: dict[str, str] = {}
@@ -375,6 +372,17 @@ def sidecar_text(
 # The parser.
 
 
+def _positive_int(text: str) -> int:
+    """An argparse type: a whole number >= 1 (`--limit 0` would list nothing and look like an empty queue)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number >= 1; e.g. --limit 50")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="svfrd", description="Restore face videos dropped into inbox folders.")
     parser.add_argument("--config", default=str(DEFAULT_CONFIG), metavar="PATH",
@@ -391,7 +399,7 @@ def build_parser() -> argparse.ArgumentParser:
     command("run", cmd_run, "run the service in the foreground (as systemd does)")
     status = command("status", cmd_status, "one table of the most recent jobs")
     status.add_argument("--watch", action="store_true", help="a live view (same as `svfrd top`)")
-    status.add_argument("--limit", type=int, default=30, help="how many jobs to list (default 30)")
+    status.add_argument("--limit", type=_positive_int, default=30, help="how many jobs to list (default 30)")
     command("top", cmd_top, "live status view of the running job, the queue and the GPU")
     for name, handler, text in (("show", cmd_show, "everything about one job"),
                                 ("retry", cmd_retry, "run a failed or cancelled job again"),

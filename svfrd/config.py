@@ -27,7 +27,8 @@ from svfrd.domain import (
 from svfrd.errors import ConfigError
 
 # ---------------------------------------------------------------------------------------------------------------
-# Tasks and per-job options: shared with the sidecar parser (`svfrd.service.sidecar`).
+# Tasks (shared with the sidecar parser, `svfrd.service.sidecar`, and `svfrd submit`) and the checks of the keys
+# that are not per-job options (those are checked by their table, svfrd.domain.OPTIONS).
 
 TASK_NAMES = {task.label: task for task in Task}
 TASKS_ALLOWED = '0/"bfr", 1/"colorize", 2/"inpaint"'
@@ -225,10 +226,12 @@ class _Table:
             raise self.fail(key, problem)
         return float(value) if isinstance(default, float) else value
 
-    def take_option(self, key: str, option: str) -> Any:
-        """A key that sets a per-job option's service-wide default: its default and check are the table's
-        (svfrd.domain.OPTIONS)."""
+    def take_option(self, option: str) -> Any:
+        """The key that sets a per-job option's service-wide default: its name (`config_key`), default and
+        check are the table's (svfrd.domain.OPTIONS)."""
         spec = OPTIONS[option]
+        table, _, key = spec.config_key.rpartition(" ")
+        assert table == self.label, f"option {option} is set in {table}, not in {self.label}"
         return self.take(key, spec.default, spec.problem)
 
     def take_path(self, key: str, default: str) -> Path:
@@ -364,8 +367,8 @@ def _output(t: _Table) -> OutputConfig:
         outbox=t.take_path("outbox", "outbox"),
         done=t.take_path("done", "done"),
         failed=t.take_path("failed", "failed"),
-        mode=t.take_option("mode", "output_mode"),
-        crf=t.take_option("crf", "crf"),
+        mode=t.take_option("output_mode"),
+        crf=t.take_option("crf"),
         preview=t.take("preview", True),
     )
     t.finish()
@@ -374,7 +377,7 @@ def _output(t: _Table) -> OutputConfig:
 
 def _faces(t: _Table) -> FacesConfig:
     faces = FacesConfig(
-        crop=t.take_option("crop", "crop"),
+        crop=t.take_option("crop"),
         model=t.take_path("model", "models/face_landmarker.task"),
     )
     t.finish()
@@ -406,22 +409,27 @@ def plugin_option_names(engine_name: str) -> frozenset[str]:
     that cannot be imported: the worker then refuses to start and says why (svfrd.engines.create_engine)."""
     if not _ENGINE_IMPORT_PATH.match(engine_name):
         return frozenset()
-    module_name, _, class_name = engine_name.partition(":")
     try:
-        cls = getattr(importlib.import_module(module_name), class_name)
+        cls = import_engine_class(engine_name)
     except (ImportError, AttributeError):
         return frozenset()
     names = getattr(cls, "option_names", ())
     return frozenset(names) if isinstance(names, (set, frozenset, list, tuple)) else frozenset()
 
 
+def import_engine_class(import_path: str) -> type:
+    """The class a plug-in engine's "package.module:ClassName" names. Raises ImportError or AttributeError."""
+    module_name, _, class_name = import_path.partition(":")
+    return getattr(importlib.import_module(module_name), class_name)
+
+
 def _svfr(t: _Table) -> SvfrConfig:
     svfr = SvfrConfig(
         models_dir=t.take_path("models_dir", "models"),
-        mode=t.take_option("mode", "mode"),
-        steps=t.take_option("steps", "steps"),
-        pass1_steps=t.take_option("pass1_steps", "pass1_steps"),
-        guidance_scale=float(t.take_option("guidance_scale", "guidance_scale")),
+        mode=t.take_option("mode"),
+        steps=t.take_option("steps"),
+        pass1_steps=t.take_option("pass1_steps"),
+        guidance_scale=float(t.take_option("guidance_scale")),
         vae_chunk=t.take("vae_chunk", 16, _int_in(1)),
         segment_frames=t.take("segment_frames", 2000, _int_in(32)),
     )

@@ -31,6 +31,14 @@ class Task(enum.IntEnum):
         return {Task.BFR: "bfr", Task.COLORIZE: "colorize", Task.INPAINT: "inpaint"}[self]
 
 
+def task_labels(stored: str) -> str:
+    """Task ids as the jobs table stores them ("0,2") in words ("bfr+inpaint"), for people; an id this svfrd
+    does not know is shown as it is, none as "-"."""
+    labels = {str(task.value): task.label for task in Task}
+    ids = [item.strip() for item in stored.split(",") if item.strip()]
+    return "+".join(labels.get(item, item) for item in ids) or "-"
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # The mask rule.
 

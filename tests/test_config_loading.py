@@ -172,3 +172,10 @@ def test_the_configured_defaults_of_per_job_options_come_from_the_option_table(t
                   "guidance_scale": config.engine.svfr.guidance_scale, "mode": config.engine.svfr.mode,
                   "crop": config.faces.crop, "crf": config.output.crf, "output_mode": config.output.mode}
     assert configured == {name: option.default for name, option in OPTIONS.items()}
+
+
+@pytest.mark.parametrize("name", sorted(OPTIONS))
+def test_each_option_is_configured_under_the_key_its_table_row_names(tmp_path, name):
+    table, _, key = OPTIONS[name].config_key.rpartition(" ")
+    error = load_error(tmp_path, f"{MINIMAL}{table}\n{key} = true\n")
+    assert f"{table} {key} = true: " in error and OPTIONS[name].allowed in error

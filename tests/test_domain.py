@@ -15,6 +15,7 @@ from svfrd.domain import (
     mask_rule_problem,
     option_problem,
     options_owned_by,
+    task_labels,
 )
 
 
@@ -62,3 +63,8 @@ def test_an_engines_own_option_is_accepted_and_its_value_left_to_the_engine():
 
 def test_the_engine_receives_every_option_but_the_pipelines():
     assert engine_options({"crf": 20, "steps": 5, "strength": 3}) == {"steps": 5, "strength": 3}
+
+
+def test_stored_task_ids_read_as_names_for_people():
+    assert task_labels("0,2") == "bfr+inpaint" and task_labels("1") == "colorize"
+    assert task_labels("0,7") == "bfr+7" and task_labels("") == "-"

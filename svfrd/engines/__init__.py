@@ -9,11 +9,10 @@ config reads it without creating the engine (`svfrd.config.plugin_option_names`)
 
 from __future__ import annotations
 
-import importlib
 import logging
 from pathlib import Path
 
-from svfrd.config import EngineConfig
+from svfrd.config import EngineConfig, import_engine_class
 from svfrd.engines.interface import Engine
 from svfrd.errors import ConfigError
 
@@ -58,9 +57,8 @@ def _auto_choice(cfg: EngineConfig) -> tuple[str, str]:
 
 
 def _engine_from_import_path(path: str, cfg: EngineConfig) -> Engine:
-    module_name, _, class_name = path.partition(":")
     try:
-        cls = getattr(importlib.import_module(module_name), class_name)
+        cls = import_engine_class(path)
     except (ImportError, AttributeError) as err:
         raise ConfigError(f"[engine] name = {path!r}: cannot import it ({err})") from err
     engine = cls(cfg)

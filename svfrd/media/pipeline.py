@@ -104,7 +104,9 @@ def _decode_again(source: Path, expected: int) -> Iterator[Frame]:
         yield frame
         count += 1
     if count != expected:
-        raise BadInputError(f"{source.name} decoded to {count} frames this time, {expected} before")
+        raise BadInputError(f"{source.name} decoded to {count} frames this time, {expected} before: the file "
+                            "changed while it was restored, or its storage is unreliable. Drop a complete copy "
+                            "into the inbox again.")
 
 
 def restore_video(job: PipelineJob, engine: Engine, progress: ProgressReporter) -> PipelineResult:

@@ -80,7 +80,7 @@ def _unreadable(path: Path, what: str) -> BadInputError:
 def _open_input(path: Path) -> av.container.InputContainer:
     path = Path(path)
     if not path.is_file():
-        raise BadInputError(f"{path.name} does not exist or is not a file")
+        raise BadInputError(f"{path.name} does not exist or is not a file; drop the video into the inbox again")
     if path.stat().st_size == 0:
         raise BadInputError(f"{path.name} is empty (0 bytes); copy the complete file into the inbox again")
     try:

@@ -3,7 +3,8 @@
 The view never writes: SQLite is opened with `mode=ro`, and nothing here migrates. It is built from small
 renderables (`running_panel`, `queue_table`, `recent_table`, `disk_line`, `gpu_lines`, `dashboard`), each a
 function of plain data, so they can be rendered to any console, including a test's recording one. The screen
-is redrawn a few times a second but the database is read at most once a second.
+is redrawn a few times a second but the database is read at most once a second. The layout is checked at 80
+columns, the narrowest terminal we support (SSH, tmux split).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from svfrd.config import Config
-from svfrd.domain import Task
+from svfrd.domain import task_labels
 from svfrd.jobs.database import database_error_reason, missing_database_file, open_read_only
 from svfrd.jobs.model import Job, JobState, as_utc
 from svfrd.jobs.store import overview
@@ -35,7 +36,6 @@ SCREEN_REFRESH_PER_SECOND = 4
 QUEUE_ROWS = 5
 RECENT_ROWS = 6
 SPEED_WINDOW_SECONDS = 60.0
-WIDTH = 80  # the layout is checked at 80 columns, the narrowest terminal we support (SSH, tmux split)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -275,10 +275,19 @@ def running_panel(job: Job, speed: float | None, now: datetime) -> RenderableTyp
         ("stage ", "dim"), (stage, "yellow"), ("  ·  ", "dim"), speed_text, ("  ·  ", "dim"),
         format_duration(seconds_left(job, speed, now)), (" left", "dim"),
     )
-    started = Text.assemble(("started ", "dim"), format_time(job.started_at, now), ("  attempt ", "dim"),
-                            f"{max(job.attempts, 1)}/{job.max_attempts}",
-                            ("  engine ", "dim") if job.engine else "", job.engine or "")
-    return Group(title, bar_line, details, started)
+    return Group(title, bar_line, details, _start_line(job, now))
+
+
+def _start_line(job: Job, now: datetime) -> Text:
+    """When it started, which attempt, deaths of the service during it (counted apart from attempts: not the
+    job's fault), and the engine."""
+    line = Text.assemble(("started ", "dim"), format_time(job.started_at, now), ("  attempt ", "dim"),
+                         f"{max(job.attempts, 1)}/{job.max_attempts}")
+    if job.service_interruptions:
+        line.append_text(Text.assemble(("  service interruptions ", "dim"), str(job.service_interruptions)))
+    if job.engine:
+        line.append_text(Text.assemble(("  engine ", "dim"), job.engine))
+    return line
 
 
 def queue_table(queued: list[Job], queued_count: int, now: datetime) -> RenderableType:
@@ -290,7 +299,7 @@ def queue_table(queued: list[Job], queued_count: int, now: datetime) -> Renderab
     table.add_column("tasks", no_wrap=True)
     table.add_column("waiting", no_wrap=True)
     for job in queued:
-        table.add_row(str(job.id), job.source_name, task_names(job.tasks), queue_note(job, now))
+        table.add_row(str(job.id), job.source_name, task_labels(job.tasks), queue_note(job, now))
     more = queued_count - len(queued)
     if more > 0:
         table.add_row("", Text(f"… and {more} more", style="dim"), "", "")
@@ -304,13 +313,6 @@ def queue_note(job: Job, now: datetime) -> str:
             wait = format_duration((not_before - now).total_seconds())
             return f"retry {job.attempts + 1}/{job.max_attempts} in {wait}"
     return "since " + format_time(job.created_at, now)
-
-
-TASK_LABELS = {str(task.value): task.label for task in Task}
-
-
-def task_names(tasks: str) -> str:
-    return "+".join(TASK_LABELS.get(t, t) for t in tasks.split(",") if t)
 
 
 STATE_MARKS = {

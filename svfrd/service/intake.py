@@ -1,27 +1,34 @@
 """Intake: turns complete videos in the inbox folders into jobs.
 
-The scan is the truth: `scan()` lists every inbox with `os.scandir` and compares it with what it saw before and
-with the database. File events (watchdog) are only a hint that makes the daemon scan sooner; inotify misses
+The scan is the truth: `Intake.scan` lists every inbox with `os.scandir` and compares it with what it saw before
+and with the database. File events (watchdog) are only a hint that makes the daemon scan sooner; inotify misses
 events on network mounts and drops them on overflow, a rescan never does.
 
-Folders dropped into an inbox are scanned too (`recursive = true`, the default): `inbox/trip/a.mp4` is recorded
-with the source name `trip/a.mp4`, and its results, done/ and failed/ copies keep that folder
-(`svfrd.files.placement.mirror_folder`). Its sidecar and mask sit beside it in `trip/`.
+Where each concern lives:
 
-A video is taken once it is complete (`svfrd.service.stability`): hidden and partial names are ignored, and its
-size and mtime must stay the same for `quiet_period`; a video without `NAME.toml` waits `sidecar_grace` more.
-
-Symbolic links are not followed (unless the inbox says `follow_symlinks = true`): a linked video or folder is a
-failed job that asks for a copy, and the link itself (never its target) goes to failed/. A link must not make
-the service read a file the person who dropped it could not give it.
+- listing, folders dropped into an inbox (`_list_inbox`, `_list_entry`): with `recursive = true`, the default,
+  `inbox/trip/a.mp4` is recorded with the source name `trip/a.mp4` (`relative_name`), and its results, done/
+  and failed/ copies keep that folder (`svfrd.files.placement.mirror_folder`). Its sidecar and mask sit beside
+  it in `trip/`. The output and state folders are never entered.
+- complete or not (`_ready_inputs`, `svfrd.service.stability`): hidden and partial names are ignored, and a
+  video's size and mtime must stay the same for `quiet_period`; a video without `NAME.toml` waits
+  `sidecar_grace` more.
+- symbolic links (`_list_link`, `_refuse_link`): not followed. A linked folder, or a linked video unless the
+  inbox says `follow_symlinks = true`, is a failed job that asks for a copy, and the link itself (never its
+  target) goes to failed/. A link must not make the service read a file the person who dropped it could not
+  give it.
+- taking a video (`_take`, `_spec`): its sidecar is checked (`svfrd.service.sidecar`) and a job is queued. A
+  bad sidecar makes a failed job at once (`_reject`, `_record_failure`), its files moved to failed/ beside
+  `NAME.error.txt`.
+- duplicates (`_take`, then `settle_before_restoring` at the start of the job): a video whose content and
+  options match an earlier job still gets its own job; when its turn comes the worker publishes the earlier
+  job's results under its name instead of restoring again, so dedupe saves GPU time but never a result.
+- the re-hash at job start (`supersede_if_changed`): a video overwritten while its job waited becomes a new
+  job, and the old one is cancelled saying so.
 
 Files stay in the inbox while their job is queued or running; the worker moves them to done/ or failed/. So a
-file that is the source of a queued, running, failed or cancelled job is left alone here. A video whose content
-and options match an earlier job still gets its own job: when its turn comes the worker publishes the earlier
-job's results under its name instead of restoring again (`settle_before_restoring`), so dedupe saves GPU time
-but never a result. A bad sidecar makes a failed job at once, its files moved to failed/ beside `NAME.error.txt`.
+file that is the source of a queued, running, failed or cancelled job is left alone here (`OWNED_BY_JOB_STATES`).
 """
-
 from __future__ import annotations
 
 import hashlib
@@ -111,12 +118,10 @@ class Intake:
         config: Config,
         db: Engine,
         on_hint: Callable[[], None] | None = None,
-        allowed_options: frozenset[str] | None = None,
         clock: MonotonicSeconds = time.monotonic,
     ):
+        """`on_hint` is called (from the watchdog thread) when a file event suggests scanning sooner."""
         self.config, self.db = config, db
-        # The configured engine's options by default, a plug-in engine's own included (svfrd.domain.OPTIONS).
-        self.allowed_options = config.engine.option_names if allowed_options is None else allowed_options
         self._on_hint = on_hint
         self._hinted = threading.Event()
         self.clock = clock
@@ -132,11 +137,7 @@ class Intake:
     # -- watching (a hint only) ------------------------------------------------------------------------------
 
     def start(self) -> None:
-        """Create the inboxes and watch them for changes."""
-        self.start_watching()
-
-    def start_watching(self, wake: threading.Event | None = None) -> None:
-        """Start a watchdog observer on every inbox. The first event after a scan sets `wake` and calls
+        """Create the inboxes and watch them with a watchdog observer. The first event after a scan calls
         `on_hint`, once per batch of events (a big copy makes a flood of them); the next scan re-arms it."""
         from watchdog.events import FileSystemEventHandler
         from watchdog.observers import Observer
@@ -150,8 +151,6 @@ class Intake:
                 if intake._hinted.is_set():
                     return  # already told since the last scan (events come from this one observer thread)
                 intake._hinted.set()
-                if wake is not None:
-                    wake.set()
                 if intake._on_hint is not None:
                     intake._on_hint()
 
@@ -179,6 +178,7 @@ class Intake:
         return self.scan_once().wait
 
     def scan_once(self) -> ScanResult:
+        """List every inbox, then take (or refuse) each input that is ready and not already a job's."""
         self._hinted.clear()
         result = ScanResult()
         listings = [(inbox, self._list_inbox(inbox)) for inbox in self.config.inboxes]
@@ -274,7 +274,7 @@ class Intake:
         except BadInputError as err:
             result.failed.append(self._reject(inbox, video, sidecar, content_hash, err))
             return
-        # The queue derives the dedupe key from these fields (hashing the mask and reference).
+        # The store derives the dedupe key from these fields (hashing the mask and reference).
         job, earlier = enqueue_reusing(
             self.db,
             inbox=str(inbox.path),
@@ -306,7 +306,7 @@ class Intake:
         # Masks and references are named relative to the video's own folder and may not leave it.
         return parse_sidecar(
             sidecar, video.parent, default_tasks=inbox.tasks, default_options=inbox.options,
-            allowed_options=self.allowed_options,
+            allowed_options=self.config.engine.option_names,
         )
 
     def _content_hash(self, path: Path) -> str:

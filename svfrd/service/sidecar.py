@@ -30,7 +30,7 @@ SIDECAR_KEYS = ("tasks", "mask", "reference", "seed", "options")
 
 @dataclass(frozen=True)
 class JobSpec:
-    """What one video's job will do. Paths are absolute and inside the inbox."""
+    """What one video's job will do. Paths are absolute and inside the folder of the video."""
 
     tasks: frozenset[Task]
     mask_path: Path | None = None
@@ -51,27 +51,29 @@ def default_spec(tasks: frozenset[Task], options: Mapping[str, Any]) -> JobSpec:
 
 def parse_sidecar(
     sidecar: Path,
-    inbox: Path,
+    video_folder: Path,
     *,
     default_tasks: frozenset[Task] = frozenset({Task.BFR}),
     default_options: Mapping[str, Any] | None = None,
     allowed_options: frozenset[str] = BUILTIN_OPTION_NAMES,
 ) -> JobSpec:
-    """Read and check `sidecar`. Unset keys take the inbox defaults; `[options]` are merged over the inbox's
-    options. `allowed_options`: the configured engine's (`EngineConfig.option_names`, which includes a plug-in
-    engine's own). Raises BadInputError naming the sidecar, the key and what to do."""
+    """Read and check `sidecar`. `mask` and `reference` are named relative to `video_folder`, the folder of the
+    video (a folder dropped into the inbox, or the inbox itself), and may not leave it. Unset keys take the
+    inbox defaults; `[options]` are merged over the inbox's options. `allowed_options`: the configured
+    engine's (`EngineConfig.option_names`, which includes a plug-in engine's own). Raises BadInputError naming
+    the sidecar, the key and what to do."""
     problem = _SidecarProblem(sidecar.name)
     raw = _read_toml(sidecar, problem)
     unknown = sorted(set(raw) - set(SIDECAR_KEYS))
     if unknown:
         raise problem(f"unknown key {unknown[0]!r}; allowed keys are " + ", ".join(SIDECAR_KEYS))
     tasks = _tasks(raw, default_tasks, problem)
-    mask = _image_path(raw, "mask", inbox, problem)
+    mask = _image_path(raw, "mask", video_folder, problem)
     _check_mask_rule(tasks, mask, raw, problem)
     return JobSpec(
         tasks=tasks,
         mask_path=mask,
-        reference_path=_image_path(raw, "reference", inbox, problem),
+        reference_path=_image_path(raw, "reference", video_folder, problem),
         seed=_seed(raw, problem),
         options={**(default_options or {}), **_options(raw, allowed_options, problem)},
     )
@@ -137,8 +139,9 @@ def _options(raw: dict, allowed: frozenset[str], problem: _SidecarProblem) -> di
     return dict(options)
 
 
-def _image_path(raw: dict, key: str, inbox: Path, problem: _SidecarProblem) -> Path | None:
-    """A path relative to the folder of the video that stays inside it (also through symlinks) and names a readable image."""
+def _image_path(raw: dict, key: str, video_folder: Path, problem: _SidecarProblem) -> Path | None:
+    """A path relative to the folder of the video that stays inside it (also through symlinks) and names a
+    readable image."""
     if key not in raw:
         return None
     value = raw[key]
@@ -150,11 +153,10 @@ def _image_path(raw: dict, key: str, inbox: Path, problem: _SidecarProblem) -> P
         raise problem(f"{shown}: must be relative to the folder of the video, not an absolute path")
     if ".." in relative.parts:
         raise problem(f"{shown}: must not contain '..'; put the file next to the video")
-    path = inbox / relative
+    path = video_folder / relative
     if not path.exists():
-        raise problem(f"{shown}: {path} does not exist; put the image in the inbox next to the video")
-    inbox_real = inbox.resolve()
-    if not path.resolve().is_relative_to(inbox_real):
+        raise problem(f"{shown}: {path} does not exist; put the image next to the video")
+    if not path.resolve().is_relative_to(video_folder.resolve()):
         raise problem(f"{shown}: it is a symlink leading outside the folder of the video ({path.resolve()}); copy the image in")
     if not path.is_file():
         raise problem(f"{shown}: {path} is not a file")

@@ -122,6 +122,13 @@ def test_running_job_without_a_speed_yet_shows_dashes_and_the_workers_estimate()
     assert "faces (cancelling)" in screen
 
 
+def test_a_running_job_shows_the_service_interruptions_it_survived_next_to_its_attempt() -> None:
+    job = new_job(4, "running", attempts=1, service_interruptions=2, engine="svfr", started_at=NOW)
+    screen = render(sv.running_panel(job, None, NOW))
+    assert "attempt 1/3  service interruptions 2  engine svfr" in screen
+    assert "service interruptions" not in render(sv.running_panel(new_job(5, "running", attempts=1), None, NOW))
+
+
 def test_speed_comes_from_progress_over_time_and_restarts_with_each_stage() -> None:
     meter = sv.SpeedMeter()
     for seconds, done in ((0, 100), (10, 130), (20, 160), (20, 160)):

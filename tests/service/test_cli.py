@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from sqlalchemy import text
 
 from svfrd.cli import main
 from svfrd.config import load_config
@@ -116,11 +117,12 @@ def test_status_before_the_service_ever_ran_says_there_are_no_jobs_yet(folder, t
     assert not database.exists()  # reading never creates the database
 
 
-def test_status_on_a_database_without_a_schema_says_so_without_a_traceback(folder, capsys):
+@pytest.mark.parametrize("command", [["status"], ["show", "1"], ["cancel", "1"], ["retry", "1"]])
+def test_a_database_without_a_schema_is_a_message_without_a_traceback(folder, capsys, command):
     """A first start that stopped before its migration leaves an empty file behind."""
     (folder.root / "state").mkdir()
     (folder.root / "state" / "svfrd.db").write_bytes(b"")
-    assert svfrd(folder, "status") == 1
+    assert svfrd(folder, *command) == 1
     err = capsys.readouterr().err
     assert "cannot read the job database: no such table: jobs" in err and "svfrd run" in err
 
@@ -149,6 +151,33 @@ def test_status_shows_state_tasks_progress_and_stage(folder, database, capsys):
             for name in ("first.mp4", "second.mp4") if name in line}
     assert all(word in rows["first.mp4"] for word in ("running", "25%", "restore", "bfr+colorize"))
     assert "queued" in rows["second.mp4"]
+
+
+def test_show_prints_every_field_with_service_interruptions_beside_the_attempts(folder, database, capsys):
+    job = add_job(database, folder, "clip.mp4")
+    with database.begin() as connection:
+        connection.execute(text("UPDATE jobs SET attempts = 1, service_interruptions = 2 WHERE id = :id"),
+                           {"id": job.id})
+    assert svfrd(folder, "show", str(job.id)) == 0
+    lines = [line.strip() for line in capsys.readouterr().out.splitlines()]
+    at = lines.index("attempts: 1")
+    assert lines[at:at + 3] == ["attempts: 1", "max_attempts: 3", "service_interruptions: 2"]
+    assert "tasks: 0,1 (bfr+colorize)" in lines and "source_name: clip.mp4" in lines
+
+
+@pytest.mark.parametrize("limit", ["0", "-1", "ten"])
+def test_status_limit_must_be_a_whole_number_of_at_least_one(folder, database, capsys, limit):
+    """`--limit 0` listed nothing and said "no jobs yet" while jobs waited; `-1` listed every job."""
+    add_job(database, folder, "clip.mp4")
+    with pytest.raises(SystemExit) as exit_info:
+        svfrd(folder, "status", "--limit", limit)
+    assert exit_info.value.code == 2
+    assert "is not a whole number >= 1; e.g. --limit 50" in capsys.readouterr().err
+
+
+def test_show_of_an_unknown_job_says_how_to_list_them(folder, database, capsys):
+    assert svfrd(folder, "show", "99") == 1
+    assert "there is no job 99; `svfrd status` lists the jobs" in capsys.readouterr().err
 
 
 def test_cancel_of_a_queued_job_cancels_it_and_retry_queues_it_again(folder, database, capsys):

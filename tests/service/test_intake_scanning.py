@@ -34,7 +34,7 @@ SCAN_STEP = 0.05
 
 
 def make_intake(tmp_path: Path, quiet: float = 0.2, grace: float = 0.0, inbox_extra: str = "",
-                extra: str = "") -> Intake:
+                extra: str = "", on_hint=None) -> Intake:
     config_file = tmp_path / "config.toml"
     config_file.write_text(
         f"[service]\nquiet_period = {quiet}\nsidecar_grace = {grace}\nmax_attempts = 2\n"
@@ -43,7 +43,7 @@ def make_intake(tmp_path: Path, quiet: float = 0.2, grace: float = 0.0, inbox_ex
     config = load_config(config_file)
     upgrade_database(config.service.database_url)
     config.inboxes[0].path.mkdir()
-    return Intake(config, open_database(config.service.database_url), clock=FakeClock())
+    return Intake(config, open_database(config.service.database_url), on_hint=on_hint, clock=FakeClock())
 
 
 @pytest.fixture
@@ -357,9 +357,10 @@ def test_files_of_queued_jobs_stay_put_across_restarts(tmp_path):
     restarted.db.dispose()
 
 
-def test_file_events_wake_the_daemon_and_the_scan_clears_the_hint(intake):
+def test_file_events_wake_the_daemon_and_the_scan_clears_the_hint(tmp_path):
     wake = threading.Event()
-    intake.start_watching(wake)
+    intake = make_intake(tmp_path, on_hint=wake.set)
+    intake.start()
     assert not intake.has_hints()
     drop(inbox_of(intake), "clip.mp4", b"x")
     assert wake.wait(5), "a new file is a hint"
@@ -367,6 +368,7 @@ def test_file_events_wake_the_daemon_and_the_scan_clears_the_hint(intake):
     assert intake.has_hints()
     intake.scan_once()
     assert not intake.has_hints()
+    intake.db.dispose()
 
 
 def test_inboxes_are_created_when_watching_starts(tmp_path):

@@ -87,7 +87,7 @@ def test_engine_specific_options_are_accepted_when_the_engine_declares_them(inbo
         ('tasks = [2]\nmask = "/etc/mask.png"\n', 'mask = "/etc/mask.png": must be relative to the folder of the video'),
         ('tasks = [2]\nmask = "../mask.png"\n', "mask = \"../mask.png\": must not contain '..'"),
         ('tasks = [2]\nmask = "faces/../clip.mask.png"\n', "must not contain '..'"),
-        ('tasks = [2]\nmask = "missing.png"\n', "missing.png does not exist; put the image in the inbox"),
+        ('tasks = [2]\nmask = "missing.png"\n', "missing.png does not exist; put the image next to the video"),
         ('tasks = [2]\nmask = "faces"\n', "faces is not a file"),
         ("tasks = [2]\nmask = 3\n", "mask = 3: must be a file name relative to the folder of the video"),
         ('tasks = [2]\nmask = "notes.png"\n', "notes.png is not an image file; use a PNG or JPEG"),
