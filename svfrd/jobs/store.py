@@ -152,7 +152,7 @@ def enqueue_reusing(db: Engine, **fields: Any) -> tuple[Job, Job | None]:
     """(new queued job, earlier job or None): a job for every drop, also when a job with the same dedupe key is
     queued, running or done (returned second). Such a duplicate costs no GPU time: when its turn comes, the
     worker publishes the earlier job's results under the duplicate's own name
-    (`svfrd.service.intake.settle_before_restoring`). One transaction: a crash leaves both or neither."""
+    (`svfrd.service.results.publish_reused_results`). One transaction: a crash leaves both or neither."""
     fields = _job_fields(fields)
     with _session(db) as session, session.begin():
         earlier = _find_blocking_duplicate(session, fields["dedupe_key"])
