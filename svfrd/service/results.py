@@ -239,7 +239,7 @@ def publish_reused_results(config: Config, db: Engine, job: Job) -> bool:
             placement.link_or_copy(source, temp)
             linked.append(kind)
     outputs = {kind: getattr(finals, kind).name for kind in linked}
-    write_json(temps.report, reuse_report(read_report(earlier), job, outputs))
+    write_json(temps.report, reuse_report(earlier, read_report(earlier), job, outputs))
     planned = record_plan(db, job.id, finals, earlier.frames_total or 0)
     job_logger(job.id).info("%s has the same content and options as job %d: its results are reused, not restored "
                             "again", job.source_name, earlier.id)
