@@ -33,7 +33,6 @@ from svfrd.jobs.model import ErrorKind, Job, JobState, utcnow
 #: States in which a job blocks a new job for the same content and options.
 DEDUPE_BLOCKING_STATES = (JobState.QUEUED.value, JobState.RUNNING.value, JobState.DONE.value)
 
-INTERRUPTED_MESSAGE = "interrupted: the daemon stopped while the job ran"
 #: The stage of a job rejected by intake before it ever ran (a bad sidecar).
 INTAKE_STAGE = "intake"
 
@@ -545,6 +544,16 @@ def service_interruption_message(job: Job) -> str:
     )
 
 
+def service_requeue_message(job: Job, max_interruptions: int) -> str:
+    """Why a job went back to the queue after the service died under it (`svfrd show` prints it, also while the
+    job runs again, so it tells what happened rather than the state)."""
+    return (
+        "requeued: the service stopped while this job ran (killed, crashed, or the machine lost power), "
+        f"{job.service_interruptions} of at most {max_interruptions} times before svfrd gives up on it; this "
+        "counts as no failed attempt"
+    )
+
+
 def _times(count: int) -> str:
     return "once" if count == 1 else f"{count} times"
 
@@ -569,7 +578,7 @@ def requeue_after_service_death(db: Engine, max_interruptions: int, now: datetim
                 job.error_kind, job.error_message = ErrorKind.TRANSIENT.value, service_interruption_message(job)
             else:
                 job.state, job.not_before, job.stage = JobState.QUEUED.value, None, None
-                job.error_message = INTERRUPTED_MESSAGE
+                job.error_message = service_requeue_message(job, max_interruptions)
         return list(stranded)
 
 
