@@ -66,7 +66,8 @@ class Job(SQLModel, table=True):
     options_json: str = "{}"
     seed: int = DEFAULT_SEED
 
-    # Deduplication: the same content with the same normalised options is one job.
+    # Deduplication: the same content with the same normalised options has the same key; a later job with an
+    # earlier one's key reuses its results instead of restoring again (svfrd.jobs.store, svfrd.service.results).
     content_hash: str = Field(index=True)
     dedupe_key: str = Field(index=True)
 

@@ -3,11 +3,15 @@ database transaction; callers elsewhere (intake, supervisor, worker, results, th
 the functions here and never build SQL of their own.
 
 States: queued -> running -> done | failed | cancelled. A transient failure sends a running job back to queued
-with an exponential backoff (`not_before`) until `max_attempts` failures; bad input fails it for good.
+with an exponential backoff (`not_before`) until `max_attempts` failures; bad input fails it for good. A job left
+running by a service that died goes back too, counted apart (`requeue_after_service_death`).
 
-Duplicates: the same content with the same normalised options (`dedupe_key`) is one job. `enqueue_job` returns
-the existing job while that one is queued, running or done. A failed or cancelled job does not block a new one
-for the same key: dropping the file again makes a fresh job, and `svfrd retry ID` re-runs the old one.
+Duplicates: the same content with the same normalised options has the same `dedupe_key`. Intake makes a job for
+every drop (`enqueue_reusing`); when a job's turn comes, the results of a done job with its key are published
+under its name instead of restoring again (`svfrd.service.results`), so dedupe saves GPU time but never a result.
+`enqueue_job` instead returns the existing queued, running or done job (tests use it to make jobs). A failed or
+cancelled job is never reused: dropping the file again restores it afresh, and `svfrd retry ID` re-runs the old
+one.
 
 All functions take the SQLAlchemy engine from `svfrd.jobs.database.open_database` and return detached `Job` objects.
 """

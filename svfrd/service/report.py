@@ -70,9 +70,6 @@ class JobReport:
         data = asdict(self)
         return {"schema": data.pop("schema"), **data}
 
-    def dumps(self) -> str:
-        return json.dumps(self.to_json(), indent=2, default=str) + "\n"
-
 
 def build_report(
     job: Job,
