@@ -11,7 +11,7 @@ from datetime import datetime, timezone
 
 from sqlmodel import Field, SQLModel
 
-from svfrd.domain import DEFAULT_SEED
+from svfrd.domain import DEFAULT_SEED, Task
 
 
 def utcnow() -> datetime:
@@ -106,3 +106,8 @@ class Job(SQLModel, table=True):
     @property
     def task_ids(self) -> list[int]:
         return [int(t) for t in self.tasks.split(",") if t != ""]
+
+    @property
+    def task_labels(self) -> list[str]:
+        """The tasks by name, e.g. ["bfr", "inpaint"] (as the report and the logs show them)."""
+        return [Task(t).label for t in self.task_ids]

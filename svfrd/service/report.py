@@ -14,7 +14,6 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping
 
-from svfrd.domain import Task
 from svfrd.jobs.model import Job, as_utc, utcnow
 
 if TYPE_CHECKING:  # the media stack is imported only by the worker, never by `svfrd status`
@@ -86,7 +85,7 @@ def build_report(
         job_id=job.id,
         source=job.source_name,
         inbox=job.inbox,
-        tasks=[Task(t).label for t in job.task_ids],
+        tasks=job.task_labels,
         seed=job.seed,
         engine=engine_name,
         options={**json.loads(job.options_json or "{}"), **media.options},

@@ -136,10 +136,6 @@ class JobProgress:
 # One job.
 
 
-def _task_labels(job: Job) -> list[str]:
-    return [Task(t).label for t in job.task_ids]
-
-
 class JobRunner:
     """Runs jobs in this process with one engine, and records how each ended."""
 
@@ -201,7 +197,7 @@ class JobRunner:
         temps = results.temp_files(self.config, job)
         progress = JobProgress(self.db, job.id)
         started = time.monotonic()
-        logger.info("restoring %s (tasks %s) with %s", job.source_name, "+".join(_task_labels(job)),
+        logger.info("restoring %s (tasks %s) with %s", job.source_name, "+".join(job.task_labels),
                     self.engine.name)
         result = restore_video(pipeline_job(self.config, job, temps), self.engine, progress)
         finals = results.plan_final_files(self.config, job)
