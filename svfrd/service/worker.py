@@ -143,7 +143,7 @@ class JobRunner:
         self.config, self.db, self.engine = config, db, engine
 
     def run(self, job_id: int) -> JobFinished:
-        """Run the job to its end and say how it ended (see the module docstring)."""
+        """Run the job to its end and say how it ended (the outcomes are in `svfrd.service.messages.Outcome`)."""
         job = get_job(self.db, job_id)
         if job is None:
             log.error("job %s vanished from the database before it ran", job_id)
