@@ -11,7 +11,7 @@ from datetime import datetime, timezone
 
 from sqlmodel import Field, SQLModel
 
-from svfrd.domain import DEFAULT_SEED
+from svfrd.domain import DEFAULT_SEED, Task
 
 
 def utcnow() -> datetime:
@@ -66,7 +66,8 @@ class Job(SQLModel, table=True):
     options_json: str = "{}"
     seed: int = DEFAULT_SEED
 
-    # Deduplication: the same content with the same normalised options is one job.
+    # Deduplication: the same content with the same normalised options has the same key; a later job with an
+    # earlier one's key reuses its results instead of restoring again (svfrd.jobs.store, svfrd.service.results).
     content_hash: str = Field(index=True)
     dedupe_key: str = Field(index=True)
 
@@ -105,3 +106,8 @@ class Job(SQLModel, table=True):
     @property
     def task_ids(self) -> list[int]:
         return [int(t) for t in self.tasks.split(",") if t != ""]
+
+    @property
+    def task_labels(self) -> list[str]:
+        """The tasks by name, e.g. ["bfr", "inpaint"] (as the report and the logs show them)."""
+        return [Task(t).label for t in self.task_ids]

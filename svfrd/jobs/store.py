@@ -3,11 +3,15 @@ database transaction; callers elsewhere (intake, supervisor, worker, results, th
 the functions here and never build SQL of their own.
 
 States: queued -> running -> done | failed | cancelled. A transient failure sends a running job back to queued
-with an exponential backoff (`not_before`) until `max_attempts` failures; bad input fails it for good.
+with an exponential backoff (`not_before`) until `max_attempts` failures; bad input fails it for good. A job left
+running by a service that died goes back too, counted apart (`requeue_after_service_death`).
 
-Duplicates: the same content with the same normalised options (`dedupe_key`) is one job. `enqueue_job` returns
-the existing job while that one is queued, running or done. A failed or cancelled job does not block a new one
-for the same key: dropping the file again makes a fresh job, and `svfrd retry ID` re-runs the old one.
+Duplicates: the same content with the same normalised options has the same `dedupe_key`. Intake makes a job for
+every drop (`enqueue_reusing`); when a job's turn comes, the results of a done job with its key are published
+under its name instead of restoring again (`svfrd.service.results`), so dedupe saves GPU time but never a result.
+`enqueue_job` instead returns the existing queued, running or done job (tests use it to make jobs). A failed or
+cancelled job is never reused: dropping the file again restores it afresh, and `svfrd retry ID` re-runs the old
+one.
 
 All functions take the SQLAlchemy engine from `svfrd.jobs.database.open_database` and return detached `Job` objects.
 """
@@ -33,7 +37,6 @@ from svfrd.jobs.model import ErrorKind, Job, JobState, utcnow
 #: States in which a job blocks a new job for the same content and options.
 DEDUPE_BLOCKING_STATES = (JobState.QUEUED.value, JobState.RUNNING.value, JobState.DONE.value)
 
-INTERRUPTED_MESSAGE = "interrupted: the daemon stopped while the job ran"
 #: The stage of a job rejected by intake before it ever ran (a bad sidecar).
 INTAKE_STAGE = "intake"
 
@@ -53,6 +56,24 @@ class JobStateError(QueueError):
 def _session(db: Engine) -> Session:
     # Objects stay readable after the transaction ends: callers get plain, detached snapshots.
     return Session(db, expire_on_commit=False)
+
+
+def _locked_job(session: Session, job_id: int) -> Job:
+    """One row, locked for a read-modify-write in `session`'s transaction."""
+    job = session.exec(select(Job).where(Job.id == job_id).with_for_update()).first()
+    if job is None:
+        raise JobNotFound(f"no job {job_id}; `svfrd status` lists the jobs")
+    return job
+
+
+def _change(db: Engine, job_id: int, **values: Any) -> Job:
+    """Set some columns of one row (and `updated_at`) in a transaction of its own."""
+    with _session(db) as session, session.begin():
+        job = _locked_job(session, job_id)
+        for name, value in values.items():
+            setattr(job, name, value)
+        job.updated_at = utcnow()
+        return job
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -152,7 +173,7 @@ def enqueue_reusing(db: Engine, **fields: Any) -> tuple[Job, Job | None]:
     """(new queued job, earlier job or None): a job for every drop, also when a job with the same dedupe key is
     queued, running or done (returned second). Such a duplicate costs no GPU time: when its turn comes, the
     worker publishes the earlier job's results under the duplicate's own name
-    (`svfrd.service.intake.settle_before_restoring`). One transaction: a crash leaves both or neither."""
+    (`svfrd.service.results.publish_reused_results`). One transaction: a crash leaves both or neither."""
     fields = _job_fields(fields)
     with _session(db) as session, session.begin():
         earlier = _find_blocking_duplicate(session, fields["dedupe_key"])
@@ -373,6 +394,73 @@ def input_needed_by_other_jobs(db: Engine, job_id: int, column: str, path: str |
 
 
 # ---------------------------------------------------------------------------------------------------------------
+# Recovery after the whole service died (used by `svfrd.service.recovery` at start-up).
+
+
+def service_interruption_message(job: Job) -> str:
+    """Why a job failed after the service died under it `service_interruptions` times, and what to do."""
+    return (
+        f"the service stopped {_times(job.service_interruptions)} while this job ran (killed, crashed, or the "
+        "machine lost power), so svfrd gave up on it in case the job itself brings the service or the machine "
+        "down. The system log (journalctl) says what stopped the service; if this job was not the cause, run "
+        f"`svfrd retry {job.id}`, or raise [service] max_service_interruptions"
+    )
+
+
+def service_requeue_message(job: Job, max_interruptions: int) -> str:
+    """Why a job went back to the queue after the service died under it (`svfrd show` prints it, also while the
+    job runs again, so it tells what happened rather than the state)."""
+    return (
+        "requeued: the service stopped while this job ran (killed, crashed, or the machine lost power), "
+        f"{job.service_interruptions} of at most {max_interruptions} times before svfrd gives up on it; this "
+        "counts as no failed attempt"
+    )
+
+
+def _times(count: int) -> str:
+    return "once" if count == 1 else f"{count} times"
+
+
+def requeue_after_service_death(db: Engine, max_interruptions: int, now: datetime | None = None) -> list[Job]:
+    """At start-up (the state lock held, so no other daemon runs): jobs left running by a daemon that died go
+    back to the queue, due at once, counting a service interruption instead of an attempt: a power loss is
+    not the job's fault. A job reaching `max_interruptions` fails; one the user cancelled ends cancelled.
+    Returns the jobs found, as they are now."""
+    now = now or utcnow()
+    with _session(db) as session, session.begin():
+        stranded = session.exec(select(Job).where(Job.state == JobState.RUNNING.value)).all()
+        for job in stranded:
+            job.updated_at, job.worker_pid, job.eta_seconds = now, None, None
+            if job.cancel_requested:
+                job.state, job.finished_at = JobState.CANCELLED.value, now
+                job.error_message = "cancelled by the user"
+                continue
+            job.service_interruptions += 1
+            if job.service_interruptions >= max_interruptions:
+                job.state, job.finished_at = JobState.FAILED.value, now
+                job.error_kind, job.error_message = ErrorKind.TRANSIENT.value, service_interruption_message(job)
+            else:
+                job.state, job.not_before, job.stage = JobState.QUEUED.value, None, None
+                job.error_message = service_requeue_message(job, max_interruptions)
+        return list(stranded)
+
+
+def failed_jobs_with_source_under(db: Engine, folders: Iterable[Path]) -> list[Job]:
+    """Failed jobs whose row still places their video in one of `folders` (the inboxes): the failure was
+    recorded, then the service died before the inputs were moved to failed/."""
+    prefixes = [str(folder).rstrip("/") + "/" for folder in folders]
+    if not prefixes:
+        return []
+    with _session(db) as session:
+        return list(session.exec(
+            select(Job)
+            .where(Job.state == JobState.FAILED.value)
+            .where(or_(*(col(Job.source_path).startswith(prefix, autoescape=True) for prefix in prefixes)))
+            .order_by(Job.id)
+        ).all())
+
+
+# ---------------------------------------------------------------------------------------------------------------
 # Publication plan: the final result names are recorded before any rename (see svfrd.service.results).
 
 
@@ -509,80 +597,3 @@ def overview(db: Engine, *, queued_limit: int, recent_limit: int) -> Overview:
             .order_by(col(Job.finished_at).desc(), col(Job.id).desc()).limit(recent_limit)
         ).all()
     return Overview(counts=counts, running=list(running), queued=list(queued), recent=list(recent))
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# One row, locked for a read-modify-write.
-
-
-def _locked_job(session: Session, job_id: int) -> Job:
-    job = session.exec(select(Job).where(Job.id == job_id).with_for_update()).first()
-    if job is None:
-        raise JobNotFound(f"no job {job_id}; `svfrd status` lists the jobs")
-    return job
-
-
-def _change(db: Engine, job_id: int, **values: Any) -> Job:
-    with _session(db) as session, session.begin():
-        job = _locked_job(session, job_id)
-        for name, value in values.items():
-            setattr(job, name, value)
-        job.updated_at = utcnow()
-        return job
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Recovery after the whole service died (used by `svfrd.service.recovery` at start-up).
-
-
-def service_interruption_message(job: Job) -> str:
-    """Why a job failed after the service died under it `service_interruptions` times, and what to do."""
-    return (
-        f"the service stopped {_times(job.service_interruptions)} while this job ran (killed, crashed, or the "
-        "machine lost power), so svfrd gave up on it in case the job itself brings the service or the machine "
-        "down. The system log (journalctl) says what stopped the service; if this job was not the cause, run "
-        f"`svfrd retry {job.id}`, or raise [service] max_service_interruptions"
-    )
-
-
-def _times(count: int) -> str:
-    return "once" if count == 1 else f"{count} times"
-
-
-def requeue_after_service_death(db: Engine, max_interruptions: int, now: datetime | None = None) -> list[Job]:
-    """At start-up (the state lock held, so no other daemon runs): jobs left running by a daemon that died go
-    back to the queue, due at once, counting a service interruption instead of an attempt: a power loss is
-    not the job's fault. A job reaching `max_interruptions` fails; one the user cancelled ends cancelled.
-    Returns the jobs found, as they are now."""
-    now = now or utcnow()
-    with _session(db) as session, session.begin():
-        stranded = session.exec(select(Job).where(Job.state == JobState.RUNNING.value)).all()
-        for job in stranded:
-            job.updated_at, job.worker_pid, job.eta_seconds = now, None, None
-            if job.cancel_requested:
-                job.state, job.finished_at = JobState.CANCELLED.value, now
-                job.error_message = "cancelled by the user"
-                continue
-            job.service_interruptions += 1
-            if job.service_interruptions >= max_interruptions:
-                job.state, job.finished_at = JobState.FAILED.value, now
-                job.error_kind, job.error_message = ErrorKind.TRANSIENT.value, service_interruption_message(job)
-            else:
-                job.state, job.not_before, job.stage = JobState.QUEUED.value, None, None
-                job.error_message = INTERRUPTED_MESSAGE
-        return list(stranded)
-
-
-def failed_jobs_with_source_under(db: Engine, folders: Iterable[Path]) -> list[Job]:
-    """Failed jobs whose row still places their video in one of `folders` (the inboxes): the failure was
-    recorded, then the service died before the inputs were moved to failed/."""
-    prefixes = [str(folder).rstrip("/") + "/" for folder in folders]
-    if not prefixes:
-        return []
-    with _session(db) as session:
-        return list(session.exec(
-            select(Job)
-            .where(Job.state == JobState.FAILED.value)
-            .where(or_(*(col(Job.source_path).startswith(prefix, autoescape=True) for prefix in prefixes)))
-            .order_by(Job.id)
-        ).all())

@@ -20,11 +20,10 @@ Where each concern lives:
 - taking a video (`_take`, `_spec`): its sidecar is checked (`svfrd.service.sidecar`) and a job is queued. A
   bad sidecar makes a failed job at once (`_reject`, `_record_failure`), its files moved to failed/ beside
   `NAME.error.txt`.
-- duplicates (`_take`, then `settle_before_restoring` at the start of the job): a video whose content and
-  options match an earlier job still gets its own job; when its turn comes the worker publishes the earlier
-  job's results under its name instead of restoring again, so dedupe saves GPU time but never a result.
-- the re-hash at job start (`supersede_if_changed`): a video overwritten while its job waited becomes a new
-  job, and the old one is cancelled saying so.
+- duplicates (`_take`): a video whose content and options match an earlier job still gets its own job; when
+  its turn comes the worker publishes the earlier job's results under its name instead of restoring again
+  (`svfrd.service.worker`), so dedupe saves GPU time but never a result. The worker also re-hashes a video
+  when its job starts: one overwritten while its job waited becomes a new job.
 
 Files stay in the inbox while their job is queued or running; the worker moves them to done/ or failed/. So a
 file that is the source of a queued, running, failed or cancelled job is left alone here (`OWNED_BY_JOB_STATES`).
@@ -55,10 +54,8 @@ from svfrd.jobs.store import (
     insert_failed_job,
     paths_owned_by_jobs,
     set_input_paths,
-    supersede_job,
 )
 from svfrd.ops import notify
-from svfrd.service import results
 from svfrd.service.sidecar import JobSpec, default_spec, parse_sidecar, sidecar_path_for
 from svfrd.service.stability import MonotonicSeconds, Signature, StabilityTracker
 
@@ -372,39 +369,6 @@ class Intake:
             return None
         others = [p for p in folder.glob("*.toml") if p != sidecar]
         return None if any(_mask_in_sidecar(other, folder) == mask for other in others) else mask
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# At the start of a job (called by the worker).
-
-
-def settle_before_restoring(config: Config, db: Engine, job: Job) -> bool:
-    """Whether the job is settled without restoring: its video was replaced with other content after it was
-    queued (the job is superseded by a new one for the new content), or an earlier job with the same content
-    and options left results, now published under this job's name (`results.publish_reused_results`)."""
-    return supersede_if_changed(db, job) is not None or results.publish_reused_results(config, db, job)
-
-
-def supersede_if_changed(db: Engine, job: Job) -> Job | None:
-    """Hash the job's video again: a file overwritten while its job waited is a new job (returned), and the old
-    one is cancelled saying so, so that dedupe and the report never name content that was not restored.
-    Only a video still in its inbox is checked; a missing one is left for the worker to report."""
-    source = Path(job.source_path)
-    if not source.is_file() or not source.is_relative_to(job.inbox):
-        return None
-    content_hash = file_sha256(source)
-    if content_hash == job.content_hash:
-        return None
-    new = supersede_job(
-        db, job.id,
-        lambda new_id: (f"superseded: {job.source_name} was replaced with different content after it was queued; "
-                        f"job {new_id} restores the new content"),
-        inbox=job.inbox, source_name=job.source_name, source_path=job.source_path, sidecar_path=job.sidecar_path,
-        mask_path=job.mask_path, reference_path=job.reference_path, tasks=job.tasks, options_json=job.options_json,
-        seed=job.seed, content_hash=content_hash, max_attempts=job.max_attempts,
-    )
-    log.info("job %d: %s changed since it was queued; job %d restores the new content", job.id, source, new.id)
-    return new
 
 
 def _mask_in_sidecar(sidecar: Path, folder: Path) -> Path | None:

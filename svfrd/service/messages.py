@@ -14,6 +14,7 @@ class Outcome(str, enum.Enum):
     FAILED = "failed"
     RETRY = "retry"  # a transient failure: back in the queue with a backoff
     CANCELLED = "cancelled"
+    SUPERSEDED = "superseded"  # its video was replaced after it was queued: cancelled, a new job restores it
     INTERRUPTED = "interrupted"  # the daemon is stopping: back in the queue, no attempt counted
     CONFIG_ERROR = "config_error"  # the service is misconfigured: back in the queue, the daemon stops
 

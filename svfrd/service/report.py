@@ -14,7 +14,6 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping
 
-from svfrd.domain import Task
 from svfrd.jobs.model import Job, as_utc, utcnow
 
 if TYPE_CHECKING:  # the media stack is imported only by the worker, never by `svfrd status`
@@ -70,9 +69,6 @@ class JobReport:
         data = asdict(self)
         return {"schema": data.pop("schema"), **data}
 
-    def dumps(self) -> str:
-        return json.dumps(self.to_json(), indent=2, default=str) + "\n"
-
 
 def build_report(
     job: Job,
@@ -89,7 +85,7 @@ def build_report(
         job_id=job.id,
         source=job.source_name,
         inbox=job.inbox,
-        tasks=[Task(t).label for t in job.task_ids],
+        tasks=job.task_labels,
         seed=job.seed,
         engine=engine_name,
         options={**json.loads(job.options_json or "{}"), **media.options},
@@ -130,15 +126,23 @@ def _moment(moment: datetime | None) -> str | None:
     return moment.isoformat() if moment else None
 
 
-def reuse_report(earlier: Mapping[str, Any], job: Job, outputs: Mapping[str, str]) -> dict[str, Any]:
-    """The report of an input with the same content and options as an earlier job, whose result it reuses:
+def reuse_report(
+    earlier: Job, earlier_report: Mapping[str, Any], job: Job, outputs: Mapping[str, str]
+) -> dict[str, Any]:
+    """The report of an input with the same content and options as an `earlier` job, whose result it reuses:
     the earlier report (what was done, by which engine, how long it took) under this job's identity and output
-    names, with `reuses_job` naming the job that did the work."""
-    return {
-        **earlier,
+    names, with `reuses_job` naming the job that did the work. An earlier report that was deleted or cannot be
+    read (`earlier_report` empty) leaves only these fields and a warning saying so."""
+    report = {
+        "schema": SCHEMA_VERSION,
+        **earlier_report,
         "job_id": job.id,
         "source": job.source_name,
         "inbox": job.inbox,
-        "reuses_job": earlier.get("reuses_job") or earlier["job_id"],
+        "reuses_job": earlier_report.get("reuses_job") or earlier.id,
         "outputs": dict(outputs),
     }
+    if not earlier_report:
+        report["warnings"] = [f"the report of job {earlier.id} ({earlier.report_path}) was gone or unreadable, "
+                              "so this report says only whose results were reused"]
+    return report

@@ -118,7 +118,7 @@ def record_plan(db: Engine, job_id: int, finals: ResultFiles, frames: int) -> Jo
 
 
 def write_json(path: Path, data: dict[str, Any]) -> None:
-    """Write a result under its temporary name (`outbox.publish` fsyncs it before giving it its final name)."""
+    """Write a result under its temporary name (`placement.publish` fsyncs it before giving it its final name)."""
     path.write_text(json.dumps(data, indent=2, default=str) + "\n", encoding="utf-8")
 
 
@@ -190,7 +190,7 @@ def move_inputs(config: Config, db: Engine, job: Job, folder: Path) -> dict[str,
 
 
 def error_report_text(job: Job, message: str) -> str:
-    """The body of NAME.error.txt (`outbox.write_error_report` adds the first line)."""
+    """The body of NAME.error.txt (`placement.write_error_report` adds the first line)."""
     return (
         f"{message}\n\n"
         f"svfrd job {job.id}. The input files were moved into this folder unchanged. Fix the problem and drop "
@@ -239,7 +239,7 @@ def publish_reused_results(config: Config, db: Engine, job: Job) -> bool:
             placement.link_or_copy(source, temp)
             linked.append(kind)
     outputs = {kind: getattr(finals, kind).name for kind in linked}
-    write_json(temps.report, reuse_report(read_report(earlier), job, outputs))
+    write_json(temps.report, reuse_report(earlier, read_report(earlier), job, outputs))
     planned = record_plan(db, job.id, finals, earlier.frames_total or 0)
     job_logger(job.id).info("%s has the same content and options as job %d: its results are reused, not restored "
                             "again", job.source_name, earlier.id)

@@ -44,6 +44,7 @@ from svfrd.errors import (
     TransientError,
 )
 from svfrd.files import placement
+from svfrd.files.hashing import file_sha256
 from svfrd.jobs.database import open_database
 from svfrd.jobs.model import Job, JobState
 from svfrd.jobs.store import (
@@ -52,10 +53,10 @@ from svfrd.jobs.store import (
     get_job,
     record_progress,
     release_job,
+    supersede_job,
 )
 from svfrd.ops.logs import JobLogger, job_logger, setup_logging
 from svfrd.service import results
-from svfrd.service.intake import settle_before_restoring
 from svfrd.service.messages import JobFinished, Outcome, RunJob, Stop, ToWorker, WorkerReady, WorkerStartFailed
 from svfrd.service.report import build_report
 
@@ -135,10 +136,6 @@ class JobProgress:
 # One job.
 
 
-def _task_labels(job: Job) -> list[str]:
-    return [Task(t).label for t in job.task_ids]
-
-
 class JobRunner:
     """Runs jobs in this process with one engine, and records how each ended."""
 
@@ -146,15 +143,14 @@ class JobRunner:
         self.config, self.db, self.engine = config, db, engine
 
     def run(self, job_id: int) -> JobFinished:
-        """Run the job to its end and say how it ended (see the module docstring)."""
+        """Run the job to its end and say how it ended (the outcomes are in `svfrd.service.messages.Outcome`)."""
         job = get_job(self.db, job_id)
         if job is None:
             log.error("job %s vanished from the database before it ran", job_id)
             return JobFinished(job_id, Outcome.FAILED)
         logger = job_logger(job_id)
         try:
-            self._run(job, logger)
-            return JobFinished(job_id, Outcome.DONE)
+            return JobFinished(job_id, self._run(job, logger))
         except JobCancelled as err:
             self._discard_unpublished(job_id)
             fail_job(self.db, job_id, err, retry_backoff=self.config.service.retry_backoff)
@@ -173,16 +169,24 @@ class JobRunner:
             logger.error("unexpected error:\n%s", traceback.format_exc())
             return JobFinished(job_id, self._settle(job_id, unexpected_error(job, err), logger))
 
-    def _run(self, job: Job, logger: JobLogger) -> None:
+    def _run(self, job: Job, logger: JobLogger) -> Outcome:
+        """Settle the job the cheapest way that is right: finish an earlier run's publication, hand a replaced
+        video to a new job (superseded), publish a duplicate's earlier results, and only then restore."""
         if job.output_path:
             # An earlier run got as far as choosing its result names: finish that run instead of redoing it.
             if results.complete_publication(self.config, self.db, job, self.engine.name):
-                return
+                return Outcome.DONE
             logger.info("the results of an earlier, interrupted run are gone; restoring again")
             forget_planned_results(self.db, job.id)
-        if settle_before_restoring(self.config, self.db, job):  # video replaced since queued, or a duplicate
-            return
+        new = supersede_if_replaced(self.db, job)
+        if new is not None:
+            logger.info("superseded: %s was replaced with different content after it was queued; job %d "
+                        "restores the new content", job.source_name, new.id)
+            return Outcome.SUPERSEDED
+        if results.publish_reused_results(self.config, self.db, job):
+            return Outcome.DONE
         self._restore(job, logger)
+        return Outcome.DONE
 
     def _restore(self, job: Job, logger: JobLogger) -> None:
         from svfrd.media.pipeline import (
@@ -193,7 +197,7 @@ class JobRunner:
         temps = results.temp_files(self.config, job)
         progress = JobProgress(self.db, job.id)
         started = time.monotonic()
-        logger.info("restoring %s (tasks %s) with %s", job.source_name, "+".join(_task_labels(job)),
+        logger.info("restoring %s (tasks %s) with %s", job.source_name, "+".join(job.task_labels),
                     self.engine.name)
         result = restore_video(pipeline_job(self.config, job, temps), self.engine, progress)
         finals = results.plan_final_files(self.config, job)
@@ -206,7 +210,7 @@ class JobRunner:
 
     def _check_before_restoring(self, job: Job) -> None:
         """Everything that must hold before a job's (long) restoration starts; each raises the error that
-        decides what happens to the job. Checks of the input itself (it is still there, unchanged) go here."""
+        decides what happens to the job. Checks of the input itself (it is still there) go here."""
         check_service_configured(self.config)
         check_source_present(job)
         check_free_space(self.config)
@@ -273,6 +277,26 @@ def check_service_configured(config: Config) -> None:
     problem = service_config_problem(config)
     if problem is not None:
         raise ConfigError(problem)
+
+
+def supersede_if_replaced(db: Database, job: Job) -> Job | None:
+    """Hash the job's video again: a file overwritten while its job waited is a new job (returned), and the old
+    one is cancelled saying so, so that dedupe and the report never name content that was not restored.
+    Only a video still in its inbox is checked; a missing one is left for `check_source_present`."""
+    source = Path(job.source_path)
+    if not source.is_file() or not source.is_relative_to(job.inbox):
+        return None
+    content_hash = file_sha256(source)
+    if content_hash == job.content_hash:
+        return None
+    return supersede_job(
+        db, job.id,
+        lambda new_id: (f"superseded: {job.source_name} was replaced with different content after it was queued; "
+                        f"job {new_id} restores the new content"),
+        inbox=job.inbox, source_name=job.source_name, source_path=job.source_path, sidecar_path=job.sidecar_path,
+        mask_path=job.mask_path, reference_path=job.reference_path, tasks=job.tasks, options_json=job.options_json,
+        seed=job.seed, content_hash=content_hash, max_attempts=job.max_attempts,
+    )
 
 
 def check_source_present(job: Job) -> None:

@@ -40,6 +40,8 @@ def test_a_dead_service_costs_the_job_no_attempt_and_it_is_due_at_once(db):
     for interruption in (1, 2, 3):
         (requeued,) = requeue_after_service_death(db, max_interruptions=10)
         assert (requeued.state, requeued.attempts, requeued.service_interruptions) == ("queued", 0, interruption)
+        assert f"the service stopped while this job ran (killed, crashed, or the machine lost power), " \
+               f"{interruption} of at most 10 times" in requeued.error_message
         assert claim_next_job(db, 1).id == job.id
     assert requeue_after_service_death(db, max_interruptions=10)[0].worker_pid is None
 

@@ -26,7 +26,8 @@ from svfrd.jobs.store import (
     list_jobs,
     set_input_paths,
 )
-from svfrd.service.intake import Intake, ScanResult, settle_before_restoring
+from svfrd.service.intake import Intake, ScanResult
+from svfrd.service.worker import supersede_if_replaced
 from tests.helpers.clock import FakeClock
 
 #: Fake seconds between two scans of `scan_until` and `scan_for` (the daemon rescans about as often on hints).
@@ -479,7 +480,7 @@ def test_a_video_replaced_while_its_job_waited_is_a_new_job_when_the_job_starts(
     drop(inbox, "clip.mp4", video_bytes(40))  # overwritten with other content
     running = claim_next_job(intake.db, worker_pid=1)
     assert running.id == queued.id
-    assert settle_before_restoring(intake.config, intake.db, running), "nothing to restore for the old content"
+    assert supersede_if_replaced(intake.db, running) is not None, "nothing to restore for the old content"
     old = get_job(intake.db, queued.id)
     assert old.state == JobState.CANCELLED.value
     [new] = [j for j in all_jobs(intake) if j.id != old.id]
@@ -489,7 +490,7 @@ def test_a_video_replaced_while_its_job_waited_is_a_new_job_when_the_job_starts(
     assert new.dedupe_key != old.dedupe_key and new.source_path == old.source_path
     assert enqueued(scan_for(intake, 0.3)) == [], "the new job owns the file: no third job"
     claimed = claim_next_job(intake.db, worker_pid=1)
-    assert claimed.id == new.id and not settle_before_restoring(intake.config, intake.db, claimed)
+    assert claimed.id == new.id and supersede_if_replaced(intake.db, claimed) is None
 
 
 def test_a_symlinked_sidecar_fails_its_video_instead_of_being_read(tmp_path):

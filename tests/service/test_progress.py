@@ -9,14 +9,7 @@ from svfrd.errors import JobCancelled
 from svfrd.jobs.database import open_database, upgrade_database
 from svfrd.jobs.store import claim_next_job, enqueue_job, get_job, request_cancel
 from svfrd.service.worker import JobProgress, WorkerInterrupted
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
+from tests.helpers.clock import FakeClock
 
 
 @pytest.fixture
@@ -37,12 +30,12 @@ def test_writes_a_new_stage_at_once_and_then_at_most_every_interval(db_and_job):
 
     progress("restore", 0, 100)
     for done in range(1, 10):  # nine frames within one second: no write
-        clock.now += 0.1
+        clock.advance(0.1)
         progress("restore", done, 100)
     row = get_job(db, job.id)
     assert (row.stage, row.frames_done, row.frames_total) == ("restore", 0, 100)
 
-    clock.now += 1.5
+    clock.advance(1.5)
     progress("restore", 10, 100)
     assert get_job(db, job.id).frames_done == 10
 
@@ -52,7 +45,7 @@ def test_estimates_the_time_left_from_the_rate_of_the_stage(db_and_job):
     clock = FakeClock()
     progress = JobProgress(db, job.id, interrupted=lambda: False, interval=2.0, clock=clock)
     progress("restore", 0, 100)
-    clock.now += 10.0
+    clock.advance(10.0)
     progress("restore", 25, 100)  # 25 frames in 10 s: 75 more take 30 s
     assert get_job(db, job.id).eta_seconds == pytest.approx(30.0)
 
@@ -63,9 +56,9 @@ def test_interleaved_stages_share_the_time_by_what_was_reported(db_and_job):
     progress = JobProgress(db, job.id, interrupted=lambda: False, clock=clock)
     for frame in range(3):
         progress("restore", frame, 3)
-        clock.now += 2.0
+        clock.advance(2.0)
         progress("encode", frame, 3)
-        clock.now += 1.0
+        clock.advance(1.0)
     assert progress.timings() == {"restore": 6.0, "encode": 3.0}
 
 
@@ -75,7 +68,7 @@ def test_a_cancel_request_stops_the_job_at_the_next_write(db_and_job):
     progress = JobProgress(db, job.id, interrupted=lambda: False, interval=2.0, clock=clock)
     progress("restore", 0, 10)
     request_cancel(db, job.id)
-    clock.now += 2.5
+    clock.advance(2.5)
     with pytest.raises(JobCancelled, match="cancelled by the user"):
         progress("restore", 5, 10)
 

@@ -244,7 +244,7 @@ def test_at_start_up_cut_short_publications_are_finished_before_stale_temporary_
     placement.clean_stale_temp_files(config.output.outbox)
 
     assert get_job(db, planned_job.id).state == "done"
-    assert get_job(db, unplanned_job.id).state == "running"  # requeue_interrupted's business
+    assert get_job(db, unplanned_job.id).state == "running"  # recovery.requeue_jobs_of_a_dead_service's business
     assert outbox_names(folder) == [f"planned{suffix}" for suffix in
                                     (".contact.png", ".preview.mp4", ".report.json", ".restored.mp4")]
 
@@ -313,6 +313,20 @@ def test_a_duplicate_publishes_the_earlier_results_under_its_own_name_and_says_w
     assert report["outputs"]["video"] == "copy.restored.mp4"
     assert folder.files("done") == ["copy.mp4", "first.mp4"] and folder.files("inbox") == []
     assert not [name for name in outbox_names(folder) if name.startswith(".")], "no temporary file left"
+
+
+def test_a_duplicate_whose_earlier_report_was_deleted_still_gets_its_results_and_names_the_job_it_reuses(service):
+    folder, config, db = service
+    original = finished_original(service)
+    duplicate = queued_duplicate(service, original, "copy.mp4")
+    (folder.outbox / "first.report.json").unlink()
+
+    assert publish_reused_results(config, db, duplicate)
+
+    assert get_job(db, duplicate.id).state == "done"
+    report = json.loads((folder.outbox / "copy.report.json").read_text())
+    assert (report["schema"], report["job_id"], report["reuses_job"]) == (1, duplicate.id, original.id)
+    assert "the report of job" in report["warnings"][0] and report["outputs"]["video"] == "copy.restored.mp4"
 
 
 def test_a_duplicate_whose_earlier_result_was_deleted_restores_its_video_itself(service):

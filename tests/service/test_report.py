@@ -93,7 +93,9 @@ def test_a_reused_result_gets_the_earlier_report_under_its_own_name_and_says_whi
     _, _, earlier = report
     duplicate = Job(id=earlier["job_id"] + 5, inbox="/in", source_name="copy.mp4", source_path="/in/copy.mp4",
                     tasks="0", content_hash="c", dedupe_key="k")
-    data = reuse_report(earlier, duplicate, {"video": "copy.restored.mp4"})
+    earlier_job = Job(id=earlier["job_id"], inbox="/in", source_name="odd.mp4", source_path="/done/odd.mp4",
+                      tasks="0", content_hash="c", dedupe_key="k")
+    data = reuse_report(earlier_job, earlier, duplicate, {"video": "copy.restored.mp4"})
     assert list(data) == documented_fields()
     assert (data["job_id"], data["source"], data["reuses_job"]) == (duplicate.id, "copy.mp4", earlier["job_id"])
     assert data["outputs"] == {"video": "copy.restored.mp4"} and data["frames"] == earlier["frames"]

@@ -1,4 +1,5 @@
-"""The supervisor acts on the worker's typed messages (they cross a pipe, so they must pickle)."""
+"""The supervisor acts on the worker's typed messages (they cross a pipe, so they must pickle), and the worker's
+JobFinished says truthfully how the job ended."""
 
 from __future__ import annotations
 
@@ -7,7 +8,9 @@ import pickle
 import pytest
 
 from svfrd.config import load_config
+from svfrd.files.hashing import file_sha256
 from svfrd.jobs.database import open_database, upgrade_database
+from svfrd.jobs.store import claim_next_job, enqueue_job, get_job
 from svfrd.service.messages import (
     JobFinished,
     Outcome,
@@ -17,7 +20,9 @@ from svfrd.service.messages import (
     WorkerStartFailed,
 )
 from svfrd.service.supervisor import EXIT_CONFIG, EXIT_FAILURE, Supervisor
+from svfrd.service.worker import JobRunner
 from tests.helpers.clock import FakeClock
+from tests.helpers.engines import InvertingEngine
 
 
 @pytest.fixture
@@ -58,3 +63,20 @@ def test_a_finished_job_frees_the_worker_and_a_config_error_stops_the_daemon_wit
     supervisor.worker.job = object()
     supervisor._on_worker_message(JobFinished(1, Outcome.CONFIG_ERROR, "the face model is missing"))
     assert supervisor.worker.job is None and supervisor.exit_code == EXIT_CONFIG
+
+
+def test_a_job_whose_video_was_replaced_before_it_ran_is_reported_superseded_not_done(supervisor, caplog):
+    config, db = supervisor.config, supervisor.db
+    video = config.inboxes[0].path / "clip.mp4"
+    video.parent.mkdir(parents=True)
+    video.write_bytes(b"the first content")
+    job = enqueue_job(db, inbox=str(video.parent), source_name="clip.mp4", source_path=str(video), tasks="0",
+                      content_hash=file_sha256(video))
+    claim_next_job(db, worker_pid=1)
+    video.write_bytes(b"other content, written while the job waited")
+
+    with caplog.at_level("INFO"):
+        finished = JobRunner(config, db, InvertingEngine(config.engine)).run(job.id)
+
+    assert finished.outcome == Outcome.SUPERSEDED and get_job(db, job.id).state == "cancelled"
+    assert "superseded: clip.mp4 was replaced with different content" in caplog.text
