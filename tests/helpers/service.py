@@ -1,7 +1,7 @@
 """A real svfrd daemon on a temporary folder, and small distinct face clips, for the end-to-end service tests.
 
 `ServiceFolder` writes a config.toml (short quiet periods and scan intervals, a test engine from
-`tests/engines.py`) and drops videos into its inbox; `Daemon` runs `python -m svfrd --config ... run` as a
+`tests/helpers/engines.py`) and drops videos into its inbox; `Daemon` runs `python -m svfrd --config ... run` as a
 subprocess from the repository root (so `tests.helpers.engines` is importable by the worker) and waits on the job
 database the way a user would read it.
 

@@ -15,12 +15,12 @@ from PIL import Image
 
 from svfrd.config import load_config
 from svfrd.domain import Task
+from svfrd.files.hashing import file_sha256
 from svfrd.files.placement import move_input_to
 from svfrd.jobs.database import open_database, upgrade_database
 from svfrd.jobs.model import JobState
 from svfrd.jobs.store import (
     claim_next_job,
-    file_sha256,
     finish_job,
     get_job,
     list_jobs,
