@@ -1,6 +1,7 @@
 """Benchmark of the video pipeline around the engine: throughput and peak memory for two clip lengths.
 
-    .venv/bin/python bench/bench_pipeline.py [--frames 60] [--factor 10] [--width 640 --height 360]
+    .venv/bin/python bench/bench_pipeline.py [--frames 60] [--factor 10] [--width 640 --height 360] [--repeat 2]
+                                             [--classical]
 
 For a short clip and one `factor` times longer it runs, each in a fresh process (so peak RSS is its own):
 - `floor`:    plain PyAV decode + H.264 encode of the same file (the least any pipeline must spend);

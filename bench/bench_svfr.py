@@ -1,6 +1,6 @@
 """What SVFR costs per second of video: UNet calls and FLOPs (anywhere), speed and peak VRAM (on a GPU).
 
-    .venv/bin/python bench/bench_svfr.py [--seconds 60] [--fps 25] [--steps 30] [--pass1-steps 50]
+    .venv/bin/python bench/bench_svfr.py [--seconds 60] [--fps 25] [--steps 30] [--pass1-steps 50] [--no-gpu]
 
 Counts come from the real window schedule (`svfrd.engines.svfr.windows`) and FLOPs from `FlopCounterMode` on the full
 SVD-xt-sized UNet and VAE built on the `meta` device (no memory, no weights). With a CUDA GPU it also builds

@@ -19,10 +19,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from svfrd.domain import Task
-from svfrd.engines.svfr.pipeline import SVFRPipeline, SVFRSettings
-from tests.helpers.paths import FACE_MODEL
-from tests.helpers.tiny_svfr import face_crops, write_tiny_svfr_models
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # run as a script, the repository root is not on the path: tests.helpers is
+
+from svfrd.domain import Task  # noqa: E402 - after the sys.path line above
+from svfrd.engines.svfr.pipeline import SVFRPipeline, SVFRSettings  # noqa: E402
+from tests.helpers.paths import FACE_MODEL  # noqa: E402
+from tests.helpers.tiny_svfr import face_crops, write_tiny_svfr_models  # noqa: E402
 
 #: Mean absolute pixel difference (0-255) each precision may have against the CPU fp32 run.
 MEAN_TOLERANCE = {torch.float32: 0.5, torch.float16: 2.0, torch.bfloat16: 6.0}

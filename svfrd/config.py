@@ -10,11 +10,10 @@ from __future__ import annotations
 import importlib
 import json
 import re
+import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
-
-import tomllib
 
 from svfrd.domain import (
     BUILTIN_OPTION_NAMES,

@@ -98,7 +98,7 @@ RestrictSUIDSGID=yes
 RestrictRealtime=yes
 RestrictNamespaces=yes
 LockPersonality=yes
-# AF_INET*: the database may be PostgreSQL on another machine.
+# AF_INET*: kept for a database server on another machine (planned; SQLite is the only store today).
 RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6 AF_NETLINK
 SystemCallArchitectures=native
 

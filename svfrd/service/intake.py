@@ -35,11 +35,11 @@ import logging
 import os
 import threading
 import time
+import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Callable
 
-import tomllib
 from sqlalchemy import Engine
 
 from svfrd.config import Config, InboxConfig

@@ -14,11 +14,11 @@ says which key is wrong and how to fix it (a BadInputError), instead of failing 
 
 from __future__ import annotations
 
+import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any, Mapping
 
-import tomllib
 from PIL import Image, UnidentifiedImageError
 
 from svfrd.config import parse_tasks, toml_repr
