@@ -3,11 +3,8 @@ the job's own failures, up to a separate limit."""
 
 from __future__ import annotations
 
-import pytest
-
 from svfrd.domain import Task
 from svfrd.errors import TransientError
-from svfrd.jobs.database import open_database, upgrade_database
 from svfrd.jobs.store import (
     claim_next_job,
     enqueue_job,
@@ -17,15 +14,6 @@ from svfrd.jobs.store import (
     requeue_after_service_death,
     retry_job,
 )
-
-
-@pytest.fixture
-def db(tmp_path):
-    url = f"sqlite:///{tmp_path / 'svfrd.db'}"
-    upgrade_database(url)
-    engine = open_database(url)
-    yield engine
-    engine.dispose()
 
 
 def running_job(db, max_attempts=1):

@@ -10,7 +10,7 @@ import pytest
 
 from svfrd.domain import Task
 from svfrd.errors import BadInputError, JobCancelled, TransientError
-from svfrd.jobs.database import open_database, upgrade_database
+from svfrd.jobs.database import open_database
 from svfrd.jobs.model import JobState, utcnow
 from svfrd.jobs.store import (
     JobNotFound,
@@ -31,20 +31,6 @@ from svfrd.jobs.store import (
     seconds_until_next_job,
     set_input_paths,
 )
-
-
-@pytest.fixture
-def db_url(tmp_path):
-    url = f"sqlite:///{tmp_path / 'state' / 'svfrd.db'}"
-    upgrade_database(url)
-    return url
-
-
-@pytest.fixture
-def db(db_url):
-    engine = open_database(db_url)
-    yield engine
-    engine.dispose()
 
 
 def new_job(db, name="a.mp4", content="c1", **overrides):

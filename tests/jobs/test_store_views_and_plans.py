@@ -11,7 +11,7 @@ import pytest
 import svfrd
 from svfrd.domain import Task
 from svfrd.errors import BadInputError
-from svfrd.jobs.database import open_database, open_read_only, upgrade_database
+from svfrd.jobs.database import open_read_only
 from svfrd.jobs.store import (
     JobNotFound,
     claim_next_job,
@@ -30,20 +30,6 @@ PACKAGE = Path(svfrd.__file__).parent
 #: SQL builders and sessions: whoever imports these writes queries of their own.
 SQL_NAMES = {"Session", "select", "update", "insert", "delete", "text", "func", "col"}
 SQL_CALLS = {"execute", "exec_driver_sql", "scalars"}
-
-
-@pytest.fixture
-def db_url(tmp_path):
-    url = f"sqlite:///{tmp_path / 'state' / 'svfrd.db'}"
-    upgrade_database(url)
-    return url
-
-
-@pytest.fixture
-def db(db_url):
-    engine = open_database(db_url)
-    yield engine
-    engine.dispose()
 
 
 def new_job(db, name: str, **fields):
