@@ -469,26 +469,13 @@ def record_planned_results(
 ) -> Job:
     """Record the final names of a job's results before any of them is renamed, with the final frame count
     (which the throttled progress reports may not have written). Returns the updated job."""
-    statement = (
-        update(Job)
-        .where(col(Job.id) == job_id)
-        .values(output_path=str(output_path), report_path=str(report_path), stage="publish",
-                frames_done=frames, frames_total=frames, eta_seconds=None, updated_at=utcnow())
-        .returning(Job)
-        .execution_options(synchronize_session=False)
-    )
-    with _session(db) as session, session.begin():
-        job = session.execute(statement).scalars().first()
-    if job is None:
-        raise JobNotFound(f"no job {job_id}")
-    return job
+    return _change(db, job_id, output_path=str(output_path), report_path=str(report_path), stage="publish",
+                   frames_done=frames, frames_total=frames, eta_seconds=None)
 
 
 def forget_planned_results(db: Engine, job_id: int) -> None:
     """The planned results are gone (deleted by hand): the job runs again and plans anew."""
-    statement = update(Job).where(col(Job.id) == job_id).values(output_path=None, report_path=None)
-    with db.begin() as connection:
-        connection.execute(statement)
+    _change(db, job_id, output_path=None, report_path=None)
 
 
 def jobs_with_planned_results(db: Engine) -> list[Job]:
