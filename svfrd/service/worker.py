@@ -36,13 +36,7 @@ from sqlalchemy import Engine as Database
 from svfrd.config import Config
 from svfrd.domain import Task
 from svfrd.engines.interface import Engine
-from svfrd.errors import (
-    BadInputError,
-    ConfigError,
-    JobCancelled,
-    SvfrdError,
-    TransientError,
-)
+from svfrd.errors import BadInputError, ConfigError, JobCancelled, SvfrdError, TransientError
 from svfrd.files import placement
 from svfrd.files.hashing import file_sha256
 from svfrd.jobs.database import open_database
@@ -189,9 +183,7 @@ class JobRunner:
         return Outcome.DONE
 
     def _restore(self, job: Job, logger: JobLogger) -> None:
-        from svfrd.media.pipeline import (
-            restore_video,  # imported here so `svfrd status` never loads the media stack
-        )
+        from svfrd.media.pipeline import restore_video  # here, so `svfrd status` never loads the media stack
 
         self._check_before_restoring(job)
         temps = results.temp_files(self.config, job)
