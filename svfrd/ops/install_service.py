@@ -355,12 +355,12 @@ def refuse_unsafe_folders(config: Config) -> None:
         if why is not None:
             raise InstallRefused(
                 f"{label} = {folder} is {why}: svfrd moves files in and out of it, and the service setup would "
-                "hand it to the svfrd user. Give it a folder of its own, such as /var/lib/svfrd/state or "
-                f"/srv/svfrd/{label.rsplit(' ', 1)[-1]}, in {config.path}.", 2)
+                f"hand it to the svfrd user. Give it a folder of its own in {config.path}, such as "
+                "/var/lib/svfrd/state for the state or /srv/svfrd/inbox for an inbox.", 2)
 
 
 def _labelled_folders(config: Config) -> list[tuple[str, Path]]:
-    return [*((f"[[inbox]] path", inbox.path) for inbox in config.inboxes),
+    return [*(("[[inbox]] path", inbox.path) for inbox in config.inboxes),
             ("[output] outbox", config.output.outbox), ("[output] done", config.output.done),
             ("[output] failed", config.output.failed), ("[service] state_dir", config.service.state_dir)]
 

@@ -206,7 +206,7 @@ def test_state_dir_slash_is_refused_and_nothing_chowns_it(tmp_path: Path) -> Non
     config.write_text('[service]\nstate_dir = "/"\n\n[[inbox]]\npath = "inbox"\n')
     run = run_cli(config, "--output", "-")
     assert run.returncode == 2, run.stdout + run.stderr
-    assert "[service] state_dir = / is a system folder" in run.stderr
+    assert "[service] state_dir = / is a system folder" in run.stderr and f"of its own in {config}" in run.stderr
     assert "install -d" not in run.stderr and run.stdout == ""
 
 
