@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import os
 import pwd
+import re
 import shlex
+import stat
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +41,20 @@ TIMEOUT_START_SEC = 300
 TIMEOUT_STOP_SEC = 120
 RESTART_SEC = 15
 
+# Limits a real job fits in. The worker loads multi-GB weights (the SVFR UNet alone is 1.5 G parameters) and
+# keeps a few numbers per frame (docs/architecture.md, "Streaming everywhere"): a share of the machine's memory
+# leaves the rest of it responsive when something runs away. Threads: PyTorch and the codecs start about one
+# per core each, so 4096 fits a 256-core machine and still stops a fork storm. The largest file svfrd writes is
+# a restored video (or an input copied across file systems): a long 4K master is tens of GB, so 256G only
+# stops a runaway write before it fills the disk. Each of these, when hit, ends that process (the job is
+# retried, then fails) and never harms the rest of the machine.
+MEMORY_MAX = "80%"
+TASKS_MAX = 4096
+FILE_SIZE_MAX = "256G"
+# A crash loop once wrote 40,000 tracebacks in four minutes; a job logs a few lines a minute.
+LOG_RATE_INTERVAL = "60s"
+LOG_RATE_BURST = 1000
+
 _COMMON_SERVICE = f"""\
 Type=notify
 NotifyAccess=main
@@ -56,9 +72,41 @@ KillMode=mixed
 Environment=MALLOC_ARENA_MAX=2
 """
 
+# What a user manager can enforce as well as the system one: seccomp filters, resource limits, the umask.
+# Options that need a mount or user namespace are left to the system unit (in a user manager they imply
+# PrivateUsers=, which some distributions forbid to unprivileged users).
+_COMMON_HARDENING = f"""\
+# Files svfrd creates: readable by the service's group, never by everyone.
+UMask=0027
+NoNewPrivileges=yes
+MemoryMax={MEMORY_MAX}
+TasksMax={TASKS_MAX}
+LimitFSIZE={FILE_SIZE_MAX}
+LogRateLimitIntervalSec={LOG_RATE_INTERVAL}
+LogRateLimitBurst={LOG_RATE_BURST}
+# CUDA needs mmap, mprotect, ioctl and memfd_create: all in @system-service. @privileged is what needs
+# capabilities this service has none of. @resources (NUMA memory policy, CPU affinity, priorities, rlimits):
+# svfrd sets none, and CUDA and PyTorch run under Docker's default profile, which refuses the NUMA calls too.
+# Refused calls fail with EPERM, which libraries handle, instead of killing the process; if a library ever
+# logs EPERM for one of them, remove "@resources" from the second line.
+SystemCallFilter=@system-service
+SystemCallFilter=~@privileged @resources
+SystemCallErrorNumber=EPERM
+SystemCallArchitectures=native
+# AF_UNIX: sd_notify and the worker's connection (multiprocessing's Pipe is a Unix socket pair). Nothing svfrd
+# runs opens an internet or netlink socket (SQLite is the only store; a database server would need AF_INET
+# AF_INET6 here, and no PrivateNetwork in the system unit).
+RestrictAddressFamilies=AF_UNIX
+RestrictNamespaces=yes
+RestrictRealtime=yes
+RestrictSUIDSGID=yes
+LockPersonality=yes
+"""
+
 SYSTEM_TEMPLATE = f"""\
 # svfrd as a system service under its own user. Written by `svfrd install-service`; the shipped copy in
-# systemd/ assumes the program in /opt/svfrd/.venv and the config in /etc/svfrd/config.toml.
+# systemd/ assumes the program in /opt/svfrd/.venv and the config in /etc/svfrd/config.toml, both owned by
+# root. `systemd-analyze security svfrd.service` rates it SAFE (the tests hold it at 2.5 or lower).
 [Unit]
 Description=svfrd face video restoration service
 After=local-fs.target remote-fs.target
@@ -66,7 +114,8 @@ After=local-fs.target remote-fs.target
 [Service]
 {_COMMON_SERVICE}User={SERVICE_USER}
 Group={SERVICE_USER}
-# /var/lib/svfrd, /run/svfrd and /etc/svfrd, created by systemd and owned by the service user.
+# /var/lib/svfrd and /run/svfrd are created by systemd and owned by the service user; /etc/svfrd is created
+# too but stays root's.
 StateDirectory=svfrd
 RuntimeDirectory=svfrd
 ConfigurationDirectory=svfrd
@@ -74,6 +123,7 @@ WorkingDirectory=/var/lib/svfrd
 # The home of a system user does not exist: keep torch/triton caches in the state folder.
 Environment=XDG_CACHE_HOME=/var/lib/svfrd/cache
 
+{_COMMON_HARDENING}
 # Hardening that leaves the GPU working. The NVIDIA device nodes must stay reachable (so no
 # PrivateDevices), and MemoryDenyWriteExecute is left out on purpose: PyTorch and CUDA map executable
 # memory for their JIT kernels.
@@ -82,25 +132,28 @@ DevicePolicy=closed
 DeviceAllow=char-nvidia-frontend rw
 DeviceAllow=char-nvidia-uvm rw
 DeviceAllow=char-nvidia-caps rw
-NoNewPrivileges=yes
+# No PrivateUsers: where the GPU is opened through a group (device nodes 0660 root:video and the service
+# user in that group), a private user namespace cannot map that group and the service would lose the GPU.
+# No ProcSubset=pid: it hides /proc/driver/nvidia, where CUDA looks up MIG capabilities, and /proc/cpuinfo.
+CapabilityBoundingSet=
+AmbientCapabilities=
 ProtectSystem=strict
 ProtectHome={{protect_home}}
 # Only where svfrd writes: inboxes (inputs are moved out), outbox, done, failed and the state folder.
 ReadWritePaths={{writable}}
-PrivateTmp=yes
+{{binds}}PrivateTmp=yes
+PrivateMounts=yes
+# The network namespace holds only loopback: svfrd talks to nothing (sd_notify is a Unix socket by path).
+PrivateNetwork=yes
+IPAddressDeny=any
+ProtectProc=invisible
+RemoveIPC=yes
 ProtectKernelTunables=yes
 ProtectKernelModules=yes
 ProtectKernelLogs=yes
 ProtectControlGroups=yes
 ProtectClock=yes
 ProtectHostname=yes
-RestrictSUIDSGID=yes
-RestrictRealtime=yes
-RestrictNamespaces=yes
-LockPersonality=yes
-# AF_INET*: kept for a database server on another machine (planned; SQLite is the only store today).
-RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6 AF_NETLINK
-SystemCallArchitectures=native
 
 [Install]
 WantedBy=multi-user.target
@@ -114,7 +167,10 @@ USER_TEMPLATE = f"""\
 Description=svfrd face video restoration service (user)
 
 [Service]
-{_COMMON_SERVICE}NoNewPrivileges=yes
+{_COMMON_SERVICE}
+{_COMMON_HARDENING}# A user manager shares the session keyring with its services by default; svfrd needs none of it. Capability
+# sets are left alone: the service has no capabilities, and a user manager may not change its bounding set.
+KeyringMode=private
 
 [Install]
 WantedBy=default.target
@@ -130,11 +186,14 @@ class UnitPaths:
     writable: tuple[str, ...] = ()
     protect_home: str = "yes"
     specifiers: bool = False  # the paths use unit specifiers such as %h on purpose
+    # With ProtectHome=tmpfs, the folders under /home (or /root) that svfrd writes to or reads from.
+    home_writable: tuple[str, ...] = ()
+    home_readable: tuple[str, ...] = ()
 
 
 def quote_arg(arg: str, keep_specifiers: bool = False) -> str:
     """One unit-file argument: `%` starts a specifier (kept only where meant, like `%h`), and spaces or
-    quotes need double quotes."""
+    quotes need double quotes. Control characters never get here (`refuse_control_characters`)."""
     if not keep_specifiers:
         arg = arg.replace("%", "%%")
     if any(c in arg for c in ' \t"\\'):
@@ -148,8 +207,18 @@ def render_unit(paths: UnitPaths, user: bool) -> str:
     if user:
         return USER_TEMPLATE.format(exec_start=exec_start)
     # A leading "-" lets the service start even if a folder is missing (svfrd then reports it itself).
-    writable = " ".join(quote_arg("-" + p) for p in paths.writable)
-    return SYSTEM_TEMPLATE.format(exec_start=exec_start, writable=writable, protect_home=paths.protect_home)
+    writable = _optional_paths(paths.writable)
+    binds = ""
+    if paths.home_writable:
+        binds += f"BindPaths={_optional_paths(paths.home_writable)}\n"
+    if paths.home_readable:
+        binds += f"BindReadOnlyPaths={_optional_paths(paths.home_readable)}\n"
+    return SYSTEM_TEMPLATE.format(exec_start=exec_start, writable=writable, protect_home=paths.protect_home,
+                                  binds=binds)
+
+
+def _optional_paths(paths: tuple[str, ...]) -> str:
+    return " ".join(quote_arg("-" + p) for p in paths)
 
 
 def shipped_unit(user: bool) -> str:
@@ -176,17 +245,229 @@ def writable_folders(config: Config) -> list[Path]:
     return unique
 
 
+HOME_ROOTS = (Path("/home"), Path("/root"), Path("/run/user"))  # what ProtectHome= hides
+
+
 def _under_home(path: Path) -> bool:
-    return any(path == root or root in path.parents for root in (Path("/home"), Path("/root"), Path("/run/user")))
+    return any(path == root or root in path.parents for root in HOME_ROOTS)
+
+
+def _outermost(paths: list[Path]) -> list[Path]:
+    """`paths` without duplicates and without those inside another one (a bind of the outer one shows them)."""
+    kept: list[Path] = []
+    for path in paths:
+        if not any(other == path or other in path.parents for other in kept):
+            kept = [k for k in kept if path not in k.parents] + [path]
+    return kept
+
+
+def read_paths(config: Config, executable: Path) -> list[Path]:
+    """What the service reads besides its writable folders: its Python environment, its own code (an
+    editable install lives elsewhere), the interpreter behind the venv, the config and the models."""
+    import svfrd
+
+    package = Path(svfrd.__file__).resolve().parent
+    return [executable.parent.parent, package, Path(sys.base_prefix).resolve(), config.path,
+            config.engine.svfr.models_dir, config.faces.model]
 
 
 def unit_paths_for(config: Config, executable: Path) -> UnitPaths:
     folders = writable_folders(config)
-    # ProtectHome=yes hides /home; when svfrd or its folders live there, keep it visible but read-only
-    # (ReadWritePaths still opens the folders svfrd writes to).
-    used = [executable, config.path, *folders, config.engine.svfr.models_dir, config.faces.model]
-    protect_home = "read-only" if any(_under_home(p) for p in used) else "yes"
-    return UnitPaths(str(executable), str(config.path), tuple(str(f) for f in folders), protect_home)
+    # ProtectHome=yes hides /home, /root and /run/user. When svfrd or its folders live there, an empty tmpfs
+    # stands in for them instead and only those folders are bound into it: other users' files stay hidden.
+    home_writable = _outermost([f for f in folders if _under_home(f)])
+    home_readable = [p for p in _outermost([*home_writable, *read_paths(config, executable)])
+                     if _under_home(p) and p not in home_writable]
+    protect_home = "tmpfs" if home_writable or home_readable else "yes"
+    return UnitPaths(str(executable), str(config.path), tuple(str(f) for f in folders), protect_home,
+                     home_writable=tuple(str(f) for f in home_writable),
+                     home_readable=tuple(str(p) for p in home_readable))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# What install-service refuses. The unit is text that systemd runs as root; the printed commands are pasted
+# into a root shell. Neither may be steered by a configured path.
+
+
+class InstallRefused(Exception):
+    """`str(err)` says what is wrong and what to do; `code` is the exit status."""
+
+    def __init__(self, message: str, code: int):
+        super().__init__(message)
+        self.code = code
+
+
+# C0, DEL and C1 controls: a newline would start a unit line of its own, like `ExecStartPre=+...` (run as
+# root). U+2028/9 end a line for some readers too.
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+# Folders svfrd must never write to or chown as a whole: the system's own trees (also anything under them)
+# and folders that hold many other things (only the folder itself).
+SYSTEM_TREES = tuple(Path(p) for p in ("/etc", "/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32",
+                                       "/boot", "/dev", "/proc", "/sys"))
+SHARED_FOLDERS = tuple(Path(p) for p in ("/", "/var", "/var/lib", "/var/log", "/var/tmp", "/var/cache", "/tmp",
+                                         "/opt", "/srv", "/mnt", "/media", "/run", "/home", "/root",
+                                         "/run/user", "/usr/local"))
+
+
+def control_character(value: str) -> str | None:
+    match = _CONTROL.search(value)
+    return None if match is None else f"U+{ord(match.group()):04X}"
+
+
+def refuse_control_characters(values: list[tuple[str, str]]) -> None:
+    """`values` are (what it is, text) pairs headed for the unit or the printed commands."""
+    for label, value in values:
+        found = control_character(value)
+        if found is not None:
+            raise InstallRefused(
+                f"{label} {ascii(value)} contains a control character ({found}); a unit line or a command "
+                "cannot carry it safely. Rename that file or folder, or point the config at another one.", 2)
+
+
+def home_folders() -> set[Path]:
+    """Every person's home folder itself: under /home, /run/user, and the homes of login users elsewhere."""
+    homes = {Path("/root")}
+    for root in (Path("/home"), Path("/run/user")):
+        try:
+            homes.update(child for child in root.iterdir())
+        except OSError:
+            pass
+    for entry in pwd.getpwall():
+        if entry.pw_uid >= 1000 and entry.pw_uid != 65534 and entry.pw_dir not in ("", "/"):
+            homes.add(Path(entry.pw_dir))
+    return homes
+
+
+def unsafe_folder(folder: Path, homes: set[Path]) -> str | None:
+    """Why `folder` cannot be one svfrd writes to (and the printed commands chown), or None."""
+    if folder in SHARED_FOLDERS or any(folder == tree or tree in folder.parents for tree in SYSTEM_TREES):
+        return "a system folder"
+    if folder in homes:
+        return "a home folder itself"
+    return None
+
+
+def refuse_unsafe_folders(config: Config) -> None:
+    homes = home_folders()
+    for label, folder in _labelled_folders(config):
+        why = unsafe_folder(folder, homes)
+        if why is not None:
+            raise InstallRefused(
+                f"{label} = {folder} is {why}: svfrd moves files in and out of it, and the service setup would "
+                f"hand it to the svfrd user. Give it a folder of its own in {config.path}, such as "
+                "/var/lib/svfrd/state for the state or /srv/svfrd/inbox for an inbox.", 2)
+
+
+def _labelled_folders(config: Config) -> list[tuple[str, Path]]:
+    return [*(("[[inbox]] path", inbox.path) for inbox in config.inboxes),
+            ("[output] outbox", config.output.outbox), ("[output] done", config.output.done),
+            ("[output] failed", config.output.failed), ("[service] state_dir", config.service.state_dir)]
+
+
+def _unit_values(config: Config, executable: Path, target: Path | None) -> list[tuple[str, str]]:
+    values = [("the svfrd executable", str(executable)), ("the config file", str(config.path))]
+    values += [(label, str(folder)) for label, folder in _labelled_folders(config)]
+    values += [("a file or folder svfrd reads", str(p)) for p in read_paths(config, executable)]
+    if target is not None:
+        values.append(("the unit's file name", str(target)))
+    return values
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# A system service runs as its own user and is started by root: what it runs and reads must be root's alone,
+# or whoever can change those files runs code as the service, with every inbox's files.
+
+MODEL_ENTRIES_CHECKED = 10_000  # a models folder holds a few dozen files; stop walking a mistaken one early
+
+
+def ownership_problems(items: list[tuple[str, Path, bool]], owner_uid: int = 0,
+                       stat_path=os.lstat) -> list[str]:
+    """What lets someone other than root (or `owner_uid`) change `items`, given as (what it is, path, whether
+    to look inside): the files, their folders up to /, where their links lead, and a folder's contents."""
+    problems: list[str] = []
+    for label, path, look_inside in items:
+        for checked in _chain(path) + (_contents(path) if look_inside else []):
+            problem = _entry_problem(checked, owner_uid, stat_path)
+            if problem is None:
+                continue
+            where = f"{label}" if checked == Path(os.path.abspath(path)) else f"{label} {path}"
+            line = f"{problem} ({where})"
+            if not any(existing.startswith(problem) for existing in problems):
+                problems.append(line)
+    return problems
+
+
+def _chain(path: Path) -> list[Path]:
+    """`path` and every folder above it, as written and where its links lead."""
+    written = Path(os.path.abspath(path))
+    real = Path(os.path.realpath(path))
+    chain: list[Path] = []
+    for entry in (written, *written.parents, real, *real.parents):
+        if entry not in chain:
+            chain.append(entry)
+    return chain
+
+
+def _contents(folder: Path) -> list[Path]:
+    if not folder.is_dir():
+        return []
+    found: list[Path] = []
+    for root, dirs, files in os.walk(folder):
+        for name in dirs + files:
+            entry = Path(root) / name
+            found += [entry] if not entry.is_symlink() else _chain(entry)
+            if len(found) >= MODEL_ENTRIES_CHECKED:
+                return found
+    return found
+
+
+def _entry_problem(path: Path, owner_uid: int, stat_path) -> str | None:
+    try:
+        st = stat_path(path)
+    except FileNotFoundError:
+        return None  # the folders above it are checked: only their owner can create it
+    if stat.S_ISLNK(st.st_mode):
+        return None  # a link's own mode means nothing; where it leads is checked
+    if st.st_uid not in (0, owner_uid):
+        return f"{path} belongs to {_user_name(st.st_uid)}"
+    # A sticky folder such as /tmp is shared, but nobody can rename or replace what another user owns in it.
+    shared_sticky = stat.S_ISDIR(st.st_mode) and st.st_mode & stat.S_ISVTX
+    if st.st_mode & 0o022 and not shared_sticky:
+        return f"{path} can be changed by its group or by everyone (mode {stat.S_IMODE(st.st_mode):04o})"
+    return None
+
+
+def _user_name(uid: int) -> str:
+    try:
+        return f"{pwd.getpwuid(uid).pw_name} (uid {uid})"
+    except KeyError:
+        return f"uid {uid}"
+
+
+ROOT_INSTALL_HINT = (
+    "Install svfrd as root where only root can change it, and keep its config and weights root's: "
+    "`sudo python3 -m venv /opt/svfrd/.venv && sudo /opt/svfrd/.venv/bin/pip install .` (in the source "
+    "folder), `sudo install -D -m 0644 config.toml /etc/svfrd/config.toml`, weights in a root-owned folder "
+    "(`sudo chown -R root: FOLDER && sudo chmod -R go-w FOLDER`); then "
+    "`sudo /opt/svfrd/.venv/bin/svfrd --config /etc/svfrd/config.toml install-service`. "
+    "For a service under your own account, use `svfrd install-service --user` instead.")
+
+
+def refuse_unprotected_install(config: Config, executable: Path, owner_uid: int = 0,
+                               stat_path=os.lstat) -> None:
+    items = [("the svfrd executable", executable, False),
+             ("its Python environment", executable.parent.parent, False),
+             ("the svfrd package", Path(sys.modules["svfrd"].__file__).resolve().parent, True),
+             ("the Python interpreter", Path(sys.executable).resolve(), False),
+             ("the config file", config.path, False),
+             ("[engine.svfr] models_dir", config.engine.svfr.models_dir, True),
+             ("[faces] model", config.faces.model, False)]
+    problems = ownership_problems(items, owner_uid, stat_path)
+    if problems:
+        listed = "".join(f"\n  - {p}" for p in problems)
+        raise InstallRefused("a system service must only run and read files that only root can change, "
+                             f"but:{listed}\n{ROOT_INSTALL_HINT}", 1)
 
 
 def default_unit_path(user: bool) -> Path:
@@ -224,25 +505,36 @@ def _user_exists(name: str) -> bool:
         return False
 
 
-def install_service(config_path: Path, user: bool, output: Path | str | None = None) -> int:
+def install_service(config_path: Path, user: bool, output: Path | str | None = None,
+                    owner_uid: int = 0, executable: Path | None = None) -> int:
     """Write the unit for `config_path` (to the systemd folder, to `output`, or to stdout when `output` is
-    "-") and print the next commands. Returns 0, 1 when it cannot write, 2 for a bad config."""
+    "-") and print the next commands. Returns 0; 1 when it cannot write or a system service would run files
+    someone other than root (or `owner_uid`) can change; 2 for a bad config or an unsafe path. `owner_uid`
+    and `executable` (default: this environment's svfrd) let tests run this without root."""
     try:
         config = load_config(config_path)
     except ConfigError as err:
         print(f"svfrd install-service: {err}", file=sys.stderr)
         return 2
-    executable = svfrd_executable()
+    executable = executable or svfrd_executable()
     if not executable.is_file():
         print(f"svfrd install-service: {executable} not found; install svfrd into this environment "
-              "(pip install -e .) and run install-service with its Python", file=sys.stderr)
+              "(pip install .) and run install-service with its Python", file=sys.stderr)
         return 1
+    target = None if output == "-" else Path(output) if output is not None else default_unit_path(user)
+    try:
+        refuse_control_characters(_unit_values(config, executable, target))
+        refuse_unsafe_folders(config)
+        if not user:
+            refuse_unprotected_install(config, executable, owner_uid)
+    except InstallRefused as err:
+        print(f"svfrd install-service: {err}", file=sys.stderr)
+        return err.code
     unit = render_unit(unit_paths_for(config, executable), user)
-    if output == "-":
+    if target is None:
         sys.stdout.write(unit)
         _print_steps(next_steps(user, Path("svfrd.service"), config), file=sys.stderr)
         return 0
-    target = Path(output) if output is not None else default_unit_path(user)
     try:
         write_unit(target, unit)
     except PermissionError:

@@ -18,7 +18,9 @@ from tests.helpers.paths import REPO_ROOT
 REPO = REPO_ROOT
 SYSTEMD_ANALYZE = shutil.which("systemd-analyze") or ("/usr/bin/systemd-analyze"
                                                        if Path("/usr/bin/systemd-analyze").exists() else None)
-needs_systemd_analyze = pytest.mark.skipif(SYSTEMD_ANALYZE is None, reason="systemd-analyze is not installed")
+needs_systemd_analyze = pytest.mark.skipif(
+    SYSTEMD_ANALYZE is None,
+    reason="systemd-analyze is not installed (scripts/run-tests installs the systemd package when run as root)")
 VENV_SVFRD = Path(sys.executable).absolute().parent / "svfrd"
 
 
@@ -94,7 +96,7 @@ def test_verify_catches_a_broken_unit(tmp_path: Path) -> None:
 def test_installed_system_unit_names_this_venv_config_and_writable_folders(tmp_path: Path, capsys) -> None:
     config = write_config(tmp_path / "site")
     target = tmp_path / "out" / "svfrd.service"
-    assert ins.install_service(config, user=False, output=target) == 0
+    assert ins.install_service(config, user=False, output=target, owner_uid=os.getuid()) == 0
     unit = target.read_text()
     assert f"ExecStart={VENV_SVFRD} --config {config} run" in unit.splitlines()
     writable = next(line for line in unit.splitlines() if line.startswith("ReadWritePaths="))
@@ -122,19 +124,24 @@ def test_user_install_goes_to_the_user_unit_folder(tmp_path: Path, monkeypatch, 
 
 def test_unit_to_stdout_for_review(tmp_path: Path, capsys) -> None:
     config = write_config(tmp_path)
-    assert ins.install_service(config, user=False, output="-") == 0
+    assert ins.install_service(config, user=False, output="-", owner_uid=os.getuid()) == 0
     captured = capsys.readouterr()
     assert captured.out.startswith("# svfrd as a system service")
     assert "sudo systemctl daemon-reload" in captured.err
 
 
-def test_home_stays_readable_when_svfrd_lives_there(tmp_path: Path) -> None:
-    config = write_config(tmp_path)
+def test_home_is_hidden_except_for_the_folders_svfrd_uses_there(tmp_path: Path) -> None:
+    config = tmp_path / "config.toml"
+    config.write_text('[[inbox]]\npath = "/home/ann/inbox"\n\n[output]\noutbox = "/home/ann/videos/out"\n')
     from svfrd.config import load_config
 
-    in_home = ins.unit_paths_for(load_config(config), Path("/home/ann/svfrd/.venv/bin/svfrd"))
-    elsewhere = ins.unit_paths_for(load_config(config), Path("/opt/svfrd/.venv/bin/svfrd"))
-    assert (in_home.protect_home, elsewhere.protect_home) == ("read-only", "yes")
+    paths = ins.unit_paths_for(load_config(config), Path("/home/ann/svfrd/.venv/bin/svfrd"))
+    assert paths.protect_home == "tmpfs"
+    assert paths.home_writable == ("/home/ann/inbox", "/home/ann/videos/out")
+    assert "/home/ann/svfrd/.venv" in paths.home_readable
+    unit = ins.render_unit(paths, user=False).splitlines()
+    assert "BindPaths=-/home/ann/inbox -/home/ann/videos/out" in unit
+    assert any(line.startswith("BindReadOnlyPaths=") and "-/home/ann/svfrd/.venv" in line for line in unit)
 
 
 def test_a_bad_config_is_a_usage_error(tmp_path: Path, capsys) -> None:
@@ -158,6 +165,218 @@ def test_the_command_line_writes_the_unit_where_output_says(tmp_path: Path, caps
     config = write_config(tmp_path)
     unit = tmp_path / "review" / "svfrd.service"
     unit.parent.mkdir()
-    assert main(["--config", str(config), "install-service", "--output", str(unit)]) == 0
+    # --user: a system unit would also need this checkout to be root's (tested on its own below).
+    assert main(["--config", str(config), "install-service", "--user", "--output", str(unit)]) == 0
     assert "Type=notify" in unit.read_text()
     assert str(config) in unit.read_text()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Hardening (issue 16, case 5): a configured path never writes unit lines or steers the printed commands, the
+# folders handed to the service are its own, a system service runs only root's files, and the units' sandbox
+# is measured.
+
+
+def toml_string(value: str) -> str:
+    """A TOML basic string holding any text: control characters as \\uXXXX escapes."""
+    escaped = "".join(c if c.isprintable() and c not in '"\\' else f"\\u{ord(c):04x}" for c in value)
+    return f'"{escaped}"'
+
+
+def run_cli(config: Path, *args: str) -> subprocess.CompletedProcess:
+    """`svfrd install-service` as a person runs it: a process of its own, this checkout's code."""
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    return subprocess.run([sys.executable, "-m", "svfrd", "--config", str(config), "install-service", *args],
+                          capture_output=True, text=True, env=env, cwd=REPO, timeout=120)
+
+
+def test_a_newline_in_a_folder_cannot_add_a_root_command_to_the_unit(tmp_path: Path) -> None:
+    config = tmp_path / "config.toml"
+    evil = f"{tmp_path}/state\nExecStartPre=+/tmp/pwn"
+    config.write_text(f'[service]\nstate_dir = {toml_string(evil)}\n\n[[inbox]]\npath = "inbox"\n')
+    run = run_cli(config, "--output", "-")
+    assert run.returncode == 2, run.stdout
+    assert not any(line.startswith("ExecStartPre") for line in run.stdout.splitlines())
+    assert "[service] state_dir" in run.stderr and "control character (U+000A)" in run.stderr
+    assert "\\n" in run.stderr and "\nExecStartPre" not in run.stderr  # shown escaped, not as a second line
+
+
+def test_state_dir_slash_is_refused_and_nothing_chowns_it(tmp_path: Path) -> None:
+    config = tmp_path / "config.toml"
+    config.write_text('[service]\nstate_dir = "/"\n\n[[inbox]]\npath = "inbox"\n')
+    run = run_cli(config, "--output", "-")
+    assert run.returncode == 2, run.stdout + run.stderr
+    assert "[service] state_dir = / is a system folder" in run.stderr and f"of its own in {config}" in run.stderr
+    assert "install -d" not in run.stderr and run.stdout == ""
+
+
+@pytest.mark.parametrize("folder", ["/", "/etc", "/etc/svfrd/inbox", "/usr", "/usr/share/videos", "/bin", "/boot",
+                                    "/dev/shm", "/proc/self", "/sys", "/var", "/var/lib", "/home", "/root",
+                                    "/tmp", "/opt"])
+def test_system_folders_are_refused(folder: str) -> None:
+    assert ins.unsafe_folder(Path(folder), homes=set()) == "a system folder"
+
+
+def test_a_home_folder_itself_is_refused_but_a_folder_in_it_is_not() -> None:
+    homes = {Path("/home/alice"), Path("/srv/home/bob")}
+    assert ins.unsafe_folder(Path("/home/alice"), homes) == "a home folder itself"
+    assert ins.unsafe_folder(Path("/srv/home/bob"), homes) == "a home folder itself"
+    for fine in ("/home/alice/svfrd/inbox", "/var/lib/svfrd", "/srv/svfrd/outbox", "/tmp/svfrd-test/state"):
+        assert ins.unsafe_folder(Path(fine), homes) is None
+
+
+def test_the_home_folders_include_every_child_of_home_and_root(tmp_path: Path) -> None:
+    homes = ins.home_folders()
+    assert Path("/root") in homes
+    assert all(child in homes for child in Path("/home").iterdir()) if Path("/home").is_dir() else True
+
+
+@pytest.mark.parametrize("key", ["inbox", "outbox", "done", "failed", "state_dir", "models_dir", "face_model",
+                                 "config_folder"])
+@pytest.mark.parametrize("char", ["\n", "\r", "\t", "\x1b", "\x7f", "\x85", "\u2028"])
+def test_control_characters_in_any_value_are_refused(tmp_path: Path, key: str, char: str, capsys) -> None:
+    name = f"odd{char}name"
+    folder = tmp_path / (name if key == "config_folder" else "site")
+    folder.mkdir()
+    values = {"inbox": "inbox", "outbox": "outbox", "done": "done", "failed": "failed", "state_dir": "state",
+              "models_dir": "models", "face_model": "models/face_landmarker.task"}
+    if key in values:
+        values[key] = name
+    (folder / "config.toml").write_text(
+        f'[service]\nstate_dir = {toml_string(values["state_dir"])}\n\n'
+        f'[[inbox]]\npath = {toml_string(values["inbox"])}\n\n'
+        f'[output]\noutbox = {toml_string(values["outbox"])}\ndone = {toml_string(values["done"])}\n'
+        f'failed = {toml_string(values["failed"])}\n\n'
+        f'[faces]\nmodel = {toml_string(values["face_model"])}\n\n'
+        f'[engine.svfr]\nmodels_dir = {toml_string(values["models_dir"])}\n')
+    target = tmp_path / "svfrd.service"
+    assert ins.install_service(folder / "config.toml", user=False, output=target, owner_uid=os.getuid()) == 2
+    err = capsys.readouterr().err
+    assert f"contains a control character (U+{ord(char):04X})" in err and not target.exists()
+    assert char not in err.removesuffix("\n")  # the message shows it escaped
+
+
+def test_a_control_character_in_the_unit_file_name_is_refused(tmp_path: Path, capsys) -> None:
+    config = write_config(tmp_path)
+    target = tmp_path / "svfrd\n.service"
+    assert ins.install_service(config, user=True, output=target) == 2
+    assert "the unit's file name" in capsys.readouterr().err and not target.exists()
+
+
+def root_owned_install(tmp_path: Path) -> Path:
+    """A tiny installation laid out like /opt/svfrd: an executable in a venv's bin/ folder (owned by whoever
+    runs the tests: root here, which the tests pass as the trusted owner)."""
+    executable = tmp_path / "opt/svfrd/.venv/bin/svfrd"
+    executable.parent.mkdir(parents=True)
+    executable.write_text("#!/bin/sh\n")
+    executable.chmod(0o755)
+    for folder in (tmp_path / "opt", tmp_path / "opt/svfrd", tmp_path / "opt/svfrd/.venv"):
+        folder.chmod(0o755)
+    return executable
+
+
+def hand_to_another_user(path: Path) -> None:
+    """Make `path` somebody else's: as root, give it to nobody; otherwise it already is (the tests then
+    expect root, the default owner)."""
+    if os.geteuid() == 0:
+        os.chown(path, 65534, 65534)
+
+
+def test_a_system_unit_refuses_an_executable_a_user_owns(tmp_path: Path, capsys) -> None:
+    executable = root_owned_install(tmp_path)
+    hand_to_another_user(executable)
+    config = write_config(tmp_path / "site")
+    target = tmp_path / "svfrd.service"
+    trusted = os.getuid() if os.geteuid() == 0 else 0
+    assert ins.install_service(config, user=False, output=target, owner_uid=trusted, executable=executable) == 1
+    err = capsys.readouterr().err
+    assert f"{executable} belongs to " in err and "(the svfrd executable)" in err
+    assert "sudo python3 -m venv /opt/svfrd/.venv && sudo /opt/svfrd/.venv/bin/pip install ." in err
+    assert "install-service --user" in err
+    assert not target.exists()
+
+
+def test_a_system_unit_refuses_a_folder_others_can_write_above_its_files(tmp_path: Path, capsys) -> None:
+    executable = root_owned_install(tmp_path)
+    (tmp_path / "opt/svfrd").chmod(0o777)  # anyone could swap .venv for their own
+    config = write_config(tmp_path / "site")
+    (tmp_path / "site/models").mkdir()
+    (tmp_path / "site/models/unet.safetensors").write_text("")
+    (tmp_path / "site/models/unet.safetensors").chmod(0o666)
+    assert ins.install_service(config, user=False, output="-", owner_uid=os.getuid(), executable=executable) == 1
+    err = capsys.readouterr().err
+    assert f"{tmp_path / 'opt/svfrd'} can be changed by its group or by everyone (mode 0777)" in err
+    assert f"{tmp_path / 'site/models/unet.safetensors'} can be changed by its group or by everyone" in err
+
+
+def test_a_system_unit_accepts_root_owned_files_under_a_sticky_shared_folder(tmp_path: Path, capsys) -> None:
+    """/tmp is writable by everyone but sticky: nobody can replace what another owns in it."""
+    executable = root_owned_install(tmp_path)
+    config = write_config(tmp_path / "site")
+    assert ins.install_service(config, user=False, output="-", owner_uid=os.getuid(), executable=executable) == 0
+    assert f"ExecStart={executable} --config {config} run" in capsys.readouterr().out.splitlines()
+
+
+def test_a_user_unit_does_not_ask_for_root_owned_files(tmp_path: Path) -> None:
+    executable = root_owned_install(tmp_path)
+    hand_to_another_user(executable)
+    config = write_config(tmp_path / "site")
+    assert ins.install_service(config, user=True, output=tmp_path / "u.service", executable=executable) == 0
+
+
+def test_the_ownership_check_reads_the_injected_stat(tmp_path: Path) -> None:
+    """Without root, tests can still show what a file of another owner does: the check asks `stat_path`."""
+    real = os.lstat
+
+    def others_own_the_config(path):
+        st = real(path)
+        if Path(path) == tmp_path / "config.toml":
+            return os.stat_result((st.st_mode, st.st_ino, st.st_dev, st.st_nlink, 1000, 1000, *st[6:10]))
+        return st
+
+    (tmp_path / "config.toml").write_text("")
+    problems = ins.ownership_problems([("the config file", tmp_path / "config.toml", False)],
+                                      owner_uid=os.getuid(), stat_path=others_own_the_config)
+    assert len(problems) == 1 and problems[0].startswith(f"{tmp_path / 'config.toml'} belongs to ")
+
+
+def exposure(unit: Path, tmp_path: Path, user: bool) -> float:
+    runtime = tmp_path / "xdg-runtime"
+    runtime.mkdir(mode=0o700, exist_ok=True)
+    env = dict(os.environ, XDG_RUNTIME_DIR=str(runtime), SYSTEMD_LOG_COLOR="0")
+    cmd = [SYSTEMD_ANALYZE, *(["--user"] if user else []), "security", "--offline=yes", "--no-pager", str(unit)]
+    run = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=unit.parent, timeout=60)
+    last = [line for line in run.stdout.splitlines() if "Overall exposure level" in line]
+    assert last, run.stdout + run.stderr
+    score = float(last[-1].split(":")[1].split()[0])
+    print(f"systemd-analyze security --offline=yes {'--user ' if user else ''}{unit.name}: {last[-1].strip()}")
+    return score
+
+
+@needs_systemd_analyze
+def test_units_for_an_install_are_rated_and_verify_cleanly(tmp_path: Path, capsys) -> None:
+    """The system unit's exposure was 5.5 (MEDIUM) before the hardening of issue 16; the user unit's 9.6. The
+    analyzer rates a user unit as if it ran as root with every capability, which a user manager never
+    grants: the seccomp, rlimit and cgroup settings it can use bring it to 5.9."""
+    config = write_config(tmp_path / "site")
+    for user, bound in ((False, 2.5), (True, 6.0)):
+        output = tmp_path / ("user" if user else "system") / "svfrd.service"
+        assert ins.install_service(config, user=user, output=output, owner_uid=os.getuid(),
+                                   executable=VENV_SVFRD) == 0
+        with capsys.disabled():
+            score = exposure(output, tmp_path, user)
+        assert score <= bound
+        assert systemd_verify(output, tmp_path, user=user) == "rc=0"
+
+
+def test_the_system_unit_keeps_the_gpu_and_drops_everything_else() -> None:
+    unit = (REPO / "systemd/svfrd.service").read_text().splitlines()
+    for line in ("CapabilityBoundingSet=", "AmbientCapabilities=", "SystemCallFilter=@system-service",
+                 "SystemCallFilter=~@privileged @resources", "SystemCallErrorNumber=EPERM", "ProtectProc=invisible",
+                 "RemoveIPC=yes", "PrivateMounts=yes", "PrivateNetwork=yes", "RestrictAddressFamilies=AF_UNIX",
+                 "UMask=0027", "ProtectHome=yes", "DeviceAllow=char-nvidia-caps rw"):
+        assert line in unit
+    for prefix in ("MemoryMax=", "TasksMax=", "LimitFSIZE=", "LogRateLimitIntervalSec=", "LogRateLimitBurst="):
+        assert any(line.startswith(prefix) for line in unit)
+    for absent in ("MemoryDenyWriteExecute=", "PrivateUsers=", "ProcSubset=", "PrivateDevices=yes"):
+        assert not any(line.startswith(absent) for line in unit)
