@@ -28,6 +28,7 @@ from svfrd.jobs.model import Job
 from svfrd.jobs.store import claim_next_job, get_job, seconds_until_next_job
 from svfrd.ops import notify
 from svfrd.ops.logs import job_logger
+from svfrd.ops.printable import printable
 from svfrd.service import recovery
 from svfrd.service.clock import SYSTEM_CLOCK, Clock
 from svfrd.service.intake import Intake
@@ -394,7 +395,7 @@ class Supervisor:
 def running_status(job: Job) -> str:
     """The STATUS line `systemctl status` shows, e.g. "job 3: restoring interview.mp4 — pass 2, 42%"."""
     progress = "" if job.percent_done is None else f", {job.percent_done}%"
-    return f"job {job.id}: restoring {job.source_name} — {job.stage or 'starting'}{progress}"
+    return f"job {job.id}: restoring {printable(job.source_name)} — {job.stage or 'starting'}{progress}"
 
 
 # ---------------------------------------------------------------------------------------------------------------
