@@ -19,7 +19,7 @@ from svfrd.config import TASKS_ALLOWED, Config, load_config, parse_tasks, toml_r
 from svfrd.domain import OPTIONS, Task, mask_rule_problem, option_problem, task_labels
 from svfrd.errors import ConfigError
 from svfrd.files import placement
-from svfrd.files.atomic import copy_replacing, write_replacing
+from svfrd.files.atomic import copy_replacing, restrict_umask, write_replacing
 from svfrd.jobs.model import as_utc
 from svfrd.ops.printable import printable, printable_lines
 
@@ -85,6 +85,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     config = _load(args)
     setup_logging(args.verbose)
+    restrict_umask()  # the database, lock, results and notes: for the service and its group only
     return run_daemon(config, verbose=args.verbose)
 
 
@@ -185,6 +186,7 @@ def _queue_request(args: argparse.Namespace, request: Callable):
         except QueueError as err:
             raise CommandError(str(err)) from None
 
+    restrict_umask()  # writing may create the database's WAL files: as private as the service makes them
     return _using_database(_load(args), apply, read_only=False)
 
 

@@ -24,6 +24,8 @@ from typing import BinaryIO, Iterator
 TEMP_SUFFIX = ".part"
 # Results and notes: readable by the service's group, not by the world (README, "Permissions").
 PRIVATE_FILE_MODE = 0o640
+# The service's umask: nothing it creates is for the world; its group may read (README, "Permissions").
+SERVICE_UMASK = 0o027
 _CREATE_NEW = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
@@ -113,3 +115,11 @@ def fsync_folder(folder: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def restrict_umask(bits: int = SERVICE_UMASK) -> int:
+    """Add `bits` to this process's umask (inherited by its workers); a stricter umask stays as it is. Returns
+    the umask now in force."""
+    old = os.umask(bits)
+    os.umask(old | bits)
+    return old | bits

@@ -23,6 +23,7 @@ from sqlalchemy import Engine as Database
 from sqlalchemy.exc import SQLAlchemyError
 
 from svfrd.config import Config
+from svfrd.files.placement import FOLDER_MODE
 from svfrd.jobs.database import open_database, upgrade_database
 from svfrd.jobs.model import Job
 from svfrd.jobs.store import claim_next_job, get_job, seconds_until_next_job
@@ -403,10 +404,12 @@ def running_status(job: Job) -> str:
 
 
 def prepare_folders(config: Config) -> None:
+    """Create the folders that are missing, for the service and its group only (README, "Permissions"); the
+    modes of existing folders are the administrator's (a shared inbox is setgid and group-writable)."""
     for folder in [i.path for i in config.inboxes] + [
         config.output.outbox, config.output.done, config.output.failed, config.service.state_dir,
     ]:
-        folder.mkdir(parents=True, exist_ok=True)
+        folder.mkdir(FOLDER_MODE, parents=True, exist_ok=True)
 
 
 def run_daemon(config: Config, verbose: bool = False) -> int:
