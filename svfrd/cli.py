@@ -19,8 +19,9 @@ from svfrd.config import TASKS_ALLOWED, Config, load_config, parse_tasks, toml_r
 from svfrd.domain import OPTIONS, Task, mask_rule_problem, option_problem, task_labels
 from svfrd.errors import ConfigError
 from svfrd.files import placement
-from svfrd.files.atomic import copy_replacing, write_replacing
+from svfrd.files.atomic import copy_replacing, restrict_umask, write_replacing
 from svfrd.jobs.model import as_utc
+from svfrd.ops.printable import printable, printable_lines
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 DEFAULT_CONFIG = Path("config.toml")
@@ -84,6 +85,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     config = _load(args)
     setup_logging(args.verbose)
+    restrict_umask()  # the database, lock, results and notes: for the service and its group only
     return run_daemon(config, verbose=args.verbose)
 
 
@@ -92,7 +94,9 @@ def cmd_status(args: argparse.Namespace) -> int:
     if args.watch:
         return _watch(config)
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
+    from rich.text import Text
 
     from svfrd.jobs.database import missing_database_file
     from svfrd.jobs.store import list_jobs
@@ -102,11 +106,11 @@ def cmd_status(args: argparse.Namespace) -> int:
     inboxes = ", ".join(str(i.path) for i in config.inboxes)
     never_ran = missing_database_file(config.service.database_url)
     if never_ran is not None:
-        console.print(f"{no_jobs_yet(never_ran)}, then drop a video into {inboxes}")
+        console.print(escape(f"{no_jobs_yet(never_ran)}, then drop a video into {inboxes}"))
         return EXIT_OK
     jobs = _using_database(config, lambda db: list_jobs(db, limit=args.limit))
     if not jobs:
-        console.print(f"no jobs yet: drop a video into {inboxes}")
+        console.print(escape(f"no jobs yet: drop a video into {inboxes}"))
         return EXIT_OK
     table = Table(title=f"svfrd: the {len(jobs)} most recent jobs")
     for column, justify in (("id", "right"), ("state", "left"), ("tasks", "left"), ("progress", "right"),
@@ -115,7 +119,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     styles = {"done": "green", "failed": "red", "running": "bold cyan", "cancelled": "yellow"}
     for job in jobs:
         table.add_row(str(job.id), f"[{styles.get(job.state, '')}]{job.state}", task_labels(job.tasks),
-                      progress_percent(job), job.stage or "-", format_age(job.created_at), job.source_name)
+                      progress_percent(job), job.stage or "-", format_age(job.created_at),
+                      Text(printable(job.source_name)))  # a name is never markup: `[link=...]` stays text
     console.print(table)
     return EXIT_OK
 
@@ -161,13 +166,13 @@ def cmd_show(args: argparse.Namespace) -> int:
     fields = {name: getattr(job, name) for name in type(job).model_fields}  # in the table's column order
     fields["tasks"] = f"{job.tasks} ({task_labels(job.tasks)})"
     width = max(len(name) for name in fields)
-    for name, value in fields.items():
-        print(f"{name:>{width}}: {'-' if value is None else value}")
+    for name, value in fields.items():  # names come from the inboxes: their control characters are escaped
+        print(f"{name:>{width}}: {'-' if value is None else printable(value)}")
     if job.report_path:
         there = "" if Path(job.report_path).exists() else " (missing)"
-        print(f"\nreport: {job.report_path}{there}")
+        print(f"\nreport: {printable(job.report_path)}{there}")
     if job.error_message:
-        print(f"\n{job.state}: {job.error_message}")
+        print(f"\n{job.state}: {printable_lines(job.error_message)}")
     return EXIT_OK
 
 
@@ -181,6 +186,7 @@ def _queue_request(args: argparse.Namespace, request: Callable):
         except QueueError as err:
             raise CommandError(str(err)) from None
 
+    restrict_umask()  # writing may create the database's WAL files: as private as the service makes them
     return _using_database(_load(args), apply, read_only=False)
 
 
@@ -188,7 +194,7 @@ def cmd_retry(args: argparse.Namespace) -> int:
     from svfrd.jobs.store import retry_job
 
     job = _queue_request(args, retry_job)
-    print(f"job {job.id} ({job.source_name}) is queued again; `svfrd status` shows when it runs")
+    print(f"job {job.id} ({printable(job.source_name)}) is queued again; `svfrd status` shows when it runs")
     return EXIT_OK
 
 
@@ -197,10 +203,10 @@ def cmd_cancel(args: argparse.Namespace) -> int:
 
     job = _queue_request(args, request_cancel)
     if job.state == "running":
-        print(f"job {job.id} ({job.source_name}) is running: it stops within seconds and its partial output "
+        print(f"job {job.id} ({printable(job.source_name)}) is running: it stops within seconds and its partial output "
               "is removed")
     else:
-        print(f"job {job.id} ({job.source_name}) is cancelled")
+        print(f"job {job.id} ({printable(job.source_name)}) is cancelled")
     return EXIT_OK
 
 

@@ -3,7 +3,9 @@
 Results are written under a hidden temporary name in the outbox (same filesystem), fsynced, then given their
 final name with a hard link, which fails instead of replacing an existing file; name clashes get `-2`, `-3`, ...
 Inputs are moved the same way (copy + fsync first when the folders are on different filesystems), and the
-folders are fsynced so that a power cut cannot undo a rename.
+folders are fsynced so that a power cut cannot undo a rename. Temporary files are created new, never through
+a planted symlink (`svfrd.files.atomic.create_temp`); results and notes are readable by the service's group,
+not by the world (`PRIVATE_FILE_MODE`), and folders made here are `FOLDER_MODE`.
 """
 
 from __future__ import annotations
@@ -15,16 +17,19 @@ from pathlib import Path, PurePosixPath
 from typing import Iterable
 
 from svfrd.errors import TransientError
-from svfrd.files.atomic import TEMP_SUFFIX, fsync_file, fsync_folder, hidden_temp_path
+from svfrd.files.atomic import TEMP_SUFFIX, create_temp, fsync_file, fsync_folder, hidden_temp_path
+from svfrd.ops.printable import printable, printable_lines
 
 MAX_NAME_TRIES = 10_000
+FOLDER_MODE = 0o750  # the service and its group (README, "Permissions"); the umask applies as well
 
 
 def temp_output_path(outbox: str | Path, final_name: str) -> Path:
     """Where to write `final_name` before publishing it: `.NAME.part` in the outbox. The dot and the suffix
-    make intake, users and sync tools ignore it; being in the outbox keeps the final rename atomic."""
+    make intake, users and sync tools ignore it; being in the outbox keeps the final rename atomic. The name is
+    predictable: create the file with `svfrd.files.atomic.create_temp`, never by opening the path."""
     outbox = Path(outbox)
-    outbox.mkdir(parents=True, exist_ok=True)
+    outbox.mkdir(FOLDER_MODE, parents=True, exist_ok=True)
     return hidden_temp_path(outbox / final_name)
 
 
@@ -49,7 +54,8 @@ def publish(temp: str | Path, final: str | Path) -> Path:
 def publish_text(folder: str | Path, name: str, text: str) -> Path:
     """Write a small text file (report, error note) durably under `name` (or a numbered variant)."""
     temp = temp_output_path(folder, name)
-    temp.write_text(text, encoding="utf-8")
+    with create_temp(temp) as f:
+        f.write(text.encode("utf-8"))
     return publish(temp, Path(folder) / name)
 
 
@@ -101,15 +107,18 @@ def mirror_folder(root: str | Path, source_name: str) -> Path:
 
 def link_or_copy(source: str | Path, target: str | Path) -> None:
     """Give `target` the content of `source`: a hard link (no space, no time), or a copy where the filesystem
-    cannot link (another device, no hard links). A leftover `target` from an interrupted run is replaced."""
+    cannot link (another device, no hard links). A leftover `target` from an interrupted run is replaced.
+    Neither name is followed if it is a symlink."""
     source, target = Path(source), Path(target)
     target.unlink(missing_ok=True)
     try:
-        os.link(source, target)
+        os.link(source, target, follow_symlinks=False)
     except OSError as err:
         if err.errno not in (errno.EXDEV, errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK):
             raise
-        shutil.copyfile(source, target)
+        with open(os.open(source, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC), "rb") as src, \
+                create_temp(target) as dst:
+            shutil.copyfileobj(src, dst, 1 << 20)
 
 
 def error_report_name(source_name: str) -> str:
@@ -119,8 +128,9 @@ def error_report_name(source_name: str) -> str:
 
 def write_error_report(failed_folder: str | Path, source_name: str, message: str) -> Path:
     """`NAME.error.txt` beside the failed input (pass the input's name as it lies in failed/, so a
-    renamed `clip-2.mp4` gets `clip-2.error.txt`)."""
-    text = f"svfrd could not process {source_name}.\n\n{message.rstrip()}\n"
+    renamed `clip-2.mp4` gets `clip-2.error.txt`). Names in it are shown with their control characters escaped
+    (`svfrd.ops.printable`), so printing the note at a terminal runs no escape sequence."""
+    text = f"svfrd could not process {printable(source_name)}.\n\n{printable_lines(message.rstrip())}\n"
     return publish_text(failed_folder, error_report_name(source_name), text)
 
 

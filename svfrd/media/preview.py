@@ -13,6 +13,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
+from svfrd.files.atomic import create_temp
 from svfrd.media.video_io import VideoInfo, VideoWriter, guard_disk
 
 PREVIEW_SECONDS = 5.0
@@ -38,6 +39,12 @@ def side_by_side(*images: np.ndarray, height: int) -> np.ndarray:
     gap = np.full((scaled[0].shape[0], 4, 3), 255, np.uint8)
     parts = [part for image in scaled for part in (image, gap)][:-1]
     return np.concatenate(parts, axis=1)
+
+
+def _save_png(image: Image.Image, path: Path) -> None:
+    """Into a file created new (a temporary name in the outbox may have had a symlink planted on it)."""
+    with create_temp(path) as f:
+        image.save(f, format="PNG")
 
 
 class PreviewMaker:
@@ -93,7 +100,7 @@ class PreviewMaker:
                 for row in self._sheet_pairs
             ]
             sheet = Image.fromarray(np.concatenate(rows, axis=0))
-            guard_disk(self.sheet_path, lambda: sheet.save(self.sheet_path, format="PNG"))
+            guard_disk(self.sheet_path, lambda: _save_png(sheet, self.sheet_path))
             written.append(self.sheet_path)
         return written
 

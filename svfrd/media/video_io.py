@@ -17,15 +17,18 @@ and invents no pixel; `VideoWriter.adjustment` says what was done, for the job r
 
 from __future__ import annotations
 
+import os
+import stat
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
-from typing import Iterator
+from typing import BinaryIO, Iterator
 
 import av
 import numpy as np
 
 from svfrd.errors import BadInputError, TransientError
+from svfrd.files.atomic import create_temp
 
 #: Audio codecs the MP4 muxer accepts as they are; anything else is re-encoded to AAC.
 MP4_COPYABLE_AUDIO = frozenset({"aac", "mp3", "ac3", "eac3", "opus", "alac", "flac"})
@@ -249,7 +252,8 @@ class VideoWriter:
         width, height = self.size
         if self.rotation in (90, 270):
             width, height = height, width  # coded orientation
-        self._container = _open_output(self.path)
+        self._file = guard_disk(self.path, lambda: _create_output(self.path))
+        self._container = _open_output(self._file, self.path)
         self._video = self._container.add_stream(
             "libx264", rate=info.fps, options={"crf": str(int(crf)), "preset": preset}
         )
@@ -291,6 +295,7 @@ class VideoWriter:
             guard_disk(self.path, lambda: track.write_until(None))
             track.close()
         guard_disk(self.path, self._container.close)
+        guard_disk(self.path, self._file.close)
 
     def abort(self) -> None:
         """Close without flushing; the partial file is left for the caller to delete."""
@@ -300,6 +305,11 @@ class VideoWriter:
             self._container.close()
         except Exception:  # the original error matters more than a failed close
             pass
+        finally:
+            try:
+                self._file.close()
+            except OSError:
+                pass
 
     def _mux(self, packets: list[av.Packet]) -> None:
         guard_disk(self.path, lambda: self._container.mux(packets))
@@ -323,8 +333,21 @@ def size_adjustment(source: tuple[int, int], written: tuple[int, int]) -> str | 
             "H.264 4:2:0, the format every player reads, needs an even width and height")
 
 
-def _open_output(path: Path) -> av.container.OutputContainer:
-    return guard_disk(path, lambda: av.open(str(path), "w", format="mp4"))
+def _create_output(path: Path) -> BinaryIO:
+    """The file to encode into, created new (`create_temp`). A character device (/dev/null, /dev/full, where
+    benchmarks and tests write) is written as it is: a device cannot be removed or replaced by a user."""
+    try:
+        if stat.S_ISCHR(os.lstat(path).st_mode):
+            return os.fdopen(os.open(path, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC), "wb")
+    except FileNotFoundError:
+        pass
+    return create_temp(path)
+
+
+def _open_output(file: BinaryIO, path: Path) -> av.container.OutputContainer:
+    """The MP4 muxer writing into `file`, a file we just created (`create_temp`): the output path may be a
+    predictable temporary name, so it is never opened by name, which would follow a planted symlink."""
+    return guard_disk(path, lambda: av.open(file, "w", format="mp4"))
 
 
 def guard_disk(path: Path, action):

@@ -6,6 +6,11 @@ stamps every line itself, and the level is sent as a `<N>` syslog prefix so `jou
 
 Every line about a job carries its id (`job 12: ...`): use `job_logger(job_id)`, or log with
 `extra={"job_id": id}`.
+
+A record is one line: control characters in the message (a file name with a newline or an ESC in it) are
+escaped by `EscapingFormatter`, the formatter of every handler here, so no call site can forge a line or a
+journal priority (see `svfrd.ops.printable`). A traceback keeps its line breaks; under systemd each of its
+lines carries the record's `<N>` prefix, so no line starts with a priority of its own.
 """
 
 from __future__ import annotations
@@ -14,6 +19,8 @@ import logging
 import os
 import sys
 from typing import Any, MutableMapping, TextIO
+
+from svfrd.ops.printable import printable, printable_lines
 
 JOB_LOGGER_NAME = "svfrd.job"
 PLAIN_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -44,6 +51,21 @@ class SyslogPrefixFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         record.syslog_prefix = f"<{syslog_priority(record.levelno)}>"
         return True
+
+
+class EscapingFormatter(logging.Formatter):
+    """A `logging.Formatter` whose records cannot break out of their line (module docstring)."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        record.message = printable(record.message)
+        return super().formatMessage(record)
+
+    def format(self, record: logging.LogRecord) -> str:
+        first, newline, rest = super().format(record).partition("\n")
+        if not newline:
+            return first
+        prefix = getattr(record, "syslog_prefix", "")  # set by SyslogPrefixFilter under the journal only
+        return first + "".join(f"\n{prefix}{line}" for line in printable_lines(rest).split("\n"))
 
 
 class JobLogger(logging.LoggerAdapter):
@@ -103,14 +125,14 @@ def make_handler(stream: TextIO | None = None) -> logging.Handler:
         from rich.logging import RichHandler
 
         handler = RichHandler(console=Console(file=stream), show_path=False, rich_tracebacks=True)
-        handler.setFormatter(logging.Formatter("%(name)s: %(message)s"))
+        handler.setFormatter(EscapingFormatter("%(name)s: %(message)s"))
     elif stderr_is_journal(stream):
         handler = logging.StreamHandler(stream)
         handler.addFilter(SyslogPrefixFilter())
-        handler.setFormatter(logging.Formatter(JOURNAL_FORMAT))
+        handler.setFormatter(EscapingFormatter(JOURNAL_FORMAT))
     else:
         handler = logging.StreamHandler(stream)
-        handler.setFormatter(logging.Formatter(PLAIN_FORMAT))
+        handler.setFormatter(EscapingFormatter(PLAIN_FORMAT))
     handler.addFilter(JobIdFilter())
     handler.set_name("svfrd")
     return handler

@@ -11,6 +11,8 @@ import logging
 import os
 import socket
 
+from svfrd.ops.printable import printable
+
 log = logging.getLogger(__name__)
 
 
@@ -44,8 +46,10 @@ def ready() -> bool:
 
 
 def status(text: str) -> bool:
-    """A one-line state shown by `systemctl status`; newlines would end the STATUS field early."""
-    return notify("STATUS=" + " ".join(text.splitlines()))
+    """A one-line state shown by `systemctl status`: a newline would end the STATUS field early (and could add
+    a field of its own, such as `READY=1`), so lines are joined and other control characters escaped. Callers
+    escape the file names they put in it (`svfrd.ops.printable`); this is the safety net."""
+    return notify("STATUS=" + printable(" ".join(text.splitlines())))
 
 
 def watchdog() -> bool:

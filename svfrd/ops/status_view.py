@@ -30,6 +30,7 @@ from svfrd.domain import task_labels
 from svfrd.jobs.database import database_error_reason, missing_database_file, open_read_only
 from svfrd.jobs.model import Job, JobState, as_utc
 from svfrd.jobs.store import overview
+from svfrd.ops.printable import printable
 
 DB_POLL_SECONDS = 1.0
 SCREEN_REFRESH_PER_SECOND = 4
@@ -247,7 +248,13 @@ def format_time(moment: datetime | None, now: datetime) -> str:
 
 
 def one_line(text: str | None) -> str:
-    return " ".join((text or "").split())
+    return printable(" ".join((text or "").split()))
+
+
+def file_name(name: str | None, style: str = "") -> Text:
+    """A file name as plain text: never read as rich markup (`[link=...]` in a name stays those characters),
+    its control characters escaped (`svfrd.ops.printable`)."""
+    return Text(printable(name or ""), style=style)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -256,7 +263,7 @@ def one_line(text: str | None) -> str:
 
 def running_panel(job: Job, speed: float | None, now: datetime) -> RenderableType:
     """The running job: name, stage, a progress bar with frames done/total, speed and time left."""
-    title = Text.assemble(("job ", "dim"), (str(job.id), "bold"), "  ", (job.source_name, "bold cyan"))
+    title = Text.assemble(("job ", "dim"), (str(job.id), "bold"), "  ", file_name(job.source_name, "bold cyan"))
     stage = job.stage or "starting"
     if job.cancel_requested:
         stage += " (cancelling)"
@@ -299,7 +306,7 @@ def queue_table(queued: list[Job], queued_count: int, now: datetime) -> Renderab
     table.add_column("tasks", no_wrap=True)
     table.add_column("waiting", no_wrap=True)
     for job in queued:
-        table.add_row(str(job.id), job.source_name, task_labels(job.tasks), queue_note(job, now))
+        table.add_row(str(job.id), file_name(job.source_name), task_labels(job.tasks), queue_note(job, now))
     more = queued_count - len(queued)
     if more > 0:
         table.add_row("", Text(f"… and {more} more", style="dim"), "", "")
@@ -334,15 +341,15 @@ def recent_table(recent: list[Job], now: datetime) -> RenderableType:
     table.add_column(ratio=1, no_wrap=True, overflow="ellipsis")  # outcome
     for job in recent:
         mark, style = STATE_MARKS.get(job.state, ("?", "dim"))
-        table.add_row(Text(mark, style=style), str(job.id), job.source_name, format_time(job.finished_at, now),
-                      outcome(job))
+        table.add_row(Text(mark, style=style), str(job.id), file_name(job.source_name),
+                      format_time(job.finished_at, now), outcome(job))
     return table
 
 
 def outcome(job: Job) -> Text:
     if job.state == JobState.DONE.value:
         output = Path(job.output_path).name if job.output_path else ""
-        return Text.assemble(output, (f"  {job.engine}" if job.engine else "", "dim"))
+        return Text.assemble(file_name(output), (f"  {job.engine}" if job.engine else "", "dim"))
     if job.state == JobState.CANCELLED.value:
         return Text("cancelled", style="yellow")
     return Text(one_line(job.error_message) or "failed", style="red")

@@ -27,6 +27,7 @@ from sqlalchemy import Engine
 from svfrd.config import Config
 from svfrd.errors import TransientError
 from svfrd.files import placement
+from svfrd.files.atomic import create_temp
 from svfrd.jobs.model import Job, JobState
 from svfrd.jobs.store import (
     done_jobs_with_key,
@@ -118,8 +119,10 @@ def record_plan(db: Engine, job_id: int, finals: ResultFiles, frames: int) -> Jo
 
 
 def write_json(path: Path, data: dict[str, Any]) -> None:
-    """Write a result under its temporary name (`placement.publish` fsyncs it before giving it its final name)."""
-    path.write_text(json.dumps(data, indent=2, default=str) + "\n", encoding="utf-8")
+    """Write a result under its temporary name (`placement.publish` fsyncs it before giving it its final name),
+    created new: never through a symlink planted on that predictable name."""
+    with create_temp(path) as f:
+        f.write((json.dumps(data, indent=2, default=str) + "\n").encode("utf-8"))
 
 
 def remove_temp_files(config: Config, job: Job) -> None:

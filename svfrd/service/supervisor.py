@@ -23,11 +23,13 @@ from sqlalchemy import Engine as Database
 from sqlalchemy.exc import SQLAlchemyError
 
 from svfrd.config import Config
+from svfrd.files.placement import FOLDER_MODE
 from svfrd.jobs.database import open_database, upgrade_database
 from svfrd.jobs.model import Job
 from svfrd.jobs.store import claim_next_job, get_job, seconds_until_next_job
 from svfrd.ops import notify
 from svfrd.ops.logs import job_logger
+from svfrd.ops.printable import printable
 from svfrd.service import recovery
 from svfrd.service.clock import SYSTEM_CLOCK, Clock
 from svfrd.service.intake import Intake
@@ -394,7 +396,7 @@ class Supervisor:
 def running_status(job: Job) -> str:
     """The STATUS line `systemctl status` shows, e.g. "job 3: restoring interview.mp4 — pass 2, 42%"."""
     progress = "" if job.percent_done is None else f", {job.percent_done}%"
-    return f"job {job.id}: restoring {job.source_name} — {job.stage or 'starting'}{progress}"
+    return f"job {job.id}: restoring {printable(job.source_name)} — {job.stage or 'starting'}{progress}"
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -402,10 +404,12 @@ def running_status(job: Job) -> str:
 
 
 def prepare_folders(config: Config) -> None:
+    """Create the folders that are missing, for the service and its group only (README, "Permissions"); the
+    modes of existing folders are the administrator's (a shared inbox is setgid and group-writable)."""
     for folder in [i.path for i in config.inboxes] + [
         config.output.outbox, config.output.done, config.output.failed, config.service.state_dir,
     ]:
-        folder.mkdir(parents=True, exist_ok=True)
+        folder.mkdir(FOLDER_MODE, parents=True, exist_ok=True)
 
 
 def run_daemon(config: Config, verbose: bool = False) -> int:

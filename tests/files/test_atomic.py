@@ -2,9 +2,19 @@
 
 from __future__ import annotations
 
+import os
+import stat
+
 import pytest
 
-from svfrd.files.atomic import copy_replacing, hidden_temp_path, replacing, write_replacing
+from svfrd.files.atomic import (
+    copy_replacing,
+    create_new,
+    create_temp,
+    hidden_temp_path,
+    replacing,
+    write_replacing,
+)
 
 
 def test_the_temporary_name_is_hidden_beside_the_target(tmp_path):
@@ -37,3 +47,43 @@ def test_an_error_while_writing_leaves_the_target_untouched_and_no_temporary_fil
             raise RuntimeError("the writer failed half-way")
     assert target.read_text() == "seed = 1\n"
     assert [p.name for p in tmp_path.iterdir()] == ["clip.toml"]
+
+
+# --- temporary names are predictable: a symlink planted on one is never followed (README, "Permissions") ---
+
+
+def plant_symlink(at, victim):
+    victim.write_text("someone's precious file\n")
+    os.symlink(victim, at)
+
+
+def test_a_temporary_file_never_writes_through_a_planted_symlink(tmp_path):
+    temp, victim = tmp_path / ".clip.mp4.part", tmp_path / "victim.txt"
+    plant_symlink(temp, victim)
+    with create_temp(temp) as f:
+        f.write(b"result")
+    assert victim.read_text() == "someone's precious file\n"
+    assert not temp.is_symlink() and temp.read_bytes() == b"result"
+    assert stat.S_IMODE(temp.stat().st_mode) & 0o007 == 0  # not for the world
+
+
+def test_a_stale_temporary_file_is_replaced_and_anything_else_in_the_way_is_an_error(tmp_path):
+    stale = tmp_path / ".a.part"
+    stale.write_bytes(b"half of an earlier run")
+    with create_temp(stale) as f:
+        f.write(b"new")
+    assert stale.read_bytes() == b"new"
+    fifo = tmp_path / ".b.part"
+    os.mkfifo(fifo)
+    with pytest.raises(FileExistsError, match=r"\.b\.part: something else is in the way .*who else can write"):
+        create_temp(fifo)
+    with pytest.raises(FileExistsError):
+        create_new(stale)  # create_new never replaces anything
+
+
+def test_replacing_does_not_follow_a_symlink_planted_on_its_temporary_name(tmp_path):
+    target, victim = tmp_path / "unit.service", tmp_path / "victim.txt"
+    plant_symlink(hidden_temp_path(target, unique=True), victim)
+    write_replacing(target, "new\n")
+    assert victim.read_text() == "someone's precious file\n"
+    assert target.read_text() == "new\n" and not target.is_symlink()

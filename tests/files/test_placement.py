@@ -63,6 +63,16 @@ def test_publish_text_writes_a_report(tmp_path):
     assert publish_text(tmp_path, "clip.report.json", "{}").name == "clip.report-2.json"
 
 
+def test_publish_text_never_writes_through_a_symlink_planted_on_its_temporary_name(tmp_path):
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious\n")
+    os.symlink(victim, tmp_path / ".clip.error.txt.part")
+    note = publish_text(tmp_path, "clip.error.txt", "why it failed\n")
+    assert victim.read_text() == "precious\n"
+    assert note.read_text() == "why it failed\n" and not note.is_symlink()
+    assert note.stat().st_mode & 0o777 == 0o640  # the service's group may read it, the world not
+
+
 def test_inputs_move_together_and_keep_a_shared_number_on_clashes(tmp_path):
     inbox, done = tmp_path / "inbox", tmp_path / "done"
     inbox.mkdir()
@@ -138,6 +148,14 @@ def test_error_report_beside_the_failed_input(tmp_path):
     text = report.read_text()
     assert "clip-2.mp4" in text and "unknown key 'taks'" in text
     assert write_error_report(tmp_path, "clip-2.mp4", "again").name == "clip-2.error-2.txt"
+
+
+def test_an_error_report_shows_control_characters_in_names_escaped(tmp_path):
+    report = write_error_report(tmp_path, "a\x1b[2Jb.mp4", "line one\nb\x1b]0;owned\x07.mp4 has no face")
+    text = report.read_text()
+    assert "\x1b" not in text and "\x07" not in text
+    assert text.splitlines()[:4] == ["svfrd could not process a\\x1b[2Jb.mp4.", "", "line one",
+                                     "b\\x1b]0;owned\\x07.mp4 has no face"]
 
 
 def test_free_space_check_fails_transiently_with_what_to_do(tmp_path):

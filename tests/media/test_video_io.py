@@ -91,6 +91,19 @@ def test_an_odd_size_is_written_as_4_2_0_one_pixel_smaller_and_the_writer_says_s
     assert writer.adjustment.startswith("cropped the last column (right edge) from 121x90 to 120x90")
 
 
+def test_the_writer_never_writes_through_a_symlink_planted_on_its_path(tmp_path):
+    """The worker's output path is a predictable temporary name in the outbox (svfrd.files.placement)."""
+    source = write_moving_face_clip(tmp_path / "clip.mp4", frames=3)
+    victim, output = tmp_path / "victim.txt", tmp_path / ".job1.clip.restored.mp4.part"
+    victim.write_text("precious\n")
+    output.symlink_to(victim)
+    with VideoWriter(output, probe(source), preset="ultrafast") as writer:
+        for frame in iter_frames(source):
+            writer.write(frame.image, frame.pts)
+    assert victim.read_text() == "precious\n"
+    assert not output.is_symlink() and probe(output).frames == 3
+
+
 def test_clip_without_audio_is_written_without_audio(tmp_path):
     source = write_moving_face_clip(tmp_path / "silent.mp4", frames=6)
     result = copy_video(source, tmp_path / "out.mp4")

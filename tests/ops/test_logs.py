@@ -117,3 +117,31 @@ def test_rich_formatting_at_a_terminal() -> None:
 
 def test_syslog_priorities_follow_levels() -> None:
     assert [logs.syslog_priority(level) for level in (10, 20, 30, 40, 50, 25)] == [7, 6, 4, 3, 2, 6]
+
+
+def test_a_file_name_cannot_forge_a_journal_line(tmp_path: Path, monkeypatch) -> None:
+    """A name with a newline and `<0>` stays inside its record: no line of its own, no emergency priority."""
+    with open(tmp_path / "journal", "w+") as journal:
+        st = os.fstat(journal.fileno())
+        monkeypatch.setenv("JOURNAL_STREAM", f"{st.st_dev}:{st.st_ino}")
+        logs.setup_logging(stream=journal)
+        logging.getLogger("svfrd.service.intake").info("queued job %d: %s", 1, "a\n<0>forged\x1b[31m.mp4")
+        try:
+            raise ValueError("bad name b\n<0>forged too")
+        except ValueError:
+            logs.job_logger(2).exception("failed")
+        journal.flush()
+    lines = (tmp_path / "journal").read_text().splitlines()
+    assert lines[0] == "<6>INFO svfrd.service.intake: queued job 1: a\\n<0>forged\\x1b[31m.mp4"
+    assert lines[1] == "<3>ERROR svfrd.job: job 2: failed"
+    assert all(line.startswith("<3>") for line in lines[1:])  # every traceback line at the record's priority
+    assert lines[-1] == "<3><0>forged too"
+
+
+def test_plain_lines_escape_control_characters(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("JOURNAL_STREAM", raising=False)
+    stream = io.StringIO()
+    logs.setup_logging(stream=stream)
+    logging.getLogger("svfrd").warning("could not take %s", "x\r\n2024-01-01 ERROR fake")
+    assert stream.getvalue().count("\n") == 1
+    assert stream.getvalue().rstrip().endswith("could not take x\\r\\n2024-01-01 ERROR fake")

@@ -53,6 +53,11 @@ def test_a_status_with_newlines_stays_one_field(manager_socket: socket.socket) -
     assert receive(manager_socket) == "STATUS=line one line two"
 
 
+def test_a_status_carries_no_terminal_escape(manager_socket: socket.socket) -> None:
+    notify.status("restoring \x1b]0;owned\x07a.mp4")
+    assert receive(manager_socket) == "STATUS=restoring \\x1b]0;owned\\x07a.mp4"
+
+
 def test_abstract_socket_names_start_with_at(monkeypatch: pytest.MonkeyPatch) -> None:
     name = f"svfrd-test-{uuid.uuid4().hex}"
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:

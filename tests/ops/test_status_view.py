@@ -302,3 +302,20 @@ def test_a_driver_that_does_not_load_means_no_gpu(monkeypatch) -> None:
     monkeypatch.setitem(sys.modules, "pynvml", FakeNvml([], init_fails=True))
     monitor = sv.GpuMonitor()
     assert monitor.read() == [] and monitor.reason == "no NVIDIA GPU"
+
+
+MARKUP_NAME = "[link=x]a[/link].mp4"
+
+
+def test_file_names_are_shown_as_they_are_never_as_markup() -> None:
+    """A name that looks like rich markup is not a terminal link; a name with an ESC does not colour the screen."""
+    queued = [new_job(1, "queued", source_name=MARKUP_NAME), new_job(2, "queued", source_name="\x1b[31mred.mp4")]
+    recent = [new_job(3, "done", source_name=MARKUP_NAME, finished_at=NOW, output_path=f"/out/{MARKUP_NAME}"),
+              new_job(4, "failed", source_name="b.mp4", finished_at=NOW, error_message="no face in \x1b[2J.mp4")]
+    running = new_job(5, "running", source_name=MARKUP_NAME, stage="restore", started_at=NOW, updated_at=NOW)
+    screens = [render(sv.queue_table(queued, 2, NOW), 100), render(sv.recent_table(recent, NOW), 100),
+               render(sv.running_panel(running, None, NOW), 100)]
+    assert all(MARKUP_NAME in screen for screen in screens)
+    assert "\\x1b[31mred.mp4" in screens[0]
+    assert "no face in \\x1b[2J.mp4" in screens[1]
+    assert not any("\x1b" in screen for screen in screens)

@@ -165,6 +165,19 @@ def test_show_prints_every_field_with_service_interruptions_beside_the_attempts(
     assert "tasks: 0,1 (bfr+colorize)" in lines and "source_name: clip.mp4" in lines
 
 
+def test_status_and_show_print_names_as_text_never_as_markup_or_escape_codes(folder, database, capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "200")  # room for the whole name in the table
+    add_job(database, folder, "[link=https://example.invalid]a[/link].mp4")
+    job = add_job(database, folder, "b\x1b]0;owned\x07\n<0>c.mp4")
+    assert svfrd(folder, "status") == 0
+    assert svfrd(folder, "show", str(job.id)) == 0
+    assert svfrd(folder, "cancel", str(job.id)) == 0
+    out = capsys.readouterr().out
+    assert "[link=https://example.invalid]a[/link].mp4" in out
+    assert "source_name: b\\x1b]0;owned\\x07\\n<0>c.mp4" in out
+    assert "\x1b" not in out and "\x07" not in out
+
+
 @pytest.mark.parametrize("limit", ["0", "-1", "ten"])
 def test_status_limit_must_be_a_whole_number_of_at_least_one(folder, database, capsys, limit):
     """`--limit 0` listed nothing and said "no jobs yet" while jobs waited; `-1` listed every job."""

@@ -92,3 +92,12 @@ def test_the_service_manager_status_line_names_the_file_stage_and_percent():
     assert running_status(job) == "job 3: restoring interview.mp4 — pass 2, 42%"
     job.frames_total = None
     assert running_status(job) == "job 3: restoring interview.mp4 — pass 2"
+
+
+def test_the_status_line_shows_control_characters_in_a_name_escaped():
+    from svfrd.jobs.model import Job
+    from svfrd.service.supervisor import running_status
+
+    job = Job(id=3, inbox="/in", source_name="a\nREADY=1\x1b[2J.mp4", source_path="/in/x", tasks="0",
+              content_hash="h", dedupe_key="k", stage="pass 2")
+    assert running_status(job) == "job 3: restoring a\\nREADY=1\\x1b[2J.mp4 — pass 2"
