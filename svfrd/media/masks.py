@@ -143,6 +143,9 @@ def load_reference_face(path: Path) -> np.ndarray:
             return np.asarray(picture.convert("RGB")).copy()
     except (OSError, UnidentifiedImageError) as err:
         raise BadInputError(f"the reference image {path.name} cannot be read ({err}); use a PNG or JPEG") from err
+    except Image.DecompressionBombError as err:  # a header claiming more pixels than any photo has
+        raise BadInputError(f"the reference image {path.name} was not decoded: {err} Use a photo of a few "
+                            "megapixels") from None
 
 
 def grayscale(image: np.ndarray) -> np.ndarray:

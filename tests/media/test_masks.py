@@ -14,7 +14,7 @@ from svfrd.engines.interface import FaceCrop
 from svfrd.errors import BadInputError
 from svfrd.media import masks
 from svfrd.media.crop import CropBox
-from svfrd.media.masks import grayscale, load_mask, prepare_svfr_input
+from svfrd.media.masks import grayscale, load_mask, load_reference_face, prepare_svfr_input
 
 FRAME = (320, 240)  # width, height
 BOX = CropBox(80, 20, 200)  # 200 px square -> 512: scale 2.56
@@ -141,3 +141,8 @@ def test_a_mask_can_be_read_from_an_open_file(tmp_path):
     with open(path, "rb") as file:
         mask = load_mask(file, FRAME)
     assert mask.coordinates == "crop" and mask.pixels.all()
+
+
+def test_a_reference_picture_claiming_a_huge_size_is_bad_input_not_an_unexpected_error(tmp_path):
+    with pytest.raises(BadInputError, match=r"the reference image face.png was not decoded: Image size"):
+        load_reference_face(png_header_only(tmp_path / "face.png", 14000, 14000))
