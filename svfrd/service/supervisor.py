@@ -5,8 +5,8 @@ The main loop sleeps in one `select` on: a self-pipe (woken by signals and by in
 pipe and the worker's process sentinel, with a timeout set to the next thing due (`svfrd.service.timers`:
 inbox rescan, backed-off job, watchdog keep-alive, or the check of a running job). Idle, it wakes once per scan
 interval: no busy polling. A job still running past its time limit ([limits] job_timeout_per_frame and
-job_timeout_min, known once the worker has probed its video) is stopped by killing the worker, and fails. What happens after a death (of the worker, or of the last daemon) is in
-`svfrd.service.recovery`.
+job_timeout_min, known once the worker has probed its video) is stopped by killing the worker, and fails. What
+happens after a death (of the worker, or of the last daemon) is in `svfrd.service.recovery`.
 """
 
 from __future__ import annotations

@@ -1,5 +1,6 @@
 """The supervisor's timers: when to rescan the inboxes, read the running job's row, give up waiting for a
-cancel, stop a job past its time limit, send a watchdog keep-alive, and how long the main loop may sleep until the first of these is due.
+cancel, stop a job past its time limit, send a watchdog keep-alive, and how long the main loop may sleep
+until the first of these is due.
 
 Kept apart from the loop, on an injected clock (`svfrd.service.clock`), so tests advance time instead of
 sleeping.
