@@ -167,6 +167,32 @@ class EngineConfig:
     option_names: frozenset[str] = BUILTIN_OPTION_NAMES
 
 
+#: 8K UHD (7680x4320): the largest picture a camera or editor commonly writes. One decoded RGB frame of it is
+#: about 100 MB, and the pipeline holds a few at once.
+DEFAULT_MAX_FRAME_PIXELS = 7680 * 4320
+
+
+@dataclass(frozen=True)
+class LimitsConfig:
+    """What one input may cost. A video or mask over a limit fails as bad input (not retried), with a message
+    naming the limit and its key; the defaults are far above any real recording (config.toml says why)."""
+
+    max_frame_pixels: int = DEFAULT_MAX_FRAME_PIXELS
+    #: A million frames: 9 hours at 30 fps, 4.6 hours at 60 fps.
+    max_frames: int = 1_000_000
+    #: Four hours, in seconds.
+    max_duration: float = 4 * 3600.0
+    #: A mask is the frame's size or 512x512, so the frame limit fits it too.
+    max_mask_pixels: int = DEFAULT_MAX_FRAME_PIXELS
+    #: A running job is stopped after max(job_timeout_min, job_timeout_per_frame x its frames) seconds.
+    job_timeout_per_frame: float = 30.0
+    job_timeout_min: float = 3600.0
+
+    def job_timeout(self, frames: int) -> float:
+        """Seconds a job on a video of `frames` frames may run before it is stopped."""
+        return max(self.job_timeout_min, self.job_timeout_per_frame * frames)
+
+
 @dataclass(frozen=True)
 class Config:
     path: Path
@@ -175,6 +201,7 @@ class Config:
     output: OutputConfig
     faces: FacesConfig
     engine: EngineConfig
+    limits: LimitsConfig = LimitsConfig()
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -267,7 +294,7 @@ def _non_empty_string(value: Any) -> str | None:
 
 def _build_config(path: Path, raw: dict) -> Config:
     base = path.parent
-    known_sections = {"service", "inbox", "output", "faces", "engine"}
+    known_sections = {"service", "inbox", "output", "faces", "engine", "limits"}
     for key in raw:
         if key not in known_sections:
             allowed = ", ".join(f"[{s}]" for s in sorted(known_sections - {"inbox"})) + ", [[inbox]]"
@@ -277,8 +304,10 @@ def _build_config(path: Path, raw: dict) -> Config:
     inboxes = _inboxes(raw.get("inbox"), base, engine.option_names)
     output = _output(_Table("[output]", raw.get("output", {}), base))
     faces = _faces(_Table("[faces]", raw.get("faces", {}), base))
+    limits = _limits(_Table("[limits]", raw.get("limits", {}), base))
     _check_folders_distinct(inboxes, output)
-    return Config(path=path, service=service, inboxes=inboxes, output=output, faces=faces, engine=engine)
+    return Config(path=path, service=service, inboxes=inboxes, output=output, faces=faces, engine=engine,
+                  limits=limits)
 
 
 def _service(t: _Table) -> ServiceConfig:
@@ -434,6 +463,20 @@ def _svfr(t: _Table) -> SvfrConfig:
     )
     t.finish()
     return svfr
+
+
+def _limits(t: _Table) -> LimitsConfig:
+    default = LimitsConfig()
+    limits = LimitsConfig(
+        max_frame_pixels=t.take("max_frame_pixels", default.max_frame_pixels, _int_in(1)),
+        max_frames=t.take("max_frames", default.max_frames, _int_in(1)),
+        max_duration=t.take("max_duration", default.max_duration, _positive_number),
+        max_mask_pixels=t.take("max_mask_pixels", default.max_mask_pixels, _int_in(1)),
+        job_timeout_per_frame=t.take("job_timeout_per_frame", default.job_timeout_per_frame, _positive_number),
+        job_timeout_min=t.take("job_timeout_min", default.job_timeout_min, _positive_number),
+    )
+    t.finish()
+    return limits
 
 
 def _check_folders_distinct(inboxes: list[InboxConfig], output: OutputConfig) -> None:

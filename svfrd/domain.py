@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import enum
 import json
+import math
 from dataclasses import dataclass
 from typing import Any, Collection, Iterable, Mapping
 
@@ -64,8 +65,8 @@ PIPELINE, SVFR = "pipeline", "svfr"
 
 @dataclass(frozen=True)
 class Option:
-    """One per-job option. `kind` is "int" (whole number in [minimum, maximum]), "number" (> minimum) or
-    "choice" (one of `choices`)."""
+    """One per-job option. `kind` is "int" (whole number in [minimum, maximum]), "number" (finite, > minimum
+    and <= maximum) or "choice" (one of `choices`)."""
 
     name: str
     owner: str
@@ -85,30 +86,39 @@ class Option:
         if self.kind == "int":
             ok = is_number and isinstance(value, int) and self._in_range(value)
         else:
-            ok = is_number and value > (self.minimum or 0)
+            ok = is_number and math.isfinite(value) and value > (self.minimum or 0) and self._in_range(value)
         return None if ok else "must be " + self.allowed
 
     @property
     def allowed(self) -> str:
-        """What the option accepts, in words: `"a", "b"`, `a whole number >= 1 and <= 1000`, `a number > 0`."""
+        """What the option accepts, in words: `"a", "b"`, `a whole number >= 1 and <= 150`,
+        `a finite number > 0 and <= 20`."""
         if self.kind == "choice":
             return ", ".join(json.dumps(c) for c in self.choices)
         if self.kind == "int":
             upper = f" and <= {self.maximum:g}" if self.maximum is not None else ""
             return f"a whole number >= {self.minimum:g}{upper}"
-        return f"a number > {self.minimum or 0:g}"
+        upper = f" and <= {self.maximum:g}" if self.maximum is not None else ""
+        return f"a finite number > {self.minimum or 0:g}{upper}"
 
     def _in_range(self, value: float) -> bool:
         return (self.minimum is None or value >= self.minimum) and (self.maximum is None or value <= self.maximum)
 
 
+#: Upper bounds of the SVFR options: every step is a full pass of UNet calls over the video (docs/svfr.md §9), so
+#: time grows linearly with them while the result stops improving long before. Steps allow five times the
+#: reference's 30 and 50 (docs/svfr.md §6); guidance ten times its constant 2.0. A sidecar asking for more
+#: would hold the GPU for days, or (guidance = inf) produce only noise.
+MAX_STEPS, MAX_PASS1_STEPS, MAX_GUIDANCE_SCALE = 150, 250, 20.0
+
 OPTIONS: dict[str, Option] = {option.name: option for option in (
     Option("steps", SVFR, "int", 30, "[engine.svfr] steps", "SVFR denoising steps of the main pass",
-           minimum=1, maximum=1000),
+           minimum=1, maximum=MAX_STEPS),
     Option("pass1_steps", SVFR, "int", 50, "[engine.svfr] pass1_steps",
-           "SVFR denoising steps of the first pass that finds the reference frame", minimum=1, maximum=1000),
+           "SVFR denoising steps of the first pass that finds the reference frame", minimum=1,
+           maximum=MAX_PASS1_STEPS),
     Option("guidance_scale", SVFR, "number", 2.0, "[engine.svfr] guidance_scale",
-           "SVFR classifier-free guidance strength", minimum=0),
+           "SVFR classifier-free guidance strength", minimum=0, maximum=MAX_GUIDANCE_SCALE),
     Option("mode", SVFR, "choice", "reference", "[engine.svfr] mode",
            "SVFR as the original code runs it, or with its known flaws corrected (docs/svfr.md)",
            choices=("reference", "improved")),

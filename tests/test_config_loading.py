@@ -54,6 +54,19 @@ def test_every_default_equals_the_shipped_config(tmp_path):
     assert replace(load_config(minimal), path=shipped) == load_config(shipped)
 
 
+def test_the_limits_have_safe_defaults_and_are_configurable(tmp_path):
+    default = load_config(SHIPPED_CONFIG).limits
+    assert (default.max_frame_pixels, default.max_mask_pixels) == (7680 * 4320, 7680 * 4320)
+    assert (default.max_frames, default.max_duration) == (1_000_000, 4 * 3600.0)
+    assert default.job_timeout(frames=10) == 3600.0 and default.job_timeout(frames=1000) == 30_000.0
+    text = MINIMAL + "[limits]\nmax_frame_pixels = 100\nmax_frames = 5\nmax_duration = 2\nmax_mask_pixels = 7\n" \
+        "job_timeout_per_frame = 2\njob_timeout_min = 60\n"
+    (tmp_path / "config.toml").write_text(text)
+    limits = load_config(tmp_path / "config.toml").limits
+    assert (limits.max_frame_pixels, limits.max_frames, limits.max_duration, limits.max_mask_pixels) == (100, 5, 2, 7)
+    assert limits.job_timeout(frames=10) == 60.0 and limits.job_timeout(frames=100) == 200.0
+
+
 def test_relative_paths_resolve_against_the_config_folder_not_the_cwd(tmp_path, monkeypatch):
     monkeypatch.chdir("/")
     config = load_config(write_config(tmp_path, MINIMAL + '[output]\noutbox = "../out"\n'))
@@ -90,6 +103,13 @@ def test_configs_are_frozen(tmp_path):
         ("[engine.svfr]\nsteps = 0\n", "[engine.svfr] steps = 0: must be a whole number >= 1"),
         ("[engine.svfr]\nturbo = true\n", "[engine.svfr] unknown key 'turbo'"),
         ("[engines]\nname = 'auto'\n", "unknown section or key 'engines' at the top level"),
+        ("[limits]\nmax_frame_pixels = 0\n", "[limits] max_frame_pixels = 0: must be a whole number >= 1"),
+        ("[limits]\nmax_frames = 2.5\n", "[limits] max_frames = 2.5: must be a whole number >= 1"),
+        ("[limits]\nmax_duration = -1\n", "[limits] max_duration = -1: must be a number > 0"),
+        ('[limits]\nmax_mask_pixels = "8K"\n', '[limits] max_mask_pixels = "8K": must be a whole number >= 1'),
+        ("[limits]\njob_timeout_per_frame = 0\n", "[limits] job_timeout_per_frame = 0: must be a number > 0"),
+        ("[limits]\njob_timeout_min = nan\n", "[limits] job_timeout_min = nan: must be a number > 0"),
+        ("[limits]\nmax_width = 10\n", "[limits] unknown key 'max_width'"),
     ],
 )
 def test_invalid_values_are_rejected_naming_the_key_and_what_is_allowed(tmp_path, text, expected):

@@ -43,9 +43,9 @@ def test_every_option_has_an_owner_a_valid_default_and_help():
     "name, value, expected",
     [
         ("steps", 20, None),
-        ("steps", True, "must be a whole number >= 1 and <= 1000"),
+        ("steps", True, "must be a whole number >= 1 and <= 150"),
         ("crf", 52, "must be a whole number >= 0 and <= 51"),
-        ("guidance_scale", 0, "must be a number > 0"),
+        ("guidance_scale", 0, "must be a finite number > 0 and <= 20"),
         ("mode", "fast", 'allowed values are "reference", "improved"'),
         ("turbo", 1, "unknown option; allowed options are crf, crop, guidance_scale, mode"),
     ],
@@ -53,6 +53,21 @@ def test_every_option_has_an_owner_a_valid_default_and_help():
 def test_values_are_checked_against_the_table(name, value, expected):
     problem = option_problem(name, value)
     assert problem == expected if expected is None else expected in problem
+
+
+@pytest.mark.parametrize(
+    "name, highest, too_high",
+    [("steps", 150, 151), ("pass1_steps", 250, 251), ("guidance_scale", 20.0, 20.5)],
+)
+def test_the_svfr_options_have_upper_bounds_that_hold_the_gpu_for_hours_not_weeks(name, highest, too_high):
+    assert option_problem(name, highest) is None
+    assert f"<= {highest:g}" in option_problem(name, too_high)
+    assert option_problem(name, 1000) is not None  # accepted before: 1000 steps over a whole video
+
+
+@pytest.mark.parametrize("value", [float("inf"), float("-inf"), float("nan")])
+def test_guidance_scale_must_be_a_finite_number(value):
+    assert "must be a finite number > 0 and <= 20" in option_problem("guidance_scale", value)
 
 
 def test_an_engines_own_option_is_accepted_and_its_value_left_to_the_engine():

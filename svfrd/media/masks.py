@@ -13,12 +13,16 @@ drawings miss).
 
 from __future__ import annotations
 
+import contextlib
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO, Iterator
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from svfrd.config import LimitsConfig
 from svfrd.domain import CROP_SIZE, Task
 from svfrd.engines.interface import FaceCrop
 from svfrd.errors import BadInputError
@@ -51,26 +55,72 @@ class Mask:
         return square >= 128
 
 
-def load_mask(path: Path, frame_size: tuple[int, int]) -> Mask:
-    """Read a mask image and decide its coordinate frame from its size; `frame_size` is (width, height),
-    upright as a player shows the video."""
-    path = Path(path)
+#: The default [limits] max_mask_pixels (svfrd.config.LimitsConfig).
+DEFAULT_MAX_MASK_PIXELS = LimitsConfig().max_mask_pixels
+
+
+def load_mask(path_or_file: Path | BinaryIO, frame_size: tuple[int, int],
+              max_pixels: int = DEFAULT_MAX_MASK_PIXELS) -> Mask:
+    """Read a mask image (a path, or a file open for binary reading) and decide its coordinate frame from its
+    size; `frame_size` is (width, height), upright as a player shows the video. The size, read from the image
+    header, is checked against `max_pixels` ([limits] max_mask_pixels) and the accepted sizes before any
+    pixel is decoded: a tiny PNG can claim a huge picture."""
+    name = _name_of(path_or_file)
     try:
-        with Image.open(path) as picture:
+        with _open_image(path_or_file, name, max_pixels) as picture:
+            coordinates, note = _mask_coordinates(name, picture.size, tuple(frame_size))
             gray = np.asarray(_flatten_alpha(picture).convert("L"))
     except (OSError, UnidentifiedImageError) as err:
-        raise BadInputError(f"the mask {path.name} cannot be read as an image ({err}); use a PNG") from err
-    height, width = gray.shape
-    pixels = gray >= 128
-    if (width, height) == tuple(frame_size):
+        raise BadInputError(f"the mask {name} cannot be read as an image ({err}); use a PNG") from err
+    return Mask(gray >= 128, coordinates, note)
+
+
+def _name_of(path_or_file: Path | BinaryIO) -> str:
+    name = path_or_file if isinstance(path_or_file, (str, Path)) else getattr(path_or_file, "name", "")
+    return Path(name).name if isinstance(name, (str, Path)) and str(name) else "(unnamed)"
+
+
+@contextlib.contextmanager
+def _open_image(path_or_file: Path | BinaryIO, name: str, max_pixels: int) -> Iterator[Image.Image]:
+    """Image.open reads only the header. PIL's own decompression-bomb check is set to the same limit while it
+    does, so the two agree and a raised limit is honoured: PIL refuses twice the limit itself (its warning
+    below that is ours to decide), and the size it read is checked here."""
+    saved = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = max_pixels
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            picture = Image.open(path_or_file)
+    except Image.DecompressionBombError:
+        raise _too_many_pixels(name, f"claims more than {2 * max_pixels:,} pixels", max_pixels) from None
+    finally:
+        Image.MAX_IMAGE_PIXELS = saved
+    with picture:
+        width, height = picture.size
+        if width * height > max_pixels:
+            raise _too_many_pixels(name, f"is {width}x{height} ({width * height:,} pixels)", max_pixels)
+        yield picture
+
+
+def _too_many_pixels(name: str, size: str, max_pixels: int) -> BadInputError:
+    return BadInputError(
+        f"the mask {name} {size}, over the limit of {max_pixels:,} pixels ([limits] max_mask_pixels in the "
+        "service's config.toml); it was not decoded. A mask is the video's frame size or 512x512: redraw it "
+        "at one of those, or raise [limits] max_mask_pixels."
+    )
+
+
+def _mask_coordinates(name: str, size: tuple[int, int], frame_size: tuple[int, int]) -> tuple[str, str | None]:
+    """("frame" or "crop", a note for the report) from the mask's size; any other size is refused."""
+    if size == frame_size:
         note = None
         if frame_size == (CROP_SIZE, CROP_SIZE):
             note = "the video and the mask are both 512x512: the mask was read as drawn on the full frame"
-        return Mask(pixels, "frame", note)
-    if (width, height) == (CROP_SIZE, CROP_SIZE):
-        return Mask(pixels, "crop")
+        return "frame", note
+    if size == (CROP_SIZE, CROP_SIZE):
+        return "crop", None
     raise BadInputError(
-        f"the mask {path.name} is {width}x{height}, but it must be either the video's frame size "
+        f"the mask {name} is {size[0]}x{size[1]}, but it must be either the video's frame size "
         f"{frame_size[0]}x{frame_size[1]} (drawn on a frame) or 512x512 (drawn on the face crop); "
         "resize or redraw it"
     )
@@ -93,6 +143,9 @@ def load_reference_face(path: Path) -> np.ndarray:
             return np.asarray(picture.convert("RGB")).copy()
     except (OSError, UnidentifiedImageError) as err:
         raise BadInputError(f"the reference image {path.name} cannot be read ({err}); use a PNG or JPEG") from err
+    except Image.DecompressionBombError as err:  # a header claiming more pixels than any photo has
+        raise BadInputError(f"the reference image {path.name} was not decoded: {err} Use a photo of a few "
+                            "megapixels") from None
 
 
 def grayscale(image: np.ndarray) -> np.ndarray:

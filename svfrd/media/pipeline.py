@@ -13,11 +13,11 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 
-from svfrd.config import FacesConfig, OutputConfig
+from svfrd.config import FacesConfig, LimitsConfig, OutputConfig
 from svfrd.domain import CROP_SIZE, OPTIONS, Task, engine_options, mask_rule_problem
 from svfrd.engines.interface import Engine, FaceCrop, ProgressReporter, RestoreRequest
 from svfrd.errors import BadInputError
@@ -42,6 +42,7 @@ class PipelineJob:
     output_cfg: OutputConfig
     preview_video: Path | None = None
     contact_sheet: Path | None = None
+    limits: LimitsConfig = LimitsConfig()
 
 
 @dataclass(frozen=True)
@@ -73,8 +74,8 @@ class PipelineResult:
 class VideoCropStream:
     """The crops of one video for the engine. Each iteration decodes the video again (bounded memory)."""
 
-    def __init__(self, source: Path, crops: FrameCrops, mask: Mask | None):
-        self.source, self.crops, self.mask = source, crops, mask
+    def __init__(self, source: Path, crops: FrameCrops, mask: Mask | None, limits: LimitsConfig = LimitsConfig()):
+        self.source, self.crops, self.mask, self.limits = source, crops, mask, limits
 
     def __len__(self) -> int:
         return len(self.crops)
@@ -87,18 +88,18 @@ class VideoCropStream:
         return max(1.0, CROP_SIZE / float(np.median(sizes))) if sizes else 1.0
 
     def __iter__(self) -> Iterator[FaceCrop]:
-        for frame in _decode_again(self.source, len(self.crops)):
+        for frame in _decode_again(self.source, len(self.crops), self.limits):
             box = self.crops.boxes[frame.index]
             mask = self.mask.for_crop(box) if self.mask is not None else None
             has_face = bool(self.crops.has_face[frame.index])
             yield FaceCrop(image=crop_face(frame.image, box), mask=mask, has_face=has_face)
 
 
-def _decode_again(source: Path, expected: int) -> Iterator[Frame]:
+def _decode_again(source: Path, expected: int, limits: LimitsConfig) -> Iterator[Frame]:
     """The video's first `expected` frames, decoded once more after the face pass counted them; a file that
     now decodes to fewer frames (changed or flaky storage) is bad input."""
     count = 0
-    for frame in iter_frames(source):
+    for frame in iter_frames(source, limits):
         if count == expected:
             return
         yield frame
@@ -109,11 +110,13 @@ def _decode_again(source: Path, expected: int) -> Iterator[Frame]:
                             "into the inbox again.")
 
 
-def restore_video(job: PipelineJob, engine: Engine, progress: ProgressReporter) -> PipelineResult:
+def restore_video(job: PipelineJob, engine: Engine, progress: ProgressReporter,
+                  on_probed: Callable[[VideoInfo], None] | None = None) -> PipelineResult:
     """Restore the faces of `job.source` into `job.output`. See the module docstring for the stages.
-    On failure the partial output and previews are removed; the source is never touched."""
+    `on_probed` hears the video's facts once its probe passed `job.limits` (the worker sets the job's
+    deadline from them). On failure the partial output and previews are removed; the source is never touched."""
     try:
-        return _restore_video(job, engine, progress)
+        return _restore_video(job, engine, progress, on_probed)
     except BaseException:
         for path in (job.output, job.preview_video, job.contact_sheet):
             if path is not None and path.is_file():
@@ -121,7 +124,8 @@ def restore_video(job: PipelineJob, engine: Engine, progress: ProgressReporter) 
         raise
 
 
-def _restore_video(job: PipelineJob, engine: Engine, progress: ProgressReporter) -> PipelineResult:
+def _restore_video(job: PipelineJob, engine: Engine, progress: ProgressReporter,
+                   on_probed: Callable[[VideoInfo], None] | None) -> PipelineResult:
     started = time.monotonic()
     timings: dict[str, float] = {}
     crop_policy = _pipeline_option(job, "crop", job.faces.crop)
@@ -140,14 +144,17 @@ def _restore_video(job: PipelineJob, engine: Engine, progress: ProgressReporter)
     engine.check(request)
 
     progress("probe", 0, 1)
-    info = probe(job.source)
+    info = probe(job.source, job.limits)
+    if on_probed is not None:
+        on_probed(info)
     progress("probe", 1, 1)
     warnings: list[str] = []
     mask = _load_task_mask(job, info, warnings)
     timings["probe_s"] = time.monotonic() - started
 
     mark = time.monotonic()
-    seen = scan_faces(job.source, info, job.faces.model, lambda done, total: progress("faces", done, total))
+    seen = scan_faces(job.source, info, job.faces.model, lambda done, total: progress("faces", done, total),
+                      limits=job.limits)
     track = select_subject(seen, max_gap=_max_gap_frames(info))
     if not track.detected.any():
         raise BadInputError(
@@ -159,7 +166,7 @@ def _restore_video(job: PipelineJob, engine: Engine, progress: ProgressReporter)
     timings["faces_s"] = time.monotonic() - mark
 
     mark = time.monotonic()
-    stream = VideoCropStream(job.source, crops, mask)
+    stream = VideoCropStream(job.source, crops, mask, job.limits)
     previews = _preview_maker(job, seen.frames, info)
     written, frame_size = _write_output(job, info, crops, engine.restore(request, stream, progress), output_mode,
                                         crf, previews, progress)
@@ -198,7 +205,7 @@ def _pipeline_option(job: PipelineJob, name: str, configured):
 def _load_task_mask(job: PipelineJob, info: VideoInfo, warnings: list[str]) -> Mask | None:
     if job.mask_path is None:
         return None
-    mask = load_mask(job.mask_path, info.size)
+    mask = load_mask(job.mask_path, info.size, max_pixels=job.limits.max_mask_pixels)
     if mask.note:
         warnings.append(mask.note)
     return mask
@@ -236,7 +243,7 @@ def _write_output(
     written = 0
     try:
         with VideoWriter(job.output, info, crf=crf, audio_source=job.source, size=size, rotation=rotation) as writer:
-            for frame in _decode_again(job.source, total):
+            for frame in _decode_again(job.source, total, job.limits):
                 face = next(restored, None)
                 if face is None:
                     raise RuntimeError(f"the engine returned {written} crops for {total} frames")

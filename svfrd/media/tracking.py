@@ -14,8 +14,9 @@ from typing import Callable
 import cv2
 import numpy as np
 
+from svfrd.config import LimitsConfig
 from svfrd.media.faces import DetectedFace, FaceFinder, intersection_area
-from svfrd.media.video_io import VideoInfo, iter_frames
+from svfrd.media.video_io import DEFAULT_LIMITS, VideoInfo, iter_frames
 
 #: Bhattacharyya distance between colour histograms of consecutive frames above which a scene cut is assumed.
 CUT_THRESHOLD = 0.45
@@ -74,14 +75,15 @@ def is_cut(previous: tuple[np.ndarray, np.ndarray] | None, current: tuple[np.nda
 
 
 def scan_faces(
-    path: Path, info: VideoInfo, model_path: Path, progress: Callable[[int, int], None] | None = None
+    path: Path, info: VideoInfo, model_path: Path, progress: Callable[[int, int], None] | None = None,
+    limits: LimitsConfig = DEFAULT_LIMITS,
 ) -> FacePass:
-    """Decode the whole video once, keeping only faces and cut flags per frame."""
+    """Decode the whole video once, keeping only faces and cut flags per frame (within `limits`)."""
     seen = FacePass()
     previous = None
     ms_per_tick = float(info.time_base) * 1000.0
     with FaceFinder(model_path) as finder:
-        for frame in iter_frames(path):
+        for frame in iter_frames(path, limits):
             signature = colour_signature(frame.image)
             seen.cut_before.append(is_cut(previous, signature))
             previous = signature

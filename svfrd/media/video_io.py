@@ -27,6 +27,7 @@ from typing import BinaryIO, Iterator
 import av
 import numpy as np
 
+from svfrd.config import LimitsConfig
 from svfrd.errors import BadInputError, TransientError
 from svfrd.files.atomic import create_temp
 
@@ -100,6 +101,56 @@ def _video_stream(container: av.container.InputContainer, path: Path) -> av.Vide
     return container.streams.video[0]
 
 
+# ---------------------------------------------------------------------------------------------------------------
+# Limits ([limits] in config.toml): a small file can claim a huge picture or an endless stream. They are checked
+# in the container's headers before any frame is decoded, and again on each decoded frame, since a stream
+# can contradict its header.
+
+DEFAULT_LIMITS = LimitsConfig()
+
+
+def _over_limit(path: Path, what: str, limit: str, key: str, advice: str) -> BadInputError:
+    return BadInputError(
+        f"{path.name} {what}, over the limit of {limit} ([limits] {key} in the service's config.toml); "
+        f"nothing was decoded beyond that point. {advice}, or raise [limits] {key} if this machine can take it."
+    )
+
+
+def _check_frame_pixels(path: Path, width: int, height: int, limits: LimitsConfig, where: str) -> None:
+    if width * height > limits.max_frame_pixels:
+        raise _over_limit(path, f"has {width}x{height} pixels per frame ({where})",
+                          f"{limits.max_frame_pixels:,} pixels", "max_frame_pixels", "Scale the video down")
+
+
+def _check_frame_count(path: Path, frames: int, limits: LimitsConfig, where: str) -> None:
+    if frames > limits.max_frames:
+        raise _over_limit(path, f"has {frames:,} frames ({where})", f"{limits.max_frames:,} frames", "max_frames",
+                          "Cut it into shorter parts")
+
+
+def _check_duration(path: Path, seconds: float, limits: LimitsConfig, where: str) -> None:
+    if seconds > limits.max_duration:
+        raise _over_limit(path, f"lasts {seconds:,.0f} s ({where})", f"{limits.max_duration:,.0f} s",
+                          "max_duration", "Cut it into shorter parts")
+
+
+def _check_header_limits(path: Path, container: av.container.InputContainer, stream: av.VideoStream,
+                         limits: LimitsConfig) -> None:
+    """What the headers claim, before the first frame is decoded (a header of 0 means "not stated")."""
+    _check_frame_pixels(path, stream.codec_context.width, stream.codec_context.height, limits, "in its header")
+    if stream.frames:
+        _check_frame_count(path, stream.frames, limits, "by its header")
+    if stream.duration and stream.time_base:
+        _check_duration(path, float(stream.duration * stream.time_base), limits, "by its header")
+    elif container.duration:
+        _check_duration(path, container.duration / av.time_base, limits, "by its header")
+
+
+def _limit_decoder(stream: av.VideoStream, limits: LimitsConfig) -> None:
+    """FFmpeg's own check, made before a picture's memory is allocated: the decoder refuses larger frames."""
+    stream.codec_context.options = {**stream.codec_context.options, "max_pixels": str(limits.max_frame_pixels)}
+
+
 def _rotation_of(frame: av.VideoFrame) -> int:
     """The display rotation as a multiple of 90 degrees (other angles do not occur in practice)."""
     return int(round(frame.rotation / 90.0)) * 90 % 360
@@ -115,22 +166,26 @@ def coded(image: np.ndarray, rotation: int) -> np.ndarray:
     return np.ascontiguousarray(np.rot90(image, k=-(rotation // 90))) if rotation else image
 
 
-def probe(path: Path) -> VideoInfo:
+def probe(path: Path, limits: LimitsConfig = DEFAULT_LIMITS) -> VideoInfo:
     """Read the facts about a video without decoding more than its first frame.
 
     The frame count comes from counting video packets (headers may lack or misstate it); the first frame is
-    decoded to prove the stream is decodable and to read the rotation.
+    decoded to prove the stream is decodable and to read the rotation. A video over one of the `limits` is
+    refused (BadInputError) from its headers before that frame is decoded, else as soon as the count shows it.
     """
     path = Path(path)
     with _open_input(path) as container:
         stream = _video_stream(container, path)
+        _check_header_limits(path, container, stream, limits)
         time_base, fps = _time_base_of(stream), _frame_rate_of(stream)
         try:
+            _limit_decoder(stream, limits)
             first = next(container.decode(stream), None)
         except av.FFmpegError as err:
             raise _unreadable(path, f"its first frame cannot be decoded: {err}") from err
         if first is None:
             raise _unreadable(path, "it contains no video frames")
+        _check_frame_pixels(path, first.width, first.height, limits, "in its first frame")
         rotation = _rotation_of(first)
         audio = [
             AudioInfo(
@@ -146,7 +201,7 @@ def probe(path: Path) -> VideoInfo:
         coded_width, coded_height = stream.codec_context.width, stream.codec_context.height
         pix_fmt = stream.codec_context.pix_fmt or first.format.name
         codec = stream.codec_context.name
-    frames, first_pts, last_pts, last_duration = _count_video_packets(path)
+    frames, first_pts, last_pts, last_duration = _count_video_packets(path, limits)
     if frames == 0:
         raise _unreadable(path, "it contains no video frames")
     if header_frames and frames < header_frames:
@@ -158,6 +213,7 @@ def probe(path: Path) -> VideoInfo:
             duration = float(frames / fps)
     else:
         duration = float(frames / fps)
+    _check_duration(path, duration, limits, "by its timestamps")
     width, height = (coded_height, coded_width) if rotation in (90, 270) else (coded_width, coded_height)
     return VideoInfo(
         path=path, width=width, height=height, coded_width=coded_width, coded_height=coded_height,
@@ -166,8 +222,9 @@ def probe(path: Path) -> VideoInfo:
     )
 
 
-def _count_video_packets(path: Path) -> tuple[int, int | None, int | None, int | None]:
-    """(count, smallest pts, largest pts, duration of the last packet) over the video packets, demux only."""
+def _count_video_packets(path: Path, limits: LimitsConfig) -> tuple[int, int | None, int | None, int | None]:
+    """(count, smallest pts, largest pts, duration of the last packet) over the video packets, demux only.
+    Stops as soon as the count passes `limits.max_frames`."""
     count, first, last, last_duration = 0, None, None, None
     with _open_input(path) as container:
         stream = _video_stream(container, path)
@@ -176,6 +233,7 @@ def _count_video_packets(path: Path) -> tuple[int, int | None, int | None, int |
                 if packet.size == 0:
                     continue  # the demuxer's end-of-stream marker
                 count += 1
+                _check_frame_count(path, count, limits, "counted so far")
                 if packet.pts is not None:
                     first = packet.pts if first is None else min(first, packet.pts)
                     if last is None or packet.pts >= last:
@@ -185,36 +243,62 @@ def _count_video_packets(path: Path) -> tuple[int, int | None, int | None, int |
     return count, first, last, last_duration
 
 
-def iter_frames(path: Path) -> Iterator[Frame]:
+def iter_frames(path: Path, limits: LimitsConfig = DEFAULT_LIMITS) -> Iterator[Frame]:
     """Decode the video's frames in presentation order, upright, RGB uint8. Streams: one frame at a time.
 
-    Timestamps are made strictly increasing (a few broken files repeat them), so they can be written back."""
+    Timestamps are made strictly increasing (a few broken files repeat them), so they can be written back.
+    A frame larger than the header said or than `limits` allow, or more frames than they allow, stop the
+    decoding with a BadInputError before the frame is converted."""
     path = Path(path)
     with _open_input(path) as container:
         stream = _video_stream(container, path)
         stream.thread_type = "AUTO"
+        _check_frame_pixels(path, stream.codec_context.width, stream.codec_context.height, limits, "in its header")
+        _limit_decoder(stream, limits)
+        header_size = (stream.codec_context.width, stream.codec_context.height)
         default_step = _default_pts_step(stream)
         previous_pts: int | None = None
-        first_shape: tuple[int, ...] | None = None
+        first_size: tuple[int, int] | None = None
         index = 0
         try:
             for frame in container.decode(stream):
+                size = _upright_size(frame)
+                if first_size is None:
+                    _check_first_frame(path, frame, header_size, limits)
+                    first_size = size
+                elif size != first_size:
+                    raise BadInputError(
+                        f"{path.name} changes its picture size at frame {index} (from {first_size[0]}x"
+                        f"{first_size[1]} to {size[0]}x{size[1]}); re-export it at one size"
+                    )
+                _check_frame_count(path, index + 1, limits, "decoded so far")
                 pts = frame.pts if frame.pts is not None else (index * default_step)
                 if previous_pts is not None and pts <= previous_pts:
                     pts = previous_pts + 1
                 previous_pts = pts
                 image = upright(frame.to_ndarray(format="rgb24"), _rotation_of(frame))
-                if first_shape is None:
-                    first_shape = image.shape
-                elif image.shape != first_shape:
-                    raise BadInputError(
-                        f"{path.name} changes its picture size at frame {index} (from {first_shape[1]}x"
-                        f"{first_shape[0]} to {image.shape[1]}x{image.shape[0]}); re-export it at one size"
-                    )
                 yield Frame(index=index, pts=pts, image=image)
                 index += 1
         except av.FFmpegError as err:
             raise _unreadable(path, f"decoding failed at frame {index}: {err}") from err
+
+
+def _upright_size(frame: av.VideoFrame) -> tuple[int, int]:
+    """(width, height) as displayed, known before the frame is converted."""
+    rotated = _rotation_of(frame) in (90, 270)
+    return (frame.height, frame.width) if rotated else (frame.width, frame.height)
+
+
+def _check_first_frame(path: Path, frame: av.VideoFrame, header_size: tuple[int, int],
+                       limits: LimitsConfig) -> None:
+    """A stream can contradict the header its limits were checked in; later frames must match this one."""
+    _check_frame_pixels(path, frame.width, frame.height, limits, "in its first frame")
+    header_width, header_height = header_size
+    if header_width and header_height and frame.width * frame.height > header_width * header_height:
+        raise BadInputError(
+            f"{path.name} has a {frame.width}x{frame.height} first frame, larger than the "
+            f"{header_width}x{header_height} its header states; the file is damaged or crafted. Re-export it."
+        )
 
 
 def _time_base_of(stream: av.VideoStream) -> Fraction:

@@ -53,5 +53,15 @@ class JobFinished:
     message: str = ""  # for CONFIG_ERROR: what is wrong and how to fix it
 
 
+@dataclass(frozen=True)
+class JobDeadline:
+    """Sent once the running job's video is probed: it may run `seconds` in all, from when it was started, as
+    [limits] job_timeout_per_frame and job_timeout_min give for its `frames`."""
+
+    job_id: int
+    frames: int
+    seconds: float
+
+
 ToWorker = RunJob | Stop
-FromWorker = WorkerReady | WorkerStartFailed | JobFinished
+FromWorker = WorkerReady | WorkerStartFailed | JobFinished | JobDeadline

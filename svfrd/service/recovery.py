@@ -16,7 +16,7 @@ import os
 from sqlalchemy import Engine as Database
 
 from svfrd.config import Config
-from svfrd.errors import JobCancelled, TransientError
+from svfrd.errors import BadInputError, JobCancelled, TransientError
 from svfrd.files import placement
 from svfrd.jobs.model import Job, JobState
 from svfrd.jobs.store import (
@@ -118,6 +118,13 @@ def settle_orphaned_job(config: Config, db: Database, job: Job, death_message: s
         return
     logger.error("%s", death_message)
     results.settle_failure(config, db, job.id, TransientError(death_message))
+
+
+def settle_timed_out_job(config: Config, db: Database, job: Job, message: str) -> None:
+    """A job the supervisor stopped past its time limit ([limits] job_timeout_*): it fails like bad input
+    (not retried) and its inputs go to failed/, unless its worker had recorded its end first."""
+    if unfinished_orphan(config, db, job) is not None:
+        results.settle_failure(config, db, job.id, BadInputError(message))
 
 
 def requeue_after_stop(config: Config, db: Database, job: Job) -> None:

@@ -4,8 +4,9 @@ supervised worker process (`svfrd.service.worker`).
 The main loop sleeps in one `select` on: a self-pipe (woken by signals and by inbox file events), the worker's
 pipe and the worker's process sentinel, with a timeout set to the next thing due (`svfrd.service.timers`:
 inbox rescan, backed-off job, watchdog keep-alive, or the check of a running job). Idle, it wakes once per scan
-interval: no busy polling. What happens after a death (of the worker, or of the last daemon) is in
-`svfrd.service.recovery`.
+interval: no busy polling. A job still running past its time limit ([limits] job_timeout_per_frame and
+job_timeout_min, known once the worker has probed its video) is stopped by killing the worker, and fails. What
+happens after a death (of the worker, or of the last daemon) is in `svfrd.service.recovery`.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from typing import Any, Callable
 from sqlalchemy import Engine as Database
 from sqlalchemy.exc import SQLAlchemyError
 
-from svfrd.config import Config
+from svfrd.config import Config, LimitsConfig
 from svfrd.files.placement import FOLDER_MODE
 from svfrd.jobs.database import open_database, upgrade_database
 from svfrd.jobs.model import Job
@@ -36,6 +37,7 @@ from svfrd.service.intake import Intake
 from svfrd.service.lock import StateLockedError, acquire_state_lock
 from svfrd.service.messages import (
     FromWorker,
+    JobDeadline,
     JobFinished,
     Outcome,
     RunJob,
@@ -208,6 +210,8 @@ class Supervisor:
         self.startup_deaths = 0
         self.status_text = ""
         self.sent_status: str | None = None
+        #: The running job's frame count, once the worker has probed its video (for the timeout message).
+        self.job_frames: int | None = None
 
     # -- life cycle --------------------------------------------------------------------------------------
 
@@ -272,6 +276,9 @@ class Supervisor:
         job_logger(job.id).info("started: %s", job.source_path)
         self.worker.run(job)
         self.timers.job_started()
+        # Until its video is probed, a job gets the least any job gets.
+        self.timers.set_job_timeout(self.config.limits.job_timeout_min)
+        self.job_frames = None
 
     def _seconds_to_sleep(self) -> float:
         next_job_in = seconds_until_next_job(self.db, now=self.clock.now()) if self.worker.idle else None
@@ -307,6 +314,11 @@ class Supervisor:
                 log.error("svfrd stops: %s. Job %d is back in the queue and runs once this is fixed", text, job_id)
                 self.worker.job = None
                 self.exit_code = EXIT_CONFIG
+            case JobDeadline(job_id=job_id, frames=frames, seconds=seconds):
+                if self.worker.job is not None and self.worker.job.id == job_id:
+                    self.timers.set_job_timeout(seconds)
+                    self.job_frames = frames
+                    job_logger(job_id).debug("%d frames: stopped if still running after %.0f s", frames, seconds)
             case JobFinished(job_id=job_id, outcome=outcome):
                 job_logger(job_id).debug("the worker reports the job %s", outcome.value)
                 self.worker.job = None
@@ -338,6 +350,9 @@ class Supervisor:
     def _check_running_job(self) -> None:
         """Read the running job's row: honour a cancel the worker did not act on, and update the status line."""
         self.timers.running_checked()
+        if self.timers.job_overdue():
+            self._stop_overdue_job()
+            return
         job = get_job(self.db, self.worker.job.id)
         if job is None:
             return
@@ -346,6 +361,19 @@ class Supervisor:
             job_logger(job.id).warning("the worker did not stop for the cancel within %g s ([service] "
                                        "cancel_grace); killing it", self.timers.cancel_grace)
             self.worker.process.kill()
+
+    def _stop_overdue_job(self) -> None:
+        """Past its time limit the job is stopped the only way a stuck engine cannot ignore: its worker is
+        killed and a fresh one started. The job fails without a retry: it would hold the queue as long again."""
+        job = self.worker.job
+        message = timeout_message(job, self.config.limits, self.job_frames, self.timers.job_timeout,
+                                  self.timers.job_running_for())
+        job_logger(job.id).error("%s", message)
+        self.worker.kill()
+        self.worker.job = None
+        recovery.settle_timed_out_job(self.config, self.db, job, message)
+        if self.stop_signal is None:
+            self.worker.start()
 
     def _keep_manager_informed(self) -> None:
         if self.worker.job is None:
@@ -391,6 +419,19 @@ class Supervisor:
         if self.worker.job is not None and self.worker.alive:
             job_logger(self.worker.job.id).warning("the worker did not stop within %.0f s; killing it", timeout)
             self.worker.kill()
+
+
+def timeout_message(job: Job, limits: LimitsConfig, frames: int | None, timeout: float, ran_for: float) -> str:
+    """Why a running job was stopped, and what to do about it."""
+    if frames is None:
+        limit = f"[limits] job_timeout_min = {limits.job_timeout_min:g} s, as its video was not probed yet"
+    else:
+        limit = (f"[limits] job_timeout_per_frame = {limits.job_timeout_per_frame:g} s x {frames} frames, and at "
+                 f"least [limits] job_timeout_min = {limits.job_timeout_min:g} s")
+    return (f"stopped after {ran_for:.0f} s: {job.source_name} took longer than its time limit of {timeout:.0f} s "
+            f"({limit}). The engine may be stuck (a hung GPU) or far slower than expected (many steps, SVFR on a "
+            "CPU). It is not retried by itself, as it would hold the queue as long again: if the machine needs "
+            f"more time, raise those keys in the service's config.toml and run `svfrd retry {job.id}`")
 
 
 def running_status(job: Job) -> str:

@@ -1,5 +1,6 @@
 """The supervisor's timers: when to rescan the inboxes, read the running job's row, give up waiting for a
-cancel, send a watchdog keep-alive, and how long the main loop may sleep until the first of these is due.
+cancel, stop a job past its time limit, send a watchdog keep-alive, and how long the main loop may sleep
+until the first of these is due.
 
 Kept apart from the loop, on an injected clock (`svfrd.service.clock`), so tests advance time instead of
 sleeping.
@@ -33,6 +34,8 @@ class LoopTimers:
         self.next_running_check = math.inf  # no job yet
         self.next_watchdog = -math.inf
         self.cancel_seen_at: float | None = None
+        self.job_started_at = -math.inf
+        self.job_timeout = math.inf
 
     # -- inbox scans -------------------------------------------------------------------------------------
 
@@ -52,8 +55,21 @@ class LoopTimers:
     # -- the running job ---------------------------------------------------------------------------------
 
     def job_started(self) -> None:
-        self.next_running_check = self.clock.monotonic() + self.running_check_interval
+        self.job_started_at = self.clock.monotonic()
+        self.next_running_check = self.job_started_at + self.running_check_interval
         self.cancel_seen_at = None
+        self.job_timeout = math.inf
+
+    def set_job_timeout(self, seconds: float) -> None:
+        """The running job may run `seconds` in all, counted from its start (its deadline may move later
+        once its video's length is known)."""
+        self.job_timeout = seconds
+
+    def job_overdue(self) -> bool:
+        return self.clock.monotonic() - self.job_started_at > self.job_timeout
+
+    def job_running_for(self) -> float:
+        return self.clock.monotonic() - self.job_started_at
 
     def running_check_due(self) -> bool:
         return self.clock.monotonic() >= self.next_running_check

@@ -6,7 +6,10 @@ inherited locks, threads or CUDA state) and talks to it over a Pipe, in the mess
 
     supervisor -> worker   RunJob(job_id)   Stop()
     worker -> supervisor   WorkerReady(engine_name)   WorkerStartFailed(message, config_problem)
-                           JobFinished(job_id, outcome, message)
+                           JobDeadline(job_id, frames, seconds)   JobFinished(job_id, outcome, message)
+
+JobDeadline comes once the job's video is probed: the supervisor stops a job still running past it
+([limits] job_timeout_per_frame, job_timeout_min), however stuck its engine is.
 
 A job that finds the service misconfigured (the face model deleted under the running service) goes back to the
 queue with outcome CONFIG_ERROR, and the daemon stops: that is never the input's fault.
@@ -51,7 +54,17 @@ from svfrd.jobs.store import (
 )
 from svfrd.ops.logs import JobLogger, job_logger, setup_logging
 from svfrd.service import results
-from svfrd.service.messages import JobFinished, Outcome, RunJob, Stop, ToWorker, WorkerReady, WorkerStartFailed
+from svfrd.service.messages import (
+    FromWorker,
+    JobDeadline,
+    JobFinished,
+    Outcome,
+    RunJob,
+    Stop,
+    ToWorker,
+    WorkerReady,
+    WorkerStartFailed,
+)
 from svfrd.service.report import build_report
 
 log = logging.getLogger(__name__)
@@ -133,8 +146,10 @@ class JobProgress:
 class JobRunner:
     """Runs jobs in this process with one engine, and records how each ended."""
 
-    def __init__(self, config: Config, db: Database, engine: Engine):
+    def __init__(self, config: Config, db: Database, engine: Engine,
+                 tell_supervisor: Callable[[FromWorker], None] = lambda message: None):
         self.config, self.db, self.engine = config, db, engine
+        self.tell_supervisor = tell_supervisor
 
     def run(self, job_id: int) -> JobFinished:
         """Run the job to its end and say how it ended (the outcomes are in `svfrd.service.messages.Outcome`)."""
@@ -191,7 +206,8 @@ class JobRunner:
         started = time.monotonic()
         logger.info("restoring %s (tasks %s) with %s", job.source_name, "+".join(job.task_labels),
                     self.engine.name)
-        result = restore_video(pipeline_job(self.config, job, temps), self.engine, progress)
+        result = restore_video(pipeline_job(self.config, job, temps), self.engine, progress,
+                               on_probed=lambda info: self._announce_deadline(job, info.frames))
         finals = results.plan_final_files(self.config, job)
         report = build_report(job, self.engine.name, result, finals, progress.timings(), time.monotonic() - started)
         results.write_json(temps.report, report.to_json())
@@ -199,6 +215,10 @@ class JobRunner:
         if results.complete_publication(self.config, self.db, planned, self.engine.name) is None:
             raise TransientError(f"the restored video of {job.source_name} vanished from the outbox before it "
                                  "was published; the job will run again")
+
+    def _announce_deadline(self, job: Job, frames: int) -> None:
+        """The job's time limit is known once its frames are: the supervisor enforces it."""
+        self.tell_supervisor(JobDeadline(job.id, frames, self.config.limits.job_timeout(frames)))
 
     def _check_before_restoring(self, job: Job) -> None:
         """Everything that must hold before a job's (long) restoration starts; each raises the error that
@@ -251,6 +271,7 @@ def pipeline_job(config: Config, job: Job, temps: results.ResultFiles):
         output_cfg=config.output,
         preview_video=temps.preview,
         contact_sheet=temps.contact_sheet,
+        limits=config.limits,
     )
 
 
@@ -347,7 +368,7 @@ def worker_main(config: Config, conn: Connection, parent_pid: int, verbose: bool
         conn.send(WorkerStartFailed(f"the worker could not start: {err}", isinstance(err, ConfigError)))
         return
     db = open_database(config.service.database_url)
-    runner = JobRunner(config, db, engine)
+    runner = JobRunner(config, db, engine, tell_supervisor=conn.send)
     conn.send(WorkerReady(engine.name))
     log.info("worker %d ready with the %s engine", os.getpid(), engine.name)
     serve(conn, runner)

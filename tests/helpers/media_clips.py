@@ -198,6 +198,22 @@ def write_truncated_copy(source: Path, path: Path, keep: float = 0.5) -> Path:
     return Path(path)
 
 
+def write_decompression_bomb(path: Path, width: int = 8192, height: int = 4320, frames: int = 2) -> Path:
+    """A small MP4 (about 100 KB) whose black frames are huge: 8192x4320 is just over 8K UHD, the default
+    [limits] max_frame_pixels. Encoded from one YUV buffer, so writing it takes well under a second."""
+    black = np.zeros((height * 3 // 2, width), np.uint8)
+    black[height:] = 128  # neutral chroma
+    with av.open(str(path), "w") as out:
+        video = out.add_stream("libx264", rate=25, options={"preset": "ultrafast", "crf": "51"})
+        video.width, video.height, video.pix_fmt = width, height, "yuv420p"
+        for i in range(frames):
+            frame = av.VideoFrame.from_ndarray(black, format="yuv420p")
+            frame.pts = i
+            out.mux(video.encode(frame))
+        out.mux(video.encode(None))
+    return Path(path)
+
+
 def write_audio_only_file(path: Path, seconds: float = 1.0) -> Path:
     """An M4A with a tone and no video stream."""
     with av.open(str(path), "w", format="mp4") as out:

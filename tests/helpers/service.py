@@ -54,6 +54,7 @@ class ServiceFolder:
     service: dict = field(default_factory=dict)
     preview: bool = False
     face_model: Path = FACE_MODEL
+    limits: dict = field(default_factory=dict)  # [limits] keys; none: the defaults
 
     def __post_init__(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
@@ -89,6 +90,8 @@ class ServiceFolder:
                   f"preview = {toml_repr(self.preview)}", "crf = 23", "",
                   "[faces]", f"model = {toml_repr(str(self.face_model))}", "",
                   "[engine]", f"name = {toml_repr(self.engine)}", 'device = "cpu"', 'dtype = "fp32"']
+        if self.limits:
+            lines += ["", "[limits]"] + [f"{key} = {toml_repr(value)}" for key, value in self.limits.items()]
         self.config_path.write_text("\n".join(lines) + "\n")
 
     def drop(self, source: Path, name: str | None = None, sidecar: str | None = None,

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import struct
+import zlib
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -9,8 +12,9 @@ from PIL import Image
 from svfrd.domain import Task
 from svfrd.engines.interface import FaceCrop
 from svfrd.errors import BadInputError
+from svfrd.media import masks
 from svfrd.media.crop import CropBox
-from svfrd.media.masks import grayscale, load_mask, prepare_svfr_input
+from svfrd.media.masks import grayscale, load_mask, load_reference_face, prepare_svfr_input
 
 FRAME = (320, 240)  # width, height
 BOX = CropBox(80, 20, 200)  # 200 px square -> 512: scale 2.56
@@ -92,3 +96,53 @@ def test_inpainting_input_is_white_under_the_mask_after_graying():
     assert (prepared[mask] == 255).all() and (prepared[~mask] == 40).all()
     untouched = prepare_svfr_input(FaceCrop(image=image, mask=mask), frozenset({Task.BFR}))
     assert untouched is image
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# [limits] max_mask_pixels: checked in the image header, before any pixel is decoded.
+
+
+def png_header_only(path, width, height):
+    """A PNG of a few dozen bytes that claims `width` x `height` pixels (no image data: it cannot be decoded)."""
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)  # 8-bit grayscale
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IEND", b""))
+    return path
+
+
+def test_a_png_claiming_a_huge_picture_is_refused_as_bad_input_naming_the_limit(tmp_path):
+    bomb = png_header_only(tmp_path / "bomb.png", 14000, 14000)
+    with pytest.raises(BadInputError) as refused:
+        load_mask(bomb, FRAME)
+    assert "the mask bomb.png claims more than 66,355,200 pixels" in str(refused.value)
+    assert "over the limit of 33,177,600 pixels ([limits] max_mask_pixels" in str(refused.value)
+
+
+@pytest.mark.parametrize("limit", [1000, 200_000])  # beyond twice the limit PIL refuses it; within, svfrd
+def test_a_mask_over_a_lowered_limit_is_refused_without_being_decoded(tmp_path, monkeypatch, limit):
+    path = save_mask(tmp_path / "m.png", np.ones((512, 512), bool))
+    monkeypatch.setattr(masks, "_flatten_alpha", lambda picture: pytest.fail("the mask was decoded"))
+    with pytest.raises(BadInputError, match=rf"the mask m.png .* over the limit of {limit:,} pixels"):
+        load_mask(path, FRAME, max_pixels=limit)
+
+
+def test_a_raised_limit_is_honoured_by_pils_own_bomb_check_and_the_size_is_still_checked_first(tmp_path):
+    bomb = png_header_only(tmp_path / "big.png", 14000, 14000)
+    pils_default = Image.MAX_IMAGE_PIXELS
+    with pytest.raises(BadInputError, match=r"the mask big.png is 14000x14000, but it must be either"):
+        load_mask(bomb, FRAME, max_pixels=14000 * 14000)
+    assert Image.MAX_IMAGE_PIXELS == pils_default  # restored: other images keep PIL's own check
+
+
+def test_a_mask_can_be_read_from_an_open_file(tmp_path):
+    path = save_mask(tmp_path / "crop.png", np.ones((512, 512), bool))
+    with open(path, "rb") as file:
+        mask = load_mask(file, FRAME)
+    assert mask.coordinates == "crop" and mask.pixels.all()
+
+
+def test_a_reference_picture_claiming_a_huge_size_is_bad_input_not_an_unexpected_error(tmp_path):
+    with pytest.raises(BadInputError, match=r"the reference image face.png was not decoded: Image size"):
+        load_reference_face(png_header_only(tmp_path / "face.png", 14000, 14000))

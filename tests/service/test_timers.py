@@ -103,3 +103,18 @@ def test_the_cancel_grace_and_interruption_limit_are_settings_with_documented_de
     config.write_text('[service]\ncancel_grace = 2\nmax_service_interruptions = 4\n\n[[inbox]]\npath = "inbox"\n')
     service = load_config(config).service
     assert (service.cancel_grace, service.max_service_interruptions) == (2.0, 4)
+
+
+def test_a_job_is_overdue_only_past_its_time_limit_counted_from_its_start(clock):
+    t = timers(clock)
+    t.job_started()
+    assert not t.job_overdue()  # no limit until one is set
+    t.set_job_timeout(60.0)  # before the probe: [limits] job_timeout_min
+    clock.advance(50.0)
+    t.set_job_timeout(100.0)  # the probe found a long video: still counted from the start
+    clock.advance(50.0)
+    assert not t.job_overdue() and t.job_running_for() == 100.0
+    clock.advance(0.1)
+    assert t.job_overdue()
+    t.job_started()  # the next job starts with a clean slate
+    assert not t.job_overdue()
