@@ -121,6 +121,17 @@ def is_plain_file_beneath(root: str | Path, path: str | Path) -> bool:
         return False
 
 
+def lexists_beneath(root: str | Path, path: str | Path) -> bool:
+    """Whether `path` exists (of any kind, a link too) in a folder reached below `root` without any symlink."""
+    try:
+        parts = relative_parts(root, path)
+        with open_folder(root, parts[:-1]) as folder:
+            os.stat(parts[-1], dir_fd=folder, follow_symlinks=False)
+    except (BadInputError, OSError):
+        return False
+    return True
+
+
 def is_beneath(root: str | Path, path: str | Path) -> bool:
     """Whether `path` lies under `root` by name (nothing is resolved)."""
     return PurePosixPath(path).is_relative_to(PurePosixPath(root)) and PurePosixPath(path) != PurePosixPath(root)
