@@ -149,6 +149,8 @@ def _open_component(name: str, flags: int, dir_fd: int, shown: Path, root: str |
             ) from None
         if err.errno == errno.ENOTDIR:
             raise BadInputError(f"{shown} is not a folder; name a file inside the folder of the video") from None
+        if err.errno == errno.ENXIO:  # a socket cannot be opened at all
+            _require_plain_file_named(name, dir_fd, shown)
         raise
 
 
@@ -160,7 +162,14 @@ def _is_link(name: str, dir_fd: int) -> bool:
 
 
 def _require_plain_file(fd: int, shown: Path) -> None:
-    mode = os.fstat(fd).st_mode
+    _require_plain_mode(os.fstat(fd).st_mode, shown)
+
+
+def _require_plain_file_named(name: str, dir_fd: int, shown: Path) -> None:
+    _require_plain_mode(os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode, shown)
+
+
+def _require_plain_mode(mode: int, shown: Path) -> None:
     if not stat.S_ISREG(mode):
         raise BadInputError(f"{shown} is {_kind(mode)}, not a plain file; svfrd only reads plain files from an "
                             "inbox. Copy the file itself in")

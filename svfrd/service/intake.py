@@ -20,6 +20,13 @@ Where each concern lives:
 - taking a video (`_take`, `_spec`): its sidecar is checked (`svfrd.service.sidecar`) and a job is queued. A
   bad sidecar makes a failed job at once (`_reject`, `_record_failure`), its files moved to failed/ beside
   `NAME.error.txt`.
+- paths (`svfrd.files.beneath`, docs/architecture.md "Paths from an inbox"): the sidecar (at most 16 KiB),
+  mask, reference and the video's hash are opened beneath the inbox with no symlink in any part of the path,
+  plain files only (a FIFO is refused, never waited on); moves to failed/ go by name from folders opened that
+  way. Masks and references are kept as private copies (`svfrd.service.input_copies`, `_keep_copies`) that
+  the worker uses; copies no waiting job needs are removed at each scan. The mask a refused sidecar names
+  goes along to failed/ only when it is a plain file reached without links (`_mask_named_by`); the other
+  sidecars of its folder are read once per scan to see whether they share it (`_masks_named_in`).
 - duplicates (`_take`): a video whose content and options match an earlier job still gets its own job; when
   its turn comes the worker publishes the earlier job's results under its name instead of restoring again
   (`svfrd.service.worker`), so dedupe saves GPU time but never a result. The worker also re-hashes a video
