@@ -7,20 +7,31 @@ import os
 import threading
 from pathlib import Path
 
+import pytest
+
+import svfrd.service.intake as intake_module
 from svfrd.jobs.store import claim_next_job, finish_job, get_job
 from svfrd.service import results
 from svfrd.service.input_copies import copies_folder
 from svfrd.service.worker import pipeline_job
-from tests.service.test_intake_scanning import (  # noqa: F401 - the fixture
+from tests.service.test_intake_scanning import (
     all_jobs,
     drop,
     enqueued,
     inbox_of,
-    intake,
+    make_intake,
     save_mask,
     scan_until,
     video_bytes,
 )
+
+
+@pytest.fixture
+def intake(tmp_path):
+    intake = make_intake(tmp_path)
+    yield intake
+    intake.stop()
+    intake.db.dispose()
 
 
 def failed_jobs(results_):
@@ -132,8 +143,6 @@ def test_each_sidecar_is_read_once_per_scan_however_many_are_rejected(intake, mo
         drop(inbox, f"clip{n}.toml", f'tasks = [2]\nmask = "m{n}.png"\ncolour = "red"\n')
         drop(inbox, f"clip{n}.mp4", video_bytes(100 + n))
     reads = []
-    import svfrd.service.intake as intake_module
-
     real = intake_module.beneath.read_plain_file
     monkeypatch.setattr(intake_module.beneath, "read_plain_file", lambda *a: reads.append(a[1]) or real(*a))
     jobs = failed_jobs(scan_until(intake, lambda r: len(failed_jobs(r)) == 20))
