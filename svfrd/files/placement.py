@@ -57,7 +57,9 @@ def publish_text(folder: str | Path, name: str, text: str) -> Path:
     return publish(temp, Path(folder) / name)
 
 
-def move_input_to(folder: str | Path, paths: Iterable[str | Path | None], beneath: str | Path | None = None) -> list[Path]:
+def move_input_to(
+    folder: str | Path, paths: Iterable[str | Path | None], beneath: str | Path | None = None
+) -> list[Path]:
     """Move an input's files (video, sidecar, mask; None entries skipped) into `folder`, keeping them
     together: if any name is taken, all get the same number (`clip-2.mp4`, `clip-2.toml`). Files already in
     `folder` (a retried job's input in failed/) stay as they are; a move cut short between its link and its

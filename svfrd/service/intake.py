@@ -410,7 +410,8 @@ class Intake:
         if folder not in self._masks_by_folder:
             try:
                 with os.scandir(folder) as entries:
-                    sidecars = [Path(e.path) for e in entries if e.name.endswith(".toml") and e.is_file(follow_symlinks=False)]
+                    sidecars = [Path(e.path) for e in entries
+                                if e.name.endswith(".toml") and e.is_file(follow_symlinks=False)]
             except OSError:
                 sidecars = []
             self._masks_by_folder[folder] = {s: _mask_in_sidecar(inbox, s) for s in sidecars}
@@ -425,7 +426,9 @@ def _mask_in_sidecar(inbox: InboxConfig, sidecar: Path) -> Path | None:
         value = tomllib.loads(content.decode("utf-8")).get("mask")
     except (OSError, BadInputError, UnicodeDecodeError, tomllib.TOMLDecodeError, RecursionError):
         return None
-    if not isinstance(value, str) or not value or PurePosixPath(value).is_absolute() or ".." in PurePosixPath(value).parts:
+    if not isinstance(value, str) or not value:
+        return None
+    if PurePosixPath(value).is_absolute() or ".." in PurePosixPath(value).parts:
         return None
     return sidecar.parent / value
 
