@@ -13,11 +13,15 @@ from __future__ import annotations
 import errno
 import os
 import shutil
+import stat
+from contextlib import ExitStack
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Iterable
 
 from svfrd.errors import TransientError
 from svfrd.files.atomic import TEMP_SUFFIX, create_temp, fsync_file, fsync_folder, hidden_temp_path
+from svfrd.files.beneath import is_beneath, open_folder, relative_parts
 from svfrd.ops.printable import printable, printable_lines
 
 MAX_NAME_TRIES = 10_000
@@ -59,42 +63,93 @@ def publish_text(folder: str | Path, name: str, text: str) -> Path:
     return publish(temp, Path(folder) / name)
 
 
-def move_input_to(folder: str | Path, paths: Iterable[str | Path | None]) -> list[Path]:
+def move_input_to(
+    folder: str | Path, paths: Iterable[str | Path | None], beneath: str | Path | None = None
+) -> list[Path]:
     """Move an input's files (video, sidecar, mask; None entries skipped) into `folder`, keeping them
     together: if any name is taken, all get the same number (`clip-2.mp4`, `clip-2.toml`). Files already in
     `folder` (a retried job's input in failed/) stay as they are; a move cut short between its link and its
     unlink (a crash) is finished. Returns the new paths in the given order (without the None entries).
-    Nothing is overwritten or lost."""
+    Nothing is overwritten or lost.
+
+    A source under `beneath` (the inbox it came from) is moved by name from its folder opened without
+    following any symlink (`svfrd.files.beneath`), so a planted link (`inbox/st -> ../state`) cannot make the
+    service move a file from outside the inbox; a link as the last component is moved itself, never its
+    target. Raises BadInputError when such a path passes through a link."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    sources = [Path(p) for p in paths if p is not None]
-    placed = {s: s for s in sources if s.parent.resolve() == folder.resolve()}
-    for source in sources:
-        if source not in placed and _is_hard_link_of(folder / source.name, source):
-            os.unlink(source)
-            placed[source] = folder / source.name
-    to_move = [s for s in sources if s not in placed]
-    if to_move:
-        placed.update(zip(to_move, _move_together(folder, to_move)))
-    return [placed[s] for s in sources]
+    with ExitStack() as stack:
+        sources = _entries([Path(p) for p in paths if p is not None], beneath, stack)
+        placed = {s.path: s.path for s in sources if _lies_in(s, folder)}
+        for source in sources:
+            if source.path not in placed and _is_hard_link_of(folder / source.name_only, source):
+                os.unlink(source.name, dir_fd=source.dir_fd)
+                placed[source.path] = folder / source.name_only
+        to_move = [s for s in sources if s.path not in placed]
+        if to_move:
+            placed.update(zip([s.path for s in to_move], _move_together(folder, to_move)))
+        return [placed[s.path] for s in sources]
 
 
-def _move_together(folder: Path, sources: list[Path]) -> list[Path]:
-    for names in numbered_names([folder / s.name for s in sources]):
+@dataclass(frozen=True)
+class _Entry:
+    """A file by name: `name` in the folder open as `dir_fd`, or, with `dir_fd` None, the path `name`."""
+
+    path: Path
+    dir_fd: int | None
+    name: str
+
+    @property
+    def name_only(self) -> str:
+        return self.path.name
+
+    @staticmethod
+    def at(path: Path) -> "_Entry":
+        return _Entry(path, None, str(path))
+
+
+def _entries(paths: list[Path], beneath: str | Path | None, stack: ExitStack) -> list[_Entry]:
+    """Each path as an `_Entry`; those under `beneath` name their file from a safely opened folder (one
+    descriptor per folder, closed by `stack`)."""
+    folders: dict[tuple[str, ...], int] = {}
+    entries = []
+    for path in paths:
+        if beneath is None or not is_beneath(beneath, path):
+            entries.append(_Entry.at(path))
+            continue
+        parts = relative_parts(beneath, path)
+        if parts[:-1] not in folders:
+            folders[parts[:-1]] = stack.enter_context(open_folder(beneath, parts[:-1]))
+        entries.append(_Entry(path, folders[parts[:-1]], parts[-1]))
+    return entries
+
+
+def _lies_in(entry: _Entry, folder: Path) -> bool:
+    if entry.dir_fd is None:
+        return entry.path.parent.resolve() == folder.resolve()
+    here, there = os.fstat(entry.dir_fd), os.stat(folder)
+    return (here.st_dev, here.st_ino) == (there.st_dev, there.st_ino)
+
+
+def _move_together(folder: Path, sources: list[_Entry]) -> list[Path]:
+    for names in numbered_names([folder / s.name_only for s in sources]):
         if any(os.path.lexists(n) for n in names):
             continue
         try:
             moved = []
             for source, target in zip(sources, names):
-                _move_one(source, target)
+                _move_one(source, _Entry.at(target))
                 moved.append(target)
         except FileExistsError:  # someone took a name meanwhile: put back what we moved, try the next number
             for source, target in zip(sources, moved):
-                _move_one(target, source)
+                _move_one(_Entry.at(target), source)
             continue
         fsync_folder(folder)
-        for parent in {s.parent for s in sources}:
-            fsync_folder(parent)
+        for source in sources:
+            if source.dir_fd is None:
+                fsync_folder(source.path.parent)
+            else:
+                os.fsync(source.dir_fd)
         return names
     raise TransientError(f"no free names in {folder} after {MAX_NAME_TRIES} tries; clean up {folder}")
 
@@ -191,46 +246,70 @@ def numbered_names(paths: list[Path]):
         yield [p.with_name(f"{p.stem}-{number}{p.suffix}") for p in paths]
 
 
-def _is_hard_link_of(name: Path, path: Path) -> bool:
+def _is_hard_link_of(name: Path, path: Path | _Entry) -> bool:
     """Whether `name` is another name of the very file `path` (symlinks are not followed): what a link whose
     unlink never came leaves behind."""
+    entry = path if isinstance(path, _Entry) else _Entry.at(path)
     try:
-        a, b = os.lstat(name), os.lstat(path)
+        a, b = os.lstat(name), os.stat(entry.name, dir_fd=entry.dir_fd, follow_symlinks=False)
     except FileNotFoundError:
         return False
     return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
 
 
-def _move_one(source: Path, target: Path) -> None:
+def _move_one(source: _Entry, target: _Entry) -> None:
     """Move without overwriting. Across filesystems: copy to a temp name, fsync, link, then remove the source
-    (the source goes only once the copy is safe)."""
+    (the source goes only once the copy is safe). Only a plain file is copied, or a symlink as a link."""
     try:
         _link_or_rename(source, target)
         return
     except OSError as err:
         if err.errno != errno.EXDEV:
             raise
-    temp = hidden_temp_path(target)
-    if source.is_symlink():
-        os.symlink(os.readlink(source), temp)  # the link itself, never the file it points to
-    else:
-        shutil.copy2(source, temp)
-        fsync_file(temp)
+    temp = _Entry.at(hidden_temp_path(target.path))
+    _copy_entry(source, temp.path)
     _link_or_rename(temp, target)
-    os.unlink(source)
+    os.unlink(source.name, dir_fd=source.dir_fd)
 
 
-def _link_or_rename(source: Path, target: Path) -> None:
+def _copy_entry(source: _Entry, temp: Path) -> None:
+    if stat.S_ISLNK(os.stat(source.name, dir_fd=source.dir_fd, follow_symlinks=False).st_mode):
+        os.symlink(os.readlink(source.name, dir_fd=source.dir_fd), temp)  # the link itself, never its target
+        return
+    fd = os.open(source.name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=source.dir_fd)
+    with os.fdopen(fd, "rb") as src:
+        found = os.fstat(fd)
+        if not stat.S_ISREG(found.st_mode):  # a FIFO would block the copy forever
+            raise OSError(errno.EINVAL, "not a plain file, so it is not copied to another filesystem", str(source.path))
+        os.set_blocking(fd, True)
+        with create_temp(temp) as dst:  # never through a link planted on the temporary name
+            shutil.copyfileobj(src, dst, 1 << 20)
+            os.fchmod(dst.fileno(), stat.S_IMODE(found.st_mode))  # what shutil.copy2 kept
+            os.utime(dst.fileno(), ns=(found.st_atime_ns, found.st_mtime_ns))
+            dst.flush()
+            os.fsync(dst.fileno())
+
+
+def _link_or_rename(source: Path | _Entry, target: Path | _Entry) -> None:
     """Give `source` the name `target`, raising FileExistsError rather than replacing it. A hard link is the
     atomic no-replace rename; on filesystems without hard links, check then rename."""
+    source = source if isinstance(source, _Entry) else _Entry.at(source)
+    target = target if isinstance(target, _Entry) else _Entry.at(target)
     try:
-        os.link(source, target, follow_symlinks=False)
+        os.link(source.name, target.name, src_dir_fd=source.dir_fd, dst_dir_fd=target.dir_fd, follow_symlinks=False)
     except OSError as err:
         if err.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK):
             raise
-        if os.path.lexists(target):
-            raise FileExistsError(errno.EEXIST, "file exists", str(target)) from None
-        os.rename(source, target)
+        if _lexists(target):
+            raise FileExistsError(errno.EEXIST, "file exists", str(target.path)) from None
+        os.rename(source.name, target.name, src_dir_fd=source.dir_fd, dst_dir_fd=target.dir_fd)
         return
-    os.unlink(source)
+    os.unlink(source.name, dir_fd=source.dir_fd)
 
+
+def _lexists(entry: _Entry) -> bool:
+    try:
+        os.stat(entry.name, dir_fd=entry.dir_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return False
+    return True

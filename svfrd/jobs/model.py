@@ -60,6 +60,10 @@ class Job(SQLModel, table=True):
     sidecar_path: str | None = None
     mask_path: str | None = None
     reference_path: str | None = None
+    # The service's own copies of the mask and reference, read once at intake; the worker uses these, so a
+    # later change to the inbox files changes nothing (svfrd.service.input_copies).
+    mask_copy: str | None = None
+    reference_copy: str | None = None
 
     # What to do: task ids "0,2", engine options as JSON, seed.
     tasks: str

@@ -125,8 +125,9 @@ def _job_fields(fields: dict[str, Any]) -> dict[str, Any]:
             fields["tasks"],
             fields["options_json"],
             fields.get("seed", Job.model_fields["seed"].default),
-            _optional_file_hash(fields.get("mask_path")),
-            _optional_file_hash(fields.get("reference_path")),
+            # The private copies where there are some: the inbox files are never opened again by path.
+            _optional_file_hash(fields.get("mask_copy") or fields.get("mask_path")),
+            _optional_file_hash(fields.get("reference_copy") or fields.get("reference_path")),
         )
     return fields
 
@@ -380,6 +381,15 @@ def set_input_paths(db: Engine, job_id: int, **paths: str | Path | None) -> Job:
     if not set(paths) <= allowed:
         raise TypeError(f"unknown path fields {sorted(set(paths) - allowed)}")
     return _change(db, job_id, **{k: (str(v) if v is not None else None) for k, v in paths.items()})
+
+
+def set_input_copies(db: Engine, job_id: int, **copies: str | Path | None) -> Job:
+    """Record the service's private copies of the job's images (svfrd.service.input_copies).
+    Keys: mask_copy, reference_copy."""
+    allowed = {"mask_copy", "reference_copy"}
+    if not set(copies) <= allowed:
+        raise TypeError(f"unknown copy fields {sorted(set(copies) - allowed)}")
+    return _change(db, job_id, **{k: (str(v) if v is not None else None) for k, v in copies.items()})
 
 
 def input_needed_by_other_jobs(db: Engine, job_id: int, column: str, path: str | Path) -> bool:

@@ -20,6 +20,13 @@ Where each concern lives:
 - taking a video (`_take`, `_spec`): its sidecar is checked (`svfrd.service.sidecar`) and a job is queued. A
   bad sidecar makes a failed job at once (`_reject`, `_record_failure`), its files moved to failed/ beside
   `NAME.error.txt`.
+- paths (`svfrd.files.beneath`, docs/architecture.md "Paths from an inbox"): the sidecar (at most 16 KiB),
+  mask, reference and the video's hash are opened beneath the inbox with no symlink in any part of the path,
+  plain files only (a FIFO is refused, never waited on); moves to failed/ go by name from folders opened that
+  way. Masks and references are kept as private copies (`svfrd.service.input_copies`, `_keep_copies`) that
+  the worker uses; copies no waiting job needs are removed at each scan. The mask a refused sidecar names
+  goes along to failed/ only when it is a plain file reached without links (`_mask_named_by`); the other
+  sidecars of its folder are read once per scan to see whether they share it (`_masks_named_in`).
 - duplicates (`_take`): a video whose content and options match an earlier job still gets its own job; when
   its turn comes the worker publishes the earlier job's results under its name instead of restoring again
   (`svfrd.service.worker`), so dedupe saves GPU time but never a result. The worker also re-hashes a video
@@ -45,7 +52,7 @@ from sqlalchemy import Engine
 from svfrd.config import Config, InboxConfig
 from svfrd.domain import DEFAULT_SEED
 from svfrd.errors import BadInputError
-from svfrd.files import placement
+from svfrd.files import beneath, placement
 from svfrd.files.hashing import file_sha256
 from svfrd.jobs.model import Job, JobState
 from svfrd.jobs.store import (
@@ -56,7 +63,8 @@ from svfrd.jobs.store import (
     set_input_paths,
 )
 from svfrd.ops import notify
-from svfrd.service.sidecar import JobSpec, default_spec, parse_sidecar, sidecar_path_for
+from svfrd.service import input_copies
+from svfrd.service.sidecar import SIDECAR_READ_LIMIT, JobSpec, default_spec, parse_sidecar, sidecar_path_for
 from svfrd.service.stability import MonotonicSeconds, Signature, StabilityTracker
 
 log = logging.getLogger("svfrd.service.intake")
@@ -124,6 +132,8 @@ class Intake:
         self.clock = clock
         self.stability = StabilityTracker(config.service.quiet_period, config.service.sidecar_grace, clock)
         self._hashes: dict[tuple[Path, int, int], str] = {}
+        # Per scan: folder -> {sidecar: the mask it names}, read only when a sidecar there is rejected.
+        self._masks_by_folder: dict[Path, dict[Path, Path | None]] = {}
         self._observer = None
         # Folders a recursive scan must not enter: results or failed inputs would come back as new jobs.
         self._not_inputs = frozenset(
@@ -177,6 +187,8 @@ class Intake:
     def scan_once(self) -> ScanResult:
         """List every inbox, then take (or refuse) each input that is ready and not already a job's."""
         self._hinted.clear()
+        self._masks_by_folder = {}
+        input_copies.remove_unused(self.db, self.config.service.state_dir)
         result = ScanResult()
         listings = [(inbox, self._list_inbox(inbox)) for inbox in self.config.inboxes]
         everything = {path: sig for _, listing in listings for path, sig in {**listing.files, **listing.links}.items()}
@@ -264,14 +276,15 @@ class Intake:
 
     def _take(self, inbox: InboxConfig, video: Path, result: ScanResult) -> None:
         sidecar = sidecar_path_for(video)
-        has_sidecar = sidecar.is_symlink() or sidecar.is_file()
-        content_hash = self._content_hash(video)
+        has_sidecar = os.path.lexists(sidecar)  # a link or FIFO under that name is refused, not ignored
+        content_hash = self._content_hash(inbox, video)
         try:
             spec = self._spec(inbox, video, sidecar if has_sidecar else None)
         except BadInputError as err:
             result.failed.append(self._reject(inbox, video, sidecar, content_hash, err))
             return
-        # The store derives the dedupe key from these fields (hashing the mask and reference).
+        copies = self._keep_copies(spec)
+        # The store derives the dedupe key from these fields (hashing the private copies of mask and reference).
         job, earlier = enqueue_reusing(
             self.db,
             inbox=str(inbox.path),
@@ -280,6 +293,7 @@ class Intake:
             sidecar_path=str(sidecar) if has_sidecar else None,
             mask_path=_text(spec.mask_path),
             reference_path=_text(spec.reference_path),
+            **copies,
             tasks=spec.tasks,
             options=spec.options,
             seed=spec.seed,
@@ -295,28 +309,48 @@ class Intake:
             result.duplicates.append((job, earlier))
 
     def _spec(self, inbox: InboxConfig, video: Path, sidecar: Path | None) -> JobSpec:
+        """The job the sidecar asks for. The sidecar, mask and reference are opened beneath the inbox: no link
+        in any part of their paths, plain files only (`svfrd.files.beneath`)."""
         if sidecar is None:
             return default_spec(inbox.tasks, inbox.options)
         if sidecar.is_symlink():
             raise BadInputError(f"sidecar {sidecar.name} is a symbolic link; svfrd does not follow links in an "
                                 f"inbox. Copy the file itself in beside {video.name}.")
-        # Masks and references are named relative to the video's own folder and may not leave it.
-        return parse_sidecar(
-            sidecar, video.parent, default_tasks=inbox.tasks, default_options=inbox.options,
-            allowed_options=self.config.engine.option_names,
-        )
+        with beneath.open_plain_file(inbox.path, sidecar) as content:
+            # Masks and references are named relative to the video's own folder and may not leave it.
+            return parse_sidecar(
+                content, video.parent, name=sidecar.name, inbox=inbox.path, default_tasks=inbox.tasks,
+                default_options=inbox.options, allowed_options=self.config.engine.option_names,
+            )
 
-    def _content_hash(self, path: Path) -> str:
-        """sha256 of the file, cached per (path, size, mtime) so rescans never hash a file twice."""
+    def _keep_copies(self, spec: JobSpec) -> dict[str, str | None]:
+        """The private copies of the images the spec checked: the worker reads these, never the inbox files."""
+        state_dir = self.config.service.state_dir
+        return {
+            "mask_copy": _text(input_copies.keep_copy(state_dir, spec.mask_data, "mask")
+                               if spec.mask_data is not None else None),
+            "reference_copy": _text(input_copies.keep_copy(state_dir, spec.reference_data, "reference")
+                                    if spec.reference_data is not None else None),
+        }
+
+    def _content_hash(self, inbox: InboxConfig, path: Path) -> str:
+        """sha256 of the file, cached per (path, size, mtime) so rescans never hash a file twice. Opened
+        beneath the inbox (a video swapped for a FIFO must not block the scan), except a linked video that
+        the inbox chose to follow (`follow_symlinks`)."""
         stat = path.stat()
         key = (path, stat.st_size, stat.st_mtime_ns)
         if key not in self._hashes:
-            self._hashes[key] = file_sha256(path, still_alive=notify.still_busy)
+            if path.is_symlink():
+                self._hashes[key] = file_sha256(path, still_alive=notify.still_busy)
+            else:
+                with beneath.open_plain_file(inbox.path, path) as f:
+                    self._hashes[key] = file_sha256(f, still_alive=notify.still_busy)
         return self._hashes[key]
 
     def _reject(self, inbox: InboxConfig, video: Path, sidecar: Path, content_hash: str, err: BadInputError) -> Job:
         """A bad sidecar: a failed job with the reason, the files together in failed/ with NAME.error.txt."""
-        mask = None if sidecar.is_symlink() else self._mask_named_by(sidecar)
+        mask = None if sidecar.is_symlink() else self._mask_named_by(inbox, sidecar)
+        self._masks_by_folder.get(sidecar.parent, {}).pop(sidecar, None)  # it leaves the folder now
         return self._record_failure(inbox, video, sidecar, mask, content_hash, err,
                                     "The video and its sidecar were moved into this folder unchanged.")
 
@@ -349,38 +383,54 @@ class Intake:
         failed_folder = placement.mirror_folder(self.config.output.failed, source_name)
         inputs = {"source_path": video, "sidecar_path": sidecar, "mask_path": mask}
         present = {column: path for column, path in inputs.items() if path is not None}
-        moved = dict(zip(present, placement.move_input_to(failed_folder, list(present.values()))))
+        moved = dict(zip(present, placement.move_input_to(failed_folder, list(present.values()), beneath=inbox.path)))
         placement.write_error_report(failed_folder, moved["source_path"].name,
                                      f"{err}\n\nsvfrd job {job.id}. {moved_note}")
         log.warning("job %d failed: %s", job.id, err)
         return set_input_paths(self.db, job.id, **moved)
 
-    def _mask_named_by(self, sidecar: Path) -> Path | None:
-        """The mask a rejected sidecar names, if it is plainly a file of the video's folder (so it can travel
-        with the video to failed/) and neither a waiting job nor another sidecar there uses it."""
-        folder = sidecar.parent
-        mask = _mask_in_sidecar(sidecar, folder)
-        if mask is None or mask.is_symlink() or not mask.is_file():
+    def _mask_named_by(self, inbox: InboxConfig, sidecar: Path) -> Path | None:
+        """The mask a rejected sidecar names, if it is a plain file reached beneath the inbox without any link
+        (so it can travel with the video to failed/) and neither a waiting job nor another sidecar there uses
+        it. A link anywhere on its way (`inbox/st -> ../state`, `mask = "st/svfrd.db"`) leaves it alone."""
+        masks = self._masks_named_in(inbox, sidecar.parent)
+        mask = masks.get(sidecar)
+        if mask is None or mask.suffix.lower() in VIDEO_SUFFIXES | {".toml"}:
             return None
-        if mask.suffix.lower() in VIDEO_SUFFIXES | {".toml"}:
+        if not beneath.is_plain_file_beneath(inbox.path, mask):
             return None
         waiting = {JobState.QUEUED.value, JobState.RUNNING.value}
         if paths_owned_by_jobs(self.db, [str(mask)], waiting, column="mask_path"):
             return None
-        others = [p for p in folder.glob("*.toml") if p != sidecar]
-        return None if any(_mask_in_sidecar(other, folder) == mask for other in others) else mask
+        return None if any(m == mask for other, m in masks.items() if other != sidecar) else mask
+
+    def _masks_named_in(self, inbox: InboxConfig, folder: Path) -> dict[Path, Path | None]:
+        """The mask each sidecar of `folder` names, each sidecar read once per scan (a folder of 2000 sidecars
+        must not be parsed again for every rejected one), and only plain files, capped like any sidecar."""
+        if folder not in self._masks_by_folder:
+            try:
+                with os.scandir(folder) as entries:
+                    sidecars = [Path(e.path) for e in entries
+                                if e.name.endswith(".toml") and e.is_file(follow_symlinks=False)]
+            except OSError:
+                sidecars = []
+            self._masks_by_folder[folder] = {s: _mask_in_sidecar(inbox, s) for s in sidecars}
+        return self._masks_by_folder[folder]
 
 
-def _mask_in_sidecar(sidecar: Path, folder: Path) -> Path | None:
-    """The `mask` a sidecar names, read leniently (the sidecar may be broken); None unless it is a plain
-    relative path."""
+def _mask_in_sidecar(inbox: InboxConfig, sidecar: Path) -> Path | None:
+    """The `mask` a sidecar names, read leniently (the sidecar may be broken) but safely (beneath the inbox,
+    capped); None unless it is a plain relative path."""
     try:
-        value = tomllib.loads(sidecar.read_text(encoding="utf-8")).get("mask")
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+        content = beneath.read_plain_file(inbox.path, sidecar, SIDECAR_READ_LIMIT)
+        value = tomllib.loads(content.decode("utf-8")).get("mask")
+    except (OSError, BadInputError, UnicodeDecodeError, tomllib.TOMLDecodeError, RecursionError):
         return None
-    if not isinstance(value, str) or not value or PurePosixPath(value).is_absolute() or ".." in value:
+    if not isinstance(value, str) or not value:
         return None
-    return folder / value
+    if PurePosixPath(value).is_absolute() or ".." in PurePosixPath(value).parts:
+        return None
+    return sidecar.parent / value
 
 
 def _link_signature(link: Path) -> Signature:

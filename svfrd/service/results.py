@@ -26,7 +26,7 @@ from sqlalchemy import Engine
 
 from svfrd.config import Config
 from svfrd.errors import TransientError
-from svfrd.files import placement
+from svfrd.files import beneath, placement
 from svfrd.files.atomic import create_temp
 from svfrd.jobs.model import Job, JobState
 from svfrd.jobs.store import (
@@ -169,17 +169,33 @@ def complete_publication(config: Config, db: Engine, job: Job, engine_name: str 
 
 
 def input_files(job: Job) -> dict[str, Path]:
-    """The job's input files that still lie where the row says, by column name."""
+    """The job's input files that still lie where the row says, by column name. In the inbox, a file counts
+    only if it is reached without passing a symlink (`svfrd.files.beneath`); a mask or reference also only
+    while it is a plain file: one swapped for a link or a FIFO after intake is left where it is."""
     columns = ("source_path", "sidecar_path", "mask_path", "reference_path")
     paths = {name: Path(getattr(job, name)) for name in columns if getattr(job, name)}
-    return {name: path for name, path in paths.items() if os.path.lexists(path)}  # a refused symlink too
+    return {name: path for name, path in paths.items() if _still_there(job, name, path)}
+
+
+def _still_there(job: Job, column: str, path: Path) -> bool:
+    if not beneath.is_beneath(job.inbox, path):
+        return os.path.lexists(path)  # already in done/ or failed/ (a retried job)
+    if column in ("mask_path", "reference_path"):
+        if beneath.is_plain_file_beneath(job.inbox, path):
+            return True
+        if os.path.lexists(path):
+            job_logger(job.id).warning("%s is no longer a plain file reached without links inside the inbox; it is "
+                                       "left where it is (the job used svfrd's own copy)", path)
+        return False
+    return beneath.lexists_beneath(job.inbox, path)  # a refused symlink too (moved itself, never its target)
 
 
 def move_inputs(config: Config, db: Engine, job: Job, folder: Path) -> dict[str, Path]:
     """Move the video, sidecar, mask and reference to `folder` (done/ or failed/) together, and record their
     new places in the row. Never overwrites; files already in `folder` (a retried job that failed again) stay
     where they are (see `svfrd.files.placement.move_input_to`). The folder the video had under its inbox is
-    kept (`placement.mirror_folder`). Returns the paths, by column."""
+    kept (`placement.mirror_folder`). Files in the inbox are moved from folders opened without following any
+    link. Returns the paths, by column."""
     folder = placement.mirror_folder(folder, job.source_name)
     to_move = {
         column: path for column, path in input_files(job).items()
@@ -187,7 +203,7 @@ def move_inputs(config: Config, db: Engine, job: Job, folder: Path) -> dict[str,
     }
     if not to_move:
         return {}
-    moved = dict(zip(to_move, placement.move_input_to(folder, list(to_move.values()))))
+    moved = dict(zip(to_move, placement.move_input_to(folder, list(to_move.values()), beneath=job.inbox)))
     set_input_paths(db, job.id, **moved)
     return moved
 

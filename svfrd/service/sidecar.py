@@ -10,33 +10,46 @@ seed = 77
 
 Everything is checked here, before a job exists: a wrong sidecar fails its video at once with a message that
 says which key is wrong and how to fix it (a BadInputError), instead of failing minutes into a GPU run.
+
+The sidecar, mask and reference are opened beneath the inbox (`svfrd.files.beneath`: no symlink in any part of
+the path, plain files only) and read once, with a size cap; the spec carries the image bytes that were checked,
+and intake keeps a private copy of them for the worker (docs/architecture.md, "Paths from an inbox").
 """
 
 from __future__ import annotations
 
+import io
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Any, Mapping
+from typing import Any, BinaryIO, Mapping
 
 from PIL import Image, UnidentifiedImageError
 
 from svfrd.config import parse_tasks, toml_repr
 from svfrd.domain import BUILTIN_OPTION_NAMES, DEFAULT_SEED, Task, mask_rule_problem, option_problem
 from svfrd.errors import BadInputError
+from svfrd.files import beneath
 
 SIDECAR_KEYS = ("tasks", "mask", "reference", "seed", "options")
+#: The most bytes read from a sidecar: a few settings fit in far less, and the TOML parser's cost must stay small.
+SIDECAR_READ_LIMIT = 16 * 1024
+#: The most bytes read from a mask or reference image (a 4K PNG mask is a few MB).
+IMAGE_READ_LIMIT = 64 << 20
 
 
 @dataclass(frozen=True)
 class JobSpec:
-    """What one video's job will do. Paths are absolute and inside the folder of the video."""
+    """What one video's job will do. Paths are absolute and inside the folder of the video; `mask_data` and
+    `reference_data` are the images' bytes as read and checked (the worker uses a private copy of them)."""
 
     tasks: frozenset[Task]
     mask_path: Path | None = None
     reference_path: Path | None = None
     seed: int = DEFAULT_SEED
     options: dict = field(default_factory=dict, hash=False)
+    mask_data: bytes | None = field(default=None, repr=False, hash=False)
+    reference_data: bytes | None = field(default=None, repr=False, hash=False)
 
 
 def sidecar_path_for(video: Path) -> Path:
@@ -50,33 +63,59 @@ def default_spec(tasks: frozenset[Task], options: Mapping[str, Any]) -> JobSpec:
 
 
 def parse_sidecar(
-    sidecar: Path,
+    sidecar: Path | bytes | BinaryIO,
     video_folder: Path,
     *,
+    name: str | None = None,
+    inbox: Path | None = None,
     default_tasks: frozenset[Task] = frozenset({Task.BFR}),
     default_options: Mapping[str, Any] | None = None,
     allowed_options: frozenset[str] = BUILTIN_OPTION_NAMES,
 ) -> JobSpec:
-    """Read and check `sidecar`. `mask` and `reference` are named relative to `video_folder`, the folder of the
-    video (a folder dropped into the inbox, or the inbox itself), and may not leave it. Unset keys take the
-    inbox defaults; `[options]` are merged over the inbox's options. `allowed_options`: the configured
-    engine's (`EngineConfig.option_names`, which includes a plug-in engine's own). Raises BadInputError naming
-    the sidecar, the key and what to do."""
-    problem = _SidecarProblem(sidecar.name)
-    raw = _read_toml(sidecar, problem)
+    """Read and check a sidecar: a path (opened beneath its own folder), an open binary file (intake opens it
+    beneath the inbox), or its bytes; `name` is what messages call it (default: the path's name). `mask` and
+    `reference` are named relative to `video_folder`, the folder of the video (a folder dropped into the inbox,
+    or the inbox itself), may not leave it, and are opened beneath `inbox` (default: `video_folder`) with no
+    symlink in any part of their path. Unset keys take the inbox defaults; `[options]` are merged over the
+    inbox's options. `allowed_options`: the configured engine's (`EngineConfig.option_names`, which includes a
+    plug-in engine's own). Raises BadInputError naming the sidecar, the key and what to do."""
+    problem = _SidecarProblem(name or (sidecar.name if isinstance(sidecar, Path) else "sidecar"))
+    raw = _read_toml(_sidecar_bytes(sidecar, problem), problem)
     unknown = sorted(set(raw) - set(SIDECAR_KEYS))
     if unknown:
         raise problem(f"unknown key {unknown[0]!r}; allowed keys are " + ", ".join(SIDECAR_KEYS))
     tasks = _tasks(raw, default_tasks, problem)
-    mask = _image_path(raw, "mask", video_folder, problem)
-    _check_mask_rule(tasks, mask, raw, problem)
+    images = _Images(video_folder, inbox or video_folder, problem)
+    mask = images.read(raw, "mask")
+    _check_mask_rule(tasks, mask and mask[0], raw, problem)
+    reference = images.read(raw, "reference")
     return JobSpec(
         tasks=tasks,
-        mask_path=mask,
-        reference_path=_image_path(raw, "reference", video_folder, problem),
+        mask_path=mask and mask[0],
+        reference_path=reference and reference[0],
         seed=_seed(raw, problem),
         options={**(default_options or {}), **_options(raw, allowed_options, problem)},
+        mask_data=mask and mask[1],
+        reference_data=reference and reference[1],
     )
+
+
+def _sidecar_bytes(sidecar: Path | bytes | BinaryIO, problem: _SidecarProblem) -> bytes:
+    """At most SIDECAR_READ_LIMIT bytes: a bigger sidecar is refused before any parsing."""
+    if isinstance(sidecar, bytes):
+        content = sidecar
+    elif isinstance(sidecar, Path):
+        try:
+            with beneath.open_plain_file(sidecar.parent, sidecar.name) as f:
+                content = f.read(SIDECAR_READ_LIMIT + 1)
+        except OSError as err:
+            raise problem(f"cannot be read: {err.strerror}") from None
+    else:
+        content = sidecar.read(SIDECAR_READ_LIMIT + 1)
+    if len(content) > SIDECAR_READ_LIMIT:
+        raise problem(f"bigger than {SIDECAR_READ_LIMIT // 1024} KiB; a sidecar holds a few settings, e.g. "
+                      'tasks = ["bfr"] and seed = 7')
+    return content
 
 
 def _check_mask_rule(tasks: frozenset[Task], mask: Path | None, raw: dict, problem: _SidecarProblem) -> None:
@@ -100,16 +139,14 @@ class _SidecarProblem:
         )
 
 
-def _read_toml(sidecar: Path, problem: _SidecarProblem) -> dict:
+def _read_toml(content: bytes, problem: _SidecarProblem) -> dict:
+    """Parse the sidecar's bytes (already capped by `_sidecar_bytes`)."""
     try:
-        with open(sidecar, "rb") as f:
-            return tomllib.load(f)
+        return tomllib.loads(content.decode("utf-8"))
     except tomllib.TOMLDecodeError as err:
         raise problem(f"not valid TOML: {err}") from None
     except UnicodeDecodeError:
         raise problem("not valid TOML: the file is not UTF-8 text") from None
-    except OSError as err:
-        raise problem(f"cannot be read: {err.strerror}") from None
 
 
 def _tasks(raw: dict, default: frozenset[Task], problem: _SidecarProblem) -> frozenset[Task]:
@@ -139,11 +176,36 @@ def _options(raw: dict, allowed: frozenset[str], problem: _SidecarProblem) -> di
     return dict(options)
 
 
-def _image_path(raw: dict, key: str, video_folder: Path, problem: _SidecarProblem) -> Path | None:
-    """A path relative to the folder of the video that stays inside it (also through symlinks) and names a
-    readable image."""
-    if key not in raw:
-        return None
+class _Images:
+    """Reads the images a sidecar names: each once, beneath the inbox, checked to be an image."""
+
+    def __init__(self, video_folder: Path, inbox: Path, problem: _SidecarProblem):
+        self.video_folder, self.inbox, self.problem = video_folder, inbox, problem
+
+    def read(self, raw: dict, key: str) -> tuple[Path, bytes] | None:
+        """(path, content) of the image `raw[key]` names, or None when the key is not set."""
+        if key not in raw:
+            return None
+        path = _image_path(raw, key, self.video_folder, self.problem)
+        shown = f"{key} = {toml_repr(raw[key])}"
+        try:
+            with beneath.open_plain_file(self.inbox, path) as f:
+                data = beneath.read_at_most(f, IMAGE_READ_LIMIT, path.name)
+        except FileNotFoundError:
+            raise self.problem(f"{shown}: {path} does not exist; put the image next to the video") from None
+        except PermissionError:
+            raise self.problem(f"{shown}: {path} cannot be read (permission denied)") from None
+        except BadInputError as err:
+            raise self.problem(f"{shown}: {str(err).rstrip('.')}") from None
+        except OSError as err:
+            raise self.problem(f"{shown}: {path} cannot be read ({err.strerror})") from None
+        _check_image(data, path, shown, self.problem)
+        return path, data
+
+
+def _image_path(raw: dict, key: str, video_folder: Path, problem: _SidecarProblem) -> Path:
+    """The path `raw[key]` names: relative to the folder of the video and without '..' (whether it is a plain
+    file reached without links is checked when it is opened)."""
     value = raw[key]
     shown = f"{key} = {toml_repr(value)}"
     if not isinstance(value, str) or not value.strip():
@@ -153,23 +215,13 @@ def _image_path(raw: dict, key: str, video_folder: Path, problem: _SidecarProble
         raise problem(f"{shown}: must be relative to the folder of the video, not an absolute path")
     if ".." in relative.parts:
         raise problem(f"{shown}: must not contain '..'; put the file next to the video")
-    path = video_folder / relative
-    if not path.exists():
-        raise problem(f"{shown}: {path} does not exist; put the image next to the video")
-    if not path.resolve().is_relative_to(video_folder.resolve()):
-        raise problem(f"{shown}: it is a symlink leading outside the folder of the video ({path.resolve()}); copy the image in")
-    if not path.is_file():
-        raise problem(f"{shown}: {path} is not a file")
-    _check_image(path, shown, problem)
-    return path
+    return video_folder / relative
 
 
-def _check_image(path: Path, shown: str, problem: _SidecarProblem) -> None:
+def _check_image(data: bytes, path: Path, shown: str, problem: _SidecarProblem) -> None:
     try:
-        with Image.open(path) as image:
+        with Image.open(io.BytesIO(data)) as image:
             image.verify()
-    except PermissionError:
-        raise problem(f"{shown}: {path} cannot be read (permission denied)") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
         detail = "not an image file" if isinstance(err, UnidentifiedImageError) else f"a damaged image ({err})"
         raise problem(f"{shown}: {path} is {detail}; use a PNG or JPEG") from None

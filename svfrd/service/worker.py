@@ -40,7 +40,7 @@ from svfrd.config import Config
 from svfrd.domain import Task
 from svfrd.engines.interface import Engine
 from svfrd.errors import BadInputError, ConfigError, JobCancelled, SvfrdError, TransientError
-from svfrd.files import placement
+from svfrd.files import beneath, placement
 from svfrd.files.hashing import file_sha256
 from svfrd.jobs.database import open_database
 from svfrd.jobs.model import Job, JobState
@@ -53,7 +53,7 @@ from svfrd.jobs.store import (
     supersede_job,
 )
 from svfrd.ops.logs import JobLogger, job_logger, setup_logging
-from svfrd.service import results
+from svfrd.service import input_copies, results
 from svfrd.service.messages import (
     FromWorker,
     JobDeadline,
@@ -201,6 +201,7 @@ class JobRunner:
         from svfrd.media.pipeline import restore_video  # here, so `svfrd status` never loads the media stack
 
         self._check_before_restoring(job)
+        job = input_copies.ensure_copies(self.db, job, self.config.service.state_dir)
         temps = results.temp_files(self.config, job)
         progress = JobProgress(self.db, job.id)
         started = time.monotonic()
@@ -264,8 +265,9 @@ def pipeline_job(config: Config, job: Job, temps: results.ResultFiles):
         output=temps.video,
         tasks=frozenset(Task(t) for t in job.task_ids),
         seed=job.seed,
-        mask_path=Path(job.mask_path) if job.mask_path else None,
-        reference_path=Path(job.reference_path) if job.reference_path else None,
+        # The service's own copies, read once at intake: never the inbox files (svfrd.service.input_copies).
+        mask_path=Path(job.mask_copy) if job.mask_copy else None,
+        reference_path=Path(job.reference_copy) if job.reference_copy else None,
         options=json.loads(job.options_json or "{}"),
         faces=config.faces,
         output_cfg=config.output,
@@ -299,7 +301,7 @@ def supersede_if_replaced(db: Database, job: Job) -> Job | None:
     source = Path(job.source_path)
     if not source.is_file() or not source.is_relative_to(job.inbox):
         return None
-    content_hash = file_sha256(source)
+    content_hash = _hash_in_inbox(job, source)
     if content_hash == job.content_hash:
         return None
     return supersede_job(
@@ -307,9 +309,18 @@ def supersede_if_replaced(db: Database, job: Job) -> Job | None:
         lambda new_id: (f"superseded: {job.source_name} was replaced with different content after it was queued; "
                         f"job {new_id} restores the new content"),
         inbox=job.inbox, source_name=job.source_name, source_path=job.source_path, sidecar_path=job.sidecar_path,
-        mask_path=job.mask_path, reference_path=job.reference_path, tasks=job.tasks, options_json=job.options_json,
+        mask_path=job.mask_path, reference_path=job.reference_path, mask_copy=job.mask_copy,
+        reference_copy=job.reference_copy, tasks=job.tasks, options_json=job.options_json,
         seed=job.seed, content_hash=content_hash, max_attempts=job.max_attempts,
     )
+
+
+def _hash_in_inbox(job: Job, source: Path) -> str:
+    """The video's hash, opened beneath its inbox (a video swapped for a FIFO fails, it does not block)."""
+    if source.is_symlink():  # a linked video the inbox chose to follow (`follow_symlinks`)
+        return file_sha256(source)
+    with beneath.open_plain_file(job.inbox, source) as f:
+        return file_sha256(f)
 
 
 def check_source_present(job: Job) -> None:

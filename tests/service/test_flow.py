@@ -36,7 +36,7 @@ BAD = {
     "unknown_task.mp4": ('tasks = ["sharpen"]\n', "unknown task \"sharpen\""),
     "escaping_mask.mp4": ('tasks = ["inpaint"]\nmask = "../outside.png"\n', "must not contain '..'"),
     "absolute_mask.mp4": ('tasks = ["inpaint"]\nmask = "/etc/hostname"\n', "must be relative to the folder of the video"),
-    "symlinked_mask.mp4": ('tasks = ["inpaint"]\nmask = "link.png"\n', "a symlink leading outside the folder of the video"),
+    "symlinked_mask.mp4": ('tasks = ["inpaint"]\nmask = "link.png"\n', "link.png is a symbolic link, and svfrd follows no link"),
     "unreadable_mask.mp4": ('tasks = ["inpaint"]\nmask = "broken.png"\n', "broken.png is not an image file"),
     "no_mask.mp4": ('tasks = ["bfr", "inpaint"]\n', "task 2 (inpaint) needs a mask"),
     "unknown_key.mp4": ('tasks = ["bfr"]\nspeed = 2\n', "unknown key 'speed'"),

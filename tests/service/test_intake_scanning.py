@@ -205,7 +205,7 @@ def test_a_sidecar_still_being_written_is_waited_for(tmp_path):
 def test_a_video_that_vanishes_while_it_is_taken_is_left_to_the_next_scan(intake, monkeypatch):
     drop(inbox_of(intake), "clip.mp4", video_bytes(14))
     scan_for(intake, 0.1)
-    monkeypatch.setattr(intake, "_content_hash", lambda path: (_ for _ in ()).throw(FileNotFoundError(path)))
+    monkeypatch.setattr(intake, "_content_hash", lambda inbox, path: (_ for _ in ()).throw(FileNotFoundError(path)))
     assert enqueued(scan_for(intake, 0.3)) == []
     monkeypatch.undo()
     assert enqueued(scan_until(intake, lambda r: enqueued(r)))
@@ -288,7 +288,7 @@ BAD_SIDECARS = [
     ("tasks = [2]\n", "task 2 (inpaint) needs a mask"),
     ('tasks = [2]\nmask = "/etc/passwd"\n', "must be relative to the folder of the video, not an absolute path"),
     ('tasks = [2]\nmask = "../outside.png"\n', "must not contain '..'"),
-    ('tasks = [2]\nmask = "link.png"\n', "symlink leading outside the folder of the video"),
+    ('tasks = [2]\nmask = "link.png"\n', "link.png is a symbolic link, and svfrd follows no link"),
     ('tasks = [2]\nmask = "gone.png"\n', "gone.png does not exist"),
     ('tasks = [2]\nmask = "notes.png"\n', "notes.png is not an image file"),
     ('reference = "notes.png"\n', "notes.png is not an image file"),

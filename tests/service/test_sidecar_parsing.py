@@ -88,7 +88,7 @@ def test_engine_specific_options_are_accepted_when_the_engine_declares_them(inbo
         ('tasks = [2]\nmask = "../mask.png"\n', "mask = \"../mask.png\": must not contain '..'"),
         ('tasks = [2]\nmask = "faces/../clip.mask.png"\n', "must not contain '..'"),
         ('tasks = [2]\nmask = "missing.png"\n', "missing.png does not exist; put the image next to the video"),
-        ('tasks = [2]\nmask = "faces"\n', "faces is not a file"),
+        ('tasks = [2]\nmask = "faces"\n', "faces is a folder, not a plain file"),
         ("tasks = [2]\nmask = 3\n", "mask = 3: must be a file name relative to the folder of the video"),
         ('tasks = [2]\nmask = "notes.png"\n', "notes.png is not an image file; use a PNG or JPEG"),
         ('reference = "broken.png"\n', "broken.png is a damaged image"),
@@ -116,21 +116,53 @@ def test_a_symlink_leading_outside_the_inbox_is_refused(inbox, tmp_path):
     outside = save_png(tmp_path / "private" / "secret.png")
     os.symlink(outside, inbox / "sneaky.png")
     message = error_of(inbox, 'tasks = [2]\nmask = "sneaky.png"\n')
-    assert 'mask = "sneaky.png": it is a symlink leading outside the folder of the video' in message
+    assert 'mask = "sneaky.png": ' in message and "sneaky.png is a symbolic link, and svfrd follows no link" in message
 
 
-def test_a_symlink_inside_the_inbox_is_fine(inbox):
+def test_a_symlink_inside_the_inbox_is_refused_too(inbox):
+    """No link is followed in an inbox (docs/architecture.md, "Paths from an inbox"): its target may change."""
     os.symlink(inbox / "clip.mask.png", inbox / "alias.png")
-    assert parse(inbox, 'tasks = [2]\nmask = "alias.png"\n').mask_path == inbox / "alias.png"
+    assert "alias.png is a symbolic link" in error_of(inbox, 'tasks = [2]\nmask = "alias.png"\n')
+
+
+def test_a_symlinked_folder_on_the_way_to_the_mask_is_refused(inbox, tmp_path):
+    save_png(tmp_path / "state" / "secret.png")
+    os.symlink(tmp_path / "state", inbox / "st")
+    message = error_of(inbox, 'tasks = [2]\nmask = "st/secret.png"\n')
+    assert "inbox/st is a symbolic link" in message and "Copy the folder itself in" in message
+
+
+def test_a_fifo_named_as_mask_is_refused_without_waiting_for_a_writer(inbox):
+    os.mkfifo(inbox / "pipe.png")
+    assert "pipe.png is a FIFO (named pipe), not a plain file" in error_of(inbox, 'tasks = [2]\nmask = "pipe.png"\n')
+
+
+def test_the_spec_carries_the_image_bytes_that_were_checked(inbox):
+    spec = parse(inbox, 'tasks = [2]\nmask = "clip.mask.png"\n')
+    assert spec.mask_data == (inbox / "clip.mask.png").read_bytes() and spec.reference_data is None
+
+
+def test_a_sidecar_bigger_than_16_kib_is_refused_before_parsing(inbox):
+    message = error_of(inbox, "seed = 1\n" + "# padding\n" * 2000)
+    assert "bigger than 16 KiB" in message
+
+
+def test_a_sidecar_may_come_as_bytes_or_an_open_file(inbox):
+    for sidecar in (b"seed = 3\n", __import__("io").BytesIO(b"seed = 3\n")):
+        assert parse_sidecar(sidecar, inbox, name="clip.toml").seed == 3
 
 
 def test_an_unreadable_image_is_refused(inbox, monkeypatch):
     (inbox / "clip.mask.png").chmod(0)
     if os.geteuid() == 0:  # root reads every file: make the open fail as it would for anyone else
-        def denied(path, *args, **kwargs):
-            raise PermissionError(13, "Permission denied", str(path))
+        real_open = os.open
 
-        monkeypatch.setattr("svfrd.service.sidecar.Image.open", denied)
+        def denied(path, flags, *args, **kwargs):
+            if str(path).endswith(".png"):
+                raise PermissionError(13, "Permission denied", str(path))
+            return real_open(path, flags, *args, **kwargs)
+
+        monkeypatch.setattr("svfrd.files.beneath.os.open", denied)
     assert "cannot be read (permission denied)" in error_of(inbox, 'tasks = [2]\nmask = "clip.mask.png"\n')
 
 
