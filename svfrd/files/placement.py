@@ -53,33 +53,36 @@ def publish_text(folder: str | Path, name: str, text: str) -> Path:
     return publish(temp, Path(folder) / name)
 
 
-def move_input_to(folder: str | Path, paths: Iterable[str | Path | None]) -> list[Path]:
+def move_input_to(folder: str | Path, paths: Iterable[str | Path | None],
+                  names: Iterable[str] | None = None) -> list[Path]:
     """Move an input's files (video, sidecar, mask; None entries skipped) into `folder`, keeping them
     together: if any name is taken, all get the same number (`clip-2.mp4`, `clip-2.toml`). Files already in
     `folder` (a retried job's input in failed/) stay as they are; a move cut short between its link and its
-    unlink (a crash) is finished. Returns the new paths in the given order (without the None entries).
-    Nothing is overwritten or lost."""
+    unlink (a crash) is finished. `names`: other names for them in `folder`, one per path that is not None
+    (a name too long to keep is refused under a shortened one, see svfrd.files.names). Returns the new paths
+    in the given order (without the None entries). Nothing is overwritten or lost."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     sources = [Path(p) for p in paths if p is not None]
-    placed = {s: s for s in sources if s.parent.resolve() == folder.resolve()}
+    wanted = dict(zip(sources, names)) if names is not None else {s: s.name for s in sources}
+    placed = {s: s for s in sources if s.parent.resolve() == folder.resolve() and s.name == wanted[s]}
     for source in sources:
-        if source not in placed and _is_hard_link_of(folder / source.name, source):
+        if source not in placed and _is_hard_link_of(folder / wanted[source], source):
             os.unlink(source)
-            placed[source] = folder / source.name
+            placed[source] = folder / wanted[source]
     to_move = [s for s in sources if s not in placed]
     if to_move:
-        placed.update(zip(to_move, _move_together(folder, to_move)))
+        placed.update(zip(to_move, _move_together(folder, to_move, [wanted[s] for s in to_move])))
     return [placed[s] for s in sources]
 
 
-def _move_together(folder: Path, sources: list[Path]) -> list[Path]:
-    for names in numbered_names([folder / s.name for s in sources]):
-        if any(os.path.lexists(n) for n in names):
+def _move_together(folder: Path, sources: list[Path], names: list[str]) -> list[Path]:
+    for targets in numbered_names([folder / name for name in names]):
+        if any(os.path.lexists(n) for n in targets):
             continue
         try:
             moved = []
-            for source, target in zip(sources, names):
+            for source, target in zip(sources, targets):
                 _move_one(source, target)
                 moved.append(target)
         except FileExistsError:  # someone took a name meanwhile: put back what we moved, try the next number
@@ -89,7 +92,7 @@ def _move_together(folder: Path, sources: list[Path]) -> list[Path]:
         fsync_folder(folder)
         for parent in {s.parent for s in sources}:
             fsync_folder(parent)
-        return names
+        return targets
     raise TransientError(f"no free names in {folder} after {MAX_NAME_TRIES} tries; clean up {folder}")
 
 

@@ -15,6 +15,7 @@ says which key is wrong and how to fix it (a BadInputError), instead of failing 
 from __future__ import annotations
 
 import tomllib
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any, Mapping
@@ -26,6 +27,10 @@ from svfrd.domain import BUILTIN_OPTION_NAMES, DEFAULT_SEED, Task, mask_rule_pro
 from svfrd.errors import BadInputError
 
 SIDECAR_KEYS = ("tasks", "mask", "reference", "seed", "options")
+#: Sidecars are refused above this size, before they are parsed.
+MAX_SIDECAR_BYTES = 16 * 1024
+#: Dots allowed on one line of a sidecar (keys and values together; a real sidecar has a handful).
+MAX_DOTS_PER_LINE = 64
 
 
 @dataclass(frozen=True)
@@ -102,14 +107,46 @@ class _SidecarProblem:
 
 def _read_toml(sidecar: Path, problem: _SidecarProblem) -> dict:
     try:
+        return read_sidecar_toml(sidecar)
+    except UnreadableSidecar as err:
+        raise problem(str(err)) from None
+
+
+class UnreadableSidecar(ValueError):
+    """Why a sidecar's TOML could not be read; the text follows "sidecar NAME: "."""
+
+
+def read_sidecar_toml(sidecar: Path) -> dict:
+    """The TOML of `sidecar`, read within the limits of `sidecar_toml`. Raises UnreadableSidecar."""
+    try:
         with open(sidecar, "rb") as f:
-            return tomllib.load(f)
-    except tomllib.TOMLDecodeError as err:
-        raise problem(f"not valid TOML: {err}") from None
-    except UnicodeDecodeError:
-        raise problem("not valid TOML: the file is not UTF-8 text") from None
+            data = f.read(MAX_SIDECAR_BYTES + 1)  # never more: the size limit holds before anything is parsed
     except OSError as err:
-        raise problem(f"cannot be read: {err.strerror}") from None
+        raise UnreadableSidecar(f"cannot be read: {err.strerror}") from None
+    return sidecar_toml(data)
+
+
+def sidecar_toml(data: bytes) -> dict:
+    """Parse a sidecar's bytes. A sidecar is a few short lines, and anyone who can write to an inbox can write
+    one, so what could make the parser slow or big is refused first (see docs/architecture.md, "Hostile
+    input"): more than MAX_SIDECAR_BYTES, or a line with more than MAX_DOTS_PER_LINE dots (tomllib's memory
+    grows with the square of a dotted key's length: 16 KiB of `a.a.a…` took 270 MB); nesting too deep for
+    the parser's recursion is caught. Raises UnreadableSidecar."""
+    if len(data) > MAX_SIDECAR_BYTES:
+        raise UnreadableSidecar(f"larger than {MAX_SIDECAR_BYTES // 1024} KiB, and a sidecar needs only a few "
+                                "short lines (tasks, mask, reference, seed, [options])")
+    for number, line in enumerate(data.splitlines(), start=1):
+        if line.count(b".") > MAX_DOTS_PER_LINE:
+            raise UnreadableSidecar(f"line {number} has more than {MAX_DOTS_PER_LINE} dots; sidecar keys are "
+                                    "short (e.g. options.steps)")
+    try:
+        return tomllib.loads(data.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise UnreadableSidecar("not valid TOML: the file is not UTF-8 text") from None
+    except tomllib.TOMLDecodeError as err:
+        raise UnreadableSidecar(f"not valid TOML: {err}") from None
+    except RecursionError:
+        raise UnreadableSidecar("not valid TOML for svfrd: its arrays or tables are nested too deeply") from None
 
 
 def _tasks(raw: dict, default: frozenset[Task], problem: _SidecarProblem) -> frozenset[Task]:
@@ -166,10 +203,16 @@ def _image_path(raw: dict, key: str, video_folder: Path, problem: _SidecarProble
 
 def _check_image(path: Path, shown: str, problem: _SidecarProblem) -> None:
     try:
-        with Image.open(path) as image:
-            image.verify()
+        with warnings.catch_warnings():
+            # Pillow only warns between its pixel limit and twice that; both are refused as too large.
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                image.verify()
     except PermissionError:
         raise problem(f"{shown}: {path} cannot be read (permission denied)") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise problem(f"{shown}: {path} says it is larger than {Image.MAX_IMAGE_PIXELS:,} pixels, far more than a "
+                      "video frame; use an image of the video's frame size") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
         detail = "not an image file" if isinstance(err, UnidentifiedImageError) else f"a damaged image ({err})"
         raise problem(f"{shown}: {path} is {detail}; use a PNG or JPEG") from None
