@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 from pathlib import Path, PurePosixPath
 
-from svfrd.files.atomic import hidden_temp_path
+from svfrd.files.atomic import TEMP_SUFFIX, hidden_temp_path
 from svfrd.files.placement import MAX_NAME_TRIES, error_report_name
 
 #: Bytes in one file name on Linux file systems (ext4, XFS, Btrfs, tmpfs); `os.pathconf` may say less.
@@ -48,8 +48,10 @@ def temp_names(name: str) -> list[str]:
     unique `.NAME.<pid>.part` with the longest process id)."""
     plain = hidden_temp_path(Path(name)).name
     unique = hidden_temp_path(Path(name), unique=True).name
-    pid_room = max(0, PID_DIGITS - len(str(os.getpid())))
-    return [plain, unique + "0" * pid_room]  # padded: only its length matters
+    this_pid = f".{os.getpid()}{TEMP_SUFFIX}"
+    if unique.endswith(this_pid):
+        unique = unique[: -len(this_pid)] + f".{'9' * PID_DIGITS}{TEMP_SUFFIX}"
+    return [plain, unique]
 
 
 def with_temps(names: list[str]) -> list[str]:
@@ -101,9 +103,10 @@ def derived_name_problem(video_name: str, limit: int = NAME_MAX, *, extra: bool 
     if byte_length(longest) <= limit:
         return None
     room = limit - (byte_length(longest) - byte_length(PurePosixPath(video_name).stem))
-    return (f"its name is too long: {byte_length(video_name)} bytes, and svfrd would derive names from it such "
-            f"as {longest!r} ({byte_length(longest)} bytes), while a file name may have at most {limit} bytes. "
-            f"Rename it so that the part before {PurePosixPath(video_name).suffix or 'the end'} has at most "
+    return (f"its name is too long: {byte_length(video_name)} bytes, and the names svfrd derives from it "
+            f"(temporary and numbered results, copies in done/ and failed/, notes) would be up to "
+            f"{byte_length(longest)} bytes long, while a file name may have at most {limit} bytes. Rename it "
+            f"so that the part before {PurePosixPath(video_name).suffix or 'the end'} has at most "
             f"{max(room, 1)} bytes")
 
 
