@@ -3,12 +3,13 @@
 From `clip.mp4` the service makes `clip.restored.mp4` (and a report, previews), numbered variants such as
 `clip-9999.restored.mp4`, temporary names such as `.job12.clip.restored.mp4.part`, `clip-2.mp4` in done/ or
 failed/, and `clip.error.txt`. A file system refuses a name longer than NAME_MAX bytes (255 on Linux), so an
-input whose name fits but whose derived names do not would fail deep in a job, or in the cleanup after it
-(issue: a ~232-byte stem took the service down). Intake therefore checks the longest derived name before it
-takes a file (`derived_name_problem`), and refuses the file under a shortened name (`shortened_name`).
+input whose name fits but whose derived names do not would fail deep in a job, or in the cleanup after it (a
+232-byte stem once took the service down; docs/architecture.md §5). Intake therefore checks the longest derived
+name before it takes a file (`derived_name_problem`), and refuses the file under a shortened name
+(`shortened_name`).
 
-The names are computed with the same functions that make them (`svfrd.files.placement`, `svfrd.files.atomic`,
-`svfrd.service.results`), with the largest number, job id and process id they can carry.
+The names are computed with the same functions that make them (`svfrd.files.placement`, `svfrd.files.atomic`;
+the result suffixes mirror `svfrd.service.results`), with the largest number, job id and process id they can carry.
 """
 
 from __future__ import annotations

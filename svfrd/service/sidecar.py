@@ -128,7 +128,7 @@ def read_sidecar_toml(sidecar: Path) -> dict:
 
 def sidecar_toml(data: bytes) -> dict:
     """Parse a sidecar's bytes. A sidecar is a few short lines, and anyone who can write to an inbox can write
-    one, so what could make the parser slow or big is refused first (see docs/architecture.md, "Hostile
+    one, so what could make the parser slow or big is refused first (docs/architecture.md §5, "Hostile
     input"): more than MAX_SIDECAR_BYTES, or a line with more than MAX_DOTS_PER_LINE dots (tomllib's memory
     grows with the square of a dotted key's length: 16 KiB of `a.a.a…` took 270 MB); nesting too deep for
     the parser's recursion is caught. Raises UnreadableSidecar."""

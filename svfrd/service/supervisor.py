@@ -33,8 +33,8 @@ from svfrd.ops.logs import job_logger
 from svfrd.service import recovery
 from svfrd.service.clock import SYSTEM_CLOCK, Clock
 from svfrd.service.intake import Intake
-from svfrd.service.loop_errors import RepeatedErrors
 from svfrd.service.lock import StateLockedError, acquire_state_lock
+from svfrd.service.loop_errors import RepeatedErrors
 from svfrd.service.messages import (
     FromWorker,
     JobFinished,
