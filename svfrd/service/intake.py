@@ -288,10 +288,10 @@ class Intake:
         except OSError as err:
             self._log_once(logging.WARNING, "could not take %s (%s); will look again at the next scan", path, err)
         except Exception as err:  # noqa: BLE001 - whatever a hostile file makes a library raise
-            log.error("could not take %s:\n%s", path, traceback.format_exc())
+            self._log_once(logging.ERROR, "could not take %s; it is refused:\n%s", path, traceback.format_exc())
             self._refuse_after_error(inbox, path, result, err)
 
-    def _log_once(self, level: int, message: str, path: Path, err: BaseException) -> None:
+    def _log_once(self, level: int, message: str, path: Path, err: BaseException | str) -> None:
         """The same trouble with the same file is logged at its first scan, not at every scan after."""
         key = (path, str(err))
         if key not in self._logged:
@@ -302,9 +302,8 @@ class Intake:
         """A failed job for a file intake could not take, its files in failed/ with a note saying why.
         Should that fail too, the file is left where it is, logged once."""
         refusal = BadInputError(
-            f"svfrd could not take {relative_name(inbox.path, path)}: {type(err).__name__}: {err}. The file is "
-            "probably damaged or made to harm the service; if it is fine, the service log has the details for a "
-            "bug report")
+            f"svfrd could not take {relative_name(inbox.path, path)}: {type(err).__name__}: {err}. The file may be damaged; "
+            "if it is not, this is a bug in svfrd, and the service log has the details to report it")
         try:
             sidecar = sidecar_path_for(path)
             sidecar = sidecar if sidecar.is_file() and not sidecar.is_symlink() else None
