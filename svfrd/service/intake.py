@@ -212,10 +212,11 @@ class Intake:
 
     def _show_alive(self) -> None:
         """A scan that takes many files (each parsed, hashed, recorded) must not look hung to systemd's
-        watchdog: keep-alives between files, at most once a second."""
+        watchdog: keep-alives between files, at most once a second. (Only the keep-alive: asking for more
+        start-up time here would read as asking for more stopping time once the daemon stops.)"""
         now = self.clock()
         if now - self._alive_sent >= ALIVE_SPACING:
-            notify.still_busy()
+            notify.watchdog()
             self._alive_sent = now
 
     def _list_inbox(self, inbox: InboxConfig) -> InboxListing:

@@ -65,7 +65,7 @@ def test_a_name_too_long_for_the_names_derived_from_it_is_refused_under_a_shorte
 
 def test_a_scan_taking_file_after_file_feeds_the_watchdog_between_files(intake, monkeypatch):  # noqa: F811
     sent = []
-    monkeypatch.setattr(notify, "still_busy", lambda *args: sent.append(intake.clock()))
+    monkeypatch.setattr(notify, "watchdog", lambda: sent.append(intake.clock()))
     for number in range(3):
         drop(inbox_of(intake), f"clip{number}.mp4", video_bytes(10 + number))
     scan_until(intake, lambda r: enqueued(r))
