@@ -64,13 +64,15 @@ def publish_text(folder: str | Path, name: str, text: str) -> Path:
 
 
 def move_input_to(
-    folder: str | Path, paths: Iterable[str | Path | None], beneath: str | Path | None = None
+    folder: str | Path, paths: Iterable[str | Path | None], beneath: str | Path | None = None,
+    names: Iterable[str] | None = None,
 ) -> list[Path]:
     """Move an input's files (video, sidecar, mask; None entries skipped) into `folder`, keeping them
     together: if any name is taken, all get the same number (`clip-2.mp4`, `clip-2.toml`). Files already in
     `folder` (a retried job's input in failed/) stay as they are; a move cut short between its link and its
-    unlink (a crash) is finished. Returns the new paths in the given order (without the None entries).
-    Nothing is overwritten or lost.
+    unlink (a crash) is finished. `names`: other names for them in `folder`, one per path that is not None
+    (a name too long to keep is refused under a shortened one, see svfrd.files.names). Returns the new paths
+    in the given order (without the None entries). Nothing is overwritten or lost.
 
     A source under `beneath` (the inbox it came from) is moved by name from its folder opened without
     following any symlink (`svfrd.files.beneath`), so a planted link (`inbox/st -> ../state`) cannot make the
@@ -80,14 +82,17 @@ def move_input_to(
     folder.mkdir(parents=True, exist_ok=True)
     with ExitStack() as stack:
         sources = _entries([Path(p) for p in paths if p is not None], beneath, stack)
-        placed = {s.path: s.path for s in sources if _lies_in(s, folder)}
+        wanted = dict(zip([s.path for s in sources], names)) if names is not None else {
+            s.path: s.name_only for s in sources}
+        placed = {s.path: s.path for s in sources if _lies_in(s, folder) and s.name_only == wanted[s.path]}
         for source in sources:
-            if source.path not in placed and _is_hard_link_of(folder / source.name_only, source):
+            if source.path not in placed and _is_hard_link_of(folder / wanted[source.path], source):
                 os.unlink(source.name, dir_fd=source.dir_fd)
-                placed[source.path] = folder / source.name_only
+                placed[source.path] = folder / wanted[source.path]
         to_move = [s for s in sources if s.path not in placed]
         if to_move:
-            placed.update(zip([s.path for s in to_move], _move_together(folder, to_move)))
+            moved = _move_together(folder, to_move, [wanted[s.path] for s in to_move])
+            placed.update(zip([s.path for s in to_move], moved))
         return [placed[s.path] for s in sources]
 
 
@@ -131,13 +136,13 @@ def _lies_in(entry: _Entry, folder: Path) -> bool:
     return (here.st_dev, here.st_ino) == (there.st_dev, there.st_ino)
 
 
-def _move_together(folder: Path, sources: list[_Entry]) -> list[Path]:
-    for names in numbered_names([folder / s.name_only for s in sources]):
-        if any(os.path.lexists(n) for n in names):
+def _move_together(folder: Path, sources: list[_Entry], names: list[str]) -> list[Path]:
+    for targets in numbered_names([folder / name for name in names]):
+        if any(os.path.lexists(n) for n in targets):
             continue
         try:
             moved = []
-            for source, target in zip(sources, names):
+            for source, target in zip(sources, targets):
                 _move_one(source, _Entry.at(target))
                 moved.append(target)
         except FileExistsError:  # someone took a name meanwhile: put back what we moved, try the next number
@@ -150,7 +155,7 @@ def _move_together(folder: Path, sources: list[_Entry]) -> list[Path]:
                 fsync_folder(source.path.parent)
             else:
                 os.fsync(source.dir_fd)
-        return names
+        return targets
     raise TransientError(f"no free names in {folder} after {MAX_NAME_TRIES} tries; clean up {folder}")
 
 

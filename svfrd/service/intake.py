@@ -39,10 +39,11 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import os
 import threading
 import time
-import tomllib
+import traceback
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Callable
@@ -52,7 +53,7 @@ from sqlalchemy import Engine
 from svfrd.config import Config, InboxConfig
 from svfrd.domain import DEFAULT_SEED
 from svfrd.errors import BadInputError
-from svfrd.files import beneath, placement
+from svfrd.files import beneath, names, placement
 from svfrd.files.hashing import file_sha256
 from svfrd.jobs.model import Job, JobState
 from svfrd.jobs.store import (
@@ -64,7 +65,15 @@ from svfrd.jobs.store import (
 )
 from svfrd.ops import notify
 from svfrd.service import input_copies
-from svfrd.service.sidecar import SIDECAR_READ_LIMIT, JobSpec, default_spec, parse_sidecar, sidecar_path_for
+from svfrd.service.sidecar import (
+    MAX_SIDECAR_BYTES,
+    JobSpec,
+    UnreadableSidecar,
+    default_spec,
+    parse_sidecar,
+    sidecar_path_for,
+    sidecar_toml,
+)
 from svfrd.service.stability import MonotonicSeconds, Signature, StabilityTracker
 
 log = logging.getLogger("svfrd.service.intake")
@@ -73,6 +82,8 @@ VIDEO_SUFFIXES = frozenset(
     {".mp4", ".mov", ".mkv", ".avi", ".webm", ".m4v", ".mpg", ".mpeg", ".ts", ".mts", ".m2ts", ".wmv", ".flv",
      ".3gp"}
 )
+#: Seconds between watchdog keep-alives while one scan takes file after file.
+ALIVE_SPACING = 1.0
 PARTIAL_SUFFIXES = frozenset({".part", ".tmp", ".crdownload", ".partial", ".download"})
 
 #: A file that is the source of a job in these states is the job's business, not intake's.
@@ -135,6 +146,8 @@ class Intake:
         # Per scan: folder -> {sidecar: the mask it names}, read only when a sidecar there is rejected.
         self._masks_by_folder: dict[Path, dict[Path, Path | None]] = {}
         self._observer = None
+        self._alive_sent = -math.inf
+        self._logged: set[tuple[Path, str]] = set()
         # Folders a recursive scan must not enter: results or failed inputs would come back as new jobs.
         self._not_inputs = frozenset(
             [config.output.outbox, config.output.done, config.output.failed, config.service.state_dir]
@@ -194,17 +207,30 @@ class Intake:
         everything = {path: sig for _, listing in listings for path, sig in {**listing.files, **listing.links}.items()}
         self.stability.observe(everything)
         self._hashes = {key: value for key, value in self._hashes.items() if key[0] in everything}
+        self._logged = {key for key in self._logged if key[0] in everything}
         for inbox, listing in listings:
             ready = self._ready_inputs(listing, result)
             owned = paths_owned_by_jobs(self.db, [str(p) for p in ready], OWNED_BY_JOB_STATES)
             for path in ready:
                 if str(path) in owned:
                     continue
-                if path in listing.links:
+                if self._name_problem(path) is not None:
+                    self._safely(self._refuse_long_name, inbox, path, result)
+                elif path in listing.links:
                     self._safely(self._refuse_link, inbox, path, result)
                 else:
                     self._safely(self._take, inbox, path, result)
+                self._show_alive()
         return result
+
+    def _show_alive(self) -> None:
+        """A scan that takes many files (each parsed, hashed, recorded) must not look hung to systemd's
+        watchdog: keep-alives between files, at most once a second. (Only the keep-alive: asking for more
+        start-up time here would read as asking for more stopping time once the daemon stops.)"""
+        now = self.clock()
+        if now - self._alive_sent >= ALIVE_SPACING:
+            notify.watchdog()
+            self._alive_sent = now
 
     def _list_inbox(self, inbox: InboxConfig) -> InboxListing:
         """Every input file of the inbox (with its subfolders when `recursive`), without following links."""
@@ -267,12 +293,85 @@ class Intake:
 
     def _safely(self, action: Callable[[InboxConfig, Path, ScanResult], None], inbox: InboxConfig, path: Path,
                 result: ScanResult) -> None:
-        """A file that vanishes or cannot be moved mid-way (the user deleted or renamed it, permissions) must not
-        stop the daemon: log it; the next scan sees the truth."""
+        """No file may stop the scan. A file that vanishes or cannot be moved mid-way (the user deleted or
+        renamed it, permissions: an OSError) is not its fault: log it; the next scan sees the truth. Any other
+        error is the file's (a parser or image library giving up on it): the file is refused with a note, like
+        any bad input, and the scan goes on with the next one."""
         try:
             action(inbox, path, result)
         except OSError as err:
-            log.warning("could not take %s (%s); will look again at the next scan", path, err)
+            self._log_once(logging.WARNING, "could not take %s (%s); will look again at the next scan", path, err)
+        except BadInputError as err:  # the file's own fault, already said for people (e.g. a linked folder)
+            self._refuse_after_error(inbox, path, result, err)
+        except Exception as err:  # noqa: BLE001 - whatever a hostile file makes a library raise
+            self._log_once(logging.ERROR, "could not take %s; it is refused:\n%s", path, traceback.format_exc())
+            self._refuse_after_error(inbox, path, result, err)
+
+    def _log_once(self, level: int, message: str, path: Path, err: BaseException | str) -> None:
+        """The same trouble with the same file is logged at its first scan, not at every scan after."""
+        key = (path, str(err))
+        if key not in self._logged:
+            self._logged.add(key)
+            log.log(level, message, path, err)
+
+    def _refuse_after_error(self, inbox: InboxConfig, path: Path, result: ScanResult, err: Exception) -> None:
+        """A failed job for a file intake could not take, its files in failed/ with a note saying why.
+        Should that fail too, the file is left where it is, logged once."""
+        refusal = err if isinstance(err, BadInputError) else BadInputError(
+            f"svfrd could not take {relative_name(inbox.path, path)}: {type(err).__name__}: {err}. The file may be "
+            "damaged; if it is not, this is a bug in svfrd, and the service log has the details to report it")
+        try:
+            sidecar = sidecar_path_for(path)
+            sidecar = sidecar if sidecar.is_file() and not sidecar.is_symlink() else None
+            result.failed.append(self._record_failure(
+                inbox, path, sidecar, None, self._hash_or_marker(inbox, path), refusal,
+                "The video and its sidecar (if any) were moved into this folder unchanged."))
+        except Exception as second:  # noqa: BLE001 - the scan goes on whatever happens
+            self._log_once(logging.ERROR, "could not move %s to failed/ either (%s); it is left where it is",
+                           path, second)
+
+    def _hash_or_marker(self, inbox: InboxConfig, path: Path) -> str:
+        """The content hash when the file can be read, else a marker that never matches a real hash."""
+        try:
+            return self._content_hash(inbox, path)
+        except (OSError, BadInputError):
+            return hashlib.sha256(f"unreadable:{path}".encode()).hexdigest()
+
+    # -- names too long to handle ----------------------------------------------------------------------------
+
+    def _name_problem(self, video: Path) -> str | None:
+        """Why the names derived from this video's name would not fit the output folders (svfrd.files.names)."""
+        output = self.config.output
+        limit = names.name_limit([output.outbox, output.done, output.failed])
+        return names.derived_name_problem(video.name, limit)
+
+    def _refuse_long_name(self, inbox: InboxConfig, video: Path, result: ScanResult) -> None:
+        """A failed job for a video whose derived names would be too long; it moves to failed/ (with its
+        sidecar) under a shortened name, beside a note under that name too."""
+        source_name = relative_name(inbox.path, video)
+        err = BadInputError(f"{source_name}: {self._name_problem(video)}, and drop it into an inbox again")
+        sidecar = sidecar_path_for(video)
+        sidecar = sidecar if sidecar.is_file() and not sidecar.is_symlink() else None
+        content_hash = self._hash_or_marker(inbox, video)
+        job = insert_failed_job(
+            self.db, err,
+            inbox=str(inbox.path), source_name=source_name, source_path=str(video), sidecar_path=_text(sidecar),
+            tasks=inbox.tasks, content_hash=content_hash,
+            dedupe_key=dedupe_key_for(content_hash, inbox.tasks, inbox.options, DEFAULT_SEED),
+            max_attempts=self.config.service.max_attempts,
+        )
+        short = names.shortened_name(video.name)
+        inputs = {"source_path": (video, short), "sidecar_path": (sidecar, sidecar_path_for(Path(short)).name)}
+        present = {column: pair for column, pair in inputs.items() if pair[0] is not None}
+        failed_folder = placement.mirror_folder(self.config.output.failed, source_name)
+        moved = dict(zip(present, placement.move_input_to(
+            failed_folder, [path for path, _ in present.values()], beneath=inbox.path,
+            names=[name for _, name in present.values()])))
+        placement.write_error_report(failed_folder, moved["source_path"].name,
+                                     f"{err}\n\nsvfrd job {job.id}. The video was moved into this folder as "
+                                     f"{moved['source_path'].name}, its sidecar (if any) beside it.")
+        log.warning("job %d failed: %s", job.id, err)
+        result.failed.append(set_input_paths(self.db, job.id, **moved))
 
     def _take(self, inbox: InboxConfig, video: Path, result: ScanResult) -> None:
         sidecar = sidecar_path_for(video)
@@ -280,6 +379,7 @@ class Intake:
         content_hash = self._content_hash(inbox, video)
         try:
             spec = self._spec(inbox, video, sidecar if has_sidecar else None)
+            _check_extra_names(spec)
         except BadInputError as err:
             result.failed.append(self._reject(inbox, video, sidecar, content_hash, err))
             return
@@ -422,15 +522,23 @@ def _mask_in_sidecar(inbox: InboxConfig, sidecar: Path) -> Path | None:
     """The `mask` a sidecar names, read leniently (the sidecar may be broken) but safely (beneath the inbox,
     capped); None unless it is a plain relative path."""
     try:
-        content = beneath.read_plain_file(inbox.path, sidecar, SIDECAR_READ_LIMIT)
-        value = tomllib.loads(content.decode("utf-8")).get("mask")
-    except (OSError, BadInputError, UnicodeDecodeError, tomllib.TOMLDecodeError, RecursionError):
+        content = beneath.read_plain_file(inbox.path, sidecar, MAX_SIDECAR_BYTES)
+        value = sidecar_toml(content).get("mask")  # within the sidecar limits: it may be hostile
+    except (OSError, BadInputError, UnreadableSidecar):
         return None
     if not isinstance(value, str) or not value:
         return None
     if PurePosixPath(value).is_absolute() or ".." in PurePosixPath(value).parts:
         return None
     return sidecar.parent / value
+
+
+def _check_extra_names(spec: JobSpec) -> None:
+    """A mask or reference travels to done/ or failed/ with the video; its numbered names must fit too."""
+    for what, path in (("mask", spec.mask_path), ("reference", spec.reference_path)):
+        problem = None if path is None else names.derived_name_problem(path.name, extra=True)
+        if problem is not None:
+            raise BadInputError(f"the {what} {path.name}: {problem}, and name it so in the sidecar")
 
 
 def _link_signature(link: Path) -> Signature:

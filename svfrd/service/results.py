@@ -126,9 +126,19 @@ def write_json(path: Path, data: dict[str, Any]) -> None:
 
 
 def remove_temp_files(config: Config, job: Job) -> None:
-    """Drop a job's unpublished results (after a failure, cancel or interrupt before results were planned)."""
-    for _, path in temp_files(config, job).items():
-        path.unlink(missing_ok=True)
+    """Drop a job's unpublished results (after a failure, cancel or interrupt before results were planned).
+    Cleanup must never be what fails: a file that cannot be removed (or a name that cannot even be made) is
+    logged and left; start-up clears stale temporary files from the outbox."""
+    try:
+        temps = [path for _, path in temp_files(config, job).items()]
+    except Exception as err:  # noqa: BLE001
+        job_logger(job.id).warning("could not name the temporary results to remove them: %s", err)
+        return
+    for path in temps:
+        try:
+            path.unlink(missing_ok=True)
+        except Exception as err:  # noqa: BLE001
+            job_logger(job.id).warning("could not remove the temporary result %s: %s", path.name, err)
 
 
 def results_are_recoverable(config: Config, job: Job) -> bool:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import io
 import tomllib
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any, BinaryIO, Mapping
@@ -32,8 +33,10 @@ from svfrd.errors import BadInputError
 from svfrd.files import beneath
 
 SIDECAR_KEYS = ("tasks", "mask", "reference", "seed", "options")
-#: The most bytes read from a sidecar: a few settings fit in far less, and the TOML parser's cost must stay small.
-SIDECAR_READ_LIMIT = 16 * 1024
+#: Sidecars are refused above this size, before they are parsed: a few settings fit in far less.
+MAX_SIDECAR_BYTES = 16 * 1024
+#: Dots allowed on one line of a sidecar (keys and values together; a real sidecar has a handful).
+MAX_DOTS_PER_LINE = 64
 #: The most bytes read from a mask or reference image (a 4K PNG mask is a few MB).
 IMAGE_READ_LIMIT = 64 << 20
 
@@ -101,20 +104,17 @@ def parse_sidecar(
 
 
 def _sidecar_bytes(sidecar: Path | bytes | BinaryIO, problem: _SidecarProblem) -> bytes:
-    """At most SIDECAR_READ_LIMIT bytes: a bigger sidecar is refused before any parsing."""
+    """At most one byte more than MAX_SIDECAR_BYTES: enough for `sidecar_toml` to refuse a bigger sidecar."""
     if isinstance(sidecar, bytes):
         content = sidecar
     elif isinstance(sidecar, Path):
         try:
             with beneath.open_plain_file(sidecar.parent, sidecar.name) as f:
-                content = f.read(SIDECAR_READ_LIMIT + 1)
+                content = f.read(MAX_SIDECAR_BYTES + 1)
         except OSError as err:
             raise problem(f"cannot be read: {err.strerror}") from None
     else:
-        content = sidecar.read(SIDECAR_READ_LIMIT + 1)
-    if len(content) > SIDECAR_READ_LIMIT:
-        raise problem(f"bigger than {SIDECAR_READ_LIMIT // 1024} KiB; a sidecar holds a few settings, e.g. "
-                      'tasks = ["bfr"] and seed = 7')
+        content = sidecar.read(MAX_SIDECAR_BYTES + 1)
     return content
 
 
@@ -140,13 +140,38 @@ class _SidecarProblem:
 
 
 def _read_toml(content: bytes, problem: _SidecarProblem) -> dict:
-    """Parse the sidecar's bytes (already capped by `_sidecar_bytes`)."""
+    """Parse the sidecar's bytes within the limits of `sidecar_toml`."""
     try:
-        return tomllib.loads(content.decode("utf-8"))
-    except tomllib.TOMLDecodeError as err:
-        raise problem(f"not valid TOML: {err}") from None
+        return sidecar_toml(content)
+    except UnreadableSidecar as err:
+        raise problem(str(err)) from None
+
+
+class UnreadableSidecar(ValueError):
+    """Why a sidecar's TOML could not be read; the text follows "sidecar NAME: "."""
+
+
+def sidecar_toml(data: bytes) -> dict:
+    """Parse a sidecar's bytes. A sidecar is a few short lines, and anyone who can write to an inbox can write
+    one, so what could make the parser slow or big is refused first (docs/architecture.md §5, "Hostile
+    input"): more than MAX_SIDECAR_BYTES, or a line with more than MAX_DOTS_PER_LINE dots (tomllib's memory
+    grows with the square of a dotted key's length: 16 KiB of `a.a.a…` took 270 MB); nesting too deep for
+    the parser's recursion is caught. Raises UnreadableSidecar."""
+    if len(data) > MAX_SIDECAR_BYTES:
+        raise UnreadableSidecar(f"larger than {MAX_SIDECAR_BYTES // 1024} KiB, and a sidecar needs only a few "
+                                "short lines (tasks, mask, reference, seed, [options])")
+    for number, line in enumerate(data.splitlines(), start=1):
+        if line.count(b".") > MAX_DOTS_PER_LINE:
+            raise UnreadableSidecar(f"line {number} has more than {MAX_DOTS_PER_LINE} dots; sidecar keys are "
+                                    "short (e.g. options.steps)")
+    try:
+        return tomllib.loads(data.decode("utf-8"))
     except UnicodeDecodeError:
-        raise problem("not valid TOML: the file is not UTF-8 text") from None
+        raise UnreadableSidecar("not valid TOML: the file is not UTF-8 text") from None
+    except tomllib.TOMLDecodeError as err:
+        raise UnreadableSidecar(f"not valid TOML: {err}") from None
+    except RecursionError:
+        raise UnreadableSidecar("not valid TOML for svfrd: its arrays or tables are nested too deeply") from None
 
 
 def _tasks(raw: dict, default: frozenset[Task], problem: _SidecarProblem) -> frozenset[Task]:
@@ -220,8 +245,14 @@ def _image_path(raw: dict, key: str, video_folder: Path, problem: _SidecarProble
 
 def _check_image(data: bytes, path: Path, shown: str, problem: _SidecarProblem) -> None:
     try:
-        with Image.open(io.BytesIO(data)) as image:
-            image.verify()
+        with warnings.catch_warnings():
+            # Pillow only warns between its pixel limit and twice that; both are refused as too large.
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as image:
+                image.verify()
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise problem(f"{shown}: {path} says it is larger than {Image.MAX_IMAGE_PIXELS:,} pixels, far more than a "
+                      "video frame; use an image of the video's frame size") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
         detail = "not an image file" if isinstance(err, UnidentifiedImageError) else f"a damaged image ({err})"
         raise problem(f"{shown}: {path} is {detail}; use a PNG or JPEG") from None

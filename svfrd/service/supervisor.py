@@ -12,10 +12,12 @@ happens after a death (of the worker, or of the last daemon) is in `svfrd.servic
 from __future__ import annotations
 
 import logging
+import math
 import multiprocessing
 import os
 import selectors
 import signal
+import traceback
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Any, Callable
@@ -35,6 +37,7 @@ from svfrd.service import recovery
 from svfrd.service.clock import SYSTEM_CLOCK, Clock
 from svfrd.service.intake import Intake
 from svfrd.service.lock import StateLockedError, acquire_state_lock
+from svfrd.service.loop_errors import RepeatedErrors
 from svfrd.service.messages import (
     FromWorker,
     JobDeadline,
@@ -208,6 +211,8 @@ class Supervisor:
         self.stop_signal: int | None = None
         self.exit_code: int | None = None
         self.startup_deaths = 0
+        self.loop_errors = RepeatedErrors(log)
+        self.paused_until = -math.inf
         self.status_text = ""
         self.sent_status: str | None = None
         #: The running job's frame count, once the worker has probed its video (for the timeout message).
@@ -245,14 +250,29 @@ class Supervisor:
 
     def _guarded(self, step: Callable[[], None]) -> None:
         """A failing step (database locked for too long, an unreadable inbox) is logged, and the service
-        carries on: the worker and its loaded models are worth more than a restart."""
+        carries on: the worker and its loaded models are worth more than a restart. The loop then pauses
+        for LOOP_ERROR_PAUSE on the clock, whatever its wait objects say (a dead worker's pipe and sentinel
+        are always ready, and made an error repeat 40,000 times in four minutes)."""
         try:
             step()
         except Exception:  # noqa: BLE001
-            log.exception("the main loop hit an error; carrying on in %.0f s", LOOP_ERROR_PAUSE)
-            self._wait(LOOP_ERROR_PAUSE)
+            self.loop_errors.failed(traceback.format_exc(), LOOP_ERROR_PAUSE)
+            self.paused_until = self.clock.monotonic() + LOOP_ERROR_PAUSE
+            self._pause()
+        else:
+            self.loop_errors.succeeded()
+
+    def _pause(self) -> bool:
+        """While an error pause lasts, wait for it (a signal cuts it short) and say True."""
+        left = self.paused_until - self.clock.monotonic()
+        if left <= 0:
+            return False
+        self._wait(left, watch_worker=False)
+        return True
 
     def _step(self) -> None:
+        if self._pause():
+            return
         if self.timers.scan_due(self.intake.has_hints()):
             self._scan()
         self._handle_worker()
@@ -285,10 +305,11 @@ class Supervisor:
         return self.timers.seconds_to_sleep(hinted=self.intake.has_hints(), job_running=self.worker.job is not None,
                                             next_job_in=next_job_in)
 
-    def _wait(self, timeout: float) -> None:
+    def _wait(self, timeout: float, watch_worker: bool = True) -> None:
+        """Sleep until `timeout`, a wake-up (signal, file event) or, with `watch_worker`, news from the worker."""
         with selectors.DefaultSelector() as selector:
             selector.register(self.wakeup, selectors.EVENT_READ)
-            for item in self.worker.wait_objects():
+            for item in self.worker.wait_objects() if watch_worker else []:
                 selector.register(item, selectors.EVENT_READ)
             selector.select(timeout)
         self.wakeup.drain()
@@ -330,10 +351,7 @@ class Supervisor:
         job = self.worker.job
         self.worker.kill()  # reap it
         if job is not None:
-            recovery.settle_orphaned_job(
-                self.config, self.db, job,
-                f"the worker process died ({how}) while restoring {job.source_name}; "
-                "it was restarted and the job will be retried")
+            self._settle_orphaned_job(job, how)
         elif not self.worker.ready:
             self.startup_deaths += 1
             log.error("the worker process died while starting (%s)", how)
@@ -346,6 +364,19 @@ class Supervisor:
             log.warning("the idle worker process died (%s); restarting it", how)
         if self.stop_signal is None:
             self.worker.start()
+
+    def _settle_orphaned_job(self, job: Job, how: str) -> None:
+        """Record what became of the dead worker's job. Should that fail, the worker is restarted all the
+        same (else the loop would meet the same dead worker again and again); the job stays running in the
+        database until the next start of the daemon puts it back in the queue."""
+        try:
+            recovery.settle_orphaned_job(
+                self.config, self.db, job,
+                f"the worker process died ({how}) while restoring {job.source_name}; "
+                "it was restarted and the job will be retried")
+        except Exception:  # noqa: BLE001
+            job_logger(job.id).error("could not record the end of this job after its worker died; it stays "
+                                     "running until svfrd restarts:\n%s", traceback.format_exc())
 
     def _check_running_job(self) -> None:
         """Read the running job's row: honour a cancel the worker did not act on, and update the status line."""

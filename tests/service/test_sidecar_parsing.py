@@ -142,11 +142,6 @@ def test_the_spec_carries_the_image_bytes_that_were_checked(inbox):
     assert spec.mask_data == (inbox / "clip.mask.png").read_bytes() and spec.reference_data is None
 
 
-def test_a_sidecar_bigger_than_16_kib_is_refused_before_parsing(inbox):
-    message = error_of(inbox, "seed = 1\n" + "# padding\n" * 2000)
-    assert "bigger than 16 KiB" in message
-
-
 def test_a_sidecar_may_come_as_bytes_or_an_open_file(inbox):
     for sidecar in (b"seed = 3\n", __import__("io").BytesIO(b"seed = 3\n")):
         assert parse_sidecar(sidecar, inbox, name="clip.toml").seed == 3

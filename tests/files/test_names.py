@@ -1,0 +1,48 @@
+"""The names svfrd derives from an input's name are checked against the file system's limit (issue 16: a
+232-byte stem made a temporary name longer than 255 bytes and took the service down)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from svfrd.files.names import (
+    NAME_MAX,
+    RESULT_SUFFIXES,
+    byte_length,
+    derived_name_problem,
+    derived_names,
+    numbered,
+    shortened_name,
+)
+from svfrd.files.placement import MAX_NAME_TRIES, numbered_names
+from svfrd.service import results
+
+
+def test_the_longest_numbered_name_is_the_one_placement_makes():
+    *_, last = numbered_names([Path("clip.mp4")])
+    assert last == [Path(numbered("clip.mp4"))] and numbered("clip.mp4") == f"clip-{MAX_NAME_TRIES - 1}.mp4"
+
+
+def test_the_result_suffixes_are_those_of_the_results():
+    assert set(RESULT_SUFFIXES) == {suffix for suffix in results._suffixes(preview=True).values()}
+
+
+def test_a_usual_name_is_fine_and_a_232_byte_stem_is_refused_saying_how_long_it_may_be():
+    assert derived_name_problem("interview.mp4") is None
+    problem = derived_name_problem("x" * 232 + ".mp4")
+    assert problem is not None and "too long" in problem and f"at most {NAME_MAX} bytes" in problem
+    allowed = int(problem.split("has at most ")[1].split(" bytes")[0])
+    assert derived_name_problem("x" * allowed + ".mp4") is None
+    assert derived_name_problem("x" * (allowed + 1) + ".mp4") is not None
+
+
+def test_bytes_count_not_characters():
+    assert derived_name_problem("é" * 100 + ".mp4") is None  # 200 bytes would be too many
+    assert derived_name_problem("é" * 116 + ".mp4") is not None
+
+
+def test_a_shortened_name_keeps_its_suffix_cuts_at_a_character_and_fits_everything():
+    short = shortened_name("é" * 120 + ".mp4")
+    assert short.endswith("….mp4") and short.startswith("é")
+    assert derived_name_problem(short) is None
+    assert all(byte_length(name) <= NAME_MAX for name in derived_names(short))

@@ -1,0 +1,76 @@
+"""Intake never stops (issue 16): whatever a file in the inbox makes a library raise refuses that file alone,
+names too long for the files svfrd derives from them are refused under a shortened name, and long scans keep
+systemd's watchdog fed. Real folders and a real SQLite database; time is a FakeClock."""
+
+from __future__ import annotations
+
+from svfrd.files.names import NAME_MAX, byte_length
+from svfrd.ops import notify
+from tests.service.test_intake_scanning import (
+    all_jobs,
+    drop,
+    enqueued,
+    inbox_of,
+    intake,  # noqa: F401 - the fixture
+    scan_for,
+    scan_until,
+    video_bytes,
+)
+
+
+def failed(results) -> list:
+    return [job for r in results for job in r.failed]
+
+
+def test_any_error_a_file_causes_refuses_that_file_and_the_scan_takes_the_next(intake, monkeypatch):  # noqa: F811
+    drop(inbox_of(intake), "a_bad.mp4", video_bytes(1))
+    drop(inbox_of(intake), "a_bad.toml", 'tasks = ["bfr"]\n')
+    drop(inbox_of(intake), "b_good.mp4", video_bytes(2))
+    real_spec = intake._spec
+
+    def spec_that_breaks_on_a_bad(inbox, video, sidecar):
+        if video.name == "a_bad.mp4":
+            raise RecursionError("maximum recursion depth exceeded")  # what a hostile file makes a parser do
+        return real_spec(inbox, video, sidecar)
+
+    monkeypatch.setattr(intake, "_spec", spec_that_breaks_on_a_bad)
+    results = scan_until(intake, lambda r: enqueued(r) and failed(r))
+    [job] = enqueued(results)
+    [refused] = failed(results)
+    assert job.source_name == "b_good.mp4"
+    assert refused.source_name == "a_bad.mp4" and "RecursionError" in refused.error_message
+    failed_folder = intake.config.output.failed
+    assert {"a_bad.mp4", "a_bad.toml", "a_bad.error.txt"} <= {p.name for p in failed_folder.iterdir()}
+    assert "RecursionError" in (failed_folder / "a_bad.error.txt").read_text()
+    assert not enqueued(scan_for(intake, 0.3)) and len(all_jobs(intake)) == 2, "nothing is taken twice"
+
+
+def test_a_name_too_long_for_the_names_derived_from_it_is_refused_under_a_shortened_name(intake):  # noqa: F811
+    long_stem = "interview-" + "x" * 222  # 232 bytes: the stem fits, `.job12.STEM.restored.mp4.part` does not
+    drop(inbox_of(intake), long_stem + ".mp4", video_bytes(3))
+    drop(inbox_of(intake), long_stem + ".toml", 'tasks = ["bfr"]\n')
+    drop(inbox_of(intake), "next.mp4", video_bytes(4))
+    results = scan_until(intake, lambda r: enqueued(r) and failed(r))
+    [refused] = failed(results)
+    assert [job.source_name for job in enqueued(results)] == ["next.mp4"]
+    assert refused.source_name == long_stem + ".mp4" and "too long" in refused.error_message
+    failed_names = sorted(p.name for p in intake.config.output.failed.iterdir())
+    assert len(failed_names) == 3 and all(byte_length(name) <= NAME_MAX // 2 for name in failed_names)
+    assert {name.rsplit(".", 1)[-1] for name in failed_names} == {"mp4", "toml", "txt"}
+    note = next(p for p in intake.config.output.failed.iterdir() if p.name.endswith(".error.txt"))
+    assert "too long" in note.read_text() and long_stem in note.read_text()
+    assert refused.source_path == str(intake.config.output.failed / next(n for n in failed_names if n.endswith(".mp4")))
+    assert sorted(p.name for p in inbox_of(intake).iterdir()) == ["next.mp4"]
+
+
+def test_a_scan_taking_file_after_file_feeds_the_watchdog_between_files(intake, monkeypatch):  # noqa: F811
+    sent = []
+    monkeypatch.setattr(notify, "watchdog", lambda: sent.append(intake.clock()))
+    for number in range(3):
+        drop(inbox_of(intake), f"clip{number}.mp4", video_bytes(10 + number))
+    scan_until(intake, lambda r: enqueued(r))
+    assert len(sent) == 1, "at most one keep-alive a second, and one at once"
+    intake.clock.advance(1.0)
+    drop(inbox_of(intake), "later.mp4", video_bytes(20))
+    scan_until(intake, lambda r: enqueued(r))
+    assert len(sent) == 2
