@@ -1,6 +1,6 @@
 """End to end, one real `svfrd run` daemon (issue 16, confirmed case 1): a sidecar naming `st/svfrd.db` through
-`inbox/st -> ../state` fails with a clear note, the job database stays where it is, a FIFO named like a sidecar
-blocks nothing, and a good video dropped afterwards is still restored."""
+`inbox/trip/st -> ../../state` fails with a clear note, the job database stays where it is, and a good video
+dropped afterwards is still restored. (On the code before the fix, the database was moved into failed/.)"""
 
 from __future__ import annotations
 
@@ -22,7 +22,6 @@ def test_a_symlinked_folder_cannot_make_the_daemon_move_its_database(tmp_path):
         staged = tmp_path / "trip"
         staged.mkdir()
         (staged / "st").symlink_to("../../state")
-        os.mkfifo(staged / "other.toml")
         write_face_clip(staged / "evil.mp4", tag=11)
         (staged / "evil.toml").write_text('tasks = [2]\nmask = "st/svfrd.db"\n')
         os.rename(staged, folder.inbox / "trip")
