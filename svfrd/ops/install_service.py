@@ -488,12 +488,29 @@ def next_steps(user: bool, written_to: Path | None, config: Config) -> list[str]
         return steps
     steps = []
     if not _user_exists(SERVICE_USER):
-        steps.append(f"sudo useradd --system --home-dir /var/lib/svfrd --shell /usr/sbin/nologin {SERVICE_USER}")
-    folders = [str(f) for f in writable_folders(config)]
-    steps.append(shlex.join(["sudo", "install", "-d", "-o", SERVICE_USER, "-g", SERVICE_USER, *folders]))
+        # --user-group: the group svfrd that people who share an inbox join (README, "Permissions").
+        steps.append(f"sudo useradd --system --user-group --home-dir /var/lib/svfrd --shell /usr/sbin/nologin "
+                     f"{SERVICE_USER}")
+    steps += folder_steps(writable_folders(config))
     if written_to is not None and written_to != default_unit_path(False):
         steps.append(shlex.join(["sudo", "install", "-m", "0644", str(written_to), str(default_unit_path(False))]))
     steps.append("sudo systemctl daemon-reload && sudo systemctl enable --now svfrd")
+    return steps
+
+
+def folder_steps(folders: list[Path]) -> list[str]:
+    """Hand the folders to the service user: missing ones are created 0750 (as the daemon would), existing
+    ones only change owner. `install -d` on an existing folder would reset its mode to 0755, dropping the
+    setgid bit and group write of a shared inbox (README, "Permissions and shared inboxes")."""
+    owner = f"{SERVICE_USER}:{SERVICE_USER}"
+    missing = [str(f) for f in folders if not f.exists()]
+    existing = [str(f) for f in folders if f.exists()]
+    steps = []
+    if missing:
+        steps.append(shlex.join(["sudo", "install", "-d", "-o", SERVICE_USER, "-g", SERVICE_USER, "-m", "0750",
+                                 *missing]))
+    if existing:
+        steps.append(shlex.join(["sudo", "chown", owner, *existing]))
     return steps
 
 

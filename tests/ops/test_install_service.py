@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from svfrd.config import load_config
 from svfrd.ops import install_service as ins
 from tests.helpers.paths import REPO_ROOT
 
@@ -133,8 +134,6 @@ def test_unit_to_stdout_for_review(tmp_path: Path, capsys) -> None:
 def test_home_is_hidden_except_for_the_folders_svfrd_uses_there(tmp_path: Path) -> None:
     config = tmp_path / "config.toml"
     config.write_text('[[inbox]]\npath = "/home/ann/inbox"\n\n[output]\noutbox = "/home/ann/videos/out"\n')
-    from svfrd.config import load_config
-
     paths = ins.unit_paths_for(load_config(config), Path("/home/ann/svfrd/.venv/bin/svfrd"))
     assert paths.protect_home == "tmpfs"
     assert paths.home_writable == ("/home/ann/inbox", "/home/ann/videos/out")
@@ -380,3 +379,17 @@ def test_the_system_unit_keeps_the_gpu_and_drops_everything_else() -> None:
         assert any(line.startswith(prefix) for line in unit)
     for absent in ("MemoryDenyWriteExecute=", "PrivateUsers=", "ProcSubset=", "PrivateDevices=yes"):
         assert not any(line.startswith(absent) for line in unit)
+
+
+def test_the_printed_steps_keep_the_mode_of_an_existing_shared_inbox(tmp_path: Path) -> None:
+    """`install -d` on an existing folder resets it to 0755: a shared inbox (2770, README) would lose its
+    setgid bit and group write. Existing folders only change owner; missing ones are created 0750."""
+    config = write_config(tmp_path / "site")
+    shared = tmp_path / "site/inbox"
+    shared.mkdir(mode=0o2770)
+    steps = [shlex.split(step) for step in ins.next_steps(False, None, load_config(config))]
+    install = next(step for step in steps if step[:3] == ["sudo", "install", "-d"])
+    chown = next(step for step in steps if step[:2] == ["sudo", "chown"])
+    assert chown == ["sudo", "chown", "svfrd:svfrd", str(shared)]
+    assert str(shared) not in install and install[3:9] == ["-o", "svfrd", "-g", "svfrd", "-m", "0750"]
+    assert str(tmp_path / "site/outbox") in install
