@@ -21,6 +21,7 @@ from pathlib import Path
 from svfrd.config import Config, load_config
 from svfrd.errors import ConfigError
 from svfrd.files.atomic import replacing
+from svfrd.jobs.database import sqlite_file
 
 UNIT_NAME = "svfrd.service"
 SERVICE_USER = "svfrd"
@@ -236,10 +237,8 @@ def svfrd_executable() -> Path:
 
 
 def writable_folders(config: Config) -> list[Path]:
-    folders = [inbox.path for inbox in config.inboxes]
-    folders += [config.output.outbox, config.output.done, config.output.failed, config.service.state_dir]
     unique: list[Path] = []
-    for folder in folders:
+    for _label, folder in _labelled_folders(config):
         if folder not in unique:
             unique.append(folder)
     return unique
@@ -348,21 +347,40 @@ def unsafe_folder(folder: Path, homes: set[Path]) -> str | None:
     return None
 
 
+# An absolute folder of its own for each key, as the README's system install sets them.
+SUGGESTED_FOLDERS = {"[[inbox]] path": "/srv/svfrd/inbox", "[output] outbox": "/srv/svfrd/outbox",
+                     "[output] done": "/srv/svfrd/done", "[output] failed": "/srv/svfrd/failed",
+                     "[service] state_dir": "/var/lib/svfrd/state",
+                     "the folder of [service] database_url": "sqlite:////var/lib/svfrd/state/svfrd.db"}
+
+
 def refuse_unsafe_folders(config: Config) -> None:
+    """All unsafe folders at once, each with a value to write instead. The shipped config's relative folders
+    resolve beside the config file, so copied to /etc/svfrd they would all land under /etc."""
     homes = home_folders()
+    problems, reported = [], set()
     for label, folder in _labelled_folders(config):
         why = unsafe_folder(folder, homes)
-        if why is not None:
-            raise InstallRefused(
-                f"{label} = {folder} is {why}: svfrd moves files in and out of it, and the service setup would "
-                f"hand it to the svfrd user. Give it a folder of its own in {config.path}, such as "
-                "/var/lib/svfrd/state for the state or /srv/svfrd/inbox for an inbox.", 2)
+        if why is not None and folder not in reported:
+            reported.add(folder)
+            relative = " (a relative path in the config resolves against its folder)" \
+                if config.path.parent in (folder, *folder.parents) else ""
+            problems.append(f"\n  - {label} = {folder} is {why}{relative}: use e.g. {SUGGESTED_FOLDERS[label]}")
+    if problems:
+        raise InstallRefused(
+            "these folders cannot be svfrd's: it moves files in and out of them, and the printed commands would "
+            f"hand them to the svfrd user:{''.join(problems)}\nSet absolute folders of svfrd's own in {config.path}.", 2)
 
 
 def _labelled_folders(config: Config) -> list[tuple[str, Path]]:
-    return [*(("[[inbox]] path", inbox.path) for inbox in config.inboxes),
-            ("[output] outbox", config.output.outbox), ("[output] done", config.output.done),
-            ("[output] failed", config.output.failed), ("[service] state_dir", config.service.state_dir)]
+    """Every folder svfrd writes to, named by its config key."""
+    folders = [*(("[[inbox]] path", inbox.path) for inbox in config.inboxes),
+               ("[output] outbox", config.output.outbox), ("[output] done", config.output.done),
+               ("[output] failed", config.output.failed), ("[service] state_dir", config.service.state_dir)]
+    database = sqlite_file(config.service.database_url)
+    if database is not None:  # the database, its WAL and journal may live outside the state folder
+        folders.append(("the folder of [service] database_url", Path(database).absolute().parent))
+    return folders
 
 
 def _unit_values(config: Config, executable: Path, target: Path | None) -> list[tuple[str, str]]:

@@ -205,7 +205,7 @@ def test_state_dir_slash_is_refused_and_nothing_chowns_it(tmp_path: Path) -> Non
     config.write_text('[service]\nstate_dir = "/"\n\n[[inbox]]\npath = "inbox"\n')
     run = run_cli(config, "--output", "-")
     assert run.returncode == 2, run.stdout + run.stderr
-    assert "[service] state_dir = / is a system folder" in run.stderr and f"of its own in {config}" in run.stderr
+    assert "[service] state_dir = / is a system folder" in run.stderr and f"of svfrd's own in {config}" in run.stderr
     assert "install -d" not in run.stderr and run.stdout == ""
 
 
@@ -393,3 +393,36 @@ def test_the_printed_steps_keep_the_mode_of_an_existing_shared_inbox(tmp_path: P
     assert chown == ["sudo", "chown", "svfrd:svfrd", str(shared)]
     assert str(shared) not in install and install[3:9] == ["-o", "svfrd", "-g", "svfrd", "-m", "0750"]
     assert str(tmp_path / "site/outbox") in install
+
+
+def test_the_shipped_config_copied_to_a_system_folder_is_refused_with_every_folder_to_set(
+        tmp_path: Path, monkeypatch, capsys) -> None:
+    """README: `install -D config.toml /etc/svfrd/config.toml`. Its relative folders then resolve under /etc:
+    one message lists them all, says why they landed there and what to write instead."""
+    etc = tmp_path / "etc/svfrd"
+    etc.mkdir(parents=True)
+    shutil.copy(REPO / "config.toml", etc / "config.toml")
+    monkeypatch.setattr(ins, "SYSTEM_TREES", (*ins.SYSTEM_TREES, tmp_path / "etc"))
+    assert ins.install_service(etc / "config.toml", user=False, output="-", owner_uid=os.getuid()) == 2
+    err = capsys.readouterr().err
+    for key, folder, suggested in (("[[inbox]] path", "inbox", "/srv/svfrd/inbox"),
+                                   ("[output] outbox", "outbox", "/srv/svfrd/outbox"),
+                                   ("[output] done", "done", "/srv/svfrd/done"),
+                                   ("[output] failed", "failed", "/srv/svfrd/failed"),
+                                   ("[service] state_dir", "state", "/var/lib/svfrd/state")):
+        assert (f"  - {key} = {etc / folder} is a system folder (a relative path in the config resolves against "
+                f"its folder): use e.g. {suggested}\n") in err
+    assert err.count(f"{etc / 'state'} is a system folder") == 1  # the database's folder is the same one
+    assert err.rstrip().endswith(f"Set absolute folders of svfrd's own in {etc / 'config.toml'}.")
+
+
+def test_a_database_outside_the_state_folder_is_writable_and_checked(tmp_path: Path) -> None:
+    """ProtectSystem=strict leaves only the listed folders writable: a database moved by database_url must be
+    one of them, and is held to the same rule (its folder is chowned to the service)."""
+    config = tmp_path / "config.toml"
+    config.write_text('[service]\ndatabase_url = "sqlite:///db/jobs.db"\n\n[[inbox]]\npath = "inbox"\n')
+    paths = ins.unit_paths_for(load_config(config), VENV_SVFRD)
+    assert str(tmp_path / "db") in paths.writable
+    config.write_text('[service]\ndatabase_url = "sqlite:////var/lib/jobs.db"\n\n[[inbox]]\npath = "inbox"\n')
+    with pytest.raises(ins.InstallRefused, match=r"the folder of \[service\] database_url = /var/lib is a system"):
+        ins.refuse_unsafe_folders(load_config(config))
