@@ -18,6 +18,9 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
+
 from svfrd.config import Config, load_config
 from svfrd.errors import ConfigError
 from svfrd.files.atomic import replacing
@@ -47,8 +50,9 @@ RESTART_SEC = 15
 # leaves the rest of it responsive when something runs away. Threads: PyTorch and the codecs start about one
 # per core each, so 4096 fits a 256-core machine and still stops a fork storm. The largest file svfrd writes is
 # a restored video (or an input copied across file systems): a long 4K master is tens of GB, so 256G only
-# stops a runaway write before it fills the disk. Each of these, when hit, ends that process (the job is
-# retried, then fails) and never harms the rest of the machine.
+# stops a runaway write before it fills the disk. When hit, memory ends the process, a thread or a write
+# fails (Python ignores SIGXFSZ, so the write gets EFBIG): the job is retried, then fails, and the rest of
+# the machine is never harmed.
 MEMORY_MAX = "80%"
 TASKS_MAX = 4096
 FILE_SIZE_MAX = "256G"
@@ -96,7 +100,7 @@ SystemCallErrorNumber=EPERM
 SystemCallArchitectures=native
 # AF_UNIX: sd_notify and the worker's connection (multiprocessing's Pipe is a Unix socket pair). Nothing svfrd
 # runs opens an internet or netlink socket (SQLite is the only store; a database server would need AF_INET
-# AF_INET6 here, and no PrivateNetwork in the system unit).
+# AF_INET6 here and, in the system unit, no PrivateNetwork= or IPAddressDeny= lines).
 RestrictAddressFamilies=AF_UNIX
 RestrictNamespaces=yes
 RestrictRealtime=yes
@@ -377,10 +381,33 @@ def _labelled_folders(config: Config) -> list[tuple[str, Path]]:
     folders = [*(("[[inbox]] path", inbox.path) for inbox in config.inboxes),
                ("[output] outbox", config.output.outbox), ("[output] done", config.output.done),
                ("[output] failed", config.output.failed), ("[service] state_dir", config.service.state_dir)]
-    database = sqlite_file(config.service.database_url)
+    database = _database_file(config.service.database_url)
     if database is not None:  # the database, its WAL and journal may live outside the state folder
         folders.append(("the folder of [service] database_url", Path(database).absolute().parent))
     return folders
+
+
+def _database_file(url: str) -> Path | None:
+    """The SQLite file `url` names; None for anything else, including a URL too malformed to parse (the
+    daemon says what is wrong with it when it starts)."""
+    try:
+        return sqlite_file(url)
+    except ArgumentError:
+        return None
+
+
+def database_server_note(config: Config) -> str | None:
+    """The units give svfrd no network; a database server (not supported yet) could not be reached."""
+    try:
+        backend = make_url(config.service.database_url).get_backend_name()
+    except ArgumentError:
+        return None
+    if backend == "sqlite":
+        return None
+    return (f"note: [service] database_url names a {backend} server, but the unit lets svfrd open only Unix "
+            "sockets. To reach it over the network, add AF_INET AF_INET6 to RestrictAddressFamilies= and, in "
+            "a system unit, delete the PrivateNetwork= and IPAddressDeny= lines (SQLite is the store svfrd "
+            "supports; see the README).")
 
 
 def _unit_values(config: Config, executable: Path, target: Path | None) -> list[tuple[str, str]]:
@@ -566,6 +593,8 @@ def install_service(config_path: Path, user: bool, output: Path | str | None = N
         print(f"svfrd install-service: {err}", file=sys.stderr)
         return err.code
     unit = render_unit(unit_paths_for(config, executable), user)
+    if (note := database_server_note(config)) is not None:
+        print(f"svfrd install-service: {note}", file=sys.stderr)
     if target is None:
         sys.stdout.write(unit)
         _print_steps(next_steps(user, Path("svfrd.service"), config), file=sys.stderr)

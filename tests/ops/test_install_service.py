@@ -426,3 +426,14 @@ def test_a_database_outside_the_state_folder_is_writable_and_checked(tmp_path: P
     config.write_text('[service]\ndatabase_url = "sqlite:////var/lib/jobs.db"\n\n[[inbox]]\npath = "inbox"\n')
     with pytest.raises(ins.InstallRefused, match=r"the folder of \[service\] database_url = /var/lib is a system"):
         ins.refuse_unsafe_folders(load_config(config))
+
+
+def test_a_database_server_url_gets_a_note_on_what_the_unit_blocks(tmp_path: Path, capsys) -> None:
+    config = tmp_path / "config.toml"
+    config.write_text('[service]\ndatabase_url = "postgresql://db.example/svfrd"\n\n[[inbox]]\npath = "inbox"\n')
+    assert ins.install_service(config, user=True, output=tmp_path / "u.service") == 0
+    err = capsys.readouterr().err
+    assert "database_url names a postgresql server" in err and "AF_INET AF_INET6" in err
+    write_config(tmp_path)  # SQLite: no note
+    assert ins.install_service(tmp_path / "config.toml", user=True, output=tmp_path / "u.service") == 0
+    assert "note:" not in capsys.readouterr().err
