@@ -8,6 +8,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -437,3 +438,18 @@ def test_a_database_server_url_gets_a_note_on_what_the_unit_blocks(tmp_path: Pat
     write_config(tmp_path)  # SQLite: no note
     assert ins.install_service(tmp_path / "config.toml", user=True, output=tmp_path / "u.service") == 0
     assert "note:" not in capsys.readouterr().err
+
+
+@needs_systemd_analyze
+def test_code_under_root_is_bound_read_only_into_an_empty_home(tmp_path: Path) -> None:
+    """ProtectHome= hides /root too (pyenv puts Python there): the venv is bound back read-only, nothing
+    under /root is writable, and the unit still verifies."""
+    config = tmp_path / "config.toml"
+    config.write_text('[[inbox]]\npath = "/srv/svfrd/inbox"\n\n[service]\nstate_dir = "/var/lib/svfrd/state"\n')
+    paths = ins.unit_paths_for(load_config(config), Path("/root/svfrd/.venv/bin/svfrd"))
+    assert paths.protect_home == "tmpfs" and paths.home_writable == ()
+    assert "/root/svfrd/.venv" in paths.home_readable
+    unit = ins.render_unit(replace(paths, executable=str(VENV_SVFRD)), user=False)
+    assert not any(line.startswith("BindPaths=") for line in unit.splitlines())
+    (tmp_path / "svfrd.service").write_text(unit)
+    assert systemd_verify(tmp_path / "svfrd.service", tmp_path) == "rc=0"
