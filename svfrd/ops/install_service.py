@@ -120,8 +120,9 @@ After=local-fs.target remote-fs.target
 {_COMMON_SERVICE}User={SERVICE_USER}
 Group={SERVICE_USER}
 # /var/lib/svfrd and /run/svfrd are created by systemd and owned by the service user; /etc/svfrd is created
-# too but stays root's.
+# too but stays root's. The state folder is the service's and its group's, like every folder svfrd creates.
 StateDirectory=svfrd
+StateDirectoryMode=0750
 RuntimeDirectory=svfrd
 ConfigurationDirectory=svfrd
 WorkingDirectory=/var/lib/svfrd

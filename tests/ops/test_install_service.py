@@ -374,7 +374,7 @@ def test_the_system_unit_keeps_the_gpu_and_drops_everything_else() -> None:
     for line in ("CapabilityBoundingSet=", "AmbientCapabilities=", "SystemCallFilter=@system-service",
                  "SystemCallFilter=~@privileged @resources", "SystemCallErrorNumber=EPERM", "ProtectProc=invisible",
                  "RemoveIPC=yes", "PrivateMounts=yes", "PrivateNetwork=yes", "RestrictAddressFamilies=AF_UNIX",
-                 "UMask=0027", "ProtectHome=yes", "DeviceAllow=char-nvidia-caps rw"):
+                 "UMask=0027", "StateDirectoryMode=0750", "ProtectHome=yes", "DeviceAllow=char-nvidia-caps rw"):
         assert line in unit
     for prefix in ("MemoryMax=", "TasksMax=", "LimitFSIZE=", "LogRateLimitIntervalSec=", "LogRateLimitBurst="):
         assert any(line.startswith(prefix) for line in unit)
