@@ -346,6 +346,8 @@ def exposure(unit: Path, tmp_path: Path, user: bool) -> float:
     env = dict(os.environ, XDG_RUNTIME_DIR=str(runtime), SYSTEMD_LOG_COLOR="0")
     cmd = [SYSTEMD_ANALYZE, *(["--user"] if user else []), "security", "--offline=yes", "--no-pager", str(unit)]
     run = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=unit.parent, timeout=60)
+    if run.returncode != 0 and "--offline" in run.stderr:
+        pytest.skip(f"this systemd-analyze cannot rate a unit file offline (systemd 250 or newer can): {run.stderr}")
     last = [line for line in run.stdout.splitlines() if "Overall exposure level" in line]
     assert last, run.stdout + run.stderr
     score = float(last[-1].split(":")[1].split()[0])
