@@ -209,7 +209,8 @@ def quote_arg(arg: str, keep_specifiers: bool = False) -> str:
 
 def render_unit(paths: UnitPaths, user: bool) -> str:
     args = (paths.executable, "--config", paths.config, "run")
-    exec_start = " ".join(quote_arg(a, paths.specifiers) for a in args)
+    # On a command line `${NAME}` is an environment variable: a literal `$` is written `$$`.
+    exec_start = " ".join(quote_arg(a.replace("$", "$$"), paths.specifiers) for a in args)
     if user:
         return USER_TEMPLATE.format(exec_start=exec_start)
     # A leading "-" lets the service start even if a folder is missing (svfrd then reports it itself).

@@ -455,3 +455,14 @@ def test_code_under_root_is_bound_read_only_into_an_empty_home(tmp_path: Path) -
     assert not any(line.startswith("BindPaths=") for line in unit.splitlines())
     (tmp_path / "svfrd.service").write_text(unit)
     assert systemd_verify(tmp_path / "svfrd.service", tmp_path) == "rc=0"
+
+
+@needs_systemd_analyze
+def test_a_dollar_in_the_config_path_stays_literal_on_the_command_line(tmp_path: Path) -> None:
+    """systemd expands `${NAME}` in ExecStart=: a folder named so would point the service at another config."""
+    config = write_config(tmp_path / "a${HOME}b")
+    target = tmp_path / "svfrd.service"
+    assert ins.install_service(config, user=True, output=target) == 0
+    exec_start = next(line for line in target.read_text().splitlines() if line.startswith("ExecStart="))
+    assert exec_start == f"ExecStart={VENV_SVFRD} --config {tmp_path}/a$${{HOME}}b/config.toml run"
+    assert systemd_verify(target, tmp_path, user=True) == "rc=0"
