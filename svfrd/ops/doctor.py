@@ -8,6 +8,7 @@ code) happen inside the checks that need them.
 
 from __future__ import annotations
 
+import stat
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -61,7 +62,22 @@ def folder_checks(config: Config) -> list[Check]:
     folders = [("inbox", inbox.path) for inbox in config.inboxes]
     folders += [("outbox", config.output.outbox), ("done folder", config.output.done),
                 ("failed folder", config.output.failed), ("state folder", config.service.state_dir)]
-    return [check_folder(name, path) for name, path in folders]
+    checks = [check_folder(name, path) for name, path in folders]
+    if config.service.state_dir.is_dir():
+        checks.append(check_state_folder_closed(config.service.state_dir))
+    return checks
+
+
+def check_state_folder_closed(path: Path) -> Check:
+    """svfrd creates its state folder 0750 (README, "Permissions and shared inboxes"), but one made earlier or
+    by hand keeps its mode, and the umask does not protect files written before it was set."""
+    name = "state folder access"
+    mode = stat.S_IMODE(path.stat().st_mode)
+    if mode & 0o007:
+        return failed(name, f"{path} is open to every local user (mode {mode:04o}): the job database names each "
+                      "input and folder, and the private copies of masks and reference photos are there",
+                      f"chmod o-rwx {path}", required=False)
+    return passed(name, f"{path} closed to other users (mode {mode:04o})")
 
 
 def check_folder(name: str, path: Path) -> Check:

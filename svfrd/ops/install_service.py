@@ -18,9 +18,13 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
+
 from svfrd.config import Config, load_config
 from svfrd.errors import ConfigError
 from svfrd.files.atomic import replacing
+from svfrd.jobs.database import sqlite_file
 
 UNIT_NAME = "svfrd.service"
 SERVICE_USER = "svfrd"
@@ -46,8 +50,9 @@ RESTART_SEC = 15
 # leaves the rest of it responsive when something runs away. Threads: PyTorch and the codecs start about one
 # per core each, so 4096 fits a 256-core machine and still stops a fork storm. The largest file svfrd writes is
 # a restored video (or an input copied across file systems): a long 4K master is tens of GB, so 256G only
-# stops a runaway write before it fills the disk. Each of these, when hit, ends that process (the job is
-# retried, then fails) and never harms the rest of the machine.
+# stops a runaway write before it fills the disk. When hit, memory ends the process, a thread or a write
+# fails (Python ignores SIGXFSZ, so the write gets EFBIG): the job is retried, then fails, and the rest of
+# the machine is never harmed.
 MEMORY_MAX = "80%"
 TASKS_MAX = 4096
 FILE_SIZE_MAX = "256G"
@@ -95,7 +100,7 @@ SystemCallErrorNumber=EPERM
 SystemCallArchitectures=native
 # AF_UNIX: sd_notify and the worker's connection (multiprocessing's Pipe is a Unix socket pair). Nothing svfrd
 # runs opens an internet or netlink socket (SQLite is the only store; a database server would need AF_INET
-# AF_INET6 here, and no PrivateNetwork in the system unit).
+# AF_INET6 here and, in the system unit, no PrivateNetwork= or IPAddressDeny= lines).
 RestrictAddressFamilies=AF_UNIX
 RestrictNamespaces=yes
 RestrictRealtime=yes
@@ -115,8 +120,9 @@ After=local-fs.target remote-fs.target
 {_COMMON_SERVICE}User={SERVICE_USER}
 Group={SERVICE_USER}
 # /var/lib/svfrd and /run/svfrd are created by systemd and owned by the service user; /etc/svfrd is created
-# too but stays root's.
+# too but stays root's. The state folder is the service's and its group's, like every folder svfrd creates.
 StateDirectory=svfrd
+StateDirectoryMode=0750
 RuntimeDirectory=svfrd
 ConfigurationDirectory=svfrd
 WorkingDirectory=/var/lib/svfrd
@@ -203,7 +209,8 @@ def quote_arg(arg: str, keep_specifiers: bool = False) -> str:
 
 def render_unit(paths: UnitPaths, user: bool) -> str:
     args = (paths.executable, "--config", paths.config, "run")
-    exec_start = " ".join(quote_arg(a, paths.specifiers) for a in args)
+    # On a command line `${NAME}` is an environment variable: a literal `$` is written `$$`.
+    exec_start = " ".join(quote_arg(a.replace("$", "$$"), paths.specifiers) for a in args)
     if user:
         return USER_TEMPLATE.format(exec_start=exec_start)
     # A leading "-" lets the service start even if a folder is missing (svfrd then reports it itself).
@@ -236,10 +243,8 @@ def svfrd_executable() -> Path:
 
 
 def writable_folders(config: Config) -> list[Path]:
-    folders = [inbox.path for inbox in config.inboxes]
-    folders += [config.output.outbox, config.output.done, config.output.failed, config.service.state_dir]
     unique: list[Path] = []
-    for folder in folders:
+    for _label, folder in _labelled_folders(config):
         if folder not in unique:
             unique.append(folder)
     return unique
@@ -348,21 +353,63 @@ def unsafe_folder(folder: Path, homes: set[Path]) -> str | None:
     return None
 
 
+# An absolute folder of its own for each key, as the README's system install sets them.
+SUGGESTED_FOLDERS = {"[[inbox]] path": "/srv/svfrd/inbox", "[output] outbox": "/srv/svfrd/outbox",
+                     "[output] done": "/srv/svfrd/done", "[output] failed": "/srv/svfrd/failed",
+                     "[service] state_dir": "/var/lib/svfrd/state",
+                     "the folder of [service] database_url": "sqlite:////var/lib/svfrd/state/svfrd.db"}
+
+
 def refuse_unsafe_folders(config: Config) -> None:
+    """All unsafe folders at once, each with a value to write instead. The shipped config's relative folders
+    resolve beside the config file, so copied to /etc/svfrd they would all land under /etc."""
     homes = home_folders()
+    problems, reported = [], set()
     for label, folder in _labelled_folders(config):
         why = unsafe_folder(folder, homes)
-        if why is not None:
-            raise InstallRefused(
-                f"{label} = {folder} is {why}: svfrd moves files in and out of it, and the service setup would "
-                f"hand it to the svfrd user. Give it a folder of its own in {config.path}, such as "
-                "/var/lib/svfrd/state for the state or /srv/svfrd/inbox for an inbox.", 2)
+        if why is not None and folder not in reported:
+            reported.add(folder)
+            relative = " (a relative path in the config resolves against its folder)" \
+                if config.path.parent in (folder, *folder.parents) else ""
+            problems.append(f"\n  - {label} = {folder} is {why}{relative}: use e.g. {SUGGESTED_FOLDERS[label]}")
+    if problems:
+        raise InstallRefused(
+            "these folders cannot be svfrd's: it moves files in and out of them, and the printed commands would "
+            f"hand them to the svfrd user:{''.join(problems)}\nSet absolute folders of svfrd's own in {config.path}.", 2)
 
 
 def _labelled_folders(config: Config) -> list[tuple[str, Path]]:
-    return [*(("[[inbox]] path", inbox.path) for inbox in config.inboxes),
-            ("[output] outbox", config.output.outbox), ("[output] done", config.output.done),
-            ("[output] failed", config.output.failed), ("[service] state_dir", config.service.state_dir)]
+    """Every folder svfrd writes to, named by its config key."""
+    folders = [*(("[[inbox]] path", inbox.path) for inbox in config.inboxes),
+               ("[output] outbox", config.output.outbox), ("[output] done", config.output.done),
+               ("[output] failed", config.output.failed), ("[service] state_dir", config.service.state_dir)]
+    database = _database_file(config.service.database_url)
+    if database is not None:  # the database, its WAL and journal may live outside the state folder
+        folders.append(("the folder of [service] database_url", Path(database).absolute().parent))
+    return folders
+
+
+def _database_file(url: str) -> Path | None:
+    """The SQLite file `url` names; None for anything else, including a URL too malformed to parse (the
+    daemon says what is wrong with it when it starts)."""
+    try:
+        return sqlite_file(url)
+    except ArgumentError:
+        return None
+
+
+def database_server_note(config: Config) -> str | None:
+    """The units give svfrd no network; a database server (not supported yet) could not be reached."""
+    try:
+        backend = make_url(config.service.database_url).get_backend_name()
+    except ArgumentError:
+        return None
+    if backend == "sqlite":
+        return None
+    return (f"note: [service] database_url names a {backend} server, but the unit lets svfrd open only Unix "
+            "sockets. To reach it over the network, add AF_INET AF_INET6 to RestrictAddressFamilies= and, in "
+            "a system unit, delete the PrivateNetwork= and IPAddressDeny= lines (SQLite is the store svfrd "
+            "supports; see the README).")
 
 
 def _unit_values(config: Config, executable: Path, target: Path | None) -> list[tuple[str, str]]:
@@ -488,12 +535,29 @@ def next_steps(user: bool, written_to: Path | None, config: Config) -> list[str]
         return steps
     steps = []
     if not _user_exists(SERVICE_USER):
-        steps.append(f"sudo useradd --system --home-dir /var/lib/svfrd --shell /usr/sbin/nologin {SERVICE_USER}")
-    folders = [str(f) for f in writable_folders(config)]
-    steps.append(shlex.join(["sudo", "install", "-d", "-o", SERVICE_USER, "-g", SERVICE_USER, *folders]))
+        # --user-group: the group svfrd that people who share an inbox join (README, "Permissions").
+        steps.append(f"sudo useradd --system --user-group --home-dir /var/lib/svfrd --shell /usr/sbin/nologin "
+                     f"{SERVICE_USER}")
+    steps += folder_steps(writable_folders(config))
     if written_to is not None and written_to != default_unit_path(False):
         steps.append(shlex.join(["sudo", "install", "-m", "0644", str(written_to), str(default_unit_path(False))]))
     steps.append("sudo systemctl daemon-reload && sudo systemctl enable --now svfrd")
+    return steps
+
+
+def folder_steps(folders: list[Path]) -> list[str]:
+    """Hand the folders to the service user: missing ones are created 0750 (as the daemon would), existing
+    ones only change owner. `install -d` on an existing folder would reset its mode to 0755, dropping the
+    setgid bit and group write of a shared inbox (README, "Permissions and shared inboxes")."""
+    owner = f"{SERVICE_USER}:{SERVICE_USER}"
+    missing = [str(f) for f in folders if not f.exists()]
+    existing = [str(f) for f in folders if f.exists()]
+    steps = []
+    if missing:
+        steps.append(shlex.join(["sudo", "install", "-d", "-o", SERVICE_USER, "-g", SERVICE_USER, "-m", "0750",
+                                 *missing]))
+    if existing:
+        steps.append(shlex.join(["sudo", "chown", owner, *existing]))
     return steps
 
 
@@ -531,6 +595,8 @@ def install_service(config_path: Path, user: bool, output: Path | str | None = N
         print(f"svfrd install-service: {err}", file=sys.stderr)
         return err.code
     unit = render_unit(unit_paths_for(config, executable), user)
+    if (note := database_server_note(config)) is not None:
+        print(f"svfrd install-service: {note}", file=sys.stderr)
     if target is None:
         sys.stdout.write(unit)
         _print_steps(next_steps(user, Path("svfrd.service"), config), file=sys.stderr)

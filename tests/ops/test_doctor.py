@@ -11,6 +11,7 @@ import pytest
 from rich.console import Console
 from sqlalchemy import create_engine, text
 
+from svfrd.config import load_config
 from svfrd.jobs.database import upgrade_database
 from svfrd.ops import doctor
 from tests.helpers.paths import FACE_MODEL, REPO_ROOT
@@ -190,3 +191,16 @@ def test_codec_lookup_tells_missing_from_present() -> None:
 
     assert doctor.has_codec(av, "libx264", "w") and doctor.has_codec(av, "h264", "r")
     assert not doctor.has_codec(av, "no-such-codec", "w")
+
+
+def test_a_state_folder_open_to_everyone_is_a_warning_with_the_chmod(tmp_path: Path) -> None:
+    """Issue 16: a state folder made before svfrd created it 0750 still shows the database to every user."""
+    write_site(tmp_path)
+    config = load_config(tmp_path / "config.toml")
+    (tmp_path / "state").chmod(0o755)
+    check = next(c for c in doctor.folder_checks(config) if c.name == "state folder access")
+    assert not check.ok and not check.required and check.fix == f"chmod o-rwx {tmp_path / 'state'}"
+    assert "mode 0755" in check.detail
+    (tmp_path / "state").chmod(0o750)
+    check = next(c for c in doctor.folder_checks(config) if c.name == "state folder access")
+    assert check.ok and "mode 0750" in check.detail
