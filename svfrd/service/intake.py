@@ -435,16 +435,14 @@ class Intake:
 
     def _content_hash(self, inbox: InboxConfig, path: Path) -> str:
         """sha256 of the file, cached per (path, size, mtime) so rescans never hash a file twice. Opened
-        beneath the inbox (a video swapped for a FIFO must not block the scan), except a linked video that
-        the inbox chose to follow (`follow_symlinks`)."""
+        beneath the inbox (a video swapped for a FIFO must not block the scan); the video itself may be a link
+        only in an inbox that chose to follow them (`follow_symlinks`): a file swapped for a link after it was
+        listed is refused, not followed."""
         stat = path.stat()
         key = (path, stat.st_size, stat.st_mtime_ns)
         if key not in self._hashes:
-            if path.is_symlink():
-                self._hashes[key] = file_sha256(path, still_alive=notify.still_busy)
-            else:
-                with beneath.open_plain_file(inbox.path, path) as f:
-                    self._hashes[key] = file_sha256(f, still_alive=notify.still_busy)
+            with beneath.open_plain_file(inbox.path, path, follow_last_link=inbox.follow_symlinks) as f:
+                self._hashes[key] = file_sha256(f, still_alive=notify.still_busy)
         return self._hashes[key]
 
     def _reject(self, inbox: InboxConfig, video: Path, sidecar: Path, content_hash: str, err: BadInputError) -> Job:

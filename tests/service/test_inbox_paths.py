@@ -84,7 +84,7 @@ def test_a_mask_swapped_after_intake_changes_nothing_and_nothing_outside_moves(i
     (tmp_path / "private" / "clip.mask.png").write_bytes(b"someone else's file")
     (inbox / "trip").symlink_to(tmp_path / "private")
     job = claim_next_job(intake.db, worker_pid=1)
-    pipeline = pipeline_job(intake.config, job, results.temp_files(intake.config, job))
+    pipeline = pipeline_job(intake.config, job, results.temp_files(intake.config, job), Path(job.source_path))
     assert pipeline.mask_path.is_relative_to(copies_folder(intake.config.service.state_dir))
     assert pipeline.mask_path.read_bytes() == original, "the job uses the copy read at intake"
     results.move_inputs(intake.config, intake.db, job, intake.config.output.done)
