@@ -231,6 +231,16 @@ def insert_failed_job(db: Engine, error: BadInputError, **fields: Any) -> Job:
     return job
 
 
+def forget_unfiled_failure(db: Engine, job_id: int) -> None:
+    """Remove a failed row that `insert_failed_job` made for a file intake then could not move to failed/: the
+    file is still in the inbox and is looked at again, so it must not also be the source of a failed job (it
+    would be left alone forever, and a second refusal would record it twice)."""
+    with _session(db) as session, session.begin():
+        job = _locked_job(session, job_id)
+        if job.state == JobState.FAILED.value and job.stage == INTAKE_STAGE:
+            session.delete(job)
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Claim & run.
 
