@@ -578,6 +578,28 @@ def paths_owned_by_jobs(
         return set(session.exec(query).all())
 
 
+def drop_paths_no_waiting_job_names(
+    db: Engine, paths: Iterable[str], columns: Iterable[str], drop: Callable[[str], None]
+) -> list[str]:
+    """Call `drop` for each of `paths` that no queued or running job names in any of `columns`, inside one
+    write transaction (SQLite: BEGIN IMMEDIATE): no job can be queued, retried or claimed between the check
+    and the drop, so none starts to find a file it needs gone. Returns the paths dropped."""
+    paths = list(paths)
+    if not paths:
+        return []
+    waiting = [JobState.QUEUED.value, JobState.RUNNING.value]
+    with _session(db) as session, session.begin():
+        named: set[str] = set()
+        for column in columns:
+            attribute = getattr(Job, column)
+            named |= set(session.exec(select(attribute).where(col(attribute).in_(paths),
+                                                              col(Job.state).in_(waiting))).all())
+        unused = [path for path in paths if path not in named]
+        for path in unused:
+            drop(path)
+    return unused
+
+
 @dataclass
 class Overview:
     """The jobs table at one moment, as the live status view shows it."""
