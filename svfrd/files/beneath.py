@@ -78,13 +78,15 @@ def _folder_parts(root: str | Path, relative: str | Path | tuple[str, ...]) -> t
 
 
 @contextmanager
-def open_plain_file(root: str | Path, path: str | Path) -> Iterator[BinaryIO]:
+def open_plain_file(root: str | Path, path: str | Path, follow_last_link: bool = False) -> Iterator[BinaryIO]:
     """`path` (absolute under `root`, or relative to it) opened for reading as a binary file, reached without
     following any symlink, and only if it is a plain file. Raises BadInputError saying what to do otherwise,
-    FileNotFoundError when it is not there."""
+    FileNotFoundError when it is not there. `follow_last_link`: the file itself may be a link, followed
+    wherever it points (an inbox with `follow_symlinks = true`); its folders still may not."""
     parts = relative_parts(root, path)
+    flags = _FILE_FLAGS & ~os.O_NOFOLLOW if follow_last_link else _FILE_FLAGS
     with open_folder(root, parts[:-1]) as folder:
-        fd = _open_component(parts[-1], _FILE_FLAGS, folder, Path(root).joinpath(*parts), root, "file")
+        fd = _open_component(parts[-1], flags, folder, Path(root).joinpath(*parts), root, "file")
     try:
         _require_plain_file(fd, Path(root).joinpath(*parts))
         os.set_blocking(fd, True)
@@ -188,4 +190,6 @@ def _kind(mode: int) -> str:
 
 
 def _size(limit: int) -> str:
+    if limit < 1024:
+        return f"{limit} bytes"
     return f"{limit // 1024} KiB" if limit < 1 << 20 else f"{limit // (1 << 20)} MiB"

@@ -231,6 +231,16 @@ def insert_failed_job(db: Engine, error: BadInputError, **fields: Any) -> Job:
     return job
 
 
+def forget_unfiled_failure(db: Engine, job_id: int) -> None:
+    """Remove a failed row that `insert_failed_job` made for a file intake then could not move to failed/: the
+    file is still in the inbox and is looked at again, so it must not also be the source of a failed job (it
+    would be left alone forever, and a second refusal would record it twice)."""
+    with _session(db) as session, session.begin():
+        job = _locked_job(session, job_id)
+        if job.state == JobState.FAILED.value and job.stage == INTAKE_STAGE:
+            session.delete(job)
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Claim & run.
 
@@ -566,6 +576,28 @@ def paths_owned_by_jobs(
     query = select(attribute).where(col(attribute).in_(paths), col(Job.state).in_([JobState(s).value for s in states]))
     with _session(db) as session:
         return set(session.exec(query).all())
+
+
+def drop_paths_no_waiting_job_names(
+    db: Engine, paths: Iterable[str], columns: Iterable[str], drop: Callable[[str], None]
+) -> list[str]:
+    """Call `drop` for each of `paths` that no queued or running job names in any of `columns`, inside one
+    write transaction (SQLite: BEGIN IMMEDIATE): no job can be queued, retried or claimed between the check
+    and the drop, so none starts to find a file it needs gone. Returns the paths dropped."""
+    paths = list(paths)
+    if not paths:
+        return []
+    waiting = [JobState.QUEUED.value, JobState.RUNNING.value]
+    with _session(db) as session, session.begin():
+        named: set[str] = set()
+        for column in columns:
+            attribute = getattr(Job, column)
+            named |= set(session.exec(select(attribute).where(col(attribute).in_(paths),
+                                                              col(Job.state).in_(waiting))).all())
+        unused = [path for path in paths if path not in named]
+        for path in unused:
+            drop(path)
+    return unused
 
 
 @dataclass

@@ -24,8 +24,8 @@ from sqlalchemy import Engine
 from svfrd.errors import BadInputError
 from svfrd.files import beneath
 from svfrd.files.atomic import fsync_folder
-from svfrd.jobs.model import Job, JobState
-from svfrd.jobs.store import paths_owned_by_jobs, set_input_copies
+from svfrd.jobs.model import Job
+from svfrd.jobs.store import drop_paths_no_waiting_job_names, set_input_copies
 from svfrd.service.sidecar import IMAGE_READ_LIMIT
 
 log = logging.getLogger(__name__)
@@ -40,12 +40,16 @@ def copies_folder(state_dir: str | Path) -> Path:
     return Path(state_dir) / FOLDER
 
 
+def copy_path(state_dir: str | Path, data: bytes, kind: str) -> Path:
+    """Where the private copy of `data` lies (named by its content)."""
+    return copies_folder(state_dir) / f"{hashlib.sha256(data).hexdigest()}.{kind.split()[0]}"
+
+
 def keep_copy(state_dir: str | Path, data: bytes, kind: str) -> Path:
     """The private copy of `data` (written once, fsynced, mode 0640); returns its path."""
-    digest = hashlib.sha256(data).hexdigest()
     folder = copies_folder(state_dir)
     folder.mkdir(mode=0o750, parents=True, exist_ok=True)
-    path = folder / f"{digest}.{kind.split()[0]}"
+    path = copy_path(state_dir, data, kind)
     if copy_problem(path) is None:
         return path
     temp = folder / f".{path.name}.{os.getpid()}.{os.urandom(4).hex()}.part"
@@ -80,23 +84,24 @@ def ensure_copies(db: Engine, job: Job, state_dir: str | Path) -> Job:
     """At job start: every mask and reference of the job has a sound private copy. A missing or damaged one
     (a failed job retried, a job queued before copies existed) is made again from the file where the row says
     it lies, read beneath its folder; raises BadInputError when that file is not the content the job was
-    queued with. Returns the row as it is now."""
-    changes = {}
+    queued with. Returns the row as it is now. The row names a copy before it is written: a scan removing
+    unused copies meanwhile (`remove_unused`) then keeps it."""
     for copy_column, path_column, kind in KINDS:
         path, copy = getattr(job, path_column), getattr(job, copy_column)
         if path is None or (copy is not None and copy_problem(copy) is None):
             continue
         data = _read_input(job, Path(path), kind)
-        made = keep_copy(state_dir, data, kind)
-        if copy is not None and Path(copy).name != made.name:
+        wanted = copy_path(state_dir, data, kind)
+        if copy is not None and Path(copy).name != wanted.name:
             raise BadInputError(
                 f"the {kind} {Path(path).name} is no longer the file the job was queued with (svfrd's own copy "
                 f"of it is gone too, so it cannot be restored as asked). Drop the video with its sidecar and "
                 f"{kind} into the inbox again"
             )
         if copy is None:
-            changes[copy_column] = made
-    return set_input_copies(db, job.id, **changes) if changes else job
+            job = set_input_copies(db, job.id, **{copy_column: wanted})
+        keep_copy(state_dir, data, kind)
+    return job
 
 
 def _read_input(job: Job, path: Path, kind: str) -> bytes:
@@ -110,19 +115,14 @@ def _read_input(job: Job, path: Path, kind: str) -> bytes:
 
 
 def remove_unused(db: Engine, state_dir: str | Path) -> list[Path]:
-    """Remove the copies that no queued or running job names. Returns what was removed."""
+    """Remove the copies that no queued or running job names. The check and the removal hold the queue, so
+    a job retried or claimed meanwhile (the worker, `svfrd retry`) waits and then makes its copy again at
+    start (`ensure_copies`) instead of starting with its copy gone. Returns what was removed."""
     folder = copies_folder(state_dir)
     try:
         names = [entry.path for entry in os.scandir(folder) if not entry.name.startswith(".")]
     except FileNotFoundError:
         return []
-    if not names:
-        return []
-    waiting = (JobState.QUEUED.value, JobState.RUNNING.value)
-    used = set()
-    for copy_column, _, _ in KINDS:
-        used |= paths_owned_by_jobs(db, names, waiting, column=copy_column)
-    removed = [Path(name) for name in names if name not in used]
-    for path in removed:
-        path.unlink(missing_ok=True)
-    return removed
+    columns = [copy_column for copy_column, _, _ in KINDS]
+    removed = drop_paths_no_waiting_job_names(db, names, columns, lambda name: Path(name).unlink(missing_ok=True))
+    return [Path(name) for name in removed]

@@ -44,9 +44,10 @@ import os
 import threading
 import time
 import traceback
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Callable
+from typing import Callable, Iterator
 
 from sqlalchemy import Engine
 
@@ -59,6 +60,7 @@ from svfrd.jobs.model import Job, JobState
 from svfrd.jobs.store import (
     dedupe_key_for,
     enqueue_reusing,
+    forget_unfiled_failure,
     insert_failed_job,
     paths_owned_by_jobs,
     set_input_paths,
@@ -364,14 +366,15 @@ class Intake:
         inputs = {"source_path": (video, short), "sidecar_path": (sidecar, sidecar_path_for(Path(short)).name)}
         present = {column: pair for column, pair in inputs.items() if pair[0] is not None}
         failed_folder = placement.mirror_folder(self.config.output.failed, source_name)
-        moved = dict(zip(present, placement.move_input_to(
-            failed_folder, [path for path, _ in present.values()], beneath=inbox.path,
-            names=[name for _, name in present.values()])))
+        with self._forgotten_unless_moved(job):
+            moved = dict(zip(present, placement.move_input_to(
+                failed_folder, [path for path, _ in present.values()], beneath=inbox.path,
+                names=[name for _, name in present.values()])))
+        result.failed.append(set_input_paths(self.db, job.id, **moved))
         placement.write_error_report(failed_folder, moved["source_path"].name,
                                      f"{err}\n\nsvfrd job {job.id}. The video was moved into this folder as "
                                      f"{moved['source_path'].name}, its sidecar (if any) beside it.")
         log.warning("job %d failed: %s", job.id, err)
-        result.failed.append(set_input_paths(self.db, job.id, **moved))
 
     def _take(self, inbox: InboxConfig, video: Path, result: ScanResult) -> None:
         sidecar = sidecar_path_for(video)
@@ -435,16 +438,14 @@ class Intake:
 
     def _content_hash(self, inbox: InboxConfig, path: Path) -> str:
         """sha256 of the file, cached per (path, size, mtime) so rescans never hash a file twice. Opened
-        beneath the inbox (a video swapped for a FIFO must not block the scan), except a linked video that
-        the inbox chose to follow (`follow_symlinks`)."""
+        beneath the inbox (a video swapped for a FIFO must not block the scan); the video itself may be a link
+        only in an inbox that chose to follow them (`follow_symlinks`): a file swapped for a link after it was
+        listed is refused, not followed."""
         stat = path.stat()
         key = (path, stat.st_size, stat.st_mtime_ns)
         if key not in self._hashes:
-            if path.is_symlink():
-                self._hashes[key] = file_sha256(path, still_alive=notify.still_busy)
-            else:
-                with beneath.open_plain_file(inbox.path, path) as f:
-                    self._hashes[key] = file_sha256(f, still_alive=notify.still_busy)
+            with beneath.open_plain_file(inbox.path, path, follow_last_link=inbox.follow_symlinks) as f:
+                self._hashes[key] = file_sha256(f, still_alive=notify.still_busy)
         return self._hashes[key]
 
     def _reject(self, inbox: InboxConfig, video: Path, sidecar: Path, content_hash: str, err: BadInputError) -> Job:
@@ -483,11 +484,24 @@ class Intake:
         failed_folder = placement.mirror_folder(self.config.output.failed, source_name)
         inputs = {"source_path": video, "sidecar_path": sidecar, "mask_path": mask}
         present = {column: path for column, path in inputs.items() if path is not None}
-        moved = dict(zip(present, placement.move_input_to(failed_folder, list(present.values()), beneath=inbox.path)))
+        with self._forgotten_unless_moved(job):
+            moved = dict(zip(present, placement.move_input_to(failed_folder, list(present.values()),
+                                                              beneath=inbox.path)))
+        job = set_input_paths(self.db, job.id, **moved)
         placement.write_error_report(failed_folder, moved["source_path"].name,
                                      f"{err}\n\nsvfrd job {job.id}. {moved_note}")
         log.warning("job %d failed: %s", job.id, err)
-        return set_input_paths(self.db, job.id, **moved)
+        return job
+
+    @contextmanager
+    def _forgotten_unless_moved(self, job: Job) -> Iterator[None]:
+        """A failed row whose files could not be moved to failed/ is removed again, so the file is one failure
+        (or one retry at the next scan), never two rows or a row that leaves the file in the inbox for good."""
+        try:
+            yield
+        except BaseException:
+            forget_unfiled_failure(self.db, job.id)
+            raise
 
     def _mask_named_by(self, inbox: InboxConfig, sidecar: Path) -> Path | None:
         """The mask a rejected sidecar names, if it is a plain file reached beneath the inbox without any link

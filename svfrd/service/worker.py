@@ -66,6 +66,7 @@ from svfrd.service.messages import (
     WorkerStartFailed,
 )
 from svfrd.service.report import build_report
+from svfrd.service.source_video import HeldVideo, hold_video
 
 log = logging.getLogger(__name__)
 
@@ -187,27 +188,29 @@ class JobRunner:
                 return Outcome.DONE
             logger.info("the results of an earlier, interrupted run are gone; restoring again")
             forget_planned_results(self.db, job.id)
-        new = supersede_if_replaced(self.db, job)
-        if new is not None:
-            logger.info("superseded: %s was replaced with different content after it was queued; job %d "
-                        "restores the new content", job.source_name, new.id)
-            return Outcome.SUPERSEDED
-        if results.publish_reused_results(self.config, self.db, job):
-            return Outcome.DONE
-        self._restore(job, logger)
+        # Hashed and restored from one open file: a swap in the inbox meanwhile changes nothing (source_video).
+        with hold_video(self.config, job) as video:
+            new = supersede_if_replaced(self.db, job, video)
+            if new is not None:
+                logger.info("superseded: %s was replaced with different content after it was queued; job %d "
+                            "restores the new content", job.source_name, new.id)
+                return Outcome.SUPERSEDED
+            if results.publish_reused_results(self.config, self.db, job):
+                return Outcome.DONE
+            self._restore(job, logger, video)
         return Outcome.DONE
 
-    def _restore(self, job: Job, logger: JobLogger) -> None:
+    def _restore(self, job: Job, logger: JobLogger, video: HeldVideo | None) -> None:
         from svfrd.media.pipeline import restore_video  # here, so `svfrd status` never loads the media stack
 
-        self._check_before_restoring(job)
+        video = self._check_before_restoring(job, video)
         job = input_copies.ensure_copies(self.db, job, self.config.service.state_dir)
         temps = results.temp_files(self.config, job)
         progress = JobProgress(self.db, job.id)
         started = time.monotonic()
         logger.info("restoring %s (tasks %s) with %s", job.source_name, "+".join(job.task_labels),
                     self.engine.name)
-        result = restore_video(pipeline_job(self.config, job, temps), self.engine, progress,
+        result = restore_video(pipeline_job(self.config, job, temps, video.media_path), self.engine, progress,
                                on_probed=lambda info: self._announce_deadline(job, info.frames))
         finals = results.plan_final_files(self.config, job)
         report = build_report(job, self.engine.name, result, finals, progress.timings(), time.monotonic() - started)
@@ -221,12 +224,13 @@ class JobRunner:
         """The job's time limit is known once its frames are: the supervisor enforces it."""
         self.tell_supervisor(JobDeadline(job.id, frames, self.config.limits.job_timeout(frames)))
 
-    def _check_before_restoring(self, job: Job) -> None:
+    def _check_before_restoring(self, job: Job, video: HeldVideo | None) -> HeldVideo:
         """Everything that must hold before a job's (long) restoration starts; each raises the error that
         decides what happens to the job. Checks of the input itself (it is still there) go here."""
         check_service_configured(self.config)
-        check_source_present(job)
+        video = check_source_present(job, video)
         check_free_space(self.config)
+        return video
 
     def _settle(self, job_id: int, error: SvfrdError, logger: JobLogger) -> Outcome:
         self._discard_unpublished(job_id)
@@ -257,11 +261,12 @@ def unexpected_error(job: Job, err: Exception) -> TransientError:
     )
 
 
-def pipeline_job(config: Config, job: Job, temps: results.ResultFiles):
+def pipeline_job(config: Config, job: Job, temps: results.ResultFiles, source: Path):
+    """What the pipeline needs; `source` is the path that opens the video held open (`HeldVideo.media_path`)."""
     from svfrd.media.pipeline import PipelineJob
 
     return PipelineJob(
-        source=Path(job.source_path),
+        source=source,
         output=temps.video,
         tasks=frozenset(Task(t) for t in job.task_ids),
         seed=job.seed,
@@ -294,14 +299,14 @@ def check_service_configured(config: Config) -> None:
         raise ConfigError(problem)
 
 
-def supersede_if_replaced(db: Database, job: Job) -> Job | None:
-    """Hash the job's video again: a file overwritten while its job waited is a new job (returned), and the old
-    one is cancelled saying so, so that dedupe and the report never name content that was not restored.
-    Only a video still in its inbox is checked; a missing one is left for `check_source_present`."""
-    source = Path(job.source_path)
-    if not source.is_file() or not source.is_relative_to(job.inbox):
+def supersede_if_replaced(db: Database, job: Job, video: HeldVideo | None) -> Job | None:
+    """Hash the job's video again (from the file held open for the job): a file overwritten while its job
+    waited is a new job (returned), and the old one is cancelled saying so, so that dedupe and the report never
+    name content that was not restored. Only a video still in its inbox is checked; a missing one is left for
+    `check_source_present`."""
+    if video is None or not beneath.is_beneath(job.inbox, job.source_path):
         return None
-    content_hash = _hash_in_inbox(job, source)
+    content_hash = file_sha256(video.file)
     if content_hash == job.content_hash:
         return None
     return supersede_job(
@@ -315,20 +320,13 @@ def supersede_if_replaced(db: Database, job: Job) -> Job | None:
     )
 
 
-def _hash_in_inbox(job: Job, source: Path) -> str:
-    """The video's hash, opened beneath its inbox (a video swapped for a FIFO fails, it does not block)."""
-    if source.is_symlink():  # a linked video the inbox chose to follow (`follow_symlinks`)
-        return file_sha256(source)
-    with beneath.open_plain_file(job.inbox, source) as f:
-        return file_sha256(f)
-
-
-def check_source_present(job: Job) -> None:
-    if not Path(job.source_path).is_file():
+def check_source_present(job: Job, video: HeldVideo | None) -> HeldVideo:
+    if video is None:
         raise BadInputError(
             f"{job.source_path} is no longer there: it was moved or deleted before its turn came. "
             "Drop the video into the inbox again to restore it"
         )
+    return video
 
 
 def check_free_space(config: Config) -> None:

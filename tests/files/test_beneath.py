@@ -67,10 +67,30 @@ def test_a_socket_a_device_and_a_folder_are_refused(inbox, tmp_path):
 def test_a_file_bigger_than_the_limit_is_refused(inbox):
     (inbox / "big.toml").write_bytes(b"x" * 17)
     assert beneath.read_plain_file(inbox, "big.toml", 17) == b"x" * 17
-    with pytest.raises(BadInputError, match="big.toml is bigger than 0 KiB"):
+    with pytest.raises(BadInputError, match="big.toml is bigger than 16 bytes"):
         beneath.read_plain_file(inbox, "big.toml", 16)
 
 
 def test_a_missing_file_is_file_not_found(inbox):
     with pytest.raises(FileNotFoundError):
         beneath.read_plain_file(inbox, "trip/gone.png", 100)
+
+
+def test_a_linked_file_is_followed_only_when_asked_and_never_through_a_linked_folder(inbox, tmp_path):
+    """An inbox with `follow_symlinks = true` takes a linked video: only the file itself may be a link."""
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "elsewhere" / "clip.mp4").write_bytes(b"linked video")
+    (inbox / "clip.mp4").symlink_to(tmp_path / "elsewhere" / "clip.mp4")
+    (inbox / "away").symlink_to(tmp_path / "elsewhere")
+    with beneath.open_plain_file(inbox, "clip.mp4", follow_last_link=True) as f:
+        assert f.read() == b"linked video"
+    with pytest.raises(BadInputError, match="clip.mp4 is a symbolic link"):
+        beneath.read_plain_file(inbox, "clip.mp4", 100)
+    with pytest.raises(BadInputError, match="inbox/away is a symbolic link"):
+        with beneath.open_plain_file(inbox, "away/clip.mp4", follow_last_link=True):
+            pass
+    os.mkfifo(tmp_path / "elsewhere" / "pipe")
+    (inbox / "pipe.mp4").symlink_to(tmp_path / "elsewhere" / "pipe")
+    with pytest.raises(BadInputError, match="is a FIFO"):
+        with beneath.open_plain_file(inbox, "pipe.mp4", follow_last_link=True):
+            pass

@@ -4,14 +4,16 @@ no symlink in any part of a path, plain files only, masks used from the service'
 from __future__ import annotations
 
 import os
+import sqlite3
 import threading
 from pathlib import Path
 
 import pytest
 
 import svfrd.service.intake as intake_module
+from svfrd.errors import BadInputError
 from svfrd.jobs.store import claim_next_job, finish_job, get_job
-from svfrd.service import results
+from svfrd.service import input_copies, results
 from svfrd.service.input_copies import copies_folder
 from svfrd.service.worker import pipeline_job
 from tests.service.test_intake_scanning import (
@@ -84,7 +86,7 @@ def test_a_mask_swapped_after_intake_changes_nothing_and_nothing_outside_moves(i
     (tmp_path / "private" / "clip.mask.png").write_bytes(b"someone else's file")
     (inbox / "trip").symlink_to(tmp_path / "private")
     job = claim_next_job(intake.db, worker_pid=1)
-    pipeline = pipeline_job(intake.config, job, results.temp_files(intake.config, job))
+    pipeline = pipeline_job(intake.config, job, results.temp_files(intake.config, job), Path(job.source_path))
     assert pipeline.mask_path.is_relative_to(copies_folder(intake.config.service.state_dir))
     assert pipeline.mask_path.read_bytes() == original, "the job uses the copy read at intake"
     results.move_inputs(intake.config, intake.db, job, intake.config.output.done)
@@ -147,3 +149,56 @@ def test_each_sidecar_is_read_once_per_scan_however_many_are_rejected(intake, mo
     monkeypatch.setattr(intake_module.beneath, "read_plain_file", lambda *a: reads.append(a[1]) or real(*a))
     jobs = failed_jobs(scan_until(intake, lambda r: len(failed_jobs(r)) == 20))
     assert len(jobs) == 20 and len(reads) == len(set(reads)) == 20
+
+
+def test_a_job_queued_again_while_unused_copies_are_removed_waits_and_never_starts_without_its_copy(
+        intake, monkeypatch):
+    """`svfrd retry` (or a claim) from another process between the scan's check and its removal used to queue a
+    job whose copy was then deleted under it."""
+    inbox = inbox_of(intake)
+    save_mask(inbox / "clip.mask.png")
+    drop(inbox, "clip.toml", 'tasks = ["bfr", "inpaint"]\nmask = "clip.mask.png"\n')
+    drop(inbox, "clip.mp4", video_bytes(6))
+    [job] = enqueued(scan_until(intake, enqueued))
+    with intake.db.begin() as connection:  # failed for now: its copy is unused
+        connection.exec_driver_sql("UPDATE jobs SET state = 'failed' WHERE id = ?", (job.id,))
+    requeued = []
+    unlink = Path.unlink
+
+    def retry_from_another_process_then_unlink(path, *args, **kwargs):
+        if not requeued:
+            other = sqlite3.connect(intake.config.service.state_dir / "svfrd.db", timeout=0.2)
+            try:
+                other.execute("UPDATE jobs SET state = 'queued' WHERE id = ?", (job.id,))
+                other.commit()
+                requeued.append("at once")
+            except sqlite3.OperationalError:  # database is locked: the removal holds the queue
+                requeued.append("waited")
+            finally:
+                other.close()
+        return unlink(path, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "unlink", retry_from_another_process_then_unlink)
+    assert input_copies.remove_unused(intake.db, intake.config.service.state_dir) == [Path(job.mask_copy)]
+    assert requeued == ["waited"], "the job was queued again between the check and the removal of its copy"
+
+
+def test_a_job_queued_without_a_copy_gets_one_at_start_and_a_changed_mask_is_refused(intake):
+    """A job queued before copies existed (migration 0004), or a retried one whose copy was removed."""
+    inbox = inbox_of(intake)
+    state_dir = intake.config.service.state_dir
+    mask = save_mask(inbox / "clip.mask.png")
+    drop(inbox, "clip.toml", 'tasks = ["bfr", "inpaint"]\nmask = "clip.mask.png"\n')
+    drop(inbox, "clip.mp4", video_bytes(7))
+    [job] = enqueued(scan_until(intake, enqueued))
+    copy = Path(job.mask_copy)
+    with intake.db.begin() as connection:
+        connection.exec_driver_sql("UPDATE jobs SET mask_copy = NULL WHERE id = ?", (job.id,))
+    copy.unlink()
+    job = input_copies.ensure_copies(intake.db, claim_next_job(intake.db, worker_pid=1), state_dir)
+    assert job.mask_copy == str(copy) and copy.read_bytes() == mask.read_bytes()
+    assert get_job(intake.db, job.id).mask_copy == str(copy)
+    copy.unlink()
+    mask.write_bytes(b"another picture")
+    with pytest.raises(BadInputError, match="clip.mask.png is no longer the file the job was queued with"):
+        input_copies.ensure_copies(intake.db, job, state_dir)

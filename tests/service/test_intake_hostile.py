@@ -4,6 +4,9 @@ systemd's watchdog fed. Real folders and a real SQLite database; time is a FakeC
 
 from __future__ import annotations
 
+import os
+
+import svfrd.service.intake as intake_module
 from svfrd.files.names import NAME_MAX, byte_length
 from svfrd.ops import notify
 from tests.service.test_intake_scanning import (
@@ -12,6 +15,7 @@ from tests.service.test_intake_scanning import (
     enqueued,
     inbox_of,
     intake,  # noqa: F401 - the fixture
+    save_mask,
     scan_for,
     scan_until,
     video_bytes,
@@ -74,3 +78,52 @@ def test_a_scan_taking_file_after_file_feeds_the_watchdog_between_files(intake, 
     drop(inbox_of(intake), "later.mp4", video_bytes(20))
     scan_until(intake, lambda r: enqueued(r))
     assert len(sent) == 2
+
+
+def refused_sidecar_with_mask(intake):  # noqa: F811
+    inbox = inbox_of(intake)
+    (inbox / "m").mkdir()
+    save_mask(inbox / "m" / "mask.png")
+    drop(inbox, "clip.toml", 'tasks = ["bfr"]\nmask = "m/mask.png"\n')  # a mask without inpainting: refused
+    return drop(inbox, "clip.mp4", video_bytes(30))
+
+
+def test_a_refusal_whose_move_is_refused_too_records_one_failed_job_not_two(intake, monkeypatch, tmp_path):  # noqa: F811
+    """The mask's folder becomes a link between the check and the move (a race): the move refuses it, and the
+    refusal that follows moves the video and sidecar alone, as the one failed job of that file."""
+    refused_sidecar_with_mask(intake)
+    real_move = intake_module.placement.move_input_to
+
+    def move_after_a_swap(folder, paths, **kwargs):
+        masks = inbox_of(intake) / "m"
+        if not masks.is_symlink():
+            os.rename(masks, tmp_path / "m.moved")
+            masks.symlink_to(tmp_path / "m.moved")
+        return real_move(folder, paths, **kwargs)
+
+    monkeypatch.setattr(intake_module.placement, "move_input_to", move_after_a_swap)
+    [job] = failed(scan_until(intake, failed))
+    assert [j.id for j in all_jobs(intake)] == [job.id]
+    assert job.source_path == str(intake.config.output.failed / "clip.mp4") and job.mask_path is None
+    assert (tmp_path / "m.moved" / "mask.png").is_file()
+
+
+def test_a_refusal_whose_move_fails_is_not_recorded_and_is_tried_again_at_the_next_scan(intake, monkeypatch):  # noqa: F811
+    """Before, the failed row stayed while the file stayed in the inbox: owned by that row, it was never looked
+    at again, and no note said why."""
+    video = refused_sidecar_with_mask(intake)
+    real_move = intake_module.placement.move_input_to
+    calls = []
+
+    def move_failing_at_first(folder, paths, **kwargs):
+        calls.append(paths)
+        if len(calls) <= 2:  # at the first two scans
+            raise PermissionError(13, "Permission denied", str(folder))
+        return real_move(folder, paths, **kwargs)
+
+    monkeypatch.setattr(intake_module.placement, "move_input_to", move_failing_at_first)
+    results = scan_until(intake, lambda r: failed(r))
+    assert len(calls) == 3 and not video.exists()
+    [job] = failed(results)
+    assert [j.id for j in all_jobs(intake)] == [job.id]
+    assert (intake.config.output.failed / "clip.error.txt").is_file()

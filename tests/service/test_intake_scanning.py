@@ -27,6 +27,7 @@ from svfrd.jobs.store import (
     set_input_paths,
 )
 from svfrd.service.intake import Intake, ScanResult
+from svfrd.service.source_video import hold_video
 from svfrd.service.worker import supersede_if_replaced
 from tests.helpers.clock import FakeClock
 
@@ -480,7 +481,8 @@ def test_a_video_replaced_while_its_job_waited_is_a_new_job_when_the_job_starts(
     drop(inbox, "clip.mp4", video_bytes(40))  # overwritten with other content
     running = claim_next_job(intake.db, worker_pid=1)
     assert running.id == queued.id
-    assert supersede_if_replaced(intake.db, running) is not None, "nothing to restore for the old content"
+    with hold_video(intake.config, running) as video:
+        assert supersede_if_replaced(intake.db, running, video) is not None, "nothing to restore for the old content"
     old = get_job(intake.db, queued.id)
     assert old.state == JobState.CANCELLED.value
     [new] = [j for j in all_jobs(intake) if j.id != old.id]
@@ -490,7 +492,8 @@ def test_a_video_replaced_while_its_job_waited_is_a_new_job_when_the_job_starts(
     assert new.dedupe_key != old.dedupe_key and new.source_path == old.source_path
     assert enqueued(scan_for(intake, 0.3)) == [], "the new job owns the file: no third job"
     claimed = claim_next_job(intake.db, worker_pid=1)
-    assert claimed.id == new.id and supersede_if_replaced(intake.db, claimed) is None
+    with hold_video(intake.config, claimed) as video:
+        assert claimed.id == new.id and supersede_if_replaced(intake.db, claimed, video) is None
 
 
 def test_a_symlinked_sidecar_fails_its_video_instead_of_being_read(tmp_path):
@@ -502,4 +505,27 @@ def test_a_symlinked_sidecar_fails_its_video_instead_of_being_read(tmp_path):
     [job] = [j for r in scan_until(intake, lambda r: any(r_.failed for r_ in r)) for j in r.failed]
     assert "sidecar clip.toml is a symbolic link" in job.error_message
     assert (intake.config.output.failed / "clip.toml").is_symlink() and elsewhere.is_file()
+    intake.db.dispose()
+
+
+def test_a_video_swapped_for_a_link_after_it_was_listed_is_refused_not_followed(tmp_path, monkeypatch):
+    """Only an inbox with `follow_symlinks = true` follows a linked video; before, intake followed any video
+    that was a link by the time it was hashed, and queued the link's target."""
+    intake = make_intake(tmp_path, quiet=0)
+    clip = drop(inbox_of(intake), "clip.mp4", video_bytes(41))
+    elsewhere = drop(tmp_path, "elsewhere.mp4", video_bytes(42))
+    list_inbox = intake._list_inbox
+
+    def listed_then_swapped(inbox):
+        listing = list_inbox(inbox)
+        if clip in listing.files:
+            clip.unlink()
+            clip.symlink_to(elsewhere)
+        return listing
+
+    monkeypatch.setattr(intake, "_list_inbox", listed_then_swapped)
+    result = scan_until(intake, lambda r: r[-1].failed or r[-1].enqueued)[-1]
+    assert result.enqueued == [] and [job.source_name for job in result.failed] == ["clip.mp4"]
+    assert "clip.mp4 is a symbolic link" in result.failed[0].error_message
+    assert elsewhere.is_file() and file_sha256(elsewhere) != result.failed[0].content_hash
     intake.db.dispose()
