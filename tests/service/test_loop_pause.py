@@ -101,3 +101,19 @@ def test_an_error_that_repeats_is_logged_once_with_a_count(supervisor, caplog):
     assert sum("Traceback" in message for message in messages) == 1
     assert len(messages) <= 6, messages
     assert any("happened 1000 times in a row" in message for message in messages)
+
+
+def test_a_job_past_its_time_limit_is_settled_like_any_dead_workers_job(supervisor, monkeypatch, caplog):
+    """One way to restart a worker: killed for its time limit, it goes through the same death handling, so a
+    failure to record the job's end neither escapes the check nor leaves the loop without a worker."""
+    def settle_fails(*_args):
+        raise OSError(36, "File name too long")
+
+    monkeypatch.setattr(supervisor_module.recovery, "settle_timed_out_job", settle_fails)
+    supervisor.timers.job_started()
+    supervisor.timers.set_job_timeout(10.0)
+    supervisor.clock.advance(11.0)
+    with caplog.at_level(logging.ERROR):
+        supervisor._check_running_job()
+    assert supervisor.worker.starts == 1 and supervisor.worker.job is None
+    assert "job 7: could not record the end of this job" in caplog.text and "File name too long" in caplog.text
