@@ -346,14 +346,14 @@ class Supervisor:
             case _:
                 log.warning("ignored an unknown message from the worker: %r", message)
 
-    def _on_worker_death(self, timeout_message: str | None = None) -> None:
-        """Reap the dead worker, settle its job (`timeout_message`: it was killed for running past its time
-        limit) and start a fresh one: the one way a worker is restarted."""
+    def _on_worker_death(self, overdue_message: str | None = None) -> None:
+        """Reap the dead worker, settle its job (`overdue_message`: it was killed for running past its time
+        limit, and why) and start a fresh one: the one way a worker is restarted."""
         how = describe_exit(self.worker.process.exitcode)
         job = self.worker.job
         self.worker.kill()  # reap it
         if job is not None:
-            self._settle_job_of_dead_worker(job, how, timeout_message)
+            self._settle_job_of_dead_worker(job, how, overdue_message)
         elif not self.worker.ready:
             self.startup_deaths += 1
             log.error("the worker process died while starting (%s)", how)
@@ -367,13 +367,13 @@ class Supervisor:
         if self.stop_signal is None:
             self.worker.start()
 
-    def _settle_job_of_dead_worker(self, job: Job, how: str, timeout_message: str | None) -> None:
+    def _settle_job_of_dead_worker(self, job: Job, how: str, overdue_message: str | None) -> None:
         """Record what became of the dead worker's job. Should that fail, the worker is restarted all the
         same (else the loop would meet the same dead worker again and again); the job stays running in the
         database until the next start of the daemon puts it back in the queue."""
         try:
-            if timeout_message is not None:
-                recovery.settle_timed_out_job(self.config, self.db, job, timeout_message)
+            if overdue_message is not None:
+                recovery.settle_timed_out_job(self.config, self.db, job, overdue_message)
             else:
                 recovery.settle_orphaned_job(
                     self.config, self.db, job,
@@ -405,7 +405,7 @@ class Supervisor:
         message = timeout_message(self.worker.job, self.config.limits, self.job_frames, self.timers.job_timeout,
                                   self.timers.job_running_for())
         self.worker.kill()
-        self._on_worker_death(timeout_message=message)
+        self._on_worker_death(overdue_message=message)
 
     def _keep_manager_informed(self) -> None:
         if self.worker.job is None:
