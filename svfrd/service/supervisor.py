@@ -17,7 +17,6 @@ import multiprocessing
 import os
 import selectors
 import signal
-import traceback
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Any, Callable
@@ -255,8 +254,8 @@ class Supervisor:
         are always ready, and made an error repeat 40,000 times in four minutes)."""
         try:
             step()
-        except Exception:  # noqa: BLE001
-            self.loop_errors.failed(traceback.format_exc(), LOOP_ERROR_PAUSE)
+        except Exception as err:  # noqa: BLE001
+            self.loop_errors.failed(err, LOOP_ERROR_PAUSE)
             self.paused_until = self.clock.monotonic() + LOOP_ERROR_PAUSE
             self._pause()
         else:

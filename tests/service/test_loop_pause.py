@@ -4,6 +4,7 @@ repeats is logged once with a count. The clock is a FakeClock; the worker a stan
 
 from __future__ import annotations
 
+import io
 import logging
 from dataclasses import dataclass, field
 from types import SimpleNamespace
@@ -12,6 +13,7 @@ import pytest
 
 from svfrd.config import load_config
 from svfrd.jobs.database import open_database, upgrade_database
+from svfrd.ops.logs import make_handler
 from svfrd.service import supervisor as supervisor_module
 from svfrd.service.supervisor import LOOP_ERROR_PAUSE, Supervisor
 from tests.helpers.clock import FakeClock
@@ -98,7 +100,7 @@ def test_an_error_that_repeats_is_logged_once_with_a_count(supervisor, caplog):
             supervisor.clock.advance(LOOP_ERROR_PAUSE)
         supervisor._guarded(lambda: None)
     messages = [record.getMessage() for record in caplog.records]
-    assert sum("Traceback" in message for message in messages) == 1
+    assert sum(record.exc_info is not None for record in caplog.records) == 1
     assert len(messages) <= 6, messages
     assert any("happened 1000 times in a row" in message for message in messages)
 
@@ -117,3 +119,17 @@ def test_a_job_past_its_time_limit_is_settled_like_any_dead_workers_job(supervis
         supervisor._check_running_job()
     assert supervisor.worker.starts == 1 and supervisor.worker.job is None
     assert "job 7: could not record the end of this job" in caplog.text and "File name too long" in caplog.text
+
+
+def test_the_traceback_of_a_loop_error_keeps_its_lines(supervisor):
+    """A traceback passed inside the message was escaped into one line of `\\n`s by the log formatter."""
+    stream = io.StringIO()
+    handler = make_handler(stream)
+    supervisor_module.log.addHandler(handler)
+    try:
+        supervisor._guarded(lambda: 1 / 0)
+    finally:
+        supervisor_module.log.removeHandler(handler)
+    text = stream.getvalue()
+    assert "counted)\nTraceback (most recent call last):\n" in text and "ZeroDivisionError" in text
+    assert "\\n" not in text
