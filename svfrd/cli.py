@@ -438,8 +438,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.handler(args)
-    except CommandError as err:
-        print(f"svfrd: {err}", file=sys.stderr)
+    except CommandError as err:  # it may quote a name from an inbox (a job's error): no escape code may act
+        print(f"svfrd: {printable_lines(err)}", file=sys.stderr)
         return err.code
     except KeyboardInterrupt:
         return 130
@@ -447,7 +447,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_OK
     except OSError as err:  # a folder or file the command needs cannot be read or written
         where = f": {err.filename}" if err.filename else ""
-        print(f"svfrd: {err.strerror or err}{where}", file=sys.stderr)
+        print(f"svfrd: {printable(err.strerror or err)}{printable(where)}", file=sys.stderr)
         return EXIT_FAILURE
 
 

@@ -86,7 +86,8 @@ class Option:
         if self.kind == "int":
             ok = is_number and isinstance(value, int) and self._in_range(value)
         else:
-            ok = is_number and math.isfinite(value) and value > (self.minimum or 0) and self._in_range(value)
+            finite = is_number and (isinstance(value, int) or math.isfinite(value))  # a TOML int may not fit a float
+            ok = finite and value > (self.minimum or 0) and self._in_range(value)
         return None if ok else "must be " + self.allowed
 
     @property

@@ -65,7 +65,7 @@ def test_the_svfr_options_have_upper_bounds_that_hold_the_gpu_for_hours_not_week
     assert option_problem(name, 1000) is not None  # accepted before: 1000 steps over a whole video
 
 
-@pytest.mark.parametrize("value", [float("inf"), float("-inf"), float("nan")])
+@pytest.mark.parametrize("value", [float("inf"), float("-inf"), float("nan"), 10**400], ids=["inf", "-inf", "nan", "10**400"])
 def test_guidance_scale_must_be_a_finite_number(value):
     assert "must be a finite number > 0 and <= 20" in option_problem("guidance_scale", value)
 

@@ -43,15 +43,23 @@ def create_new(path: Path, mode: int = PRIVATE_FILE_MODE) -> BinaryIO:
     return os.fdopen(os.open(path, _CREATE_NEW, mode), "wb")
 
 
+def is_temp_name(name: str) -> bool:
+    """Whether `name` has the form of our temporary names (`hidden_temp_path`): `.NAME.part`, `.NAME.<pid>.part`."""
+    return name.startswith(".") and name.endswith(TEMP_SUFFIX) and len(name) > len(TEMP_SUFFIX) + 1
+
+
 def create_temp(path: Path, mode: int = PRIVATE_FILE_MODE) -> BinaryIO:
-    """`create_new` for one of our own temporary names. A plain file in the way (left by an interrupted run)
-    or a symlink (planted: removed, never followed) is removed once; anything else there (a folder, a FIFO, a
-    device), or something there again at once, is an error naming the folder: someone else writes there."""
+    """`create_new` for one of our own temporary names (`is_temp_name`). A plain file in the way (left by an
+    interrupted run) or a symlink (planted: removed, never followed) is removed once; anything else there (a
+    folder, a FIFO, a device), something there again at once, or anything at all under a name that is not one
+    of ours (a caller's mistake must never cost a user's file) is an error naming the folder."""
     try:
         return create_new(path, mode)
     except FileExistsError:
         pass
     try:
+        if not is_temp_name(path.name):
+            raise FileExistsError(errno.EEXIST, "it is not one of svfrd's temporary names, so it is never removed")
         if not _is_plain_file_or_symlink(path):
             raise FileExistsError(errno.EEXIST, "it is not a plain file")
         os.unlink(path)  # a symlink itself, never its target

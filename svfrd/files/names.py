@@ -8,8 +8,10 @@ input whose name fits but whose derived names do not would fail deep in a job, o
 name before it takes a file (`derived_name_problem`), and refuses the file under a shortened name
 (`shortened_name`).
 
-The names are computed with the same functions that make them (`svfrd.files.placement`, `svfrd.files.atomic`;
-the result suffixes mirror `svfrd.service.results`), with the largest number, job id and process id they can carry.
+The names are computed with the same functions that make them (`svfrd.files.placement`, `svfrd.files.atomic`),
+with the largest number, job id and process id they can carry. What lives in the service layer above (the result
+suffixes and `job<id>.` temporary names of `svfrd.service.results`, the sidecar name of `svfrd.service.sidecar`)
+is mirrored here, and tests/files/test_names.py holds the copies to the originals.
 """
 
 from __future__ import annotations

@@ -18,7 +18,6 @@ and invents no pixel; `VideoWriter.adjustment` says what was done, for the job r
 from __future__ import annotations
 
 import os
-import stat
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
@@ -29,7 +28,7 @@ import numpy as np
 
 from svfrd.config import LimitsConfig
 from svfrd.errors import BadInputError, TransientError
-from svfrd.files.atomic import create_temp
+from svfrd.files.atomic import PRIVATE_FILE_MODE, create_temp, is_temp_name
 
 #: Audio codecs the MP4 muxer accepts as they are; anything else is re-encoded to AAC.
 MP4_COPYABLE_AUDIO = frozenset({"aac", "mp3", "ac3", "eac3", "opus", "alac", "flac"})
@@ -418,18 +417,18 @@ def size_adjustment(source: tuple[int, int], written: tuple[int, int]) -> str | 
 
 
 def _create_output(path: Path) -> BinaryIO:
-    """The file to encode into, created new (`create_temp`). A character device (/dev/null, /dev/full, where
-    benchmarks and tests write) is written as it is: a device cannot be removed or replaced by a user."""
-    try:
-        if stat.S_ISCHR(os.lstat(path).st_mode):
-            return os.fdopen(os.open(path, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC), "wb")
-    except FileNotFoundError:
-        pass
-    return create_temp(path)
+    """The file to encode into. The worker's output is one of our temporary names in the outbox, where a symlink
+    may have been planted: created new (`create_temp`). Any other path is one the caller chose (a benchmark, a
+    test, /dev/null or /dev/full): written as `open(path, "wb")` would, except never through a symlink; only a
+    temporary name is ever removed to make room."""
+    if is_temp_name(path.name):
+        return create_temp(path)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC
+    return os.fdopen(os.open(path, flags, PRIVATE_FILE_MODE), "wb")
 
 
 def _open_output(file: BinaryIO, path: Path) -> av.container.OutputContainer:
-    """The MP4 muxer writing into `file`, a file we just created (`create_temp`): the output path may be a
+    """The MP4 muxer writing into `file`, a file we just opened (`_create_output`): the output path may be a
     predictable temporary name, so it is never opened by name, which would follow a planted symlink."""
     return guard_disk(path, lambda: av.open(file, "w", format="mp4"))
 

@@ -124,7 +124,9 @@ def make_handler(stream: TextIO | None = None) -> logging.Handler:
         from rich.console import Console
         from rich.logging import RichHandler
 
-        handler = RichHandler(console=Console(file=stream), show_path=False, rich_tracebacks=True)
+        # Not rich's own tracebacks: they print an exception's message as it is (an ESC in a file name would
+        # act); without them the traceback goes through EscapingFormatter like everything else.
+        handler = RichHandler(console=Console(file=stream), show_path=False, rich_tracebacks=False)
         handler.setFormatter(EscapingFormatter("%(name)s: %(message)s"))
     elif stderr_is_journal(stream):
         handler = logging.StreamHandler(stream)

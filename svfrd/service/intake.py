@@ -43,7 +43,6 @@ import math
 import os
 import threading
 import time
-import traceback
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -306,15 +305,18 @@ class Intake:
         except BadInputError as err:  # the file's own fault, already said for people (e.g. a linked folder)
             self._refuse_after_error(inbox, path, result, err)
         except Exception as err:  # noqa: BLE001 - whatever a hostile file makes a library raise
-            self._log_once(logging.ERROR, "could not take %s; it is refused:\n%s", path, traceback.format_exc())
+            self._log_once(logging.ERROR, "could not take %s; it is refused (%s)", path, err, exc_info=True)
             self._refuse_after_error(inbox, path, result, err)
 
-    def _log_once(self, level: int, message: str, path: Path, err: BaseException | str) -> None:
-        """The same trouble with the same file is logged at its first scan, not at every scan after."""
+    def _log_once(self, level: int, message: str, path: Path, err: BaseException | str,
+                  exc_info: bool = False) -> None:
+        """The same trouble with the same file is logged at its first scan, not at every scan after. A
+        traceback goes as `exc_info`, whose lines the log formatter keeps (inside the message they would be
+        escaped into one line, `svfrd.ops.logs`)."""
         key = (path, str(err))
         if key not in self._logged:
             self._logged.add(key)
-            log.log(level, message, path, err)
+            log.log(level, message, path, err, exc_info=exc_info)
 
     def _refuse_after_error(self, inbox: InboxConfig, path: Path, result: ScanResult, err: Exception) -> None:
         """A failed job for a file intake could not take, its files in failed/ with a note saying why.

@@ -8,6 +8,7 @@ everything else (it once wrote 60 MB in four minutes).
 from __future__ import annotations
 
 import logging
+import traceback
 
 #: Counts at which a persisting error is mentioned again: 10, 100, 1000, ...
 REMINDER_BASE = 10
@@ -21,18 +22,21 @@ class RepeatedErrors:
         self.last: str | None = None
         self.repeats = 0
 
-    def failed(self, error: str, pause: float) -> None:
-        """`error`: the traceback (or message) of this attempt; identical ones count as the same error."""
-        if error == self.last:
+    def failed(self, error: BaseException, pause: float) -> None:
+        """`error`: what this attempt raised; one with the same traceback counts as the same error. It is
+        logged with its traceback as such (`exc_info`), whose lines the log formatter keeps apart: inside a
+        message they would be escaped into one unreadable line (`svfrd.ops.logs`)."""
+        text = "".join(traceback.format_exception(error))
+        if text == self.last:
             self.repeats += 1
             if _is_reminder(self.repeats):
                 self.log.error("the main loop hit the same error again (%d times in a row now); still carrying "
                                "on every %.0f s", self.repeats + 1, pause)
             return
         self._summarise()
-        self.last, self.repeats = error, 0
+        self.last, self.repeats = text, 0
         self.log.error("the main loop hit an error; carrying on in %.0f s (the same error again is only "
-                       "counted):\n%s", pause, error.rstrip())
+                       "counted)", pause, exc_info=error)
 
     def succeeded(self) -> None:
         if self.last is not None:

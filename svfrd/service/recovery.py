@@ -107,6 +107,19 @@ def unfinished_orphan(config: Config, db: Database, job: Job) -> Job | None:
 def settle_orphaned_job(config: Config, db: Database, job: Job, death_message: str) -> None:
     """A job whose worker died: finish its publication if its results were complete, record a cancel if one
     was asked for, else count a transient failure (retried with backoff, or failed into failed/)."""
+    _settle_stopped_job(config, db, job, TransientError(death_message))
+
+
+def settle_timed_out_job(config: Config, db: Database, job: Job, message: str) -> None:
+    """A job the supervisor stopped past its time limit ([limits] job_timeout_*), settled like any job whose
+    worker died, except that it fails like bad input (not retried: it would hold the queue as long again) and
+    its inputs go to failed/ beside a note saying `message`."""
+    _settle_stopped_job(config, db, job, BadInputError(message))
+
+
+def _settle_stopped_job(config: Config, db: Database, job: Job, error: Exception) -> None:
+    """Nothing when the worker recorded the job's end first (or its results were complete: published now); a
+    cancel when one was asked for; else `error` is logged and recorded, partial results removed."""
     current = unfinished_orphan(config, db, job)
     if current is None:
         return
@@ -116,15 +129,8 @@ def settle_orphaned_job(config: Config, db: Database, job: Job, death_message: s
                  retry_backoff=config.service.retry_backoff)
         logger.info("cancelled")
         return
-    logger.error("%s", death_message)
-    results.settle_failure(config, db, job.id, TransientError(death_message))
-
-
-def settle_timed_out_job(config: Config, db: Database, job: Job, message: str) -> None:
-    """A job the supervisor stopped past its time limit ([limits] job_timeout_*): it fails like bad input
-    (not retried) and its inputs go to failed/, unless its worker had recorded its end first."""
-    if unfinished_orphan(config, db, job) is not None:
-        results.settle_failure(config, db, job.id, BadInputError(message))
+    logger.error("%s", error)
+    results.settle_failure(config, db, job.id, error)
 
 
 def requeue_after_stop(config: Config, db: Database, job: Job) -> None:

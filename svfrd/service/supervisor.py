@@ -17,7 +17,6 @@ import multiprocessing
 import os
 import selectors
 import signal
-import traceback
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Any, Callable
@@ -255,8 +254,8 @@ class Supervisor:
         are always ready, and made an error repeat 40,000 times in four minutes)."""
         try:
             step()
-        except Exception:  # noqa: BLE001
-            self.loop_errors.failed(traceback.format_exc(), LOOP_ERROR_PAUSE)
+        except Exception as err:  # noqa: BLE001
+            self.loop_errors.failed(err, LOOP_ERROR_PAUSE)
             self.paused_until = self.clock.monotonic() + LOOP_ERROR_PAUSE
             self._pause()
         else:
@@ -346,12 +345,14 @@ class Supervisor:
             case _:
                 log.warning("ignored an unknown message from the worker: %r", message)
 
-    def _on_worker_death(self) -> None:
+    def _on_worker_death(self, overdue_message: str | None = None) -> None:
+        """Reap the dead worker, settle its job (`overdue_message`: it was killed for running past its time
+        limit, and why) and start a fresh one: the one way a worker is restarted."""
         how = describe_exit(self.worker.process.exitcode)
         job = self.worker.job
         self.worker.kill()  # reap it
         if job is not None:
-            self._settle_orphaned_job(job, how)
+            self._settle_job_of_dead_worker(job, how, overdue_message)
         elif not self.worker.ready:
             self.startup_deaths += 1
             log.error("the worker process died while starting (%s)", how)
@@ -365,18 +366,21 @@ class Supervisor:
         if self.stop_signal is None:
             self.worker.start()
 
-    def _settle_orphaned_job(self, job: Job, how: str) -> None:
+    def _settle_job_of_dead_worker(self, job: Job, how: str, overdue_message: str | None) -> None:
         """Record what became of the dead worker's job. Should that fail, the worker is restarted all the
         same (else the loop would meet the same dead worker again and again); the job stays running in the
         database until the next start of the daemon puts it back in the queue."""
         try:
-            recovery.settle_orphaned_job(
-                self.config, self.db, job,
-                f"the worker process died ({how}) while restoring {job.source_name}; "
-                "it was restarted and the job will be retried")
+            if overdue_message is not None:
+                recovery.settle_timed_out_job(self.config, self.db, job, overdue_message)
+            else:
+                recovery.settle_orphaned_job(
+                    self.config, self.db, job,
+                    f"the worker process died ({how}) while restoring {job.source_name}; "
+                    "it was restarted and the job will be retried")
         except Exception:  # noqa: BLE001
-            job_logger(job.id).error("could not record the end of this job after its worker died; it stays "
-                                     "running until svfrd restarts:\n%s", traceback.format_exc())
+            job_logger(job.id).error("could not record the end of this job after its worker ended (%s); it "
+                                     "stays running until svfrd restarts", how, exc_info=True)
 
     def _check_running_job(self) -> None:
         """Read the running job's row: honour a cancel the worker did not act on, and update the status line."""
@@ -395,16 +399,12 @@ class Supervisor:
 
     def _stop_overdue_job(self) -> None:
         """Past its time limit the job is stopped the only way a stuck engine cannot ignore: its worker is
-        killed and a fresh one started. The job fails without a retry: it would hold the queue as long again."""
-        job = self.worker.job
-        message = timeout_message(job, self.config.limits, self.job_frames, self.timers.job_timeout,
+        killed, and then handled as any dead worker (a fresh one is started). The job fails without a retry:
+        it would hold the queue as long again."""
+        message = timeout_message(self.worker.job, self.config.limits, self.job_frames, self.timers.job_timeout,
                                   self.timers.job_running_for())
-        job_logger(job.id).error("%s", message)
         self.worker.kill()
-        self.worker.job = None
-        recovery.settle_timed_out_job(self.config, self.db, job, message)
-        if self.stop_signal is None:
-            self.worker.start()
+        self._on_worker_death(overdue_message=message)
 
     def _keep_manager_informed(self) -> None:
         if self.worker.job is None:

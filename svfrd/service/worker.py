@@ -29,7 +29,6 @@ import os
 import signal
 import threading
 import time
-import traceback
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Callable
@@ -176,7 +175,7 @@ class JobRunner:
         except (BadInputError, TransientError) as err:
             return JobFinished(job_id, self._settle(job_id, err, logger))
         except Exception as err:  # noqa: BLE001 - anything unexpected may be a passing fault: retry it
-            logger.error("unexpected error:\n%s", traceback.format_exc())
+            logger.error("unexpected error", exc_info=True)  # as exc_info: the log keeps the traceback's lines
             return JobFinished(job_id, self._settle(job_id, unexpected_error(job, err), logger))
 
     def _run(self, job: Job, logger: JobLogger) -> Outcome:
@@ -373,7 +372,7 @@ def worker_main(config: Config, conn: Connection, parent_pid: int, verbose: bool
         import svfrd.media.pipeline  # noqa: F401 - load the media stack now, not in the first job's time
     except Exception as err:  # noqa: BLE001 - reported to the supervisor, which exits with the message
         if not isinstance(err, SvfrdError):
-            log.error("the worker could not start:\n%s", traceback.format_exc())
+            log.error("the worker could not start", exc_info=True)
         conn.send(WorkerStartFailed(f"the worker could not start: {err}", isinstance(err, ConfigError)))
         return
     db = open_database(config.service.database_url)

@@ -12,6 +12,7 @@ from svfrd.files.atomic import (
     create_new,
     create_temp,
     hidden_temp_path,
+    is_temp_name,
     replacing,
     write_replacing,
 )
@@ -79,6 +80,19 @@ def test_a_stale_temporary_file_is_replaced_and_anything_else_in_the_way_is_an_e
         create_temp(fifo)
     with pytest.raises(FileExistsError):
         create_new(stale)  # create_new never replaces anything
+
+
+def test_nothing_is_removed_under_a_name_that_is_not_one_of_our_temporary_names(tmp_path):
+    """Only a stale `.NAME.part` of ours may be removed to make room: a caller passing any other name gets an
+    error, never the loss of a user's file (a first version removed /dev/full)."""
+    for name in ("clip.mp4", ".clip.mp4", "clip.mp4.part", ".part"):
+        users = tmp_path / name
+        users.write_text("someone's precious file\n")
+        with pytest.raises(FileExistsError, match="not one of svfrd's temporary names, so it is never removed"):
+            create_temp(users)
+        assert users.read_text() == "someone's precious file\n"
+    assert is_temp_name(hidden_temp_path(tmp_path / "clip.mp4").name)
+    assert is_temp_name(hidden_temp_path(tmp_path / "clip.mp4", unique=True).name)
 
 
 def test_replacing_does_not_follow_a_symlink_planted_on_its_temporary_name(tmp_path):

@@ -4,8 +4,10 @@
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 
 from svfrd.files.names import (
+    JOB_ID_DIGITS,
     NAME_MAX,
     RESULT_SUFFIXES,
     byte_length,
@@ -16,6 +18,7 @@ from svfrd.files.names import (
 )
 from svfrd.files.placement import MAX_NAME_TRIES, numbered_names
 from svfrd.service import results
+from svfrd.service.sidecar import sidecar_path_for
 
 
 def test_the_longest_numbered_name_is_the_one_placement_makes():
@@ -25,6 +28,15 @@ def test_the_longest_numbered_name_is_the_one_placement_makes():
 
 def test_the_result_suffixes_are_those_of_the_results():
     assert set(RESULT_SUFFIXES) == {suffix for suffix in results._suffixes(preview=True).values()}
+
+
+def test_the_temporary_results_and_the_sidecar_are_named_as_the_service_names_them(tmp_path):
+    """names.py cannot import the service's naming (files/ sits below service/), so its copies are held to it."""
+    config = SimpleNamespace(output=SimpleNamespace(outbox=tmp_path, preview=True))
+    job = SimpleNamespace(id=10**JOB_ID_DIGITS - 1, source_name="trip/clip.mp4")
+    derived = set(derived_names("clip.mp4"))
+    assert {path.name for _, path in results.temp_files(config, job).items()} <= derived
+    assert sidecar_path_for(Path("clip.mp4")).name in derived
 
 
 def test_a_usual_name_is_fine_and_a_232_byte_stem_is_refused_saying_how_long_it_may_be():

@@ -3,6 +3,7 @@ orientation and audio; unreadable files are refused with a clear message."""
 
 from __future__ import annotations
 
+import errno
 from fractions import Fraction
 from pathlib import Path
 
@@ -102,6 +103,22 @@ def test_the_writer_never_writes_through_a_symlink_planted_on_its_path(tmp_path)
             writer.write(frame.image, frame.pts)
     assert victim.read_text() == "precious\n"
     assert not output.is_symlink() and probe(output).frames == 3
+
+
+def test_a_path_the_caller_chose_is_overwritten_but_never_through_a_symlink(tmp_path):
+    """Benchmarks write one output again and again; only the worker's temporary names are created new."""
+    source = write_moving_face_clip(tmp_path / "clip.mp4", frames=3)
+    output, victim, link = tmp_path / "out.mp4", tmp_path / "victim.txt", tmp_path / "link.mp4"
+    output.write_bytes(b"an earlier run")
+    victim.write_text("precious\n")
+    link.symlink_to(victim)
+    with VideoWriter(output, probe(source), preset="ultrafast") as writer:
+        for frame in iter_frames(source):
+            writer.write(frame.image, frame.pts)
+    assert probe(output).frames == 3
+    with pytest.raises(OSError) as raised:
+        VideoWriter(link, probe(source), preset="ultrafast")
+    assert raised.value.errno == errno.ELOOP and victim.read_text() == "precious\n"
 
 
 def test_clip_without_audio_is_written_without_audio(tmp_path):

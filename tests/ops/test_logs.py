@@ -115,6 +115,37 @@ def test_rich_formatting_at_a_terminal() -> None:
     assert piped_run.stdout.strip() == "StreamHandler"
 
 
+def test_at_a_terminal_an_exception_message_runs_no_escape_sequence() -> None:
+    """rich's own tracebacks printed an exception's message raw: `ESC c` in a name reset the terminal."""
+    code = (
+        "import logging; from svfrd.ops import logs; logs.setup_logging()\n"
+        "try:\n    raise ValueError('cannot read b\\x1bc.mp4')\n"
+        "except ValueError:\n    logging.getLogger('svfrd').exception('could not take a\\x1bc.mp4')\n"
+    )
+    import pty
+
+    main_fd, child_fd = pty.openpty()
+    try:
+        child = subprocess.Popen([sys.executable, "-c", code], stderr=child_fd, stdout=subprocess.DEVNULL,
+                                 env={**os.environ, "COLUMNS": "200"})
+        os.close(child_fd)
+        out = b""
+        while chunk := _read_or_eof(main_fd):
+            out += chunk
+        assert child.wait(timeout=30) == 0
+    finally:
+        os.close(main_fd)
+    assert b"ValueError" in out and b"cannot read b\\x1bc.mp4" in out and b"a\\x1bc.mp4" in out
+    assert b"\x1bc" not in out
+
+
+def _read_or_eof(fd: int) -> bytes:
+    try:
+        return os.read(fd, 65536)
+    except OSError:  # EIO: the terminal's other end closed
+        return b""
+
+
 def test_syslog_priorities_follow_levels() -> None:
     assert [logs.syslog_priority(level) for level in (10, 20, 30, 40, 50, 25)] == [7, 6, 4, 3, 2, 6]
 

@@ -15,8 +15,9 @@ from sqlalchemy import text
 from svfrd.cli import main
 from svfrd.config import load_config
 from svfrd.domain import Task
+from svfrd.errors import BadInputError
 from svfrd.jobs.database import open_database, upgrade_database
-from svfrd.jobs.store import claim_next_job, enqueue_job, get_job, record_progress
+from svfrd.jobs.store import claim_next_job, enqueue_job, get_job, insert_failed_job, record_progress
 from svfrd.service.sidecar import parse_sidecar
 from tests.helpers.paths import REPO_ROOT
 from tests.helpers.service import ServiceFolder, write_mask
@@ -176,6 +177,18 @@ def test_status_and_show_print_names_as_text_never_as_markup_or_escape_codes(fol
     assert "[link=https://example.invalid]a[/link].mp4" in out
     assert "source_name: b\\x1b]0;owned\\x07\\n<0>c.mp4" in out
     assert "\x1b" not in out and "\x07" not in out
+
+
+def test_an_error_that_quotes_a_name_prints_no_escape_code(folder, database, capsys):
+    """Retrying a job rejected at intake says why it was rejected: a message with the hostile name in it."""
+    name = "b\x1b]0;owned\x07.mp4"
+    job = insert_failed_job(database, BadInputError(f"{name}: its sidecar cannot be read"), inbox=str(folder.inbox),
+                            source_name=name, source_path=str(folder.inbox / name), tasks="0",
+                            content_hash=hashlib.sha256(name.encode()).hexdigest())
+    assert svfrd(folder, "retry", str(job.id)) == 1
+    err = capsys.readouterr().err
+    assert "was rejected at intake" in err and "b\\x1b]0;owned\\x07.mp4" in err
+    assert "\x1b" not in err and "\x07" not in err
 
 
 @pytest.mark.parametrize("limit", ["0", "-1", "ten"])

@@ -26,7 +26,7 @@ def failed(results) -> list:
     return [job for r in results for job in r.failed]
 
 
-def test_any_error_a_file_causes_refuses_that_file_and_the_scan_takes_the_next(intake, monkeypatch):  # noqa: F811
+def test_any_error_a_file_causes_refuses_that_file_and_the_scan_takes_the_next(intake, monkeypatch, caplog):  # noqa: F811
     drop(inbox_of(intake), "a_bad.mp4", video_bytes(1))
     drop(inbox_of(intake), "a_bad.toml", 'tasks = ["bfr"]\n')
     drop(inbox_of(intake), "b_good.mp4", video_bytes(2))
@@ -47,6 +47,10 @@ def test_any_error_a_file_causes_refuses_that_file_and_the_scan_takes_the_next(i
     assert {"a_bad.mp4", "a_bad.toml", "a_bad.error.txt"} <= {p.name for p in failed_folder.iterdir()}
     assert "RecursionError" in (failed_folder / "a_bad.error.txt").read_text()
     assert not enqueued(scan_for(intake, 0.3)) and len(all_jobs(intake)) == 2, "nothing is taken twice"
+    # logged once, its traceback as exc_info: inside the message the log formatter escapes it into one line
+    [logged] = [record for record in caplog.records if "; it is refused" in record.getMessage()]
+    assert "a_bad.mp4; it is refused (maximum recursion depth exceeded)" in logged.getMessage()
+    assert logged.exc_info is not None and "Traceback" not in logged.getMessage()
 
 
 def test_a_name_too_long_for_the_names_derived_from_it_is_refused_under_a_shortened_name(intake):  # noqa: F811

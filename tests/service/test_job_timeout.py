@@ -46,7 +46,7 @@ def stuck_service(tmp_path, monkeypatch):
     db.dispose()
 
 
-def test_a_wedged_job_is_stopped_at_its_time_limit_and_fails_saying_why(stuck_service):
+def test_a_wedged_job_is_stopped_at_its_time_limit_and_fails_saying_why(stuck_service, caplog):
     folder, supervisor, clock = stuck_service
     video = write_face_clip(folder.inbox / "stuck.mp4", frames=2)
     job = enqueue_job(supervisor.db, inbox=str(folder.inbox), source_name="stuck.mp4", source_path=str(video),
@@ -70,5 +70,7 @@ def test_a_wedged_job_is_stopped_at_its_time_limit_and_fails_saying_why(stuck_se
     assert "[limits] job_timeout_min = 5 s" in failed.error_message
     assert "The engine may be stuck" in failed.error_message and f"svfrd retry {job.id}" in failed.error_message
     assert folder.files("failed") == ["stuck.error.txt", "stuck.mp4"] and folder.files("outbox") == []
+    assert "took longer than its time limit" in (folder.root / "failed" / "stuck.error.txt").read_text()
+    assert f"job {job.id}: stopped after 22 s: stuck.mp4 took longer" in caplog.text  # the job's log says why
     # The wedged worker is gone and a fresh one takes the next job.
     assert supervisor.worker.job is None and supervisor.worker.pid != stuck_worker and supervisor.worker.alive

@@ -4,6 +4,7 @@ repeats is logged once with a count. The clock is a FakeClock; the worker a stan
 
 from __future__ import annotations
 
+import io
 import logging
 from dataclasses import dataclass, field
 from types import SimpleNamespace
@@ -12,6 +13,7 @@ import pytest
 
 from svfrd.config import load_config
 from svfrd.jobs.database import open_database, upgrade_database
+from svfrd.ops.logs import make_handler
 from svfrd.service import supervisor as supervisor_module
 from svfrd.service.supervisor import LOOP_ERROR_PAUSE, Supervisor
 from tests.helpers.clock import FakeClock
@@ -98,6 +100,36 @@ def test_an_error_that_repeats_is_logged_once_with_a_count(supervisor, caplog):
             supervisor.clock.advance(LOOP_ERROR_PAUSE)
         supervisor._guarded(lambda: None)
     messages = [record.getMessage() for record in caplog.records]
-    assert sum("Traceback" in message for message in messages) == 1
+    assert sum(record.exc_info is not None for record in caplog.records) == 1
     assert len(messages) <= 6, messages
     assert any("happened 1000 times in a row" in message for message in messages)
+
+
+def test_a_job_past_its_time_limit_is_settled_like_any_dead_workers_job(supervisor, monkeypatch, caplog):
+    """One way to restart a worker: killed for its time limit, it goes through the same death handling, so a
+    failure to record the job's end neither escapes the check nor leaves the loop without a worker."""
+    def settle_fails(*_args):
+        raise OSError(36, "File name too long")
+
+    monkeypatch.setattr(supervisor_module.recovery, "settle_timed_out_job", settle_fails)
+    supervisor.timers.job_started()
+    supervisor.timers.set_job_timeout(10.0)
+    supervisor.clock.advance(11.0)
+    with caplog.at_level(logging.ERROR):
+        supervisor._check_running_job()
+    assert supervisor.worker.starts == 1 and supervisor.worker.job is None
+    assert "job 7: could not record the end of this job" in caplog.text and "File name too long" in caplog.text
+
+
+def test_the_traceback_of_a_loop_error_keeps_its_lines(supervisor):
+    """A traceback passed inside the message was escaped into one line of `\\n`s by the log formatter."""
+    stream = io.StringIO()
+    handler = make_handler(stream)
+    supervisor_module.log.addHandler(handler)
+    try:
+        supervisor._guarded(lambda: 1 / 0)
+    finally:
+        supervisor_module.log.removeHandler(handler)
+    text = stream.getvalue()
+    assert "counted)\nTraceback (most recent call last):\n" in text and "ZeroDivisionError" in text
+    assert "\\n" not in text
