@@ -152,7 +152,7 @@ def present_and_good(architecture, file: ModelFile, entries: dict[str, Any], con
 
 def fetch_file(architecture, file: ModelFile, source: "Source", console: Console) -> dict[str, Any]:
     """Download `file` to its staging name, check it, rename it into place; returns its lock entry."""
-    from svfrd.weights.verify import FileProblem, check_structure, read_all_bytes
+    from svfrd.weights.verify import CannotCheck, FileProblem, check_structure, check_zip_records, file_sha256
 
     target = architecture.models_dir / file.path
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -170,9 +170,13 @@ def fetch_file(architecture, file: ModelFile, source: "Source", console: Console
         raise FetchError(f"{file.path}: the transfer ended at {human_size(size)} of {human_size(remote.size)}; "
                          "run `svfrd fetch-models` again to resume it")
     try:
-        sha256 = read_all_bytes(file.path, staged)
+        sha256 = file_sha256(staged)
         check_checksums(file, staged, remote, sha256)
+        check_zip_records(file.path, staged)
         checked = check_structure(architecture, file.path, staged)
+    except CannotCheck as err:  # the download may well be good: keep it for the next run, which checks it
+        raise FetchError(f"{file.path}: {err}; the download is kept as {staged.name} and checked by the next "
+                         "`svfrd fetch-models`") from None
     except FileProblem as err:
         staged.unlink(missing_ok=True)  # a wrong file is not worth resuming
         raise FetchError(f"{err} (from {source.name}; the download was deleted)") from None

@@ -59,6 +59,10 @@ class FileProblem(Exception):
     """What is wrong with one file, in words that name it."""
 
 
+class CannotCheck(FileProblem):
+    """The file could not be judged, because a file it is checked against (a config) is missing or bad."""
+
+
 @dataclass
 class Finding:
     path: str  # relative to the model folder
@@ -324,21 +328,31 @@ def looks_like_a_web_page(path: Path) -> bool:
 def read_all_bytes(name: str, path: Path, progress: Progress | None = None) -> str:
     """The file's sha256; a `.pth` (a zip) also has the CRC of every record checked. Reads the file once for
     the hash and once for the CRCs (both from the page cache on a machine with enough memory)."""
+    digest = file_sha256(path, progress)
+    check_zip_records(name, path)
+    return digest
+
+
+def file_sha256(path: Path, progress: Progress | None = None) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         while chunk := f.read(READ_CHUNK):
             digest.update(chunk)
             if progress:
                 progress(len(chunk))
-    if zipfile.is_zipfile(path):
-        try:
-            with zipfile.ZipFile(path) as archive:
-                bad = archive.testzip()
-        except (zipfile.BadZipFile, OSError, EOFError) as err:
-            raise FileProblem(f"{name} is corrupted: {err}; fetch it again") from err
-        if bad is not None:
-            raise FileProblem(f"{name} is corrupted: the record {bad} fails its checksum; fetch it again")
     return digest.hexdigest()
+
+
+def check_zip_records(name: str, path: Path) -> None:
+    if not zipfile.is_zipfile(path):
+        return
+    try:
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError) as err:
+        raise FileProblem(f"{name} is corrupted: {err}; fetch it again") from err
+    if bad is not None:
+        raise FileProblem(f"{name} is corrupted: the record {bad} fails its checksum; fetch it again")
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -355,7 +369,7 @@ class Architecture:
     def config(self, name: str) -> dict[str, Any]:
         path = self.models_dir / name
         if not path.is_file():
-            raise FileProblem(f"cannot check it without {name}, which is missing; `svfrd fetch-models` downloads it")
+            raise CannotCheck(f"cannot check it without {name}, which is missing; `svfrd fetch-models` downloads it")
         return read_json(name, path)
 
     def unet_from(self, config: dict[str, Any]) -> torch.nn.Module:
@@ -383,7 +397,7 @@ class Architecture:
         except FileProblem:
             raise
         except Exception as err:
-            raise FileProblem(f"cannot check it: {UNET_CONFIG} does not build a UNet ({err})") from err
+            raise CannotCheck(f"cannot check it: {UNET_CONFIG} does not build a UNet ({err})") from err
 
     @cached_property
     def vae_tensors(self) -> dict[str, TensorSpec]:
@@ -392,7 +406,7 @@ class Architecture:
         except FileProblem:
             raise
         except Exception as err:
-            raise FileProblem(f"cannot check it: {VAE_CONFIG} does not build a VAE ({err})") from err
+            raise CannotCheck(f"cannot check it: {VAE_CONFIG} does not build a VAE ({err})") from err
 
     @property
     def cross_attention_dim(self) -> int | None:

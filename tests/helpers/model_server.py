@@ -86,7 +86,7 @@ class _Handler(BaseHTTPRequestHandler):
         self._route("GET")
 
     def _route(self, method: str) -> None:
-        self.model.requests.append(Request(method, self.path, dict(self.headers)))
+        self.model.requests.append(Request(method, self.path, {k.lower(): v for k, v in self.headers.items()}))
         parsed = urllib.parse.urlparse(self.path)
         path = urllib.parse.unquote(parsed.path)
         hub_prefix = f"/{HUB_REPO}/resolve/"
@@ -125,7 +125,8 @@ class _Handler(BaseHTTPRequestHandler):
             if behaviour.wrong_sha256_for == repo_path:
                 sha256 = hashlib.sha256(data + b"!").hexdigest()
             self.send_response(302)
-            self.send_header("Location", f"{self.model.url}/cdn/{repo_path}")
+            # Another host name, as the Hub's CDN is: huggingface_hub does not follow it, the token stays home.
+            self.send_header("Location", f"{self.model.url.replace('127.0.0.1', 'localhost')}/cdn/{repo_path}")
             self.send_header("X-Linked-Etag", f'"{sha256}"')
             self.send_header("X-Linked-Size", str(len(data)))
             self.send_header("X-Repo-Commit", "0" * 40)
