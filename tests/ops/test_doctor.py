@@ -106,9 +106,8 @@ def test_svfr_weights_are_required_only_when_the_engine_is_svfr(tmp_path: Path) 
 
 @needs_face_model
 def test_complete_svfr_weights_pass(tmp_path: Path) -> None:
-    from tests.helpers.tiny_svfr import write_tiny_svfr_models
-
     from svfrd.weights.verify import verify_models
+    from tests.helpers.tiny_svfr import write_tiny_svfr_models
 
     write_tiny_svfr_models(tmp_path / "models")
     assert verify_models(tmp_path / "models").ok
