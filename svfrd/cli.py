@@ -238,6 +238,28 @@ def cmd_fetch_face_model(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _models_dir(args: argparse.Namespace, given: str | None) -> Path:
+    """The folder named on the command line, else `[engine.svfr] models_dir` of the config."""
+    return Path(given) if given is not None else _load(args).engine.svfr.models_dir
+
+
+def cmd_fetch_models(args: argparse.Namespace) -> int:
+    from svfrd.weights.fetch import FetchError, fetch_models
+
+    models_dir = _models_dir(args, args.models_dir)
+    try:
+        ok = fetch_models(models_dir, token=args.token, mirror=args.source)
+    except FetchError as err:
+        raise CommandError(str(err), EXIT_USAGE) from None
+    return EXIT_OK if ok else EXIT_FAILURE
+
+
+def cmd_verify_models(args: argparse.Namespace) -> int:
+    from svfrd.weights.report import print_verification
+
+    return EXIT_OK if print_verification(_models_dir(args, args.models_dir), full=args.full) else EXIT_FAILURE
+
+
 def cmd_parity(args: argparse.Namespace) -> int:
     from svfrd.engines.svfr.parity import run_parity
 
@@ -428,6 +450,15 @@ def build_parser() -> argparse.ArgumentParser:
     install.add_argument("--output", metavar="PATH", help="write the unit here instead (\"-\": print it)")
     fetch = command("fetch-face-model", cmd_fetch_face_model, "download and verify MediaPipe's face model")
     fetch.add_argument("path", nargs="?", metavar="PATH", help="where to put it (default: [faces] model)")
+    fetch_models = command("fetch-models", cmd_fetch_models, "download and verify the SVFR and SVD-xt weights")
+    fetch_models.add_argument("--models-dir", metavar="DIR", help="where (default: [engine.svfr] models_dir)")
+    fetch_models.add_argument("--token", metavar="TOKEN",
+                              help="a Hugging Face token (default: HF_TOKEN or the stored `hf auth login`)")
+    fetch_models.add_argument("--from", dest="source", metavar="SOURCE",
+                              help="a mirror with the model folder's layout: a folder or an http(s)/file URL")
+    verify_models = command("verify-models", cmd_verify_models, "check every weight file against its network")
+    verify_models.add_argument("models_dir", nargs="?", metavar="DIR", help="default: [engine.svfr] models_dir")
+    verify_models.add_argument("--full", action="store_true", help="re-read and re-hash every file")
     parity = command("parity", cmd_parity, "compare the sampler with the reference fixture cases")
     parity.add_argument("models_dir", metavar="MODELS_DIR")
     parity.add_argument("case_dirs", nargs="+", metavar="CASE_DIR")

@@ -1,7 +1,7 @@
 """Choosing the restoration engine from the configuration.
 
 `[engine] name`: "classical" (CPU, no weights), "svfr" (the SVFR model; imported only then, so a CPU-only
-install never loads diffusers), "auto" (SVFR when its weights and a CUDA GPU are present, else classical, and
+install never loads diffusers), "auto" (SVFR when its weights are verified (`svfrd verify-models`) and a CUDA GPU is present, else classical, and
 the log says why), or an import path "package.module:ClassName" whose class is called with the EngineConfig.
 Such a plug-in's class attribute `option_names` may add options of its own to the table in svfrd.domain;
 config reads it without creating the engine (`svfrd.config.plugin_option_names`).
@@ -42,9 +42,9 @@ def create_engine(cfg: EngineConfig, face_model: Path | None = None) -> Engine:
 
 
 def _auto_choice(cfg: EngineConfig) -> tuple[str, str]:
-    from svfrd.engines.svfr.model_folder import weights_problem
+    from svfrd.weights.lock import unverified_reason  # sizes and times only: no torch, no diffusers
 
-    problem = weights_problem(cfg.svfr.models_dir)
+    problem = unverified_reason(cfg.svfr.models_dir)
     if problem is not None:
         return "classical", f"SVFR weights are not usable: {problem}"
     if cfg.device == "cpu":
@@ -53,7 +53,7 @@ def _auto_choice(cfg: EngineConfig) -> tuple[str, str]:
 
     if not torch.cuda.is_available():
         return "classical", "no CUDA GPU is available; SVFR needs one"
-    return "svfr", f"weights found in {cfg.svfr.models_dir} and a CUDA GPU is present"
+    return "svfr", f"weights in {cfg.svfr.models_dir} verified and a CUDA GPU is present"
 
 
 def _engine_from_import_path(path: str, cfg: EngineConfig) -> Engine:

@@ -90,3 +90,18 @@ def test_without_weights_the_diffusion_stack_is_never_imported(tmp_path, name):
     root = REPO_ROOT
     out = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_auto_with_unverified_weights_uses_classical_and_says_to_verify(tmp_path, caplog):
+    from svfrd.weights.verify import verify_models
+    from tests.helpers.tiny_svfr import write_tiny_svfr_models
+
+    models = write_tiny_svfr_models(tmp_path / "models")
+    with caplog.at_level(logging.INFO, logger="svfrd.engines"):
+        assert create_engine(engine_config("auto", models)).name == "classical"
+    assert "have not been verified yet" in caplog.text and "svfrd verify-models" in caplog.text
+    assert verify_models(models).ok
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="svfrd.engines"):
+        assert create_engine(engine_config("auto", models, device="cpu")).name == "classical"
+    assert "SVFR weights are not usable" not in caplog.text and "SVFR needs a CUDA GPU" in caplog.text

@@ -107,13 +107,27 @@ def test_svfr_weights_are_required_only_when_the_engine_is_svfr(tmp_path: Path) 
 
 @needs_face_model
 def test_complete_svfr_weights_pass(tmp_path: Path) -> None:
+    from svfrd.weights.verify import verify_models
+    from tests.helpers.tiny_svfr import write_tiny_svfr_models
+
+    write_tiny_svfr_models(tmp_path / "models")
+    assert verify_models(tmp_path / "models").ok
+    config = write_site(tmp_path, extra='')
+    config.write_text(config.read_text() + '\n[engine.svfr]\nmodels_dir = "models"\n')
+    _, lines = doctor_output(config)
+    assert lines["SVFR weights"].startswith("✓") and "7 files" in lines["SVFR weights"], lines["SVFR weights"]
+
+
+@needs_face_model
+def test_svfr_weights_present_but_not_verified_are_a_warning_naming_verify_models(tmp_path: Path) -> None:
     from tests.helpers.tiny_svfr import write_tiny_svfr_models
 
     write_tiny_svfr_models(tmp_path / "models")
     config = write_site(tmp_path, extra='')
     config.write_text(config.read_text() + '\n[engine.svfr]\nmodels_dir = "models"\n')
     _, lines = doctor_output(config)
-    assert lines["SVFR weights"].startswith("✓"), lines["SVFR weights"]
+    assert lines["SVFR weights"].startswith("!"), lines["SVFR weights"]
+    assert "not been verified" in lines["SVFR weights"] and "svfrd verify-models" in lines["SVFR weights"]
 
 
 @needs_face_model
