@@ -80,6 +80,18 @@ def _unreadable(path: Path, what: str) -> BadInputError:
     )
 
 
+#: The demuxers svfrd reads (FFmpeg's short names), and only from local files. A file in an inbox may be
+#: anything under a video's name: a playlist (HLS, concat) would make FFmpeg open other files or URLs, and every
+#: other demuxer is attack surface no user needs (docs/architecture.md §5).
+INPUT_FORMATS = "mov,matroska,avi,mpeg,mpegts,asf,flv,m4v,h264,hevc,mpegvideo"
+INPUT_OPTIONS = {"format_whitelist": INPUT_FORMATS, "protocol_whitelist": "file"}
+
+
+def open_source(path: Path | str) -> av.container.InputContainer:
+    """The source video opened by FFmpeg, restricted to INPUT_FORMATS from a local file."""
+    return av.open(str(path), "r", options=dict(INPUT_OPTIONS))
+
+
 def _open_input(path: Path) -> av.container.InputContainer:
     path = Path(path)
     if not path.is_file():
@@ -87,7 +99,13 @@ def _open_input(path: Path) -> av.container.InputContainer:
     if path.stat().st_size == 0:
         raise BadInputError(f"{path.name} is empty (0 bytes); copy the complete file into the inbox again")
     try:
-        return av.open(str(path), "r")
+        return open_source(path)
+    except av.ArgumentError as err:  # FFmpeg found a demuxer that INPUT_FORMATS leaves out
+        raise BadInputError(
+            f"{path.name} is not in a video container svfrd reads (MP4/MOV, MKV/WebM, AVI, MPEG-PS/TS, WMV/ASF, "
+            "FLV, raw H.264/HEVC); it may be a picture or a playlist under a video's name. Convert it, e.g. "
+            "`ffmpeg -i IN -c copy OUT.mp4`, and drop that into the inbox."
+        ) from err
     except av.FFmpegError as err:
         raise _unreadable(path, str(err).split(";")[0]) from err
 
@@ -448,7 +466,7 @@ class _AudioTrack:
     Each track reads the source through its own demuxer, so tracks and video advance independently."""
 
     def __init__(self, output: av.container.OutputContainer, source: Path, stream_index: int):
-        self._input = av.open(str(source), "r")
+        self._input = open_source(source)
         self._in_stream = self._input.streams[stream_index]
         self._copy = self._in_stream.codec_context.name in MP4_COPYABLE_AUDIO
         if self._copy:

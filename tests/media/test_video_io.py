@@ -249,3 +249,20 @@ def test_a_stream_that_changes_picture_size_is_refused(tmp_path):
     expected = r"joined.h264 changes its picture size at frame 5 \(from 160x120 to 200x150\)"
     with pytest.raises(BadInputError, match=expected):
         list(iter_frames(joined))
+
+
+@pytest.mark.parametrize("content", ["png", "hls"])
+def test_only_video_containers_are_opened_never_a_picture_or_a_playlist(tmp_path, content):
+    """A file under a video's name may be anything; a playlist would make FFmpeg open other files."""
+    clip = tmp_path / "clip.mp4"
+    if content == "png":
+        from PIL import Image
+
+        Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(clip, format="PNG")  # FFmpeg reads it as a frame
+    else:
+        segment = tmp_path / "elsewhere.mkv"
+        write_clip(segment, [np.zeros((64, 64, 3), np.uint8)] * 3)
+        clip.write_text(f"#EXTM3U\n#EXT-X-TARGETDURATION:10\n#EXTINF:10,\n{segment}\n#EXT-X-ENDLIST\n")
+    expected = "not in a video container svfrd reads" if content == "png" else "not a readable video|not in a video"
+    with pytest.raises(BadInputError, match=expected):
+        probe(clip)
