@@ -66,7 +66,7 @@ def apply_speedups(
     check_speedups(speedups, device)
     configure_backends(device, speedups)
     if speedups.channels_last:
-        unet.to(memory_format=torch.channels_last)
+        to_channels_last(unet)
     if speedups.compile or speedups.cuda_graphs:
         if cache_dir is not None:
             Path(cache_dir).mkdir(parents=True, exist_ok=True)
@@ -76,3 +76,10 @@ def apply_speedups(
         unet.compile(backend=backend, mode=mode, dynamic=False)
         log.info("the UNet will be compiled (%s%s) on its first call; cache in %s", backend,
                  ", CUDA graphs" if mode else "", cache_dir or "torch's default folder")
+
+
+def to_channels_last(module: torch.nn.Module) -> None:
+    """NHWC convolution weights (`Module.to(memory_format=...)` refuses the UNet's 5-D temporal convs)."""
+    for conv in module.modules():
+        if isinstance(conv, torch.nn.Conv2d):
+            conv.weight.data = conv.weight.data.contiguous(memory_format=torch.channels_last)
