@@ -380,3 +380,9 @@ def test_the_system_unit_keeps_the_gpu_and_drops_everything_else() -> None:
         assert any(line.startswith(prefix) for line in unit)
     for absent in ("MemoryDenyWriteExecute=", "PrivateUsers=", "ProcSubset=", "PrivateDevices=yes"):
         assert not any(line.startswith(absent) for line in unit)
+
+
+def test_both_units_and_run_service_let_pytorch_grow_gpu_memory_segments() -> None:
+    for unit in ("svfrd.service", "svfrd-user.service"):
+        assert "Environment=PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True" in (REPO / "systemd" / unit).read_text()
+    assert "PYTORCH_CUDA_ALLOC_CONF:-expandable_segments:True" in (REPO / "scripts" / "run-service").read_text()
