@@ -215,7 +215,8 @@ class JobRunner:
         result = restore_video(pipeline_job(self.config, job, temps), self.engine, progress,
                                on_probed=lambda info: self._announce_deadline(job, info.frames))
         finals = results.plan_final_files(self.config, job)
-        report = build_report(job, self.engine.name, result, finals, progress.timings(), time.monotonic() - started)
+        report = build_report(job, self.engine.name, result, finals, progress.timings(), time.monotonic() - started,
+                              engine_details=getattr(self.engine, "details", dict)())
         results.write_json(temps.report, report.to_json())
         planned = results.record_plan(self.db, job.id, finals, result.frames)
         if results.complete_publication(self.config, self.db, planned, self.engine.name) is None:
