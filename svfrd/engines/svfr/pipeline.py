@@ -124,13 +124,15 @@ class FixedChunks:
 
     fallback: UNetFallback | None = None
 
-    def __init__(self, vae_chunk: int = WINDOW) -> None:
+    def __init__(self, vae_chunk: int = WINDOW, encode_chunk: int | None = None) -> None:
         self.vae_chunk = vae_chunk
+        self.encode_chunk = encode_chunk or vae_chunk
 
     def vae(
         self, work: Callable[[int], torch.Tensor], chunk: int | None = None, kind: str = "decode"
     ) -> torch.Tensor:
-        return work(min(chunk or self.vae_chunk, self.vae_chunk))
+        limit = self.encode_chunk if kind == "encode" else self.vae_chunk
+        return work(min(chunk or limit, limit))
 
     def denoise(self, work: Callable[[], torch.Tensor]) -> torch.Tensor:
         return work()
