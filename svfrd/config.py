@@ -11,7 +11,7 @@ import importlib
 import json
 import re
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -153,8 +153,21 @@ class SvfrConfig:
     steps: int
     pass1_steps: int
     guidance_scale: float
-    vae_chunk: int
+    vae_chunk: int  # frames per VAE decode call (the temporal decoder's chunk is part of the result)
     segment_frames: int
+    #: Frames per VAE encode call: the encoder works frame by frame, so this only sets its memory peak.
+    encode_chunk: int = 4
+    #: "auto" | "high" | "balanced" | "low": how the engine trades GPU memory for speed (svfrd.engines.svfr.memory).
+    memory: str = "auto"
+    #: "once": the temporal ID cross-attention projects K and V once per clip; "stock": diffusers' processor.
+    id_attention: str = "once"
+    #: Speed-ups, off until measured on a GPU (svfrd.engines.svfr.speedups).
+    compile: bool = False
+    channels_last: bool = False
+    cuda_graphs: bool = False
+    tf32: bool = False
+    #: Where torch.compile keeps its cache: `<state_dir>/torch-compile` (set by the config loader).
+    compile_cache: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -301,6 +314,8 @@ def _build_config(path: Path, raw: dict) -> Config:
             raise ConfigError(f"unknown section or key {key!r} at the top level; allowed are {allowed}")
     service = _service(_Table("[service]", raw.get("service", {}), base))
     engine = _engine(_Table("[engine]", raw.get("engine", {}), base))
+    # torch.compile's cache lives with the service's other state, so it survives restarts and upgrades.
+    engine = replace(engine, svfr=replace(engine.svfr, compile_cache=service.state_dir / "torch-compile"))
     inboxes = _inboxes(raw.get("inbox"), base, engine.option_names)
     output = _output(_Table("[output]", raw.get("output", {}), base))
     faces = _faces(_Table("[faces]", raw.get("faces", {}), base))
@@ -460,6 +475,13 @@ def _svfr(t: _Table) -> SvfrConfig:
         guidance_scale=float(t.take_option("guidance_scale")),
         vae_chunk=t.take("vae_chunk", 16, _int_in(1)),
         segment_frames=t.take("segment_frames", 2000, _int_in(32)),
+        encode_chunk=t.take("encode_chunk", 4, _int_in(1)),
+        memory=t.take("memory", "auto", _choice("auto", "high", "balanced", "low")),
+        id_attention=t.take("id_attention", "once", _choice("once", "stock")),
+        compile=t.take("compile", False),
+        channels_last=t.take("channels_last", False),
+        cuda_graphs=t.take("cuda_graphs", False),
+        tf32=t.take("tf32", False),
     )
     t.finish()
     return svfr

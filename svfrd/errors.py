@@ -34,3 +34,23 @@ class JobCancelled(SvfrdError):
     """Raised from a progress report when the job was cancelled by the user."""
 
     kind = "cancelled"
+
+
+#: What CUDA says when its context is broken for good: every later call in this process fails too.
+FATAL_GPU_ERROR_SIGNS = (
+    "illegal memory access",
+    "unspecified launch failure",
+    "device-side assert",
+    "uncorrectable ECC error",
+    "misaligned address",
+    "illegal instruction",
+    "CUDA error: unknown error",
+    "GPU has fallen off the bus",
+)
+
+
+def is_fatal_gpu_error(err: BaseException) -> bool:
+    """A CUDA error after which the process's GPU context is unusable (an Xid from the driver): only a new
+    process recovers, so the worker exits and the supervisor starts a fresh one."""
+    text = str(err)
+    return "CUDA" in text and any(sign.lower() in text.lower() for sign in FATAL_GPU_ERROR_SIGNS)

@@ -276,7 +276,9 @@ def check_gpu(config: Config) -> Check:
     detail = f"cuda:{index} {props.name}, {total_gib:.1f} GiB VRAM ({free_bytes / 2**30:.1f} GiB free)"
     if total_gib < MIN_VRAM_GIB:
         return failed("GPU", f"{detail}; SVFR needs about {MIN_VRAM_GIB:.0f} GiB",
-                      "lower [engine.svfr] vae_chunk, or use a bigger GPU", required=False)
+                      # The UNet is the peak, not the VAE: a smaller VAE chunk would not help, and a smaller
+                      # decode chunk changes the output (docs/svfr.md §9).
+                      'set [engine.svfr] memory = "low", or use a bigger GPU', required=False)
     return passed("GPU", detail)
 
 

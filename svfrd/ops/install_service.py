@@ -75,6 +75,9 @@ RestartPreventExitStatus=2
 KillMode=mixed
 # glibc gives every decoder/encoder thread its own malloc arena; two keep the worker's memory steady.
 Environment=MALLOC_ARENA_MAX=2
+# PyTorch grows its GPU memory segments instead of fragmenting fixed ones: the windows and VAE chunks of one
+# job, then the next job's, fit in less memory (docs/svfr.md §9).
+Environment=PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True
 """
 
 # What a user manager can enforce as well as the system one: seccomp filters, resource limits, the umask.

@@ -62,6 +62,8 @@ class JobReport:
     outputs: dict[str, str]
     warnings: list[str]
     timings: dict[str, Any]
+    #: How the engine ran this job, for engines that say (`details()`): SVFR names its memory tier there.
+    engine_details: dict[str, Any] = field(default_factory=dict)
     schema: int = field(default=SCHEMA_VERSION)
 
     def to_json(self) -> dict[str, Any]:
@@ -77,6 +79,7 @@ def build_report(
     finals: ResultFiles,
     stages: Mapping[str, float],
     seconds: float,
+    engine_details: Mapping[str, Any] | None = None,
 ) -> JobReport:
     """The report of a job that just ran: `stages` are the seconds per progress stage (the worker's
     JobProgress.timings()), `seconds` the wall-clock time of the whole run."""
@@ -113,6 +116,7 @@ def build_report(
             "frames_per_second": round(result.frames / seconds, 2) if seconds > 0 else None,
             "stages": dict(stages),
         },
+        engine_details=dict(engine_details or {}),
     )
 
 

@@ -38,7 +38,7 @@ from sqlalchemy import Engine as Database
 from svfrd.config import Config
 from svfrd.domain import Task
 from svfrd.engines.interface import Engine
-from svfrd.errors import BadInputError, ConfigError, JobCancelled, SvfrdError, TransientError
+from svfrd.errors import BadInputError, ConfigError, JobCancelled, SvfrdError, TransientError, is_fatal_gpu_error
 from svfrd.files import beneath, placement
 from svfrd.files.hashing import file_sha256
 from svfrd.jobs.database import open_database
@@ -150,6 +150,7 @@ class JobRunner:
                  tell_supervisor: Callable[[FromWorker], None] = lambda message: None):
         self.config, self.db, self.engine = config, db, engine
         self.tell_supervisor = tell_supervisor
+        self.must_restart = False  # set after a fatal GPU error: the worker exits once the job is settled
 
     def run(self, job_id: int) -> JobFinished:
         """Run the job to its end and say how it ended (the outcomes are in `svfrd.service.messages.Outcome`)."""
@@ -176,6 +177,10 @@ class JobRunner:
             return JobFinished(job_id, self._settle(job_id, err, logger))
         except Exception as err:  # noqa: BLE001 - anything unexpected may be a passing fault: retry it
             logger.error("unexpected error", exc_info=True)  # as exc_info: the log keeps the traceback's lines
+            if is_fatal_gpu_error(err):
+                # The CUDA context is broken: retrying here would fail again. The job is retried by a fresh worker.
+                self.must_restart = True
+                logger.error("fatal GPU error; this worker exits so the supervisor starts a fresh one")
             return JobFinished(job_id, self._settle(job_id, unexpected_error(job, err), logger))
 
     def _run(self, job: Job, logger: JobLogger) -> Outcome:
@@ -212,7 +217,8 @@ class JobRunner:
         result = restore_video(pipeline_job(self.config, job, temps, video.media_path), self.engine, progress,
                                on_probed=lambda info: self._announce_deadline(job, info.frames))
         finals = results.plan_final_files(self.config, job)
-        report = build_report(job, self.engine.name, result, finals, progress.timings(), time.monotonic() - started)
+        report = build_report(job, self.engine.name, result, finals, progress.timings(), time.monotonic() - started,
+                              engine_details=getattr(self.engine, "details", dict)())
         results.write_json(temps.report, report.to_json())
         planned = results.record_plan(self.db, job.id, finals, result.frames)
         if results.complete_publication(self.config, self.db, planned, self.engine.name) is None:
@@ -400,7 +406,7 @@ def run_message(conn: Connection, runner: JobRunner, message: ToWorker) -> bool:
             # Cleared only between jobs: an interrupt sent just after RunJob must still stop that job.
             _interrupt_requested.clear()
             conn.send(finished)
-            return True
+            return not runner.must_restart
         case Stop():
             return False
     log.error("ignored an unknown message from the supervisor: %r", message)

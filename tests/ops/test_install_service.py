@@ -466,3 +466,9 @@ def test_a_dollar_in_the_config_path_stays_literal_on_the_command_line(tmp_path:
     exec_start = next(line for line in target.read_text().splitlines() if line.startswith("ExecStart="))
     assert exec_start == f"ExecStart={VENV_SVFRD} --config {tmp_path}/a$${{HOME}}b/config.toml run"
     assert systemd_verify(target, tmp_path, user=True) == "rc=0"
+
+
+def test_both_units_and_run_service_let_pytorch_grow_gpu_memory_segments() -> None:
+    for unit in ("svfrd.service", "svfrd-user.service"):
+        assert "Environment=PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True" in (REPO / "systemd" / unit).read_text()
+    assert "PYTORCH_CUDA_ALLOC_CONF:-expandable_segments:True" in (REPO / "scripts" / "run-service").read_text()

@@ -80,3 +80,45 @@ def test_a_job_whose_video_was_replaced_before_it_ran_is_reported_superseded_not
 
     assert finished.outcome == Outcome.SUPERSEDED and get_job(db, job.id).state == "cancelled"
     assert "superseded: clip.mp4 was replaced with different content" in caplog.text
+
+
+class Pipe:
+    """The worker's end of the pipe, recording what it sends."""
+
+    def __init__(self):
+        self.sent = []
+
+    def send(self, message):
+        self.sent.append(message)
+
+
+@pytest.mark.parametrize(("error", "worker_goes_on"), [
+    (RuntimeError("CUDA error: an illegal memory access was encountered"), False),
+    (RuntimeError("something else went wrong"), True),
+])
+def test_a_fatal_gpu_error_retries_the_job_in_a_fresh_worker(tmp_path, monkeypatch, error, worker_goes_on):
+    import svfrd.media.pipeline
+    from svfrd.service.worker import run_message
+    from tests.helpers.paths import FACE_MODEL
+
+    (tmp_path / "config.toml").write_text(f'[[inbox]]\npath = "inbox"\n[faces]\nmodel = "{FACE_MODEL}"\n')
+    config = load_config(tmp_path / "config.toml")
+    upgrade_database(config.service.database_url)
+    db = open_database(config.service.database_url)
+    video = config.inboxes[0].path / "clip.mp4"
+    video.parent.mkdir(parents=True)
+    video.write_bytes(b"content")
+    job = enqueue_job(db, inbox=str(video.parent), source_name="clip.mp4", source_path=str(video), tasks="0",
+                      content_hash=file_sha256(video))
+    claim_next_job(db, worker_pid=1)
+
+    def broken_gpu(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(svfrd.media.pipeline, "restore_video", broken_gpu)
+    pipe = Pipe()
+    goes_on = run_message(pipe, JobRunner(config, db, InvertingEngine(config.engine)), RunJob(job.id))
+
+    assert pipe.sent == [JobFinished(job.id, Outcome.RETRY)], "the job is settled before the worker exits"
+    assert get_job(db, job.id).state == "queued"
+    assert goes_on is worker_goes_on

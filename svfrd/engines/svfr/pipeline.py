@@ -24,6 +24,7 @@ error means for a job are the engine's business (`svfrd.engines.svfr.engine`), w
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -50,7 +51,7 @@ from svfrd.engines.svfr.loading import (
     WeightsError,
     load_diffusion_models,
 )
-from svfrd.engines.svfr.sampler import SamplerSettings, denoise_latents
+from svfrd.engines.svfr.sampler import SamplerSettings, UNetFallback, denoise_latents
 from svfrd.engines.svfr.vae_io import decode_latents, encode_frames
 from svfrd.engines.svfr.windows import WindowSchedule
 from svfrd.errors import BadInputError
@@ -98,27 +99,46 @@ class SVFRSettings:
 
 
 class MemoryPolicy(Protocol):
-    """How the pipeline runs its memory-hungry parts. `vae_chunk` is the frames per VAE call; `vae` runs
-    `work(chunk)` with a chunk of at most `chunk` (or `vae_chunk`) frames; `denoise` runs a sampler call."""
+    """How the pipeline runs its memory-hungry parts (the service's is `svfrd.engines.svfr.memory`).
+
+    `vae_chunk` is the frames per VAE decode call; `vae` runs `work(chunk)` with a chunk of at most `chunk`
+    (or the policy's chunk for `kind`, "encode" or "decode"); `denoise` runs a sampler call; `fallback` says
+    how UNet calls shrink on out-of-memory (None: they do not); `borrow` holds modules on the GPU while
+    they work (a policy may keep them elsewhere in between)."""
 
     vae_chunk: int
+    fallback: UNetFallback | None
 
-    def vae(self, work: Callable[[int], torch.Tensor], chunk: int | None = None) -> torch.Tensor: ...
+    def vae(
+        self, work: Callable[[int], torch.Tensor], chunk: int | None = None, kind: str = "decode"
+    ) -> torch.Tensor: ...
 
     def denoise(self, work: Callable[[], torch.Tensor]) -> torch.Tensor: ...
 
+    def borrow(self, *modules: torch.nn.Module) -> contextlib.AbstractContextManager[None]: ...
+
 
 class FixedChunks:
-    """The plain policy: VAE calls of `vae_chunk` frames, no retries."""
+    """The plain policy: VAE calls of `vae_chunk` frames (encode and decode alike), no retries, one window
+    per UNet call, every module resident: the reference's way (docs/svfr.md §6)."""
 
-    def __init__(self, vae_chunk: int = WINDOW) -> None:
+    fallback: UNetFallback | None = None
+
+    def __init__(self, vae_chunk: int = WINDOW, encode_chunk: int | None = None) -> None:
         self.vae_chunk = vae_chunk
+        self.encode_chunk = encode_chunk or vae_chunk
 
-    def vae(self, work: Callable[[int], torch.Tensor], chunk: int | None = None) -> torch.Tensor:
-        return work(min(chunk or self.vae_chunk, self.vae_chunk))
+    def vae(
+        self, work: Callable[[int], torch.Tensor], chunk: int | None = None, kind: str = "decode"
+    ) -> torch.Tensor:
+        limit = self.encode_chunk if kind == "encode" else self.vae_chunk
+        return work(min(chunk or limit, limit))
 
     def denoise(self, work: Callable[[], torch.Tensor]) -> torch.Tensor:
         return work()
+
+    def borrow(self, *modules: torch.nn.Module) -> contextlib.AbstractContextManager[None]:
+        return contextlib.nullcontext()
 
 
 def ignore_progress(stage: str, done: int, total: int) -> None:
@@ -191,11 +211,13 @@ class SVFRPipeline:
         resolution: int = CROP_SIZE,
         segment_frames: int = 2000,
         memory: MemoryPolicy | None = None,
+        identity_dtype: torch.dtype | None = None,
     ) -> SVFRPipeline:
         """Load every module from a model folder (layout in `svfrd.engines.svfr.model_folder`); a missing or
-        mismatching file is a `WeightsError` naming it."""
+        mismatching file is a `WeightsError` naming it. `identity_dtype`: ArcFace's and id_linear's, when
+        it is not `dtype`."""
         models = load_diffusion_models(models_dir, device, dtype)
-        identity = load_identity_models(models_dir, device, dtype)
+        identity = load_identity_models(models_dir, device, identity_dtype or dtype)
         check_token_width(identity, models, models_dir)
         return cls(models, identity, face_model, resolution=resolution, segment_frames=segment_frames, memory=memory)
 
@@ -263,7 +285,7 @@ class SVFRPipeline:
         while count > 0:
             # Reported before the work too: the worker charges the time until the next report to this stage.
             call.progress("vae encode", call.encoded, call.total)
-            take = min(count, self.memory.vae_chunk)
+            take = min(count, WINDOW)  # frames read at a time; the policy sets the frames per encoder call
             chunk = []
             for _ in range(take):
                 frame = next(pixels, None)
@@ -280,7 +302,8 @@ class SVFRPipeline:
 
     def encode(self, pixels: torch.Tensor) -> torch.Tensor:
         """Unscaled VAE means (n, C, h, w) fp32, in chunks the memory policy allows."""
-        return self.memory.vae(lambda chunk: encode_frames(self.models.vae, pixels, chunk))
+        with self.memory.borrow(self.models.vae):
+            return self.memory.vae(lambda chunk: encode_frames(self.models.vae, pixels, chunk), kind="encode")
 
     # -- 3. pass 1 (or the user's picture) and the ID tokens -------------------------------------------
 
@@ -356,7 +379,8 @@ class SVFRPipeline:
 
     def id_tokens(self, picture: np.ndarray, face: DetectedFace, crop: str) -> torch.Tensor:
         """ArcFace on the aligned face, through id_linear (docs/svfr.md §4)."""
-        return id_tokens_for_face(self.identity, align_face(picture, face.points5), crop)
+        with self.memory.borrow(self.identity.arcface, self.identity.id_projection):
+            return id_tokens_for_face(self.identity, align_face(picture, face.points5), crop)
 
     # -- 4. pass 2 ------------------------------------------------------------------------------------
 
@@ -370,6 +394,7 @@ class SVFRPipeline:
             overlap=OVERLAP,
             guidance_scale=settings.guidance_scale,
             windows=settings.windows,
+            windows_per_batch=self.windows_per_call(),
         )
         schedule = WindowSchedule(len(lq), WINDOW, OVERLAP, settings.windows)
         calls_per_step = [len(schedule.windows_for_step(step)) for step in range(steps)]
@@ -398,9 +423,14 @@ class SVFRPipeline:
         return self.memory.denoise(
             lambda: denoise_latents(
                 self.models, lq[None], ref_latent, id_tokens, call.task_vector, sampler,
-                generator=call.generator, progress=report,
+                generator=call.generator, progress=report, fallback=self.memory.fallback,
             )
         )[0]
+
+    def windows_per_call(self) -> int:
+        """Pass-2 windows per UNet call: the memory policy's (several in the "high" tier), else one."""
+        fallback = self.memory.fallback
+        return fallback.windows_per_call or 1 if fallback is not None else 1
 
     # -- 5. decode ------------------------------------------------------------------------------------
 
@@ -417,7 +447,8 @@ class SVFRPipeline:
 
     def decode_frames(self, latents: torch.Tensor, chunk: int | None = None) -> torch.Tensor:
         """Frames (n, 3, H, W) fp32 from scaled latents, in chunks the memory policy allows."""
-        return self.memory.vae(lambda c: decode_latents(self.models.vae, latents, c), chunk)
+        with self.memory.borrow(self.models.vae):
+            return self.memory.vae(lambda c: decode_latents(self.models.vae, latents, c), chunk, kind="decode")
 
 
 # ------------------------------------------------------------------------------------------------------------

@@ -15,6 +15,7 @@ weighted fusion would otherwise round in half precision every step.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -25,6 +26,8 @@ from svfrd.engines.svfr.loading import DiffusionModels
 from svfrd.engines.svfr.schedule import NoiseSchedule, euler_step, scale_model_input, sigmas_and_timesteps
 from svfrd.engines.svfr.vae_io import decode_latents, encode_frames
 from svfrd.engines.svfr.windows import WindowMode, WindowSchedule, fusion_weights
+
+log = logging.getLogger(__name__)
 
 #: ArcFace's 7×7 layer-4 map gives 49 identity tokens.
 ID_TOKEN_COUNT = 49
@@ -112,12 +115,14 @@ def denoise_latents(
     noise: torch.Tensor | None = None,
     generator: torch.Generator | None = None,
     progress: SamplerProgress | None = None,
+    fallback: UNetFallback | None = None,
 ) -> torch.Tensor:
     """Denoise a clip from its LQ latents (1, N, C, h, w) (unscaled VAE means) to final latents (1, N, C, h, w).
 
     ref_latent (C, h, w) and id_tokens (1, T, D) may be None (pass 1: zeros, as the reference).
     noise (1, N, C, h, w) is the initial noise; without it, it is drawn from `generator` (seeded with
-    DEFAULT_SEED when that is None too) on the CPU, so a seed gives the same noise on every device."""
+    DEFAULT_SEED when that is None too) on the CPU, so a seed gives the same noise on every device.
+    fallback: how UNet calls shrink when they run out of GPU memory (without it, the error propagates)."""
     check_latent_shape(models, lq_latents)
     num_frames = lq_latents.shape[1]
     schedule = sigmas_and_timesteps(models.scheduler_config, settings.num_inference_steps)
@@ -137,8 +142,8 @@ def denoise_latents(
         for first in range(0, len(step_windows), settings.windows_per_batch):
             frame_index = step_windows[first : first + settings.windows_per_batch]
             window_latents = latents[frame_index]  # (k, W, C, h, w)
-            velocity = predict_velocity(
-                models, window_latents, frame_index, sigma, timestep, conditioning, settings.guidance_scale
+            velocity = predict_velocity_fitting(
+                models, window_latents, frame_index, sigma, timestep, conditioning, settings.guidance_scale, fallback
             )
             denoised = euler_step(window_latents, velocity, sigma, sigma_next)
             accumulate_windows(fused, weight_sum, denoised, frame_index, weights)
@@ -211,6 +216,99 @@ def initial_latents(
     return clean + noise * schedule.sigmas[0]
 
 
+class UNetFallback:
+    """How UNet calls shrink when one runs out of GPU memory; each step gives the same result (within
+    floating-point rounding: the maths per clip is unchanged, docs/svfr.md §9), so a job never fails for a
+    memory peak that a smaller call avoids. In order:
+    1. several windows per call -> one window per call;
+    2. both CFG halves in one call -> the two halves as two calls;
+    3. diffusers' feed-forward chunking (one frame at a time through each transformer's feed-forward).
+    The state is kept: later calls and jobs start from what fitted. `on_shrink` hears each step, in words."""
+
+    def __init__(
+        self,
+        windows_per_call: int | None = None,
+        split_cfg: bool = False,
+        chunk_feed_forward: bool = False,
+        on_shrink: Callable[[str], None] | None = None,
+    ) -> None:
+        self.windows_per_call = windows_per_call  # None: as the sampler settings say
+        self.split_cfg = split_cfg
+        self.chunk_feed_forward = chunk_feed_forward
+        self.on_shrink = on_shrink
+
+    def apply(self, unet: torch.nn.Module) -> None:
+        """Put the UNet in the state this fallback is at (feed-forward chunking is a setting of the UNet)."""
+        if self.chunk_feed_forward:
+            # dim 0 chunks the spatial blocks frame by frame; the temporal blocks always chunk along frames.
+            unet.enable_forward_chunking(chunk_size=1, dim=0)
+        else:
+            # diffusers' SVD UNet has no `disable_forward_chunking`: unset each block's chunking.
+            for module in unet.modules():
+                if hasattr(module, "set_chunk_feed_forward"):
+                    module.set_chunk_feed_forward(chunk_size=None, dim=0)
+
+    def shrink(self, unet: torch.nn.Module, windows: int, use_cfg: bool) -> bool:
+        """Take the next step after an out-of-memory error in a call of `windows` windows; False when there is
+        none left."""
+        if windows > 1:
+            self.windows_per_call = 1
+            step = "one window per UNet call"
+        elif use_cfg and not self.split_cfg:
+            self.split_cfg = True
+            step = "the two classifier-free guidance halves as two UNet calls"
+        elif not self.chunk_feed_forward:
+            self.chunk_feed_forward = True
+            self.apply(unet)
+            step = "chunked feed-forward layers in the UNet"
+        else:
+            return False
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        log.warning("GPU out of memory in the UNet; retrying with %s (same result, slower)", step)
+        if self.on_shrink is not None:
+            self.on_shrink(step)
+        return True
+
+    def describe(self) -> str:
+        parts = []
+        if self.windows_per_call is not None:
+            parts.append(f"{self.windows_per_call} window(s) per call")
+        parts.append("CFG halves apart" if self.split_cfg else "CFG halves together")
+        if self.chunk_feed_forward:
+            parts.append("chunked feed-forward")
+        return ", ".join(parts)
+
+
+def predict_velocity_fitting(
+    models: DiffusionModels,
+    window_latents: torch.Tensor,
+    frame_index: torch.Tensor,
+    sigma: torch.Tensor,
+    timestep: torch.Tensor,
+    conditioning: Conditioning,
+    guidance_scale: float,
+    fallback: UNetFallback | None,
+) -> torch.Tensor:
+    """`predict_velocity` in calls that fit: on out-of-memory the `fallback` shrinks them and the same
+    windows are predicted again (nothing random happens in a UNet call, so the retry is exact)."""
+    if fallback is None:
+        return predict_velocity(models, window_latents, frame_index, sigma, timestep, conditioning, guidance_scale)
+    while True:
+        per_call = fallback.windows_per_call or len(frame_index)
+        try:
+            return torch.cat([
+                predict_velocity(
+                    models, window_latents[first : first + per_call], frame_index[first : first + per_call],
+                    sigma, timestep, conditioning, guidance_scale, split_cfg=fallback.split_cfg,
+                )
+                for first in range(0, len(frame_index), per_call)
+            ])
+        except torch.OutOfMemoryError:
+            if not fallback.shrink(models.unet, min(per_call, len(frame_index)), conditioning.use_cfg):
+                raise
+
+
 def predict_velocity(
     models: DiffusionModels,
     window_latents: torch.Tensor,
@@ -219,6 +317,7 @@ def predict_velocity(
     timestep: torch.Tensor,
     conditioning: Conditioning,
     guidance_scale: float,
+    split_cfg: bool = False,
 ) -> torch.Tensor:
     """The guided v-prediction for k windows at once: window_latents (k, W, C, h, w) -> (k, W, C, h, w).
 
@@ -236,13 +335,30 @@ def predict_velocity(
     # Batch order is half-major ([uncond × k, cond × k]) so the output splits back with chunk(2).
     context = conditioning.context.repeat_interleave(k, dim=0)
     added_time_ids = conditioning.added_time_ids.repeat_interleave(k, dim=0)
-    output = models.unet(
-        unet_input, timestep, encoder_hidden_states=context, added_time_ids=added_time_ids, return_dict=False
-    )[0]
+    if split_cfg and conditioning.use_cfg:
+        # The halves never interact inside the UNet: two calls of k clips give what one call of 2k gives.
+        output = torch.cat([
+            run_unet(models, part, timestep, ctx, ids)
+            for part, ctx, ids in zip(unet_input.chunk(2), context.chunk(2), added_time_ids.chunk(2))
+        ])
+    else:
+        output = run_unet(models, unet_input, timestep, context, added_time_ids)
     if not conditioning.use_cfg:
         return output
     uncond, cond = output.chunk(2)
     return uncond + guidance_scale * (cond - uncond)
+
+
+def run_unet(
+    models: DiffusionModels,
+    unet_input: torch.Tensor,
+    timestep: torch.Tensor,
+    context: torch.Tensor,
+    added_time_ids: torch.Tensor,
+) -> torch.Tensor:
+    return models.unet(
+        unet_input, timestep, encoder_hidden_states=context, added_time_ids=added_time_ids, return_dict=False
+    )[0]
 
 
 def accumulate_windows(
