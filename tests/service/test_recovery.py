@@ -229,9 +229,11 @@ def test_a_job_the_service_keeps_dying_under_fails_into_failed_with_its_sidecar_
                 extras={"clip.mask.png": write_mask(tmp_path / "mask.png")})
     kill_service_mid_job(folder, "killed.log")
     with Daemon(folder, log_name="restart.log") as daemon:
-        (job,) = daemon.wait_for_jobs(1, {"failed"})
-        # The row says failed before the inputs move and the note is published: stop only after that.
-        daemon.wait_until("the error note", lambda: "clip.error.txt" in folder.files("failed"))
+        daemon.wait_for_jobs(1, {"failed"})
+        # The start-up recovery fails the row first, then files the inputs, writes the note and clears the
+        # outbox's temporary files; only then does the daemon serve. Stop it after that.
+        daemon.wait_until_serving()
+    (job,) = folder.jobs()
     assert "the service stopped once while this job ran" in job.error_message
     assert f"svfrd retry {job.id}" in job.error_message
     assert folder.files("failed") == ["clip.error.txt", "clip.mask.png", "clip.mp4", "clip.toml"]
