@@ -93,9 +93,9 @@ class FrameShelf:
     """Decoded frames the engine has read and paste-back has not used yet, up to `budget` bytes. Once a frame
     does not fit, no later frame is kept either: paste-back then decodes the rest itself, in order."""
 
-    def __init__(self, budget: int = KEPT_FRAMES_BYTES):
+    def __init__(self, budget: int | None = None):
         self._frames: dict[int, Frame] = {}
-        self._budget, self._bytes = budget, 0
+        self._budget, self._bytes = KEPT_FRAMES_BYTES if budget is None else budget, 0
         self._lock = threading.Lock()
         self.overflowed = False
 
