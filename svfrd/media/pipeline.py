@@ -1,15 +1,22 @@
 """The video pipeline: one input video in, one restored video out.
 
     probe -> face pass (decode once: faces, scene cuts) -> crop squares per frame
-          -> engine.restore(crops, decoded again on demand) -> paste back into a fresh decode of the frames
-          -> encode (original timestamps, rotation, audio) -> previews
+          -> decode again and crop (thread) -> engine.restore(crops) (this thread)
+          -> paste back into the same decoded frames, encode (original timestamps, rotation, audio), previews
+             (thread)
 
 Every stage streams: the only whole-video state is a few numbers per frame (face boxes), so memory does not
 grow with the video's length. The engine only ever sees 512x512 crops (`svfrd.engines.interface`).
+
+The stages after the face pass overlap through bounded channels (`svfrd.media.stages`), and the frames the
+engine reads are kept for pasting back until it returns their crops, so the video is decoded twice in all.
+An engine that reads far ahead before it returns anything (SVFR reads a whole segment) would make that store
+grow: past KEPT_FRAMES_BYTES the frames are not kept and paste-back decodes the video once more itself.
 """
 
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,8 +32,16 @@ from svfrd.media.crop import FrameCrops, crop_face, crop_jitter, reference_crops
 from svfrd.media.masks import Mask, load_mask, load_reference_face
 from svfrd.media.paste import paste_back
 from svfrd.media.preview import PreviewMaker
+from svfrd.media.stages import Channel, ChannelClosed, StageThread, threaded
 from svfrd.media.tracking import SubjectTrack, scan_faces, select_subject
 from svfrd.media.video_io import Frame, VideoInfo, VideoWriter, iter_frames, probe
+
+#: Frames (with their crops) the decoder thread may run ahead of the engine, and restored crops the engine may
+#: run ahead of paste-back and encoding. A few are enough to keep every stage busy.
+DECODE_AHEAD = 4
+ENCODE_AHEAD = 4
+#: Memory for frames the engine has read and not yet returned (see the module docstring).
+KEPT_FRAMES_BYTES = 256 * 2**20
 
 
 @dataclass(frozen=True)
@@ -69,13 +84,47 @@ class PipelineResult:
     warnings: list[str] = field(default_factory=list)
     #: Coarse wall-clock seconds per phase (probe_s, faces_s, restore_and_encode_s, total_s), for benchmarks.
     timings: dict[str, float] = field(default_factory=dict)
+    #: Seconds each stage was busy (not waiting on another), for benchmarks. Stages overlap, so they add up to
+    #: more than the wall-clock time.
+    stage_busy_s: dict[str, float] = field(default_factory=dict)
+
+
+class FrameShelf:
+    """Decoded frames the engine has read and paste-back has not used yet, up to `budget` bytes. Once a frame
+    does not fit, no later frame is kept either: paste-back then decodes the rest itself, in order."""
+
+    def __init__(self, budget: int | None = None):
+        self._frames: dict[int, Frame] = {}
+        self._budget, self._bytes = KEPT_FRAMES_BYTES if budget is None else budget, 0
+        self._lock = threading.Lock()
+        self.overflowed = False
+
+    def keep(self, frame: Frame) -> None:
+        with self._lock:
+            if self.overflowed or self._bytes + frame.image.nbytes > self._budget:
+                self.overflowed = True
+                return
+            self._frames[frame.index] = frame
+            self._bytes += frame.image.nbytes
+
+    def take(self, index: int) -> Frame | None:
+        with self._lock:
+            frame = self._frames.pop(index, None)
+            if frame is not None:
+                self._bytes -= frame.image.nbytes
+            return frame
 
 
 class VideoCropStream:
-    """The crops of one video for the engine. Each iteration decodes the video again (bounded memory)."""
+    """The crops of one video for the engine. The first iteration decodes on a thread and hands its frames to
+    paste-back (`shelf`); each later one decodes the video again (bounded memory either way)."""
 
-    def __init__(self, source: Path, crops: FrameCrops, mask: Mask | None, limits: LimitsConfig = LimitsConfig()):
+    def __init__(self, source: Path, crops: FrameCrops, mask: Mask | None, limits: LimitsConfig = LimitsConfig(),
+                 shelf: FrameShelf | None = None, busy: dict[str, float] | None = None):
         self.source, self.crops, self.mask, self.limits = source, crops, mask, limits
+        self._shelf = shelf
+        self._busy = busy if busy is not None else {}
+        self._open: list[Iterator] = []
 
     def __len__(self) -> int:
         return len(self.crops)
@@ -88,11 +137,28 @@ class VideoCropStream:
         return max(1.0, CROP_SIZE / float(np.median(sizes))) if sizes else 1.0
 
     def __iter__(self) -> Iterator[FaceCrop]:
+        shelf, self._shelf = self._shelf, None
+        if shelf is None:
+            yield from (crop for _, crop in self._cropped_frames())
+            return
+        decoded = threaded("decode+crop", self._cropped_frames, DECODE_AHEAD, self._busy)
+        self._open.append(decoded)
+        for frame, crop in decoded:
+            shelf.keep(frame)
+            yield crop
+
+    def close(self) -> None:
+        """Stop the decoder thread of an iteration the engine left unfinished (and wait for it)."""
+        for decoded in self._open:
+            decoded.close()
+        self._open = []
+
+    def _cropped_frames(self) -> Iterator[tuple[Frame, FaceCrop]]:
         for frame in _decode_again(self.source, len(self.crops), self.limits):
             box = self.crops.boxes[frame.index]
             mask = self.mask.for_crop(box) if self.mask is not None else None
             has_face = bool(self.crops.has_face[frame.index])
-            yield FaceCrop(image=crop_face(frame.image, box), mask=mask, has_face=has_face)
+            yield frame, FaceCrop(image=crop_face(frame.image, box), mask=mask, has_face=has_face)
 
 
 def _decode_again(source: Path, expected: int, limits: LimitsConfig) -> Iterator[Frame]:
@@ -153,8 +219,9 @@ def _restore_video(job: PipelineJob, engine: Engine, progress: ProgressReporter,
     timings["probe_s"] = time.monotonic() - started
 
     mark = time.monotonic()
+    busy: dict[str, float] = {}
     seen = scan_faces(job.source, info, job.faces.model, lambda done, total: progress("faces", done, total),
-                      limits=job.limits)
+                      limits=job.limits, busy=busy)
     track = select_subject(seen, max_gap=_max_gap_frames(info))
     if not track.detected.any():
         raise BadInputError(
@@ -166,10 +233,10 @@ def _restore_video(job: PipelineJob, engine: Engine, progress: ProgressReporter,
     timings["faces_s"] = time.monotonic() - mark
 
     mark = time.monotonic()
-    stream = VideoCropStream(job.source, crops, mask, job.limits)
-    previews = _preview_maker(job, seen.frames, info)
-    written, frame_size = _write_output(job, info, crops, engine.restore(request, stream, progress), output_mode,
-                                        crf, previews, progress)
+    shelf = FrameShelf()
+    stream = VideoCropStream(job.source, crops, mask, job.limits, shelf=shelf, busy=busy)
+    output = _OutputStage(job, info, crops, shelf, output_mode, crf, _preview_maker(job, seen.frames, info), busy)
+    written, frame_size = _restore_and_write(engine, request, stream, output, progress)
     timings["restore_and_encode_s"] = time.monotonic() - mark
     timings["total_s"] = time.monotonic() - started
 
@@ -189,7 +256,8 @@ def _restore_video(job: PipelineJob, engine: Engine, progress: ProgressReporter,
         options={"crop": crop_policy, "crf": crf, "output_mode": output_mode},
     )
     timings = {k: round(v, 2) for k, v in timings.items()}
-    return PipelineResult(frames=written, media=media, warnings=warnings, timings=timings)
+    busy = {k: round(v, 2) for k, v in busy.items()}
+    return PipelineResult(frames=written, media=media, warnings=warnings, timings=timings, stage_busy_s=busy)
 
 
 def _pipeline_option(job: PipelineJob, name: str, configured):
@@ -230,51 +298,148 @@ def _preview_maker(job: PipelineJob, frames: int, info: VideoInfo) -> PreviewMak
     return PreviewMaker(job.preview_video, job.contact_sheet, frames, info)
 
 
-def _write_output(
-    job: PipelineJob, info: VideoInfo, crops: FrameCrops, restored: Iterator[np.ndarray], output_mode: str,
-    crf: int, previews: PreviewMaker | None, progress: ProgressReporter,
-) -> tuple[int, dict]:
-    """Zip the engine's output with a fresh decode of the originals, paste back, encode. Returns the frames
-    written and the frame size: {"input": [w, h], "output": [w, h], "adjusted": what changed or None}."""
-    total = len(crops)
-    crop_only = output_mode == "crop"
-    size = (CROP_SIZE, CROP_SIZE) if crop_only else None
-    rotation = 0 if crop_only else None  # crops are already upright
-    written = 0
+def _restore_and_write(engine: Engine, request: RestoreRequest, stream: VideoCropStream, output: "_OutputStage",
+                       progress: ProgressReporter) -> tuple[int, dict]:
+    """Run the engine on this thread (it reports progress, which only this thread may do) while the stream
+    decodes and the output stage pastes back and encodes on theirs. Returns what `_OutputStage` found."""
+    total = len(stream)
+    restored = engine.restore(request, stream, progress)
+    thread = StageThread("paste+encode", output.run).start()
     try:
-        with VideoWriter(job.output, info, crf=crf, audio_source=job.source, size=size, rotation=rotation) as writer:
-            for frame in _decode_again(job.source, total, job.limits):
-                face = next(restored, None)
-                if face is None:
-                    raise RuntimeError(f"the engine returned {written} crops for {total} frames")
-                _check_face(face, written)
-                box, has_face = crops.boxes[written], bool(crops.has_face[written])
-                if crop_only:
-                    before = crop_face(frame.image, box)
-                    after = face if has_face else before
-                else:
-                    before = frame.image
-                    after = paste_back(frame.image, face, box) if has_face else frame.image
-                writer.write(after, frame.pts)
-                if previews is not None:
-                    faces = None
-                    if not crop_only and previews.wants_sheet_frame(written):
-                        original_face = crop_face(frame.image, box)
-                        faces = (original_face, face if has_face else original_face)
-                    previews.add(written, frame.pts, before, after, faces)
-                written += 1
+        count = 0
+        for face in restored:
+            if count == total:
+                raise RuntimeError(f"the engine returned more crops than the {total} frames")
+            _check_face(face, count)
+            output.faces.put(face)
+            count += 1
+            progress("encode", output.written, total)
+        if count < total:
+            raise RuntimeError(f"the engine returned {count} crops for {total} frames")
+        output.faces.finish()
+        output.relay_progress(progress, total)
+    except ChannelClosed:
+        pass  # the output stage stopped on an error, raised below
+    finally:
+        getattr(restored, "close", lambda: None)()
+        stream.close()
+        output.faces.close()  # stops the output stage if this thread failed or was cancelled
+        thread.join()
+    if thread.error is not None:
+        raise thread.error
+    if output.written != total:  # only when it was stopped, which raised above; kept as a guard
+        raise RuntimeError(f"wrote {output.written} of {total} frames")
+    return output.written, output.frame_size
+
+
+class _OutputStage:
+    """Pastes each restored crop into its frame (kept by the stream, else decoded again), encodes the frame
+    and feeds the previews: the work of one thread, fed through `faces`."""
+
+    def __init__(self, job: PipelineJob, info: VideoInfo, crops: FrameCrops, shelf: FrameShelf, output_mode: str,
+                 crf: int, previews: PreviewMaker | None, busy: dict[str, float]):
+        self.job, self.info, self.crops, self.shelf = job, info, crops, shelf
+        self.crop_only = output_mode == "crop"
+        self.crf, self.previews, self.busy = crf, previews, busy
+        self.faces: Channel[np.ndarray] = Channel(ENCODE_AHEAD)
+        self.written = 0
+        self.frame_size: dict = {}
+        self._changed = threading.Condition()
+        self._ended = False
+        self._decoded: Iterator[Frame] | None = None  # paste-back's own decode, once frames are not kept
+
+    def run(self) -> None:
+        try:
+            self._write_all()
+            if self.previews is not None:
+                self.previews.close()
+        except BaseException:
+            if self.previews is not None:
+                self.previews.abort()
+            self.faces.close()  # the engine's thread stops handing crops over
+            raise
+        finally:
+            if self._decoded is not None:
+                self._decoded.close()
+            with self._changed:
+                self._ended = True
+                self._changed.notify_all()
+
+    def relay_progress(self, progress: ProgressReporter, total: int) -> None:
+        """Report "encode" progress from the calling thread until this stage ends (it may raise: cancel)."""
+        reported = -1
+        while True:
+            with self._changed:
+                while self.written == reported and not self._ended:
+                    self._changed.wait()
+                written, ended = self.written, self._ended
+            if written != reported:
                 progress("encode", written, total)
-            frame_size = {"input": list(writer.input_size), "output": list(writer.size),
-                          "adjusted": writer.adjustment}
-        if next(restored, None) is not None:
-            raise RuntimeError(f"the engine returned more crops than the {total} frames")
-    except BaseException:
-        if previews is not None:
-            previews.abort()
-        raise
-    if previews is not None:
-        previews.close()
-    return written, frame_size
+                reported = written
+            if ended:
+                return
+
+    def _write_all(self) -> None:
+        """{"input": [w, h], "output": [w, h], "adjusted": what changed or None} goes to `frame_size`."""
+        size = (CROP_SIZE, CROP_SIZE) if self.crop_only else None
+        rotation = 0 if self.crop_only else None  # crops are already upright
+        job = self.job
+        with VideoWriter(job.output, self.info, crf=self.crf, audio_source=job.source, size=size,
+                         rotation=rotation) as writer:
+            for face in self.faces:
+                started = time.perf_counter()
+                frame = self._frame(self.written)
+                before, after = self._paste(frame, face)
+                pasted = time.perf_counter()
+                writer.write(after, frame.pts)
+                encoded = time.perf_counter()
+                if self.previews is not None:
+                    self._preview(frame, face, before, after)
+                self._count("paste", pasted - started)
+                self._count("encode", encoded - pasted)
+                self._count("previews", time.perf_counter() - encoded)
+                with self._changed:
+                    self.written += 1
+                    self._changed.notify_all()
+            started = time.perf_counter()
+            self.frame_size = {"input": list(writer.input_size), "output": list(writer.size),
+                               "adjusted": writer.adjustment}
+        self._count("encode", time.perf_counter() - started)  # the encoder's flush
+
+    def _frame(self, index: int) -> Frame:
+        frame = self.shelf.take(index)
+        if frame is not None:
+            return frame
+        if self._decoded is None:
+            self._decoded = _decode_again(self.job.source, len(self.crops), self.job.limits)
+        for frame in self._decoded:
+            if frame.index == index:
+                return frame
+        raise RuntimeError(f"frame {index} was neither kept nor decoded again")  # _decode_again raised first
+
+    def _paste(self, frame: Frame, face: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(before, after) for the output and the previews."""
+        index = frame.index
+        box, has_face = self.crops.boxes[index], bool(self.crops.has_face[index])
+        if self.crop_only:
+            before = crop_face(frame.image, box)
+            return before, face if has_face else before
+        if not has_face:
+            return frame.image, frame.image
+        # The frame is ours alone: paste into it, unless the previews still need the original.
+        return frame.image, paste_back(frame.image, face, box, in_place=self.previews is None)
+
+    def _preview(self, frame: Frame, face: np.ndarray, before: np.ndarray, after: np.ndarray) -> None:
+        index = frame.index
+        faces = None
+        if not self.crop_only and self.previews.wants_sheet_frame(index):
+            box, has_face = self.crops.boxes[index], bool(self.crops.has_face[index])
+            original_face = crop_face(frame.image, box)
+            faces = (original_face, face if has_face else original_face)
+        self.previews.add(index, frame.pts, before, after, faces)
+
+    def _count(self, stage: str, seconds: float) -> None:
+        self.busy[stage] = self.busy.get(stage, 0.0) + seconds
 
 
 def _check_face(face: np.ndarray, index: int) -> None:

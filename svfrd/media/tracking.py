@@ -1,35 +1,48 @@
 """The face pass: one streaming decode that finds faces and scene cuts, then the main subject's track.
 
-Only small per-frame facts are kept (face boxes, 5 points, a cut flag), never frames, so the pass costs the
-same memory for a minute or an hour of video. What comes out is per frame: the subject's face box (or none),
-which the crop policies in `svfrd.media.crop` turn into crop squares.
+Only small per-frame facts are kept (face boxes, 5 points, a cut flag), never frames (at most one, held back
+for a moment), so the pass costs the same memory for a minute or an hour of video. What comes out is per
+frame: the subject's face box (or none), which the crop policies in `svfrd.media.crop` turn into crop squares.
+
+While a face is in view the detector looks at every DETECT_EVERY-th frame and at the first and last frame of
+each shot; faces on the frames between are interpolated from the looks either side (a face is matched to
+itself by box overlap). The crop is smoothed over several frames anyway (`svfrd.media.crop`), so this saves
+most of the detector's time at no visible cost: docs/architecture.md gives the measured crop jitter. While no
+face is in view every frame is looked at, so a face is picked up on the frame it appears.
 """
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import cv2
 import numpy as np
 
 from svfrd.config import LimitsConfig
 from svfrd.media.faces import DetectedFace, FaceFinder, intersection_area
-from svfrd.media.video_io import DEFAULT_LIMITS, VideoInfo, iter_frames
+from svfrd.media.stages import threaded
+from svfrd.media.video_io import DEFAULT_LIMITS, Frame, VideoInfo, iter_frames
 
 #: Bhattacharyya distance between colour histograms of consecutive frames above which a scene cut is assumed.
 CUT_THRESHOLD = 0.45
 #: A face seen in fewer frames of a shot than this (or than the shot has) is taken for a detector mistake.
 MIN_TRACK_FRAMES = 3
+#: While a face is in view, the detector looks at every this many frames (see the module docstring).
+DETECT_EVERY = 2
+#: Decoded frames the face pass's decoder thread may run ahead of the detector.
+DECODE_AHEAD = 4
 
 
 @dataclass
 class FacePass:
     """What the face pass saw, per frame."""
 
-    faces: list[list[DetectedFace]] = field(default_factory=list)
+    faces: list[list[DetectedFace]] = field(default_factory=list)  # found, or interpolated between looks
     cut_before: list[bool] = field(default_factory=list)  # True: frame i starts a new shot
+    looked: list[bool] = field(default_factory=list)  # True: the detector looked at frame i (empty: all)
 
     @property
     def frames(self) -> int:
@@ -76,21 +89,102 @@ def is_cut(previous: tuple[np.ndarray, np.ndarray] | None, current: tuple[np.nda
 
 def scan_faces(
     path: Path, info: VideoInfo, model_path: Path, progress: Callable[[int, int], None] | None = None,
-    limits: LimitsConfig = DEFAULT_LIMITS,
+    limits: LimitsConfig = DEFAULT_LIMITS, detect_every: int = DETECT_EVERY, busy: dict[str, float] | None = None,
 ) -> FacePass:
-    """Decode the whole video once, keeping only faces and cut flags per frame (within `limits`)."""
+    """Decode the whole video once, keeping only faces and cut flags per frame (within `limits`). Decoding and
+    the cut detector's histograms run on a thread beside the face detector; `progress` is called here.
+    `busy` gets the seconds each of the two was busy (benchmarks)."""
     seen = FacePass()
-    previous = None
-    ms_per_tick = float(info.time_base) * 1000.0
+    busy = busy if busy is not None else {}
     with FaceFinder(model_path) as finder:
-        for frame in iter_frames(path, limits):
-            signature = colour_signature(frame.image)
-            seen.cut_before.append(is_cut(previous, signature))
-            previous = signature
-            seen.faces.append(finder.find(frame.image, int(frame.pts * ms_per_tick)))
-            if progress is not None:
-                progress(frame.index + 1, info.frames)
+        scanner = _Scanner(seen, finder, float(info.time_base) * 1000.0, detect_every)
+        frames = threaded("faces: decode+cuts", lambda: _signed_frames(path, limits), DECODE_AHEAD, busy)
+        try:
+            for frame, signature in frames:
+                started = time.perf_counter()
+                scanner.add(frame, signature)
+                busy["faces: detector"] = busy.get("faces: detector", 0.0) + time.perf_counter() - started
+                if progress is not None:
+                    progress(frame.index + 1, info.frames)  # raises on cancel: the decoder thread stops below
+        finally:
+            frames.close()
+        started = time.perf_counter()
+        scanner.finish()
+        busy["faces: detector"] = busy.get("faces: detector", 0.0) + time.perf_counter() - started
     return seen
+
+
+def _signed_frames(path: Path, limits: LimitsConfig) -> Iterator[tuple[Frame, tuple[np.ndarray, np.ndarray]]]:
+    for frame in iter_frames(path, limits):
+        yield frame, colour_signature(frame.image)
+
+
+class _Scanner:
+    """Decides which frames the detector looks at, and fills the frames between two looks (module docstring)."""
+
+    def __init__(self, seen: FacePass, finder: FaceFinder, ms_per_tick: float, detect_every: int):
+        self.seen, self.finder, self.ms_per_tick = seen, finder, ms_per_tick
+        self.every = max(1, detect_every)
+        self.previous_signature: tuple[np.ndarray, np.ndarray] | None = None
+        self.last_looked: int | None = None
+        self.held: Frame | None = None  # the latest frame, not looked at (yet)
+
+    def add(self, frame: Frame, signature: tuple[np.ndarray, np.ndarray]) -> None:
+        cut = is_cut(self.previous_signature, signature)
+        self.previous_signature = signature
+        self.seen.cut_before.append(cut)
+        self.seen.faces.append([])
+        self.seen.looked.append(False)
+        if cut and self.held is not None:
+            self._look(self.held)  # the last frame of a shot closes its last gap
+        self.held = None
+        if cut or self._due(frame.index):
+            self._look(frame)
+        else:
+            self.held = frame
+
+    def finish(self) -> None:
+        if self.held is not None:
+            self._look(self.held)
+            self.held = None
+
+    def _due(self, index: int) -> bool:
+        last = self.last_looked
+        return last is None or not self.seen.faces[last] or index - last >= self.every
+
+    def _look(self, frame: Frame) -> None:
+        index = frame.index
+        self.seen.faces[index] = self.finder.find(frame.image, int(frame.pts * self.ms_per_tick))
+        self.seen.looked[index] = True
+        if self.last_looked is not None:
+            self._fill_gap(self.last_looked, index)
+        self.last_looked = index
+
+    def _fill_gap(self, before: int, after: int) -> None:
+        for i in range(before + 1, after):
+            t = (i - before) / (after - before)
+            self.seen.faces[i] = interpolate_faces(self.seen.faces[before], self.seen.faces[after], t)
+
+
+def interpolate_faces(before: list[DetectedFace], after: list[DetectedFace], t: float) -> list[DetectedFace]:
+    """The faces a fraction `t` of the way between two looks: each face of `before` that overlaps one of `after`
+    (the rule frame-to-frame linking uses) moves linearly toward it; a face seen on one side only is left out.
+    Largest first, as the detector gives them."""
+    faces, taken = [], set()
+    for face in before:
+        best, best_iou = None, 0.2
+        for k, other in enumerate(after):
+            overlap = _iou(face.box, other.box)
+            if k not in taken and overlap > best_iou:
+                best, best_iou = k, overlap
+        if best is None:
+            continue
+        taken.add(best)
+        other = after[best]
+        box = tuple(float((1 - t) * a + t * b) for a, b in zip(face.box, other.box))
+        points = ((1 - t) * face.points5 + t * other.points5).astype(np.float32)
+        faces.append(DetectedFace(box=box, points5=points))
+    return sorted(faces, key=lambda f: -f.area)
 
 
 def _iou(a: tuple[float, ...], b: tuple[float, ...]) -> float:
@@ -152,6 +246,8 @@ def select_subject(seen: FacePass, max_gap: int = 12) -> SubjectTrack:
     report = {
         "shots": len(shot_reports),
         "frames_with_subject": int((~np.isnan(boxes[:, 0])).sum()),
+        # The rest were interpolated between looks (see the module docstring).
+        "frames_the_detector_looked_at": int(sum(seen.looked)) if seen.looked else n,
         "most_faces_in_a_frame": faces_seen,
         "subject_rule": "per shot, the face track with the largest area summed over its frames",
         "shot_details": shot_reports[:50],

@@ -180,3 +180,21 @@ def test_a_face_seen_in_a_single_frame_of_a_shot_is_taken_for_a_detector_mistake
     assert not select_subject(flicker).detected.any()
     steady = FacePass(faces=[[face]] * 3 + [[]] * 7, cut_before=[False] * 10)
     assert select_subject(steady).detected.sum() == 3
+
+
+def test_detecting_on_every_second_frame_keeps_the_tracked_crop_within_a_tenth_of_a_pixel(moving_clip, moving_pass):
+    # The detector looks at every 2nd frame (and the first and last); the frames between get interpolated
+    # faces. Against looking at every frame, on the real face moving smoothly: the crop centre stays within
+    # 0.1 px RMS (measured 0.05 px) and the crop shakes no more (jitter 0.08 px both ways).
+    every_frame = scan_faces(moving_clip, probe(moving_clip), face_model_path(), detect_every=1)
+    assert sum(moving_pass.looked) <= moving_pass.frames // 2 + 1 and all(every_frame.looked)
+    assert all(len(faces) == 1 for faces in moving_pass.faces)  # interpolated where not looked at
+    sparse, dense = (tracked_crops(select_subject(seen), MAX_GAP) for seen in (moving_pass, every_frame))
+    centres = [np.array([box.centre for box in crops.boxes]) for crops in (sparse, dense)]
+    deviation = float(np.sqrt(((centres[0] - centres[1]) ** 2).sum(axis=1).mean()))
+    print(f"every 2nd frame vs every frame: centre deviation {deviation:.3f} px RMS, jitter "
+          f"{crop_jitter(sparse)['jitter_px']} vs {crop_jitter(dense)['jitter_px']} px")
+    assert deviation <= 0.1
+    assert crop_jitter(sparse)["jitter_px"] <= 0.1
+    assert crop_jitter(sparse)["jitter_px"] <= crop_jitter(dense)["jitter_px"] + 0.01
+    assert select_subject(moving_pass).report["frames_the_detector_looked_at"] == sum(moving_pass.looked)

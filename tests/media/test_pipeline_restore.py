@@ -330,3 +330,117 @@ def test_variable_frame_rate_timestamps_survive_the_pipeline(tmp_path):
     out = probe(tmp_path / "out.mp4")
     written = [float(f.pts * out.time_base) for f in iter_frames(tmp_path / "out.mp4")]
     assert written == pytest.approx([p / 10000 for p in pts], abs=1e-4)
+
+
+class ReadAheadEngine(NegativeEngine):
+    """Test double: reads every crop before it returns any, as SVFR does with a segment."""
+
+    def restore(self, request, crops, progress):
+        images = [crop.image for crop in crops]
+        for i, image in enumerate(images):
+            progress("restore", i + 1, len(images))
+            yield 255 - image
+
+
+def count_decodes(monkeypatch) -> list[str]:
+    """Spy: the name of the video at each decode the pipeline starts (face pass, crops, paste-back)."""
+    import svfrd.media.pipeline as pipeline
+    import svfrd.media.tracking as tracking
+
+    opened = []
+
+    def spying(module):
+        real = module.iter_frames
+
+        def iter_frames_spy(path, *args, **kwargs):
+            opened.append(Path(path).name)
+            return real(path, *args, **kwargs)
+
+        monkeypatch.setattr(module, "iter_frames", iter_frames_spy)
+
+    spying(pipeline)
+    spying(tracking)
+    return opened
+
+
+def test_a_job_decodes_its_video_twice_and_pastes_into_the_frames_the_engine_read(ntsc_clip, tmp_path, monkeypatch):
+    # Before, three decodes: face pass, the engine's crops, and again for paste-back.
+    opened = count_decodes(monkeypatch)
+    restore_video(make_job(tmp_path, ntsc_clip), NegativeEngine(), ignore_progress)
+    assert opened == ["ntsc.mp4", "ntsc.mp4"]
+
+
+def test_an_engine_reading_far_ahead_gets_the_same_output_once_kept_frames_exceed_their_budget(
+    ntsc_clip, tmp_path, monkeypatch
+):
+    # MediaPipe's boxes vary a little from run to run, and so does libx264's output for the same frames: both
+    # runs get the same face pass, and the frames handed to the encoder are compared.
+    seen = scan_faces(ntsc_clip, probe(ntsc_clip), face_model_path())
+    monkeypatch.setattr("svfrd.media.pipeline.scan_faces", lambda *args, **kwargs: seen)
+    encoded: dict[str, list[np.ndarray]] = {}
+    real_write = VideoWriter.write
+
+    def write_spy(writer, image, pts):
+        encoded.setdefault(writer.path.name, []).append(image.copy())
+        real_write(writer, image, pts)
+
+    monkeypatch.setattr(VideoWriter, "write", write_spy)
+    restore_video(make_job(tmp_path, ntsc_clip, output=tmp_path / "normal.mp4"), NegativeEngine(), ignore_progress)
+    # Room for 5 frames of 241x181: the engine reads all 24 before returning any, so paste-back decodes the
+    # video again for frames 5 and on, instead of holding the whole video in memory.
+    monkeypatch.setattr("svfrd.media.pipeline.KEPT_FRAMES_BYTES", 5 * 241 * 181 * 3)
+    opened = count_decodes(monkeypatch)
+    ahead = make_job(tmp_path, ntsc_clip, output=tmp_path / "ahead.mp4")
+    result = restore_video(ahead, ReadAheadEngine(), ignore_progress)
+    assert len(opened) == 2 and result.frames == 24  # the crops' decode and paste-back's (face pass: reused)
+    assert len(encoded["normal.mp4"]) == len(encoded["ahead.mp4"]) == 24
+    for a, b in zip(encoded["normal.mp4"], encoded["ahead.mp4"]):
+        assert np.array_equal(a, b)
+
+
+def test_decoding_cropping_and_paste_back_run_on_their_own_threads(ntsc_clip, tmp_path, monkeypatch):
+    import threading
+
+    import svfrd.media.pipeline as pipeline
+
+    threads = {}
+
+    def spy(name, real):
+        def wrapper(*args, **kwargs):
+            threads.setdefault(name, set()).add(threading.current_thread().name)
+            return real(*args, **kwargs)
+
+        monkeypatch.setattr(pipeline, name, wrapper)
+
+    spy("crop_face", pipeline.crop_face)
+    spy("paste_back", pipeline.paste_back)
+    engine_threads = set()
+
+    class RecordingEngine(NegativeEngine):
+        def restore(self, request, crops, progress):
+            for face in super().restore(request, crops, progress):
+                engine_threads.add(threading.current_thread().name)
+                yield face
+
+    result = restore_video(make_job(tmp_path, ntsc_clip), RecordingEngine(), ignore_progress)
+    # The engine runs on the caller's thread (it reports progress, which the worker takes there only).
+    assert engine_threads == {threading.current_thread().name}
+    assert threads == {"crop_face": {"svfrd-decode+crop"}, "paste_back": {"svfrd-paste+encode"}}
+    assert {"decode+crop", "paste", "encode", "faces: detector", "faces: decode+cuts"} <= set(result.stage_busy_s)
+
+
+@pytest.mark.parametrize("cancel_at", ["restore", "encode"])
+def test_cancelling_stops_every_stage_and_leaves_no_output(ntsc_clip, tmp_path, cancel_at):
+    import threading
+
+    from svfrd.errors import JobCancelled
+
+    def progress(stage, done, total):
+        if stage == cancel_at and done >= 10:
+            raise JobCancelled("cancelled by the user")
+
+    job = make_job(tmp_path, ntsc_clip, preview_video=tmp_path / "p.mp4", contact_sheet=tmp_path / "s.png")
+    with pytest.raises(JobCancelled):
+        restore_video(job, NegativeEngine(), progress)
+    assert not job.output.exists() and not (tmp_path / "p.mp4").exists()
+    assert [t.name for t in threading.enumerate() if t.name.startswith("svfrd-")] == []
