@@ -446,7 +446,7 @@ def main(argv: list[str] | None = None) -> int:
             psnr_line = "PSNR: skipped (time budget)"
             if remaining() > 0:
                 value = compare_with_cpu_fp32(models_dir, device, size, crops)
-                psnr_line = (f"PSNR {device.type} fp16 vs CPU fp32, reference mode ({size.psnr_frames} frames at "
+                psnr_line = (f"PSNR {device.type.upper()} fp16 vs CPU fp32, reference mode ({size.psnr_frames} frames at "
                              f"{size.psnr_resolution}px, {size.psnr_steps} steps): {value:.2f} dB")
 
     print()
