@@ -280,7 +280,7 @@ def measure(config: Config, models_dir: Path, device: torch.device, size: Size, 
             args: argparse.Namespace) -> Row:
     """Build the pipeline, warm it up on the first frames (kernels, cuDNN's choices), then time the clip."""
     row = Row(config.name, config.dtype)
-    if device.type == "cuda" and config.tier != "reference-style":
+    if device.type == "cuda":
         row.estimate_gib = estimate_peak_vram_gib(config.tier, size.resolution, dtype_bytes=2)
     pipeline = load(config, models_dir, device, size.resolution)
     meter = UNetMeter(models_dir, config.clip_id_attention)
