@@ -13,8 +13,8 @@ encodes per frame; ~40 GB peak VRAM reported by users.
 from __future__ import annotations
 
 import argparse
-import json
 import math
+import sys
 import time
 from pathlib import Path
 
@@ -22,24 +22,18 @@ import torch
 from diffusers import AutoencoderKLTemporalDecoder, UNetSpatioTemporalConditionModel
 from torch.utils.flop_counter import FlopCounterMode
 
-from svfrd.engines.svfr.loading import SVFR_UNET_IN_CHANNELS, DiffusionModels, keep_encoder_in_fp32
-from svfrd.engines.svfr.sampler import SamplerSettings, denoise_latents
-from svfrd.engines.svfr.vae_io import decode_latents, encode_frames
-from svfrd.engines.svfr.windows import WindowSchedule
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # run as a script, the repository root is not on the path: bench.svfr_models is
 
-SVD_CONFIGS = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "svd-xt"
+from bench.svfr_models import random_models, svfr_unet_config  # noqa: E402 - after the sys.path line above
+from bench.svfr_models import read_svd_config as read_config  # noqa: E402
+from svfrd.engines.svfr.loading import SVFR_UNET_IN_CHANNELS  # noqa: E402
+from svfrd.engines.svfr.sampler import SamplerSettings, denoise_latents  # noqa: E402
+from svfrd.engines.svfr.vae_io import decode_latents, encode_frames  # noqa: E402
+from svfrd.engines.svfr.windows import WindowSchedule  # noqa: E402
+
 WINDOW, OVERLAP, SIZE, LATENT = 16, 3, 512, 64
 TERA = 1e12
-
-
-def read_config(part: str) -> dict:
-    name = "scheduler_config.json" if part == "scheduler" else "config.json"
-    return json.loads((SVD_CONFIGS / part / name).read_text())
-
-
-def svfr_unet_config() -> dict:
-    """SVD-xt's UNet config with SVFR's 12 input channels, as the loader builds it."""
-    return {**read_config("unet"), "in_channels": SVFR_UNET_IN_CHANNELS}
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -141,16 +135,6 @@ def report_counts(args: argparse.Namespace) -> None:
 
 # ------------------------------------------------------------------------------------------------------------
 # GPU speed and memory
-
-
-def random_models(device: torch.device, dtype: torch.dtype) -> DiffusionModels:
-    with torch.device(device):
-        unet = UNetSpatioTemporalConditionModel.from_config(svfr_unet_config())
-        vae = AutoencoderKLTemporalDecoder.from_config(read_config("vae"))
-    unet = unet.to(device=device, dtype=dtype).eval().requires_grad_(False)
-    vae = vae.to(device=device, dtype=dtype).eval().requires_grad_(False)
-    keep_encoder_in_fp32(vae)  # force_upcast, as the engine's loader does
-    return DiffusionModels(unet=unet, vae=vae, scheduler_config=read_config("scheduler"), device=device, dtype=dtype)
 
 
 def timed(work, repeats: int) -> float:

@@ -83,6 +83,10 @@ class SVFRSettings:
     pass1_steps: int = 50
     guidance_scale: float = 2.0
     mode: Mode = "reference"
+    #: Pass 1 with guidance, as the reference runs it: both halves get the same input, so the result is the
+    #: same at twice the UNet work (docs/svfr.md §8, item 6). Only for measuring the reference's cost
+    #: (`scripts/gpu-check`); the service never sets it.
+    pass1_cfg: bool = False
 
     @property
     def windows(self) -> str:
@@ -332,7 +336,8 @@ class SVFRPipeline:
             overlap=OVERLAP,
             guidance_scale=settings.guidance_scale,
             windows=settings.windows,
-            use_cfg=False,  # both CFG halves get the same input in pass 1, so the guided result is uncond
+            # Both CFG halves get the same input in pass 1, so the guided result is the unguided one.
+            use_cfg=settings.pass1_cfg,
         )
         total_calls = WindowSchedule(frames, frames, OVERLAP, settings.windows).unet_calls(settings.pass1_steps)
         call.progress("pass 1", 0, total_calls)
