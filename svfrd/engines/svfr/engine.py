@@ -192,7 +192,7 @@ class SvfrEngine:
 
     @property
     def vae_chunk(self) -> int:
-        """Frames per VAE decode call now (lowered for good after an out-of-memory retry)."""
+        """Frames per VAE decode call now (lowered for the rest of a job after an out-of-memory retry)."""
         return self.memory.decode_chunk
 
     @property
@@ -244,9 +244,10 @@ class SvfrEngine:
         self._warnings = []
         settings = run_settings(self.cfg.svfr, request.options)
         self.choose_memory_tier()
+        self.memory.start_job(self.pipeline.models.unet)
         self.memory.warn = self._warn
         if settings.mode == "reference" and self.memory.decode_chunk < REFERENCE_DECODE_CHUNK:
-            why = f'the "{self.memory.tier.name}" memory tier or an earlier out-of-memory error set it so'
+            why = f"[engine.svfr] vae_chunk = {self.cfg.svfr.vae_chunk}"
             self._warn(decode_chunk_note(self.memory.decode_chunk, why))
         return self._restore_and_release(request, crops, progress, settings)
 
