@@ -13,7 +13,8 @@ class SvfrdError(Exception):
 
 
 class BadInputError(SvfrdError):
-    """The input itself is wrong (corrupt video, no face, bad sidecar, ...). Never retried."""
+    """The input itself is wrong (corrupt video, no face, bad sidecar, ...), or the job would fail the same way
+    however often it ran (a job that does not fit the GPU: its message says so). Never retried."""
 
     kind = "bad_input"
 

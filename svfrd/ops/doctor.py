@@ -21,7 +21,7 @@ from svfrd.config import Config, load_config
 from svfrd.engines.svfr.model_folder import weights_problem  # file checks only: no torch, no diffusers
 from svfrd.errors import ConfigError
 from svfrd.files.placement import free_space_mb
-from svfrd.weights.lock import unverified_reason, verified_summary  # sizes and times only: no torch
+from svfrd.weights.lock import fetch_command, unverified_reason, verified_summary  # sizes and times only: no torch
 
 MIN_VRAM_GIB = 8.0  # the SVFR UNet in fp16 alone is ~3 GB; VAE, ArcFace and 16-frame activations need the rest
 REQUIRED_ENCODERS = ("libx264", "aac")
@@ -234,8 +234,8 @@ def check_svfr_weights(config: Config) -> Check:
     models_dir = config.engine.svfr.models_dir
     problem = weights_problem(models_dir)
     if problem:
-        return failed("SVFR weights", problem + consequence, "`svfrd fetch-models` downloads and verifies them",
-                      required)
+        return failed("SVFR weights", problem + consequence, f"`{fetch_command(models_dir)}` downloads and verifies "
+                      "them", required)
     unverified = unverified_reason(models_dir)
     if unverified:
         # The files are there; the engine loads them strictly either way, but "auto" waits for the lock.

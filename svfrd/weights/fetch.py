@@ -437,7 +437,10 @@ def http_download(file: ModelFile, remote: Remote, staged: Path, report: Progres
     off is resumed at once, up to ATTEMPTS times; what arrived stays staged for the next run."""
     for attempt in range(1, ATTEMPTS + 1):
         have = staged.stat().st_size if staged.is_file() else 0
-        if remote.size is not None and have >= remote.size:
+        if remote.size is not None and have > remote.size:  # left by another version of the file: no use
+            staged.unlink()
+            have = 0
+        if remote.size is not None and have == remote.size:
             return
         if have:
             console.print(f"  {file.name}: resuming at {human_size(have)}")
@@ -456,6 +459,21 @@ def http_download(file: ModelFile, remote: Remote, staged: Path, report: Progres
                      "`svfrd fetch-models` again to resume it")
 
 
+class CredentialsStayHome(urllib.request.HTTPRedirectHandler):
+    """Follows redirects like urllib, which carries every header along, except the token (and cookies) to
+    another host: a redirect from the Hub to its CDN must not hand the CDN the user's token."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):  # noqa: ANN001 - urllib's signature
+        new = super().redirect_request(req, fp, code, msg, headers, newurl)
+        if new is not None and not same_host(newurl, req.full_url):
+            for name in ("Authorization", "Cookie"):
+                new.remove_header(name)
+        return new
+
+
+OPENER = urllib.request.build_opener(CredentialsStayHome)
+
+
 def transfer(remote: Remote, staged: Path, have: int, report: ProgressCallback) -> bool:
     """One request; True when the body arrived whole."""
     headers = dict(remote.headers)
@@ -463,7 +481,7 @@ def transfer(remote: Remote, staged: Path, have: int, report: ProgressCallback) 
         headers["Range"] = f"bytes={have}-"
     request = urllib.request.Request(remote.url, headers=headers)
     try:
-        response = urllib.request.urlopen(request, timeout=TIMEOUT_S)
+        response = OPENER.open(request, timeout=TIMEOUT_S)
     except urllib.error.HTTPError as err:
         if err.code == 416 and have:  # nothing past what we have: the staged file is whole
             return True

@@ -9,6 +9,7 @@ re-hashes them all.
 from __future__ import annotations
 
 import json
+import shlex
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -76,18 +77,22 @@ def unverified_reason(models_dir: Path) -> str | None:
     models_dir = Path(models_dir)
     problem = weights_problem(models_dir)
     if problem:
-        return f"{problem}; `svfrd fetch-models` downloads them"
+        return f"{problem}; `{fetch_command(models_dir)}` downloads and verifies them"
     entries = read_lock(models_dir)
+    verify = f"svfrd verify-models {shlex.quote(str(models_dir))}"
     if entries is None:
-        return (f"the weights in {models_dir} have not been verified yet: run `svfrd verify-models {models_dir}` "
-                f"(it writes {LOCK_NAME})")
+        return f"the weights in {models_dir} have not been verified yet: run `{verify}` (it writes {LOCK_NAME})"
     for name in files_to_verify(models_dir):
         if name not in entries:
-            return f"{name} in {models_dir} is not verified: run `svfrd verify-models {models_dir}`"
+            return f"{name} in {models_dir} is not verified: run `{verify}`"
         if not unchanged(models_dir, name, entries[name]):
-            return (f"{name} in {models_dir} changed since it was verified (size or time differ): run "
-                    f"`svfrd verify-models {models_dir}`")
+            return f"{name} in {models_dir} changed since it was verified (size or time differ): run `{verify}`"
     return None
+
+
+def fetch_command(models_dir: Path) -> str:
+    """The command that fills `models_dir`, named explicitly: the shell's config may not be the service's."""
+    return f"svfrd fetch-models --models-dir {shlex.quote(str(models_dir))}"
 
 
 def verified_summary(models_dir: Path) -> str:

@@ -77,6 +77,7 @@ def test_auto_without_weights_uses_classical_and_says_why(tmp_path, caplog):
         engine = create_engine(engine_config("auto", tmp_path / "empty-models"))
     assert engine.name == "classical"
     assert "using classical" in caplog.text and "SVFR weights are not usable" in caplog.text
+    assert f"`svfrd fetch-models --models-dir {tmp_path / 'empty-models'}` downloads and verifies them" in caplog.text
 
 
 @pytest.mark.parametrize("name", ["classical", "auto"])

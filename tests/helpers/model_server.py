@@ -41,6 +41,7 @@ class Behaviour:
     wrong_sha256_for: str | None = None  # a Hub path whose declared sha256 is not its content's
     drive_listing_status: int = 200
     drive_sends_quota_page: bool = False
+    redirect_git_gets: bool = False  # a GET of a config (not its HEAD) is sent on to the CDN host
 
 
 @dataclass
@@ -133,8 +134,16 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header("Content-Length", "0")
             self.end_headers()
             return
+        if method == "GET" and behaviour.redirect_git_gets:
+            return self._redirect_to_cdn(repo_path)
         git_sha1 = hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
         self._send_bytes(data, method, {"ETag": f'"{git_sha1}"', "X-Repo-Commit": "0" * 40})
+
+    def _redirect_to_cdn(self, repo_path: str) -> None:
+        self.send_response(302)
+        self.send_header("Location", f"{self.model.url.replace('127.0.0.1', 'localhost')}/cdn/{repo_path}")
+        self.send_header("Content-Length", "0")
+        self.end_headers()
 
     def _drive_listing(self, folder_id: str) -> None:
         status = self.model.behaviour.drive_listing_status

@@ -22,6 +22,11 @@ def fail_above_rows(module: torch.nn.Module, max_rows: int, calls: list[int] | N
     _limit(module, "forward", lambda tensor: tensor.numel() // tensor.shape[-1], max_rows, calls)
 
 
+def lift(module: torch.nn.Module, method: str) -> None:
+    """The GPU has room again: `module.method` is the real one once more."""
+    delattr(module, method)
+
+
 def _limit(
     module: torch.nn.Module, method: str, size: Callable[[torch.Tensor], int], limit: int, calls: list[int] | None
 ) -> None:

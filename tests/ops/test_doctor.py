@@ -100,6 +100,7 @@ def test_svfr_weights_are_required_only_when_the_engine_is_svfr(tmp_path: Path) 
     code, lines = doctor_output(write_site(tmp_path, engine="svfr"))
     assert code == 1
     assert lines["SVFR weights"].startswith("✗") and "models/README.md" in lines["SVFR weights"]
+    assert "→ `svfrd fetch-models --models-dir " in lines["SVFR weights"], "the folder named: a shell's config may differ"
     code, lines = doctor_output(write_site(tmp_path, engine="auto"))
     assert lines["SVFR weights"].startswith("!") and "uses the classical engine" in lines["SVFR weights"]
     assert code == (0 if lines["GPU"].startswith(("✓", "!")) else 1)

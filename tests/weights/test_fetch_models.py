@@ -14,7 +14,7 @@ import pytest
 from rich.console import Console
 
 from svfrd.engines.svfr.model_folder import ID_LINEAR_WEIGHTS, UNET_CONFIG, UNET_WEIGHTS
-from svfrd.weights.fetch import fetch_models
+from svfrd.weights.fetch import fetch_models, staging_path
 from svfrd.weights.files import DRIVE_ENDPOINT_ENV, MODEL_FILES, VAE_FP16_WEIGHTS
 from svfrd.weights.lock import LOCK_NAME, read_lock, unverified_reason
 from svfrd.weights.verify import verify_models
@@ -67,6 +67,28 @@ def test_a_good_download_is_verified_locked_and_skipped_next_time(served, tmp_pa
         ok, out = fetch(server, models, monkeypatch, token="hf_test")
         assert ok and len(server.requests) == before, "verified files are not fetched again"
         assert out.count("verified earlier, unchanged") == len(MODEL_FILES)
+
+
+def test_a_redirect_from_the_hub_to_another_host_never_carries_the_token(served, tmp_path, monkeypatch) -> None:
+    with running_model_server(served, Behaviour(redirect_git_gets=True)) as server:
+        ok, out = fetch(server, tmp_path / "models", monkeypatch, token="hf_test")
+        assert ok, out
+        redirected = [r for r in server.gets("/cdn/") if r.path.endswith(".json")]
+        assert len(redirected) == 3, "the three configs came through the redirect"
+        assert not any("authorization" in r.headers for r in redirected), "the token stays with the Hub"
+
+
+def test_a_staged_file_longer_than_the_sources_is_fetched_afresh(served, tmp_path, monkeypatch) -> None:
+    # Left by another version of the file: resuming it can never end at the declared size.
+    models = tmp_path / "models"
+    staged = staging_path(models / VAE_FP16_WEIGHTS)
+    staged.parent.mkdir(parents=True)
+    staged.write_bytes((served / VAE_FP16_WEIGHTS).read_bytes() + b"an older, longer version")
+    with running_model_server(served) as server:
+        ok, out = fetch(server, models, monkeypatch, token="hf_test")
+    assert ok, out
+    assert (models / VAE_FP16_WEIGHTS).read_bytes() == (served / VAE_FP16_WEIGHTS).read_bytes()
+    assert not staged.exists()
 
 
 @pytest.mark.parametrize("token, status, says", [

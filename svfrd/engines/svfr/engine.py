@@ -136,11 +136,23 @@ def build_pipeline(
     unet = pipeline.models.unet
     if id_attention == "once":
         install_clip_id_attention(unet)
-    policy.prepare(unet)
-    policy.evict = (unet,)
-    policy.offload_now(pipeline.models.vae, pipeline.identity.arcface, pipeline.identity.id_projection)
+    use_memory_policy(pipeline, policy)
     apply_speedups(unet, speedups, device, compile_cache, backend=compile_backend)
     return pipeline
+
+
+def use_memory_policy(pipeline: SVFRPipeline, policy: ServiceMemory) -> None:
+    """Put the pipeline's modules where `policy`'s tier wants them and make it the pipeline's policy."""
+    unet = pipeline.models.unet
+    helpers = (pipeline.models.vae, pipeline.identity.arcface, pipeline.identity.id_projection)
+    policy.prepare(unet)
+    policy.evict = (unet,)
+    if policy.tier.offload:
+        policy.offload_now(*helpers)
+    else:
+        for module in helpers:
+            module.to(policy.device)
+    pipeline.memory = policy
 
 
 def speedups_of(cfg: SvfrConfig) -> Speedups:
@@ -192,7 +204,7 @@ class SvfrEngine:
 
     @property
     def vae_chunk(self) -> int:
-        """Frames per VAE decode call now (lowered for good after an out-of-memory retry)."""
+        """Frames per VAE decode call now (lowered for the rest of a job after an out-of-memory retry)."""
         return self.memory.decode_chunk
 
     @property
@@ -221,13 +233,7 @@ class SvfrEngine:
             return
         log.info("memory tier %s for this job (from the free GPU memory)", tier.name)
         policy = ServiceMemory(tier, device, encode_chunk=self.cfg.svfr.encode_chunk, decode_chunk=self.cfg.svfr.vae_chunk)
-        policy.prepare(self.pipeline.models.unet)
-        policy.evict = (self.pipeline.models.unet,)
-        policy.offload_now(self.pipeline.models.vae, self.pipeline.identity.arcface, self.pipeline.identity.id_projection)
-        if not tier.offload:
-            for module in (self.pipeline.models.vae, self.pipeline.identity.arcface, self.pipeline.identity.id_projection):
-                module.to(device)
-        self.pipeline.memory = policy
+        use_memory_policy(self.pipeline, policy)
 
     def check(self, request: RestoreRequest) -> None:
         """Every task combination works; only invalid options or an unusable reference picture are refused."""
@@ -244,9 +250,10 @@ class SvfrEngine:
         self._warnings = []
         settings = run_settings(self.cfg.svfr, request.options)
         self.choose_memory_tier()
+        self.memory.start_job(self.pipeline.models.unet)
         self.memory.warn = self._warn
         if settings.mode == "reference" and self.memory.decode_chunk < REFERENCE_DECODE_CHUNK:
-            why = f'the "{self.memory.tier.name}" memory tier or an earlier out-of-memory error set it so'
+            why = f"[engine.svfr] vae_chunk = {self.cfg.svfr.vae_chunk}"
             self._warn(decode_chunk_note(self.memory.decode_chunk, why))
         return self._restore_and_release(request, crops, progress, settings)
 

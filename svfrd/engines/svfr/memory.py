@@ -11,8 +11,8 @@ pixels by up to 169 levels. The other differences are the same arithmetic in oth
 estimated peak fits the free GPU memory at job start.
 
 `ServiceMemory` is the engine's `MemoryPolicy` (see `svfrd.engines.svfr.pipeline`): VAE calls that run out
-of memory are retried in smaller chunks, UNet calls shrink as `UNetFallback` says, and what still does not
-fit ends the job with a message: retried when other programs hold GPU memory (it may be free later), not
+of memory are retried in smaller chunks, UNet calls shrink as `UNetFallback` says (for the rest of the job:
+each job starts from its tier again, `start_job`), and what still does not fit ends the job with a message: retried when other programs hold GPU memory (it may be free later), not
 retried when this job alone filled the GPU (it would run out again).
 """
 
@@ -131,7 +131,7 @@ class ServiceMemory:
 
     VAE: encode calls of `encode_chunk` frames (the encoder works frame by frame, so only its memory peak
     depends on it), decode calls of `decode_chunk`; a call that runs out of memory is retried with half the
-    chunk and later jobs start from the size that fitted. A smaller decode chunk changes reference-mode output,
+    chunk, and the rest of the job keeps the size that fitted. A smaller decode chunk changes reference-mode output,
     so `warn` says so (the engine puts it in the job's report).
     UNet: `fallback` (see `UNetFallback`). What does not fit at the smallest size is `out_of_memory_error`."""
 
@@ -148,6 +148,7 @@ class ServiceMemory:
         self.device = device
         self.encode_chunk = min(encode_chunk or tier.encode_chunk, tier.encode_chunk)
         self.decode_chunk = min(decode_chunk or tier.decode_chunk, tier.decode_chunk)
+        self._start_chunks = (self.encode_chunk, self.decode_chunk)
         self.fallback = UNetFallback(windows_per_call=tier.windows_per_call, split_cfg=tier.split_cfg)
         self.held_by_others = held_by_others
         self.warn: Callable[[str], None] = lambda message: None
@@ -167,6 +168,18 @@ class ServiceMemory:
             unslice_attention(unet)
         self.fallback.apply(unet)
 
+    def start_job(self, unet: torch.nn.Module) -> None:
+        """Back to the tier's own chunks and UNet calls. What an out-of-memory error lowered holds for the rest
+        of its job only: the error may have come from another program's passing use of the GPU, and kept, it
+        would slow every later job (and a smaller decode chunk changes the output, docs/svfr.md §7). A job that
+        does not fit shrinks again, at the cost of a few failed calls."""
+        self.encode_chunk, self.decode_chunk = self._start_chunks
+        if self.fallback.chunk_feed_forward:
+            self.fallback.chunk_feed_forward = False
+            self.fallback.apply(unet)
+        self.fallback.windows_per_call = self.tier.windows_per_call
+        self.fallback.split_cfg = self.tier.split_cfg
+
     def vae(self, work: Callable[[int], torch.Tensor], chunk: int | None = None, kind: str = "decode") -> torch.Tensor:
         limit = self.encode_chunk if kind == "encode" else self.decode_chunk
         chunk = min(chunk or limit, limit)
@@ -181,7 +194,7 @@ class ServiceMemory:
                 self._lower_chunk(kind, chunk)
 
     def _lower_chunk(self, kind: str, chunk: int) -> None:
-        """Later calls and jobs start from the size that fitted, rather than failing once per chunk again."""
+        """Later calls of the job start from the size that fitted, rather than failing once per chunk again."""
         if kind == "encode":
             self.encode_chunk = min(self.encode_chunk, chunk)
             log.warning("GPU out of memory in the VAE encoder; retrying with chunks of %d frames", chunk)
@@ -229,19 +242,30 @@ class ServiceMemory:
         others = self.held_by_others(self.device)
         if others > OTHERS_NEGLIGIBLE_GIB * GIB:
             return TransientError(
-                f"the GPU ran out of memory in {where} ({err}); other programs hold {others / GIB:.1f} GiB of "
-                "GPU memory, so the job will be retried: close them, or set [engine.svfr] memory = \"low\""
+                f"the GPU ran out of memory in {where} ({err}); other programs hold {others / GIB:.1f} GiB of GPU "
+                f"memory, so the job will be retried later. If this recurs: {self._what_to_do()}"
             )
         return OutOfGpuMemory(
-            f"the GPU ran out of memory in {where} ({err}) with nothing else on it, so a retry would run out "
-            f"again and the job is not retried. In the \"{self.tier.name}\" memory tier it needs about "
-            f"{estimate_peak_vram_gib(self.tier):.1f} GiB: set [engine.svfr] memory = \"low\", lower "
-            "[engine.svfr] segment_frames, or use a GPU with more memory, then `svfrd retry` the job"
+            f"the GPU ran out of memory in {where} ({err}) with no other program holding GPU memory, so running "
+            "the job again as it is would fail the same way: it is not retried. The video itself is fine. "
+            f"{self._what_to_do()}; then run `svfrd retry JOB` (JOB: this job's number, in `svfrd status`)"
         )
+
+    def _what_to_do(self) -> str:
+        """The advice of an out-of-memory message: a smaller tier when there is one, else a bigger GPU."""
+        needs = f"about {estimate_peak_vram_gib(self.tier):.1f} GiB at 512x512 in fp16"
+        close = "close other programs that use the GPU (`nvidia-smi` lists them)"
+        if self.tier.name != "low":
+            return (f'the "{self.tier.name}" memory tier needs {needs}: set [engine.svfr] memory = "low" (about '
+                    f'{estimate_peak_vram_gib("low"):.1f} GiB) in the service\'s config.toml and restart the '
+                    f"service, or {close}")
+        return f'even the "low" memory tier needs {needs}: {close}, or use a GPU with more memory'
 
 
 class OutOfGpuMemory(BadInputError):
-    """The job does not fit this GPU even at the smallest calls: never retried (it would fail the same way)."""
+    """The job does not fit this GPU even at the smallest calls: never retried (it would fail the same way).
+    A `BadInputError` only for what that means to the queue (failed for good, inputs to failed/, `svfrd retry`
+    runs it again); the message says that the video is fine and what to change."""
 
 
 def decode_chunk_note(chunk: int, why: str) -> str:

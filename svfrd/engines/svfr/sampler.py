@@ -223,7 +223,8 @@ class UNetFallback:
     1. several windows per call -> one window per call;
     2. both CFG halves in one call -> the two halves as two calls;
     3. diffusers' feed-forward chunking (one frame at a time through each transformer's feed-forward).
-    The state is kept: later calls and jobs start from what fitted. `on_shrink` hears each step, in words."""
+    The state is kept: later calls start from what fitted (the service's `ServiceMemory.start_job` resets it
+    for each job). `on_shrink` hears each step, in words."""
 
     def __init__(
         self,
