@@ -73,3 +73,11 @@ def test_svfrd_web_refuses_a_bad_listen_address(tmp_path):
     done = subprocess.run([sys.executable, "-m", "svfrd", "--config", str(folder.config_path), "web", "--listen",
                            "nowhere"], capture_output=True, text=True)
     assert done.returncode == 2 and "--listen" in done.stderr and "HOST:PORT" in done.stderr
+
+
+def test_install_service_says_the_unit_keeps_an_enabled_page_off_the_network(tmp_path):
+    from svfrd.ops.install_service import web_page_note
+
+    assert web_page_note(load_config(ServiceFolder(tmp_path / "off").config_path)) is None
+    on = load_config(ServiceFolder(tmp_path / "on", web={"enabled": True}).config_path)
+    assert "PrivateNetwork=" in web_page_note(on) and "AF_INET" in web_page_note(on)
