@@ -15,13 +15,23 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from svfrd import __version__
-from svfrd.config import TASKS_ALLOWED, Config, load_config, parse_tasks, toml_repr
+from svfrd.config import TASKS_ALLOWED, Config, load_config, parse_tasks
 from svfrd.domain import OPTIONS, Task, mask_rule_problem, option_problem, task_labels
 from svfrd.errors import ConfigError
-from svfrd.files import placement
-from svfrd.files.atomic import copy_replacing, restrict_umask, write_replacing
+from svfrd.files.atomic import copy_replacing, restrict_umask
 from svfrd.jobs.model import as_utc
 from svfrd.ops.printable import printable, printable_lines
+
+# The submission itself lives in svfrd.service.submission (the web page's uploads use it too); the names stay
+# importable from here.
+from svfrd.service.submission import (  # noqa: F401
+    Submission,
+    SubmissionError,
+    free_stem,
+    sidecar_text,
+    submit_to_inbox,
+    toml_string,
+)
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 DEFAULT_CONFIG = Path("config.toml")
@@ -87,6 +97,23 @@ def cmd_run(args: argparse.Namespace) -> int:
     setup_logging(args.verbose)
     restrict_umask()  # the database, lock, results and notes: for the service and its group only
     return run_daemon(config, verbose=args.verbose)
+
+
+def cmd_web(args: argparse.Namespace) -> int:
+    from svfrd.config import listen_address_problem
+    from svfrd.ops.logs import setup_logging
+
+    config = _load(args)
+    if args.listen is not None and (problem := listen_address_problem(args.listen)):
+        raise CommandError(f"--listen: {problem}", EXIT_USAGE)
+    setup_logging(args.verbose)
+    restrict_umask()
+    _open_database(config).dispose()  # a missing database is a message: `svfrd run` creates it
+    try:
+        from svfrd.web.app import serve
+    except ImportError as err:
+        raise CommandError(f"the web page needs {err.name}: reinstall svfrd (pip install -e .)") from None
+    return serve(config, args.listen)
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -284,18 +311,12 @@ def cmd_submit(args: argparse.Namespace) -> int:
         if path is not None and not Path(path).is_file():
             raise CommandError(f"the {what} {path} is not a file; give the path of an image file", EXIT_USAGE)
 
-    stem = free_stem(inbox, video, extras)
-    copied: dict[str, str] = {}
-    for what, path in extras.items():
-        if path is not None:
-            name = f"{stem}.{what}{Path(path).suffix.lower()}"
-            copy_replacing(Path(path), inbox / name)
-            copied[what] = name
-    wants_sidecar = tasks is not None or copied or args.seed is not None or options
-    if wants_sidecar:
-        write_replacing(inbox / f"{stem}.toml", sidecar_text(tasks, copied, args.seed, options))
-    target = inbox / f"{stem}{video.suffix}"
-    copy_replacing(video, target)
+    submission = Submission(tasks=tasks, seed=args.seed, options=options,
+                            **{what: Path(path) if path else None for what, path in extras.items()})
+    try:
+        target = submit_to_inbox(inbox, video, video.name, submission, place=copy_replacing)
+    except SubmissionError as err:
+        raise CommandError(str(err)) from None
     chosen = "+".join(t.label for t in sorted(tasks)) if tasks else "the inbox's default"
     print(f"submitted {video} as {target} (tasks: {chosen}); follow it with `svfrd status`")
     return EXIT_OK
@@ -363,39 +384,6 @@ def _parse_task_arguments(values: Sequence[str]) -> frozenset[Task]:
         raise CommandError(f"--tasks: {err}", EXIT_USAGE) from None
 
 
-def free_stem(inbox: Path, video: Path, extras: dict[str, str | None]) -> str:
-    """The video's stem, or `stem-2`, ... so that no file of this submission replaces one in the inbox."""
-    suffixes = [video.suffix, ".toml"]
-    suffixes += [f".{what}{Path(p).suffix.lower()}" for what, p in extras.items() if p is not None]
-    stem = placement.free_stem(inbox, video.stem, suffixes)
-    if stem is not None:
-        return stem
-    raise CommandError(f"{inbox} already holds 10,000 videos named like {video.name}")
-
-
-def toml_string(text: str) -> str:
-    """A TOML basic string (JSON's escapes are a subset of TOML's)."""
-    import json
-
-    return json.dumps(text, ensure_ascii=False)
-
-
-def sidecar_text(
-    tasks: frozenset[Task] | None, copied: dict[str, str], seed: int | None, options: dict[str, Any] | None = None,
-) -> str:
-    lines = ["# written by `svfrd submit`"]
-    if tasks is not None:
-        lines.append("tasks = [" + ", ".join(toml_string(t.label) for t in sorted(tasks)) + "]")
-    for what, name in copied.items():
-        lines.append(f"{what} = {toml_string(name)}")
-    if seed is not None:
-        lines.append(f"seed = {seed}")
-    if options:
-        lines.append("[options]")
-        lines += [f"{name} = {toml_repr(value)}" for name, value in options.items()]
-    return "\n".join(lines) + "\n"
-
-
 # ---------------------------------------------------------------------------------------------------------------
 # The parser.
 
@@ -444,6 +432,9 @@ def build_parser() -> argparse.ArgumentParser:
                             f"{o.name} ({o.allowed})" for o in OPTIONS.values())
                         + "; and the configured engine's own")
     submit.add_argument("--inbox", metavar="PATH", help="which configured inbox (default: the first)")
+    web = command("web", cmd_web, "serve the web page: queue, jobs, uploads and the API")
+    web.add_argument("--listen", metavar="HOST:PORT", help="where (default: [web] listen, 127.0.0.1:8765); "
+                     "any address but loopback requires a token")
     command("doctor", cmd_doctor, "check the configuration, folders, database, weights, GPU and codecs")
     install = command("install-service", cmd_install_service, "write the systemd unit for this config")
     install.add_argument("--user", action="store_true", help="a user service instead of a system one")

@@ -206,6 +206,21 @@ class LimitsConfig:
         return max(self.job_timeout_min, self.job_timeout_per_frame * frames)
 
 
+#: Where the web page listens unless `[web] listen` or `svfrd web --listen` says otherwise.
+DEFAULT_WEB_LISTEN = "127.0.0.1:8765"
+
+
+@dataclass(frozen=True)
+class WebConfig:
+    """The web page (svfrd.web): off unless `enabled`; a listen address other than loopback needs a token."""
+
+    enabled: bool = False
+    listen: str = DEFAULT_WEB_LISTEN
+    #: Empty: none on loopback; generated and stored in the state folder for any other address.
+    token: str = field(default="", repr=False)
+    max_upload_mb: int = 4096
+
+
 @dataclass(frozen=True)
 class Config:
     path: Path
@@ -215,6 +230,7 @@ class Config:
     faces: FacesConfig
     engine: EngineConfig
     limits: LimitsConfig = LimitsConfig()
+    web: WebConfig = WebConfig()
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -307,7 +323,7 @@ def _non_empty_string(value: Any) -> str | None:
 
 def _build_config(path: Path, raw: dict) -> Config:
     base = path.parent
-    known_sections = {"service", "inbox", "output", "faces", "engine", "limits"}
+    known_sections = {"service", "inbox", "output", "faces", "engine", "limits", "web"}
     for key in raw:
         if key not in known_sections:
             allowed = ", ".join(f"[{s}]" for s in sorted(known_sections - {"inbox"})) + ", [[inbox]]"
@@ -320,9 +336,10 @@ def _build_config(path: Path, raw: dict) -> Config:
     output = _output(_Table("[output]", raw.get("output", {}), base))
     faces = _faces(_Table("[faces]", raw.get("faces", {}), base))
     limits = _limits(_Table("[limits]", raw.get("limits", {}), base))
+    web = _web(_Table("[web]", raw.get("web", {}), base))
     _check_folders_distinct(inboxes, output)
     return Config(path=path, service=service, inboxes=inboxes, output=output, faces=faces, engine=engine,
-                  limits=limits)
+                  limits=limits, web=web)
 
 
 def _service(t: _Table) -> ServiceConfig:
@@ -499,6 +516,38 @@ def _limits(t: _Table) -> LimitsConfig:
     )
     t.finish()
     return limits
+
+
+def _web(t: _Table) -> WebConfig:
+    web = WebConfig(
+        enabled=t.take("enabled", False),
+        listen=t.take("listen", DEFAULT_WEB_LISTEN, listen_address_problem),
+        token=t.take("token", ""),
+        max_upload_mb=t.take("max_upload_mb", 4096, _int_in(1)),
+    )
+    t.finish()
+    return web
+
+
+def parse_listen_address(text: str) -> tuple[str, int]:
+    """"HOST:PORT" (an IPv6 host in brackets, "[::1]:8765") -> (host, port). Raises ValueError saying what
+    is wrong."""
+    host, colon, port = text.strip().rpartition(":")
+    if not colon or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"{text!r} is not HOST:PORT; write e.g. \"127.0.0.1:8765\" or \"[::1]:8765\"")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    return host, int(port)
+
+
+def listen_address_problem(value: Any) -> str | None:
+    if not isinstance(value, str):
+        return 'must be a string "HOST:PORT", e.g. "127.0.0.1:8765"'
+    try:
+        parse_listen_address(value)
+    except ValueError as err:
+        return str(err)
+    return None
 
 
 def _check_folders_distinct(inboxes: list[InboxConfig], output: OutputConfig) -> None:

@@ -626,3 +626,31 @@ def overview(db: Engine, *, queued_limit: int, recent_limit: int) -> Overview:
             .order_by(col(Job.finished_at).desc(), col(Job.id).desc()).limit(recent_limit)
         ).all()
     return Overview(counts=counts, running=list(running), queued=list(queued), recent=list(recent))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Queries for the web page (svfrd.web).
+
+
+def jobs_updated_since(db: Engine, moment: datetime, limit: int = 200) -> list[Job]:
+    """Jobs whose row changed at or after `moment` (every change sets `updated_at`), oldest change first: what
+    the page's event stream polls for, one indexed-range query however long the table."""
+    query = (select(Job).where(col(Job.updated_at) >= moment)
+             .order_by(col(Job.updated_at), col(Job.id)).limit(limit))
+    with _session(db) as session:
+        return list(session.exec(query).all())
+
+
+def latest_job_id(db: Engine) -> int:
+    """The highest job id so far (0 for an empty table): jobs made later have higher ids."""
+    with _session(db) as session:
+        return session.exec(select(func.max(Job.id))).one() or 0
+
+
+def job_for_source(db: Engine, source_path: str | Path, after_id: int) -> Job | None:
+    """The job intake made for the file now at `source_path`, among the jobs newer than `after_id` (an older
+    job may have had a file of the same name, since moved to done/)."""
+    query = (select(Job).where(Job.source_path == str(source_path), col(Job.id) > after_id)
+             .order_by(col(Job.id)).limit(1))
+    with _session(db) as session:
+        return session.exec(query).first()

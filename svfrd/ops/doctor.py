@@ -288,6 +288,36 @@ def cuda_index(device: str) -> int:
 
 
 # --------------------------------------------------------------------------------------------------------------
+# The web page.
+
+
+def check_web_port(config: Config) -> Check:
+    """With `[web] enabled`, whether its address can be listened on, or who holds it (svfrd's own page is fine)."""
+    from svfrd.config import parse_listen_address
+    from svfrd.ops.ports import bind_problem, in_use, port_holders
+    from svfrd.ops.printable import printable
+
+    if not config.web.enabled:
+        return passed("web page", "off ([web] enabled = false; `svfrd web` serves it on demand)")
+    listen = config.web.listen
+    host, port = parse_listen_address(listen)
+    err = bind_problem(host, port)
+    if err is None:
+        return passed("web page", f"{listen} is free to listen on")
+    if not in_use(err):
+        return failed("web page", f"cannot listen on {listen}: {err.strerror}",
+                      "choose an address of this machine and a port >= 1024 in [web] listen")
+    holders = port_holders(port)
+    ours = [pid for pid, command in holders if "svfrd" in command and " web" in command]
+    if ours:
+        return passed("web page", f"{listen} is served by svfrd's web page (process {ours[0]})")
+    who = ", ".join(f"{printable(command)[:80]} (process {pid})" for pid, command in holders) or \
+        "a process this user cannot see (try as root: ss -ltnp)"
+    return failed("web page", f"port {port} is in use by {who}",
+                  "stop that program, or choose another port in [web] listen")
+
+
+# --------------------------------------------------------------------------------------------------------------
 # Running them.
 
 
@@ -302,6 +332,7 @@ def all_checks() -> list[tuple[str, Callable[[Config], Check | list[Check]]]]:
         ("SVFR weights", check_svfr_weights),
         ("torch", check_torch_build),
         ("GPU", check_gpu),
+        ("web page", check_web_port),
     ]
 
 

@@ -415,6 +415,15 @@ def database_server_note(config: Config) -> str | None:
             "supports; see the README).")
 
 
+def web_page_note(config: Config) -> str | None:
+    """The units give svfrd no network, so a page served from the unit could not be reached."""
+    if not config.web.enabled:
+        return None
+    return (f"note: [web] enabled = true, but the unit gives svfrd no network, so the page on {config.web.listen} "
+            "cannot be reached from outside the unit. To serve it, delete the PrivateNetwork= and IPAddressDeny= "
+            "lines and add AF_INET AF_INET6 to RestrictAddressFamilies= (README, \"Web page\").")
+
+
 def _unit_values(config: Config, executable: Path, target: Path | None) -> list[tuple[str, str]]:
     values = [("the svfrd executable", str(executable)), ("the config file", str(config.path))]
     values += [(label, str(folder)) for label, folder in _labelled_folders(config)]
@@ -598,8 +607,9 @@ def install_service(config_path: Path, user: bool, output: Path | str | None = N
         print(f"svfrd install-service: {err}", file=sys.stderr)
         return err.code
     unit = render_unit(unit_paths_for(config, executable), user)
-    if (note := database_server_note(config)) is not None:
-        print(f"svfrd install-service: {note}", file=sys.stderr)
+    for note in (database_server_note(config), web_page_note(config)):
+        if note is not None:
+            print(f"svfrd install-service: {note}", file=sys.stderr)
     if target is None:
         sys.stdout.write(unit)
         _print_steps(next_steps(user, Path("svfrd.service"), config), file=sys.stderr)

@@ -49,6 +49,7 @@ from svfrd.service.messages import (
 )
 from svfrd.service.timers import LoopTimers
 from svfrd.service.worker import service_config_problem, worker_main
+from svfrd.web.child import start_web_child, stop_web_child
 
 log = logging.getLogger(__name__)
 
@@ -504,8 +505,11 @@ def run_daemon(config: Config, verbose: bool = False) -> int:
             log.error("cannot prepare the folders and the job database: %s; `svfrd doctor` checks them", err)
             return EXIT_FAILURE
         db = open_database(config.service.database_url)
+        web = None
         try:
             recovery.recover_at_startup(config, db)
+            web = start_web_child(config, verbose)  # after the upgrade: the page needs the schema
             return Supervisor(config, db, verbose).run()
         finally:
+            stop_web_child(web)
             db.dispose()

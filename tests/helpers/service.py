@@ -55,6 +55,7 @@ class ServiceFolder:
     preview: bool = False
     face_model: Path = FACE_MODEL
     limits: dict = field(default_factory=dict)  # [limits] keys; none: the defaults
+    web: dict = field(default_factory=dict)  # [web] keys; none: the defaults
 
     def __post_init__(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
@@ -92,6 +93,8 @@ class ServiceFolder:
                   "[engine]", f"name = {toml_repr(self.engine)}", 'device = "cpu"', 'dtype = "fp32"']
         if self.limits:
             lines += ["", "[limits]"] + [f"{key} = {toml_repr(value)}" for key, value in self.limits.items()]
+        if self.web:
+            lines += ["", "[web]"] + [f"{key} = {toml_repr(value)}" for key, value in self.web.items()]
         self.config_path.write_text("\n".join(lines) + "\n")
 
     def drop(self, source: Path, name: str | None = None, sidecar: str | None = None,

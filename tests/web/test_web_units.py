@@ -1,0 +1,83 @@
+"""The web page's configuration, token, upload names and the doctor's port check, without a server."""
+
+from __future__ import annotations
+
+import os
+import socket
+import stat
+import subprocess
+import sys
+
+import pytest
+
+from svfrd.config import load_config
+from svfrd.errors import ConfigError
+from svfrd.ops.doctor import check_web_port
+from svfrd.web.security import cross_site_problem, is_loopback, required_token
+from svfrd.web.uploads import UploadError, safe_video_name
+from tests.helpers.service import ServiceFolder
+
+
+def test_the_web_section_is_read_and_checked(tmp_path):
+    folder = ServiceFolder(tmp_path / "svc", web={"enabled": True, "listen": "[::1]:9000", "max_upload_mb": 10})
+    web = load_config(folder.config_path).web
+    assert (web.enabled, web.listen, web.max_upload_mb, web.token) == (True, "[::1]:9000", 10, "")
+    bad = ServiceFolder(tmp_path / "bad", web={"listen": "8765"})
+    with pytest.raises(ConfigError, match="not HOST:PORT"):
+        load_config(bad.config_path)
+
+
+def test_a_token_is_generated_once_for_another_address_and_kept_private(tmp_path):
+    config = load_config(ServiceFolder(tmp_path / "svc").config_path)
+    assert required_token(config, "127.0.0.1:8765") == (None, False)
+    token, generated = required_token(config, "0.0.0.0:8765")
+    assert generated and len(token) >= 32
+    assert required_token(config, "192.168.1.5:80") == (token, False)  # the same one, not shown again
+    assert stat.S_IMODE(os.stat(config.service.state_dir / "web-token").st_mode) == 0o600
+
+
+def test_loopback_and_cross_site_rules():
+    assert is_loopback("127.0.0.1") and is_loopback("[::1]") and is_loopback("localhost")
+    assert not is_loopback("0.0.0.0") and not is_loopback("evil.example")
+    assert cross_site_problem("POST", {"host": "127.0.0.1:1", "origin": "http://127.0.0.1:1"}) is None
+    assert cross_site_problem("POST", {"host": "127.0.0.1:1"}) is None  # curl and other API clients
+    assert cross_site_problem("GET", {"host": "a", "origin": "http://b"}) is None
+    assert "another site" in cross_site_problem("POST", {"host": "127.0.0.1:1", "origin": "http://evil"})
+
+
+def test_an_upload_name_becomes_a_plain_inbox_name():
+    assert safe_video_name("C:\\\\Users\\\\me\\\\Holiday 2024 (1).MP4") == "Holiday_2024_1.mp4"
+    assert safe_video_name("../../.hidden.mp4") == "hidden.mp4"
+    assert safe_video_name("\x1b[31m.mov") == "31m.mov"
+    assert safe_video_name("....mp4") == "upload.mp4"
+    with pytest.raises(UploadError, match="video's suffix"):
+        safe_video_name("clip.mp4.exe")
+
+
+def test_the_doctor_names_who_holds_the_web_port(tmp_path):
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        port = sock.getsockname()[1]
+        folder = ServiceFolder(tmp_path / "svc", web={"enabled": True, "listen": f"127.0.0.1:{port}"})
+        check = check_web_port(load_config(folder.config_path))
+        assert not check.ok and f"port {port} is in use by" in check.detail and f"process {os.getpid()}" in check.detail
+    check = check_web_port(load_config(folder.config_path))
+    assert check.ok and "free" in check.detail
+    off = ServiceFolder(tmp_path / "off")
+    assert check_web_port(load_config(off.config_path)).ok
+
+
+def test_svfrd_web_refuses_a_bad_listen_address(tmp_path):
+    folder = ServiceFolder(tmp_path / "svc")
+    done = subprocess.run([sys.executable, "-m", "svfrd", "--config", str(folder.config_path), "web", "--listen",
+                           "nowhere"], capture_output=True, text=True)
+    assert done.returncode == 2 and "--listen" in done.stderr and "HOST:PORT" in done.stderr
+
+
+def test_install_service_says_the_unit_keeps_an_enabled_page_off_the_network(tmp_path):
+    from svfrd.ops.install_service import web_page_note
+
+    assert web_page_note(load_config(ServiceFolder(tmp_path / "off").config_path)) is None
+    on = load_config(ServiceFolder(tmp_path / "on", web={"enabled": True}).config_path)
+    assert "PrivateNetwork=" in web_page_note(on) and "AF_INET" in web_page_note(on)
