@@ -231,8 +231,10 @@ def _restore_video(job: PipelineJob, engine: Engine, progress: ProgressReporter,
         )
     face_tracking = track.report
     plans: list[PlannedTrack] = []
+    skipped_note: list[str] = []
     if restore == "all":
         plans = _plan_every_face(job, seen, info, crop_policy, min_size, max_faces)
+        skipped_note = _every_face_warnings(plans, 1, 1)
         face_tracking = {**track.report, "restore": "all", "tracks": tracks_report(plans, engine.name)}
         chosen = [p for p in plans if p.skipped is None]
         if len(chosen) == 1:  # one face: restored as the largest is, streaming (no spool)
@@ -263,6 +265,7 @@ def _restore_video(job: PipelineJob, engine: Engine, progress: ProgressReporter,
         engine_notes = list(engine.warnings())
         frames_with_face = int(crops.has_face.sum())
         warnings += _face_warnings(track, crops, restore)
+        warnings += [note for note in skipped_note if "left as they are" in note]
     timings["restore_and_encode_s"] = time.monotonic() - mark
     timings["total_s"] = time.monotonic() - started
 

@@ -157,3 +157,4 @@ def test_faces_below_min_size_are_reported_and_left_alone(tmp_path, people_clip)
     assert sorted(str(t["skipped"]) for t in tracks) == ["None", "too small"]
     assert len(engine.runs) == 1
     assert {"track", "frame_range", "typical_size", "engine", "skipped"} == set(tracks[0])
+    assert any("1 were left as they are (too small" in note for note in result.warnings)
