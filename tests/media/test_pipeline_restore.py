@@ -345,6 +345,7 @@ class ReadAheadEngine(NegativeEngine):
 
 def count_decodes(monkeypatch) -> list[str]:
     """Spy: the name of the video at each decode the pipeline starts (face pass, crops, paste-back)."""
+    import svfrd.media.multiface as multiface
     import svfrd.media.pipeline as pipeline
     import svfrd.media.tracking as tracking
 
@@ -361,6 +362,7 @@ def count_decodes(monkeypatch) -> list[str]:
 
     spying(pipeline)
     spying(tracking)
+    spying(multiface)  # its decode_again serves the pipeline too
     return opened
 
 
