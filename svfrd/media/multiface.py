@@ -57,9 +57,9 @@ class PlannedTrack:
     def report(self, engine: str | None) -> dict:
         return {
             "track": self.number,
-            "frame_range": list(self.frame_range),
+            "frame_span": list(self.frame_range),  # the report's keys are unique (svfrd.service.report)
             "typical_size": round(self.typical_size, 3),
-            "engine": engine if self.skipped is None else None,
+            "restored_by": engine if self.skipped is None else None,
             "skipped": self.skipped,
         }
 

@@ -235,12 +235,10 @@ def _restore_video(job: PipelineJob, engine: Engine, progress: ProgressReporter,
     if restore == "all":
         plans = _plan_every_face(job, seen, info, crop_policy, min_size, max_faces)
         skipped_note = _every_face_warnings(plans, 1, 1)
-        face_tracking = {**track.report, "restore": "all", "tracks": tracks_report(plans, engine.name)}
+        face_tracking = {**track.report, "tracks": tracks_report(plans, engine.name)}
         chosen = [p for p in plans if p.skipped is None]
         if len(chosen) == 1:  # one face: restored as the largest is, streaming (no spool)
             track, plans = chosen[0].track.as_subject(seen.frames, seen.shots()), []
-    else:
-        face_tracking = {**track.report, "restore": "largest"}
     timings["faces_s"] = time.monotonic() - mark
 
     mark = time.monotonic()

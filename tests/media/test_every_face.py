@@ -102,10 +102,10 @@ def test_a_third_person_entering_halfway_gets_a_track_that_starts_there(tmp_path
     result = restore_video(every_face_job(tmp_path, clip), engine, ignore_progress)
     tracks = result.media.face_tracking["tracks"]
     assert [t["skipped"] for t in tracks] == [None, None, None]
-    starts = sorted(t["frame_range"][0] for t in tracks)
+    starts = sorted(t["frame_span"][0] for t in tracks)
     assert starts[:2] == [0, 0] and 8 <= starts[2] <= 9
     assert sorted(len(run) for run in engine.runs)[0] == 16 - starts[2]  # the engine saw that range only
-    assert result.media.face_tracking["restore"] == "all" and result.frames == 16
+    assert result.media.options["restore"] == "all" and result.frames == 16
 
 
 def test_two_faces_crossing_keep_their_identity(tmp_path):
@@ -135,7 +135,7 @@ def test_restore_largest_is_the_largest_face_pasted_alone(tmp_path, people_clip,
     job = every_face_job(tmp_path, people_clip, restore="largest")
     engine = RunRecorder()
     result = restore_video(job, engine, ignore_progress)
-    assert len(engine.runs) == 1 and result.media.face_tracking["restore"] == "largest"
+    assert len(engine.runs) == 1 and "tracks" not in result.media.face_tracking
     assert "up to 2 faces in a frame; the largest over time was restored" in result.warnings
     # What svfrd did before every face was restored: the subject of select_subject, pasted alone.
     crops = tracked_crops(select_subject(scan_faces(people_clip, info, face_model_path()), MAX_GAP), MAX_GAP)
@@ -156,5 +156,5 @@ def test_faces_below_min_size_are_reported_and_left_alone(tmp_path, people_clip)
     tracks = result.media.face_tracking["tracks"]
     assert sorted(str(t["skipped"]) for t in tracks) == ["None", "too small"]
     assert len(engine.runs) == 1
-    assert {"track", "frame_range", "typical_size", "engine", "skipped"} == set(tracks[0])
+    assert {"track", "frame_span", "typical_size", "restored_by", "skipped"} == set(tracks[0])
     assert any("1 were left as they are (too small" in note for note in result.warnings)
