@@ -2,7 +2,8 @@
 
     face pass -> one track per person and shot (`svfrd.media.tracking.link_face_tracks`)
               -> each track big and long enough: its own smoothed crop track, its own engine run over its
-                 frame range, restored crops spooled to disk (PNG, in a folder beside the output)
+                 frame range, restored crops spooled to disk (PNG, in
+                 `svfrd.files.placement.spool_folder` beside the output: crash cleanup knows its name)
               -> one output pass: decode, paste every face of the frame (smallest first, so the larger,
                  nearer face ends on top), encode
 
@@ -12,7 +13,6 @@ at most: the spool is on disk.
 
 from __future__ import annotations
 
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -272,11 +272,6 @@ def decode_again(source: Path, expected: int, limits) -> Iterator[Frame]:
 
 def _count(busy: dict[str, float], stage: str, seconds: float) -> None:
     busy[stage] = busy.get(stage, 0.0) + seconds
-
-
-def spool_folder(output: Path) -> tempfile.TemporaryDirectory:
-    """A folder for the spools beside the output (same disk, the job's own temp area), removed afterwards."""
-    return tempfile.TemporaryDirectory(prefix=f".{output.name}.faces-", dir=output.parent)
 
 
 def tracks_report(plans: list[PlannedTrack], engine: str) -> list[dict]:

@@ -28,6 +28,7 @@ from svfrd.config import FacesConfig, LimitsConfig, OutputConfig
 from svfrd.domain import CROP_SIZE, OPTIONS, Task, engine_options, mask_rule_problem
 from svfrd.engines.interface import Engine, FaceCrop, ProgressReporter, RestoreRequest
 from svfrd.errors import BadInputError
+from svfrd.files.placement import spool_folder
 from svfrd.media.crop import FrameCrops, crop_face, crop_jitter, reference_crops, tracked_crops
 from svfrd.media.masks import Mask, load_mask, load_reference_face
 from svfrd.media.paste import paste_back
@@ -39,7 +40,6 @@ from svfrd.media.multiface import (
     main_track,
     plan_tracks,
     restore_tracks,
-    spool_folder,
     tracks_report,
     write_composite,
 )
