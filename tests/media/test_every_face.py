@@ -9,8 +9,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from PIL import Image
 
 from svfrd.config import FacesConfig
+from svfrd.domain import Task
 from svfrd.media.crop import crop_face, tracked_crops
 from svfrd.media.multiface import composite_frame, plan_tracks
 from svfrd.media.paste import paste_back
@@ -158,3 +160,37 @@ def test_faces_below_min_size_are_reported_and_left_alone(tmp_path, people_clip)
     assert len(engine.runs) == 1
     assert {"track", "frame_span", "typical_size", "restored_by", "skipped"} == set(tracks[0])
     assert any("1 were left as they are (too small" in note for note in result.warnings)
+
+
+class MaskRecorder(RunRecorder):
+    """Test double: keeps, per engine run, the mask each face crop came with."""
+
+    def __init__(self):
+        super().__init__()
+        self.masks: list[list[np.ndarray]] = []
+
+    def restore(self, request, crops, progress):
+        masks: list[np.ndarray] = []
+        self.masks.append(masks)
+        for crop in crops:
+            if crop.has_face:
+                masks.append(crop.mask)
+            yield 255 - crop.image
+
+
+def test_a_frame_mask_reaches_every_face_crop_it_covers(tmp_path, people_clip):
+    mask = np.zeros((200, 440), np.uint8)
+    mask[95:105, :] = 255  # a bar across the whole frame, through both faces
+    Image.fromarray(mask).save(tmp_path / "mask.png")
+    job = replace(every_face_job(tmp_path, people_clip), tasks=frozenset({Task.BFR, Task.INPAINT}),
+                  mask_path=tmp_path / "mask.png")
+    engine = MaskRecorder()
+    restore_video(job, engine, ignore_progress)
+    assert len(engine.masks) == 2 and all(len(run) == 12 for run in engine.masks)
+    bar_rows = []
+    for run in engine.masks:
+        for crop_mask in run:
+            assert crop_mask.shape == (512, 512) and crop_mask.any() and not crop_mask.all()
+            assert crop_mask.all(axis=1).any()  # the bar spans each crop's full width
+        bar_rows.append(float(np.flatnonzero(run[0].any(axis=1)).mean()))
+    assert abs(bar_rows[0] - bar_rows[1]) > 20  # mapped through each face's own crop square
