@@ -144,6 +144,9 @@ class OutputConfig:
 class FacesConfig:
     crop: str  # "tracked" | "reference"
     model: Path
+    restore: str = "all"  # "all" | "largest" (svfrd.media.multiface)
+    min_size: float = 0.05  # fraction of the frame height
+    max_faces: int = 8  # per shot
 
 
 @dataclass(frozen=True)
@@ -439,6 +442,9 @@ def _faces(t: _Table) -> FacesConfig:
     faces = FacesConfig(
         crop=t.take_option("crop"),
         model=t.take_path("model", "models/face_landmarker.task"),
+        restore=t.take_option("restore"),
+        min_size=t.take_option("min_size"),
+        max_faces=t.take_option("max_faces"),
     )
     t.finish()
     return faces

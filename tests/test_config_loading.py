@@ -190,7 +190,9 @@ def test_the_configured_defaults_of_per_job_options_come_from_the_option_table(t
     config = load_config(write_config(tmp_path, MINIMAL))
     configured = {"steps": config.engine.svfr.steps, "pass1_steps": config.engine.svfr.pass1_steps,
                   "guidance_scale": config.engine.svfr.guidance_scale, "mode": config.engine.svfr.mode,
-                  "crop": config.faces.crop, "crf": config.output.crf, "output_mode": config.output.mode}
+                  "crop": config.faces.crop, "crf": config.output.crf, "output_mode": config.output.mode,
+                  "restore": config.faces.restore, "min_size": config.faces.min_size,
+                  "max_faces": config.faces.max_faces}
     assert configured == {name: option.default for name, option in OPTIONS.items()}
 
 

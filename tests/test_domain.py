@@ -33,7 +33,7 @@ def test_the_mask_rule(tasks, has_mask, expected):
 
 
 def test_every_option_has_an_owner_a_valid_default_and_help():
-    assert options_owned_by(PIPELINE) == {"crop", "crf", "output_mode"}
+    assert options_owned_by(PIPELINE) == {"crop", "crf", "output_mode", "restore", "min_size", "max_faces"}
     assert options_owned_by(SVFR) == {"steps", "pass1_steps", "guidance_scale", "mode"}
     for option in OPTIONS.values():
         assert option.problem(option.default) is None and option.help and option.config_key.startswith("[")
@@ -47,7 +47,7 @@ def test_every_option_has_an_owner_a_valid_default_and_help():
         ("crf", 52, "must be a whole number >= 0 and <= 51"),
         ("guidance_scale", 0, "must be a finite number > 0 and <= 20"),
         ("mode", "fast", 'allowed values are "reference", "improved"'),
-        ("turbo", 1, "unknown option; allowed options are crf, crop, guidance_scale, mode"),
+        ("turbo", 1, "unknown option; allowed options are crf, crop, guidance_scale, max_faces, min_size, mode"),
     ],
 )
 def test_values_are_checked_against_the_table(name, value, expected):

@@ -14,6 +14,7 @@ import errno
 import os
 import shutil
 import stat
+import tempfile
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -213,9 +214,43 @@ def ensure_free_space(folder: str | Path, need_mb: float) -> None:
         )
 
 
+#: Marks a job's scratch folder beside its temporary result: `.NAME.part.spool-XXXX.part` (`spool_folder`).
+SPOOL_MARK = ".spool-"
+
+
+def spool_folder(temp_result: Path) -> tempfile.TemporaryDirectory:
+    """A scratch folder for the job writing `temp_result` (its `.NAME.part` in the outbox), beside it on the
+    same disk, removed when the job ends. A crash leaves it behind; the job's cleanup (`remove_spool_folders`)
+    and start-up (`clean_stale_temp_files`) then remove it by its name: hidden, the result's name, the mark,
+    `.part`."""
+    return tempfile.TemporaryDirectory(prefix=f".{temp_result.name}{SPOOL_MARK}", suffix=TEMP_SUFFIX,
+                                       dir=temp_result.parent)
+
+
+def _is_spool_folder(entry: os.DirEntry, of_result: str | None = None) -> bool:
+    """Our own scratch folder's name (of the result named `of_result`, or of any), and a real folder."""
+    prefix = f".{of_result}{SPOOL_MARK}" if of_result is not None else "."
+    return (entry.name.startswith(prefix) and SPOOL_MARK in entry.name and entry.name.endswith(TEMP_SUFFIX)
+            and entry.is_dir(follow_symlinks=False))
+
+
+def remove_spool_folders(temp_result: Path) -> list[Path]:
+    """Remove the scratch folders a killed run of the job writing `temp_result` left beside it."""
+    removed = []
+    if not temp_result.parent.is_dir():
+        return removed
+    with os.scandir(temp_result.parent) as entries:
+        for entry in entries:
+            if _is_spool_folder(entry, temp_result.name):
+                shutil.rmtree(entry.path)
+                removed.append(Path(entry.path))
+    return removed
+
+
 def clean_stale_temp_files(outbox: str | Path) -> list[Path]:
-    """At start-up: remove `.NAME.part` files left by a daemon that died mid-write (only our own pattern;
-    the job that wrote them is re-queued and writes them again). Returns what was removed."""
+    """At start-up: remove `.NAME.part` files and scratch folders (`spool_folder`) left by a daemon that died
+    mid-write (only our own patterns; the job that wrote them is re-queued and writes them again). Returns
+    what was removed."""
     outbox = Path(outbox)
     if not outbox.is_dir():
         return []
@@ -224,6 +259,9 @@ def clean_stale_temp_files(outbox: str | Path) -> list[Path]:
         for entry in entries:
             if entry.name.startswith(".") and entry.name.endswith(TEMP_SUFFIX) and entry.is_file(follow_symlinks=False):
                 os.unlink(entry.path)
+                removed.append(Path(entry.path))
+            elif _is_spool_folder(entry):
+                shutil.rmtree(entry.path)
                 removed.append(Path(entry.path))
     if removed:
         fsync_folder(outbox)

@@ -28,12 +28,22 @@ from svfrd.config import FacesConfig, LimitsConfig, OutputConfig
 from svfrd.domain import CROP_SIZE, OPTIONS, Task, engine_options, mask_rule_problem
 from svfrd.engines.interface import Engine, FaceCrop, ProgressReporter, RestoreRequest
 from svfrd.errors import BadInputError
+from svfrd.files.placement import spool_folder
 from svfrd.media.crop import FrameCrops, crop_face, crop_jitter, reference_crops, tracked_crops
 from svfrd.media.masks import Mask, load_mask, load_reference_face
 from svfrd.media.paste import paste_back
 from svfrd.media.preview import PreviewMaker
 from svfrd.media.stages import Channel, ChannelClosed, StageThread, threaded
-from svfrd.media.tracking import SubjectTrack, scan_faces, select_subject
+from svfrd.media.multiface import (
+    PlannedTrack,
+    decode_again,
+    main_track,
+    plan_tracks,
+    restore_tracks,
+    tracks_report,
+    write_composite,
+)
+from svfrd.media.tracking import SubjectTrack, link_face_tracks, scan_faces, select_subject
 from svfrd.media.video_io import Frame, VideoInfo, VideoWriter, iter_frames, probe
 
 #: Frames (with their crops) the decoder thread may run ahead of the engine, and restored crops the engine may
@@ -154,26 +164,11 @@ class VideoCropStream:
         self._open = []
 
     def _cropped_frames(self) -> Iterator[tuple[Frame, FaceCrop]]:
-        for frame in _decode_again(self.source, len(self.crops), self.limits):
+        for frame in decode_again(self.source, len(self.crops), self.limits):
             box = self.crops.boxes[frame.index]
             mask = self.mask.for_crop(box) if self.mask is not None else None
             has_face = bool(self.crops.has_face[frame.index])
             yield frame, FaceCrop(image=crop_face(frame.image, box), mask=mask, has_face=has_face)
-
-
-def _decode_again(source: Path, expected: int, limits: LimitsConfig) -> Iterator[Frame]:
-    """The video's first `expected` frames, decoded once more after the face pass counted them; a file that
-    now decodes to fewer frames (changed or flaky storage) is bad input."""
-    count = 0
-    for frame in iter_frames(source, limits):
-        if count == expected:
-            return
-        yield frame
-        count += 1
-    if count != expected:
-        raise BadInputError(f"{source.name} decoded to {count} frames this time, {expected} before: the file "
-                            "changed while it was restored, or its storage is unreliable. Drop a complete copy "
-                            "into the inbox again.")
 
 
 def restore_video(job: PipelineJob, engine: Engine, progress: ProgressReporter,
@@ -218,10 +213,15 @@ def _restore_video(job: PipelineJob, engine: Engine, progress: ProgressReporter,
     mask = _load_task_mask(job, info, warnings)
     timings["probe_s"] = time.monotonic() - started
 
+    # Every face needs the whole frame: a crop-only output shows one face, the largest.
+    restore = "largest" if output_mode == "crop" else _pipeline_option(job, "restore", job.faces.restore)
+    min_size = _pipeline_option(job, "min_size", job.faces.min_size)
+    max_faces = _pipeline_option(job, "max_faces", job.faces.max_faces)
+
     mark = time.monotonic()
     busy: dict[str, float] = {}
     seen = scan_faces(job.source, info, job.faces.model, lambda done, total: progress("faces", done, total),
-                      limits=job.limits, busy=busy)
+                      limits=job.limits, busy=busy, max_faces=4 if restore == "largest" else max(4, max_faces))
     track = select_subject(seen, max_gap=_max_gap_frames(info))
     if not track.detected.any():
         raise BadInputError(
@@ -229,31 +229,58 @@ def _restore_video(job: PipelineJob, engine: Engine, progress: ProgressReporter,
             f"of its {seen.frames} frames. Faces must be visible, turned roughly toward the camera and not tiny "
             "(about a tenth of the picture height or more); the file itself is fine and was not changed."
         )
-    crops = _crop_squares(track, crop_policy, info)
+    face_tracking = track.report
+    plans: list[PlannedTrack] = []
+    skipped_note: list[str] = []
+    if restore == "all":
+        plans = _plan_every_face(job, seen, info, crop_policy, min_size, max_faces)
+        skipped_note = _every_face_warnings(plans, 1, 1)
+        face_tracking = {**track.report, "tracks": tracks_report(plans, engine.name)}
+        chosen = [p for p in plans if p.skipped is None]
+        if len(chosen) == 1:  # one face: restored as the largest is, streaming (no spool)
+            track, plans = chosen[0].track.as_subject(seen.frames, seen.shots()), []
     timings["faces_s"] = time.monotonic() - mark
 
     mark = time.monotonic()
-    shelf = FrameShelf()
-    stream = VideoCropStream(job.source, crops, mask, job.limits, shelf=shelf, busy=busy)
-    output = _OutputStage(job, info, crops, shelf, output_mode, crf, _preview_maker(job, seen.frames, info), busy)
-    written, frame_size = _restore_and_write(engine, request, stream, output, progress)
+    if plans:
+        main = main_track(plans)
+        crops = main.crops
+        with spool_folder(job.output) as folder:
+            spools, engine_notes = restore_tracks(job.source, plans, engine, request, mask, job.limits,
+                                                  Path(folder), progress)
+            frame_size = write_composite(job.source, job.output, info, seen.frames, plans, spools, crf,
+                                         job.limits, _preview_maker(job, seen.frames, info), progress, busy)
+        written = seen.frames
+        frames_with_face = int(np.any([p.crops.has_face for p in plans if p.skipped is None], axis=0).sum())
+        warnings += _every_face_warnings(plans, seen.frames, frames_with_face)
+    else:
+        crops = _crop_squares(track, crop_policy, info)
+        shelf = FrameShelf()
+        stream = VideoCropStream(job.source, crops, mask, job.limits, shelf=shelf, busy=busy)
+        output = _OutputStage(job, info, crops, shelf, output_mode, crf, _preview_maker(job, seen.frames, info),
+                              busy)
+        written, frame_size = _restore_and_write(engine, request, stream, output, progress)
+        engine_notes = list(engine.warnings())
+        frames_with_face = int(crops.has_face.sum())
+        warnings += _face_warnings(track, crops, restore)
+        warnings += [note for note in skipped_note if "left as they are" in note]
     timings["restore_and_encode_s"] = time.monotonic() - mark
     timings["total_s"] = time.monotonic() - started
 
-    warnings += _face_warnings(track, crops)
     warnings += _mask_warnings(mask, crops)
-    warnings += list(engine.warnings())
+    warnings += engine_notes
     media = MediaFacts(
         fps=str(info.fps),
         duration_s=round(info.duration, 3),
         rotation=info.rotation,
         audio_streams=len(info.audio),
         frame_size=frame_size,
-        frames_with_face=int(crops.has_face.sum()),
-        face_tracking=track.report,
+        frames_with_face=frames_with_face,
+        face_tracking=face_tracking,
         crop_jitter=crop_jitter(crops),
         mask=None if mask is None else mask.coordinates,
-        options={"crop": crop_policy, "crf": crf, "output_mode": output_mode},
+        options={"crop": crop_policy, "crf": crf, "output_mode": output_mode, "restore": restore,
+                 "min_size": min_size, "max_faces": max_faces},
     )
     timings = {k: round(v, 2) for k, v in timings.items()}
     busy = {k: round(v, 2) for k, v in busy.items()}
@@ -282,6 +309,28 @@ def _load_task_mask(job: PipelineJob, info: VideoInfo, warnings: list[str]) -> M
 def _max_gap_frames(info: VideoInfo) -> int:
     """Detection gaps up to half a second are bridged; longer ones mean the face is gone."""
     return max(2, int(round(float(info.fps) / 2)))
+
+
+def _plan_every_face(job: PipelineJob, seen, info: VideoInfo, crop_policy: str, min_size: float,
+                     max_faces: int) -> list[PlannedTrack]:
+    """Every face track, with the crop squares of those to restore (svfrd.media.multiface)."""
+    max_gap = _max_gap_frames(info)
+    plans = plan_tracks(link_face_tracks(seen, max_gap), info.height, min_size, max_faces)
+    for plan in plans:
+        if plan.skipped is None:
+            plan.crops = _crop_squares(plan.track.as_subject(seen.frames, seen.shots()), crop_policy, info)
+            # A face that enters or leaves mid-shot is restored from its first to its last detection only; the
+            # crop track would hold it beyond those, over the empty place it came from or went to.
+            plan.crops.has_face[: plan.track.first] = False
+            plan.crops.has_face[plan.track.last + 1 :] = False
+    if not any(p.skipped is None for p in plans):
+        largest = max((p.typical_size for p in plans), default=0.0)
+        raise BadInputError(
+            f"no face in {job.source.name} was large enough or in view long enough to restore: the largest was "
+            f"{largest:.0%} of the picture height, and min_size is {min_size:g}. Lower min_size in the sidecar's "
+            "[options] (or [faces] min_size), or use restore = \"largest\"; the file itself was not changed."
+        )
+    return plans
 
 
 def _crop_squares(track: SubjectTrack, policy: str, info: VideoInfo) -> FrameCrops:
@@ -411,7 +460,7 @@ class _OutputStage:
         if frame is not None:
             return frame
         if self._decoded is None:
-            self._decoded = _decode_again(self.job.source, len(self.crops), self.job.limits)
+            self._decoded = decode_again(self.job.source, len(self.crops), self.job.limits)
         for frame in self._decoded:
             if frame.index == index:
                 return frame
@@ -448,13 +497,27 @@ def _check_face(face: np.ndarray, index: int) -> None:
                            f"expected ({CROP_SIZE}, {CROP_SIZE}, 3) uint8")
 
 
-def _face_warnings(track: SubjectTrack, crops: FrameCrops) -> list[str]:
+def _face_warnings(track: SubjectTrack, crops: FrameCrops, restore: str = "largest") -> list[str]:
     notes = []
     missing = int((~crops.has_face).sum())
     if missing:
         notes.append(f"{missing} of {len(crops)} frames had no face and were left unchanged")
-    if track.faces_seen > 1:
+    if track.faces_seen > 1 and restore == "largest":
         notes.append(f"up to {track.faces_seen} faces in a frame; the largest over time was restored")
+    return notes
+
+
+def _every_face_warnings(plans: list[PlannedTrack], frames: int, frames_with_face: int) -> list[str]:
+    notes = []
+    if frames_with_face < frames:
+        notes.append(f"{frames - frames_with_face} of {frames} frames had no face and were left unchanged")
+    skipped = [p for p in plans if p.skipped is not None]
+    restored = len(plans) - len(skipped)
+    note = f"{restored} face tracks were restored"
+    if skipped:
+        reasons = sorted({p.skipped for p in skipped})
+        note += f"; {len(skipped)} were left as they are ({', '.join(reasons)}; see face_tracking.tracks)"
+    notes.append(note)
     return notes
 
 

@@ -90,13 +90,15 @@ def is_cut(previous: tuple[np.ndarray, np.ndarray] | None, current: tuple[np.nda
 def scan_faces(
     path: Path, info: VideoInfo, model_path: Path, progress: Callable[[int, int], None] | None = None,
     limits: LimitsConfig = DEFAULT_LIMITS, detect_every: int = DETECT_EVERY, busy: dict[str, float] | None = None,
+    max_faces: int = 4,
 ) -> FacePass:
     """Decode the whole video once, keeping only faces and cut flags per frame (within `limits`). Decoding and
     the cut detector's histograms run on a thread beside the face detector; `progress` is called here.
-    `busy` gets the seconds each of the two was busy (benchmarks)."""
+    `busy` gets the seconds each of the two was busy (benchmarks); `max_faces` is the most faces the detector
+    reports in one frame."""
     seen = FacePass()
     busy = busy if busy is not None else {}
-    with FaceFinder(model_path) as finder:
+    with FaceFinder(model_path, max_faces=max_faces) as finder:
         scanner = _Scanner(seen, finder, float(info.time_base) * 1000.0, detect_every)
         frames = threaded("faces: decode+cuts", lambda: _signed_frames(path, limits), DECODE_AHEAD, busy)
         try:
@@ -253,3 +255,111 @@ def select_subject(seen: FacePass, max_gap: int = 12) -> SubjectTrack:
         "shot_details": shot_reports[:50],
     }
     return SubjectTrack(boxes=boxes, points5=points, shots=shots, faces_seen=faces_seen, report=report)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Every face (`[faces] restore = "all"`): detections linked into one track per person and shot.
+
+#: A detection continues a track when its centre lies within this many face sizes of where the track's motion
+#: puts it, and its size is within this ratio of the track's: faces that pass each other differ in place and
+#: usually in size, so neither alone is enough (docs/architecture.md, "Every face").
+LINK_DISTANCE = 0.6
+LINK_SIZE_RATIO = 1.6
+
+
+@dataclass
+class FaceTrack:
+    """One person's face through part of one shot: detections by frame (looked-at frames only; the frames
+    between are filled by the crop track, `svfrd.media.crop.bridge_gaps`)."""
+
+    shot: tuple[int, int]
+    faces: dict[int, DetectedFace] = field(default_factory=dict)
+
+    @property
+    def first(self) -> int:
+        return min(self.faces)
+
+    @property
+    def last(self) -> int:
+        return max(self.faces)
+
+    @property
+    def total_area(self) -> float:
+        return sum(face.area for face in self.faces.values())
+
+    @property
+    def typical_height(self) -> float:
+        """The median height of the face box in pixels."""
+        return float(np.median([face.height for face in self.faces.values()]))
+
+    def predicted(self, index: int) -> tuple[float, float, float]:
+        """(cx, cy, size) expected at frame `index`: the last detection moved on at the track's recent velocity
+        (over up to its last three detections), so a face keeps its course through a crossing or a gap."""
+        frames = sorted(self.faces)[-3:]
+        last = self.faces[frames[-1]]
+        cx, cy = last.centre
+        if len(frames) > 1:
+            first = self.faces[frames[0]]
+            steps = frames[-1] - frames[0]
+            vx, vy = (cx - first.centre[0]) / steps, (cy - first.centre[1]) / steps
+            ahead = index - frames[-1]
+            cx, cy = cx + vx * ahead, cy + vy * ahead
+        return cx, cy, _face_size(last)
+
+    def as_subject(self, frames: int, shots: list[tuple[int, int]]) -> SubjectTrack:
+        """This track in the form the crop policies take (`svfrd.media.crop`): NaN outside its detections."""
+        boxes = np.full((frames, 4), np.nan, dtype=np.float64)
+        points = np.full((frames, 5, 2), np.nan, dtype=np.float64)
+        for i, face in self.faces.items():
+            boxes[i], points[i] = face.box, face.points5
+        return SubjectTrack(boxes=boxes, points5=points, shots=shots, faces_seen=1, report={})
+
+
+def _face_size(face: DetectedFace) -> float:
+    return max(face.width, face.height, 1.0)
+
+
+def _link_cost(track: FaceTrack, face: DetectedFace, index: int) -> float | None:
+    """How far `face` is from where `track` should be at `index`, in face sizes; None when it cannot be it."""
+    cx, cy, size = track.predicted(index)
+    ratio = _face_size(face) / size
+    if not 1 / LINK_SIZE_RATIO <= ratio <= LINK_SIZE_RATIO:
+        return None
+    distance = float(np.hypot(face.centre[0] - cx, face.centre[1] - cy)) / max(size, _face_size(face))
+    if distance > LINK_DISTANCE:
+        return None
+    return distance + abs(np.log(ratio))  # a size change counts as much as a move of that many sizes
+
+
+def link_face_tracks(seen: FacePass, max_gap: int) -> list[FaceTrack]:
+    """Every face track of every shot. Only the frames the detector looked at are linked (the faces on the
+    frames between are interpolations, which can mix up two faces as they pass each other). Each frame, the
+    cheapest detection-to-track pairs are taken first; a track not seen for more than `max_gap` frames has
+    ended, and a shot cut ends every track."""
+    looked = seen.looked if seen.looked else [True] * seen.frames
+    tracks: list[FaceTrack] = []
+    for shot in seen.shots():
+        open_tracks: list[FaceTrack] = []
+        for i in range(*shot):
+            if not looked[i]:
+                continue
+            open_tracks = [t for t in open_tracks if i - t.last <= max_gap]
+            pairs = sorted(
+                (cost, t, f)
+                for t, track in enumerate(open_tracks)
+                for f, face in enumerate(seen.faces[i])
+                if (cost := _link_cost(track, face, i)) is not None
+            )
+            used_tracks, used_faces = set(), set()
+            for _, t, f in pairs:
+                if t in used_tracks or f in used_faces:
+                    continue
+                open_tracks[t].faces[i] = seen.faces[i][f]
+                used_tracks.add(t)
+                used_faces.add(f)
+            for f, face in enumerate(seen.faces[i]):
+                if f not in used_faces:
+                    track = FaceTrack(shot=shot, faces={i: face})
+                    open_tracks.append(track)
+                    tracks.append(track)
+    return tracks

@@ -137,6 +137,7 @@ def remove_temp_files(config: Config, job: Job) -> None:
     for path in temps:
         try:
             path.unlink(missing_ok=True)
+            placement.remove_spool_folders(path)  # restored face crops of a killed run (svfrd.media.multiface)
         except Exception as err:  # noqa: BLE001
             job_logger(job.id).warning("could not remove the temporary result %s: %s", path.name, err)
 

@@ -103,6 +103,82 @@ def two_face_frames(frames: int, width: int = 320, height: int = 180) -> list[np
     return result
 
 
+# Several people. Three different real people, all in scikit-image (offline): the astronaut Eileen Collins
+# (colour), the "camera" photo by Lav Varshney (CC0, grey) and a face of its LFW subset (grey, 25x25, scaled up).
+
+
+def cameraman() -> np.ndarray:
+    """Head and shoulders of scikit-image's "camera" photo, (160, 150, 3) RGB grey; the face is roughly in the
+    middle, turned to the right."""
+    from skimage import data
+
+    grey = data.camera()[70:230, 150:300]
+    return np.repeat(grey[:, :, None], 3, axis=2)
+
+
+def lfw_person(index: int = 0, side: int = 80) -> np.ndarray:
+    """A tightly cropped face from scikit-image's LFW subset, scaled to side x side, RGB grey."""
+    from skimage import data
+
+    face = data.lfw_subset()[index]
+    face = (face * 255).astype(np.uint8) if face.dtype != np.uint8 else face
+    big = cv2.resize(face, (side, side), interpolation=cv2.INTER_CUBIC)
+    return np.repeat(big[:, :, None], 3, axis=2)
+
+
+def astronaut_head() -> np.ndarray:
+    """Head and shoulders of the astronaut photo, (220, 190, 3)."""
+    return astronaut()[20:240, 110:300]
+
+
+def _place(frame: np.ndarray, picture: np.ndarray, x: int, y: int) -> None:
+    """Paint `picture` with its top-left corner at (x, y), clipped to the frame."""
+    height, width = frame.shape[:2]
+    ph, pw = picture.shape[:2]
+    x1, y1, x2, y2 = max(0, x), max(0, y), min(width, x + pw), min(height, y + ph)
+    if x2 > x1 and y2 > y1:
+        frame[y1:y2, x1:x2] = picture[y1 - y : y2 - y, x1 - x : x2 - x]
+
+
+def people_frames(frames: int, third_from: int | None = None, width: int = 440,
+                  height: int = 200) -> list[np.ndarray]:
+    """Two different people side by side at different sizes: the astronaut large on the left, the cameraman
+    smaller on the right, both drifting a little. With `third_from`, a third person (an LFW face) appears at
+    the bottom middle from that frame on."""
+    big = cv2.resize(astronaut_head(), (150, 174), interpolation=cv2.INTER_AREA)
+    small = cv2.resize(cameraman(), (140, 150), interpolation=cv2.INTER_AREA)
+    third = lfw_person(side=100)
+    result = []
+    for i in range(frames):
+        frame = np.full((height, width, 3), 90, np.uint8)
+        dx = i % 4
+        _place(frame, big, 8 + dx, 10)
+        _place(frame, small, 290 - dx, 30)
+        if third_from is not None and i >= third_from:
+            _place(frame, third, 172, 60)
+        result.append(frame)
+    return result
+
+
+def crossing_frames(frames: int, width: int = 420, height: int = 250) -> tuple[list[np.ndarray], list[dict]]:
+    """Two people passing each other: the astronaut (nearer: painted last) from left to right along the top,
+    an LFW face from right to left lower down; their crop squares overlap in the middle frames.
+    Returns the frames and, per frame, each person's true face centre {"astronaut": (x, y), "lfw": (x, y)}."""
+    near = cv2.resize(astronaut_head(), (130, 150), interpolation=cv2.INTER_AREA)
+    far = lfw_person(side=100)
+    result, centres = [], []
+    for i in range(frames):
+        t = i / max(frames - 1, 1)
+        frame = np.full((height, width, 3), 90, np.uint8)
+        near_x, far_x = int(60 + t * 160), int(220 - t * 160)
+        near_y, far_y = 0, 120
+        _place(frame, far, far_x, far_y)
+        _place(frame, near, near_x, near_y)
+        result.append(frame)
+        centres.append({"astronaut": (near_x + 65, near_y + 60), "lfw": (far_x + 50, far_y + 50)})
+    return result, centres
+
+
 def sine_audio_frames(seconds: float, rate: int = AUDIO_RATE, chunk: int = 1024):
     """Stereo 440/660 Hz tone as s16 AudioFrames."""
     total = int(round(seconds * rate))

@@ -159,7 +159,8 @@ def test_the_result_records_the_facts_for_the_report(negative_run):
     media = result.media
     assert result.frames == 24 and media.fps == "30000/1001" and media.audio_streams == 1
     assert media.frame_size["input"] == [241, 181]
-    assert media.options == {"crop": "tracked", "crf": 12, "output_mode": "full_frame"}
+    assert media.options == {"crop": "tracked", "crf": 12, "output_mode": "full_frame", "restore": "all",
+                             "min_size": 0.05, "max_faces": 8}
     assert media.frames_with_face == 24
     assert media.crop_jitter["jitter_rel"] < 0.005
     assert media.face_tracking["most_faces_in_a_frame"] == 1
@@ -344,6 +345,7 @@ class ReadAheadEngine(NegativeEngine):
 
 def count_decodes(monkeypatch) -> list[str]:
     """Spy: the name of the video at each decode the pipeline starts (face pass, crops, paste-back)."""
+    import svfrd.media.multiface as multiface
     import svfrd.media.pipeline as pipeline
     import svfrd.media.tracking as tracking
 
@@ -360,6 +362,7 @@ def count_decodes(monkeypatch) -> list[str]:
 
     spying(pipeline)
     spying(tracking)
+    spying(multiface)  # its decode_again serves the pipeline too
     return opened
 
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -26,7 +28,7 @@ from svfrd.jobs.store import (
     get_job,
     retry_job,
 )
-from svfrd.service.recovery import finish_interrupted_publications
+from svfrd.service.recovery import finish_interrupted_publications, recover_at_startup
 from svfrd.service.results import (
     ResultFiles,
     complete_publication,
@@ -34,6 +36,7 @@ from svfrd.service.results import (
     publish_planned,
     publish_reused_results,
     record_plan,
+    remove_temp_files,
     settle_failure,
     temp_files,
 )
@@ -247,6 +250,34 @@ def test_at_start_up_cut_short_publications_are_finished_before_stale_temporary_
     assert get_job(db, unplanned_job.id).state == "running"  # recovery.requeue_jobs_of_a_dead_service's business
     assert outbox_names(folder) == [f"planned{suffix}" for suffix in
                                     (".contact.png", ".preview.mp4", ".report.json", ".restored.mp4")]
+
+
+def spool_left_by_a_killed_run(temp_result: Path) -> Path:
+    """The restored-face spool folder (svfrd.media.multiface) of a run killed mid-job: made by a process that
+    then dies without any cleanup."""
+    code = ("import os, sys; from pathlib import Path; from svfrd.files.placement import spool_folder\n"
+            "spool = spool_folder(Path(sys.argv[1])); (Path(spool.name) / 'track-1.png-spool').write_bytes(b'png')\n"
+            "print(spool.name, flush=True); os._exit(9)")
+    done = subprocess.run([sys.executable, "-c", code, str(temp_result)], capture_output=True, text=True,
+                          cwd=Path(__file__).resolve().parents[2])
+    spool = Path(done.stdout.strip())
+    assert done.returncode == 9 and spool.parent == temp_result.parent and (spool / "track-1.png-spool").exists()
+    return spool
+
+
+def test_a_killed_runs_face_spool_goes_with_the_jobs_temporary_results_and_at_start_up(service):
+    folder, config, db = service
+    job, other = running_job(service), running_job(service, "other.mp4")
+    user_folder = config.output.outbox / ".faces-of-the-family.part"  # a user's, not ours
+    user_folder.mkdir()
+    spool = spool_left_by_a_killed_run(temp_files(config, job).video)
+    others_spool = spool_left_by_a_killed_run(temp_files(config, other).video)
+
+    remove_temp_files(config, job)  # the job's cleanup after its worker died
+    assert not spool.exists() and others_spool.exists()
+
+    recover_at_startup(config, db)  # the next start after the daemon died
+    assert not others_spool.exists() and user_folder.is_dir()
 
 
 # ---------------------------------------------------------------------------------------------------------------

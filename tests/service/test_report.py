@@ -77,7 +77,8 @@ def test_no_key_repeats_anywhere_in_the_report(report):
 
 def test_a_plug_in_engines_own_option_is_accepted_and_reaches_the_engine(report):
     _, _, data = report
-    assert data["options"] == {"strength": 3, "crop": "tracked", "crf": 23, "output_mode": "full_frame"}
+    assert data["options"] == {"strength": 3, "crop": "tracked", "crf": 23, "output_mode": "full_frame",
+                               "restore": "all", "min_size": 0.05, "max_faces": 8}
     assert "test engine options: strength=3" in data["warnings"]
 
 
