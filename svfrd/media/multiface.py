@@ -29,7 +29,7 @@ from svfrd.media.masks import Mask
 from svfrd.media.paste import paste_back
 from svfrd.media.preview import PreviewMaker
 from svfrd.media.stages import threaded
-from svfrd.media.tracking import MIN_TRACK_FRAMES, FacePass, FaceTrack
+from svfrd.media.tracking import MIN_TRACK_FRAMES, FaceTrack
 from svfrd.media.video_io import Frame, VideoInfo, VideoWriter, iter_frames
 
 #: Tracks listed in the report at most (a long film can have thousands).

@@ -31,9 +31,6 @@ from svfrd.errors import BadInputError
 from svfrd.files.placement import spool_folder
 from svfrd.media.crop import FrameCrops, crop_face, crop_jitter, reference_crops, tracked_crops
 from svfrd.media.masks import Mask, load_mask, load_reference_face
-from svfrd.media.paste import paste_back
-from svfrd.media.preview import PreviewMaker
-from svfrd.media.stages import Channel, ChannelClosed, StageThread, threaded
 from svfrd.media.multiface import (
     PlannedTrack,
     decode_again,
@@ -43,8 +40,11 @@ from svfrd.media.multiface import (
     tracks_report,
     write_composite,
 )
+from svfrd.media.paste import paste_back
+from svfrd.media.preview import PreviewMaker
+from svfrd.media.stages import Channel, ChannelClosed, StageThread, threaded
 from svfrd.media.tracking import SubjectTrack, link_face_tracks, scan_faces, select_subject
-from svfrd.media.video_io import Frame, VideoInfo, VideoWriter, iter_frames, probe
+from svfrd.media.video_io import Frame, VideoInfo, VideoWriter, probe
 
 #: Frames (with their crops) the decoder thread may run ahead of the engine, and restored crops the engine may
 #: run ahead of paste-back and encoding. A few are enough to keep every stage busy.
