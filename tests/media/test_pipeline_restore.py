@@ -346,7 +346,6 @@ class ReadAheadEngine(NegativeEngine):
 def count_decodes(monkeypatch) -> list[str]:
     """Spy: the name of the video at each decode the pipeline starts (face pass, crops, paste-back)."""
     import svfrd.media.multiface as multiface
-    import svfrd.media.pipeline as pipeline
     import svfrd.media.tracking as tracking
 
     opened = []
@@ -360,9 +359,8 @@ def count_decodes(monkeypatch) -> list[str]:
 
         monkeypatch.setattr(module, "iter_frames", iter_frames_spy)
 
-    spying(pipeline)
-    spying(tracking)
-    spying(multiface)  # its decode_again serves the pipeline too
+    spying(tracking)  # the face pass
+    spying(multiface)  # the crop stream and decode_again, which serve the pipeline
     return opened
 
 
