@@ -21,10 +21,12 @@ from pathlib import Path
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
-from svfrd.config import Config, load_config
+from svfrd.config import Config, load_config, parse_listen_address
 from svfrd.errors import ConfigError
 from svfrd.files.atomic import replacing
 from svfrd.jobs.database import sqlite_file
+from svfrd.ops.printable import printable
+from svfrd.web.security import is_loopback
 
 UNIT_NAME = "svfrd.service"
 SERVICE_USER = "svfrd"
@@ -101,11 +103,7 @@ SystemCallFilter=@system-service
 SystemCallFilter=~@privileged @resources
 SystemCallErrorNumber=EPERM
 SystemCallArchitectures=native
-# AF_UNIX: sd_notify and the worker's connection (multiprocessing's Pipe is a Unix socket pair). Nothing svfrd
-# runs opens an internet or netlink socket (SQLite is the only store; a database server would need AF_INET
-# AF_INET6 here and, in the system unit, no PrivateNetwork= or IPAddressDeny= lines).
-RestrictAddressFamilies=AF_UNIX
-RestrictNamespaces=yes
+{{address_families}}RestrictNamespaces=yes
 RestrictRealtime=yes
 RestrictSUIDSGID=yes
 LockPersonality=yes
@@ -152,10 +150,7 @@ ProtectHome={{protect_home}}
 ReadWritePaths={{writable}}
 {{binds}}PrivateTmp=yes
 PrivateMounts=yes
-# The network namespace holds only loopback: svfrd talks to nothing (sd_notify is a Unix socket by path).
-PrivateNetwork=yes
-IPAddressDeny=any
-ProtectProc=invisible
+{{network}}ProtectProc=invisible
 RemoveIPC=yes
 ProtectKernelTunables=yes
 ProtectKernelModules=yes
@@ -198,6 +193,51 @@ class UnitPaths:
     # With ProtectHome=tmpfs, the folders under /home (or /root) that svfrd writes to or reads from.
     home_writable: tuple[str, ...] = ()
     home_readable: tuple[str, ...] = ()
+    #: `[web] listen` when the service serves the web page (`[web] enabled`), else None: no network at all.
+    web_listen: str | None = None
+
+
+# What the unit lets svfrd reach over the network: nothing (the default), this machine only (a web page on
+# loopback), or any address (a web page on a network address).
+NO_NETWORK, LOOPBACK_ONLY, ANY_ADDRESS = "none", "loopback", "any"
+
+
+def network_reach(web_listen: str | None) -> str:
+    if web_listen is None:
+        return NO_NETWORK
+    return LOOPBACK_ONLY if is_loopback(parse_listen_address(web_listen)[0]) else ANY_ADDRESS
+
+
+_UNIX_FAMILIES = """\
+# AF_UNIX: sd_notify and the worker's connection (multiprocessing's Pipe is a Unix socket pair). Nothing svfrd
+# runs opens an internet or netlink socket (SQLite is the only store; a database server would need AF_INET
+# AF_INET6 here and, in the system unit, no PrivateNetwork= or IPAddressDeny= lines).
+RestrictAddressFamilies=AF_UNIX
+"""
+_WEB_FAMILIES = """\
+# AF_UNIX: sd_notify and the worker's connection (multiprocessing's Pipe is a Unix socket pair). AF_INET
+# AF_INET6: the web page ([web] enabled), a child process of the service, listens on one of them.
+RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6
+"""
+# The system unit's network lines for each reach.
+_SYSTEM_NETWORK = {
+    NO_NETWORK: """\
+# The network namespace holds only loopback: svfrd talks to nothing (sd_notify is a Unix socket by path).
+PrivateNetwork=yes
+IPAddressDeny=any
+""",
+    LOOPBACK_ONLY: """\
+# The web page listens on loopback ([web] listen): the service shares the machine's network so that local
+# browsers reach it, but its sockets exchange packets with this machine only.
+IPAddressDeny=any
+IPAddressAllow=localhost
+""",
+    ANY_ADDRESS: """\
+# The web page listens on a network address ([web] listen): browsers may come from any address, so no
+# PrivateNetwork= or IPAddressDeny= here, and the page requires its token (README, "Web page"). To admit
+# only your own network, add IPAddressDeny=any and IPAddressAllow=localhost 192.0.2.0/24 (its prefix).
+""",
+}
 
 
 def quote_arg(arg: str, keep_specifiers: bool = False) -> str:
@@ -214,8 +254,10 @@ def render_unit(paths: UnitPaths, user: bool) -> str:
     args = (paths.executable, "--config", paths.config, "run")
     # On a command line `${NAME}` is an environment variable: a literal `$` is written `$$`.
     exec_start = " ".join(quote_arg(a.replace("$", "$$"), paths.specifiers) for a in args)
+    reach = network_reach(paths.web_listen)
+    families = _WEB_FAMILIES if reach != NO_NETWORK else _UNIX_FAMILIES
     if user:
-        return USER_TEMPLATE.format(exec_start=exec_start)
+        return USER_TEMPLATE.format(exec_start=exec_start, address_families=families)
     # A leading "-" lets the service start even if a folder is missing (svfrd then reports it itself).
     writable = _optional_paths(paths.writable)
     binds = ""
@@ -224,7 +266,7 @@ def render_unit(paths: UnitPaths, user: bool) -> str:
     if paths.home_readable:
         binds += f"BindReadOnlyPaths={_optional_paths(paths.home_readable)}\n"
     return SYSTEM_TEMPLATE.format(exec_start=exec_start, writable=writable, protect_home=paths.protect_home,
-                                  binds=binds)
+                                  binds=binds, address_families=families, network=_SYSTEM_NETWORK[reach])
 
 
 def _optional_paths(paths: tuple[str, ...]) -> str:
@@ -289,7 +331,8 @@ def unit_paths_for(config: Config, executable: Path) -> UnitPaths:
     protect_home = "tmpfs" if home_writable or home_readable else "yes"
     return UnitPaths(str(executable), str(config.path), tuple(str(f) for f in folders), protect_home,
                      home_writable=tuple(str(f) for f in home_writable),
-                     home_readable=tuple(str(p) for p in home_readable))
+                     home_readable=tuple(str(p) for p in home_readable),
+                     web_listen=config.web.listen if config.web.enabled else None)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -401,27 +444,43 @@ def _database_file(url: str) -> Path | None:
         return None
 
 
-def database_server_note(config: Config) -> str | None:
-    """The units give svfrd no network; a database server (not supported yet) could not be reached."""
+def database_server_note(config: Config, user: bool = False) -> str | None:
+    """What the unit's network rules mean for a database server (not supported yet)."""
     try:
         backend = make_url(config.service.database_url).get_backend_name()
     except ArgumentError:
         return None
     if backend == "sqlite":
         return None
-    return (f"note: [service] database_url names a {backend} server, but the unit lets svfrd open only Unix "
-            "sockets. To reach it over the network, add AF_INET AF_INET6 to RestrictAddressFamilies= and, in "
-            "a system unit, delete the PrivateNetwork= and IPAddressDeny= lines (SQLite is the store svfrd "
-            "supports; see the README).")
+    start = f"note: [service] database_url names a {backend} server"
+    supported = "SQLite is the store svfrd supports; see the README"
+    reach = network_reach(config.web.listen if config.web.enabled else None)
+    if reach == NO_NETWORK:
+        return (f"{start}, but the unit lets svfrd open only Unix sockets. To reach it over the network, add AF_INET "
+                "AF_INET6 to RestrictAddressFamilies= and, in a system unit, delete the PrivateNetwork= and "
+                f"IPAddressDeny= lines ({supported}).")
+    if reach == LOOPBACK_ONLY and not user:
+        return (f"{start}; the unit lets svfrd exchange packets with this machine only (IPAddressAllow=localhost, "
+                "for the web page on loopback). To reach a server elsewhere, add its address to IPAddressAllow= "
+                f"({supported}).")
+    return f"{start}; the unit's network rules, opened for the web page, let svfrd reach it ({supported})."
 
 
-def web_page_note(config: Config) -> str | None:
-    """The units give svfrd no network, so a page served from the unit could not be reached."""
-    if not config.web.enabled:
+def web_page_note(config: Config, user: bool = False) -> str | None:
+    """What the unit lets the web page do: it is served from the unit itself."""
+    reach = network_reach(config.web.listen if config.web.enabled else None)
+    if reach == NO_NETWORK:
         return None
-    return (f"note: [web] enabled = true, but the unit gives svfrd no network, so the page on {config.web.listen} "
-            "cannot be reached from outside the unit. To serve it, delete the PrivateNetwork= and IPAddressDeny= "
-            "lines and add AF_INET AF_INET6 to RestrictAddressFamilies= (README, \"Web page\").")
+    listen = printable(config.web.listen)
+    if user:
+        return f"note: [web] enabled = true: the unit lets svfrd open internet sockets, for the page on {listen}."
+    if reach == LOOPBACK_ONLY:
+        return (f"note: [web] enabled = true: the unit serves the page on {listen} and lets svfrd exchange packets "
+                "with this machine only (IPAddressAllow=localhost); to serve it on your network, set [web] "
+                "listen to a network address and run install-service again.")
+    return (f"note: [web] enabled = true: the page on {listen} may be reached from any address, so the unit "
+            "does not filter addresses (IPAddressDeny=) and the page requires its token; to admit only your own "
+            "network, add IPAddressDeny=any and IPAddressAllow=localhost YOUR-NETWORK/PREFIX to the unit.")
 
 
 def _unit_values(config: Config, executable: Path, target: Path | None) -> list[tuple[str, str]]:
@@ -607,7 +666,7 @@ def install_service(config_path: Path, user: bool, output: Path | str | None = N
         print(f"svfrd install-service: {err}", file=sys.stderr)
         return err.code
     unit = render_unit(unit_paths_for(config, executable), user)
-    for note in (database_server_note(config), web_page_note(config)):
+    for note in (database_server_note(config, user), web_page_note(config, user)):
         if note is not None:
             print(f"svfrd install-service: {note}", file=sys.stderr)
     if target is None:

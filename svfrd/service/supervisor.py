@@ -49,7 +49,7 @@ from svfrd.service.messages import (
 )
 from svfrd.service.timers import LoopTimers
 from svfrd.service.worker import service_config_problem, worker_main
-from svfrd.web.child import start_web_child, stop_web_child
+from svfrd.web.child import WebPage
 
 log = logging.getLogger(__name__)
 
@@ -201,8 +201,10 @@ class WorkerProcess:
 
 
 class Supervisor:
-    def __init__(self, config: Config, db: Database, verbose: bool = False, clock: Clock = SYSTEM_CLOCK):
+    def __init__(self, config: Config, db: Database, verbose: bool = False, clock: Clock = SYSTEM_CLOCK,
+                 web: WebPage | None = None):
         self.config, self.db, self.clock = config, db, clock
+        self.web = web  # the page's child process with [web] enabled, restarted here when it dies
         self.wakeup = Wakeup()
         self.worker = WorkerProcess(config, verbose)
         self.intake = Intake(config, db, on_hint=self.wakeup.set, clock=self.clock.monotonic)
@@ -278,12 +280,14 @@ class Supervisor:
         self._handle_worker()
         if self.exit_code is not None or self.stop_signal is not None:
             return
+        if self.web is not None:
+            self.web.check()
         if self.worker.idle:
             self._start_next_job()
         if self.worker.job is not None and self.timers.running_check_due():
             self._check_running_job()
         self._keep_manager_informed()
-        self._wait(self._seconds_to_sleep())
+        self._wait(self._seconds_to_sleep(), watch_web=True)
 
     def _scan(self) -> None:
         self.timers.scan_started()
@@ -302,15 +306,20 @@ class Supervisor:
 
     def _seconds_to_sleep(self) -> float:
         next_job_in = seconds_until_next_job(self.db, now=self.clock.now()) if self.worker.idle else None
+        restart_in = self.web.seconds_until_restart() if self.web is not None else None
         return self.timers.seconds_to_sleep(hinted=self.intake.has_hints(), job_running=self.worker.job is not None,
-                                            next_job_in=next_job_in)
+                                            next_job_in=next_job_in, restart_in=restart_in)
 
-    def _wait(self, timeout: float, watch_worker: bool = True) -> None:
-        """Sleep until `timeout`, a wake-up (signal, file event) or, with `watch_worker`, news from the worker."""
+    def _wait(self, timeout: float, watch_worker: bool = True, watch_web: bool = False) -> None:
+        """Sleep until `timeout`, a wake-up (signal, file event) or, with `watch_worker`, news from the worker;
+        with `watch_web`, the web page's death."""
         with selectors.DefaultSelector() as selector:
             selector.register(self.wakeup, selectors.EVENT_READ)
             for item in self.worker.wait_objects() if watch_worker else []:
                 selector.register(item, selectors.EVENT_READ)
+            # Only where check() runs next: a dead page's descriptor stays readable until then.
+            for fd in self.web.wait_objects() if self.web is not None and watch_web else []:
+                selector.register(fd, selectors.EVENT_READ)
             selector.select(timeout)
         self.wakeup.drain()
 
@@ -505,11 +514,13 @@ def run_daemon(config: Config, verbose: bool = False) -> int:
             log.error("cannot prepare the folders and the job database: %s; `svfrd doctor` checks them", err)
             return EXIT_FAILURE
         db = open_database(config.service.database_url)
-        web = None
+        web = WebPage(config, verbose) if config.web.enabled else None
         try:
             recovery.recover_at_startup(config, db)
-            web = start_web_child(config, verbose)  # after the upgrade: the page needs the schema
-            return Supervisor(config, db, verbose).run()
+            if web is not None:
+                web.start()  # after the upgrade: the page needs the schema
+            return Supervisor(config, db, verbose, web=web).run()
         finally:
-            stop_web_child(web)
+            if web is not None:
+                web.stop()
             db.dispose()

@@ -1,6 +1,6 @@
 """The supervisor's timers: when to rescan the inboxes, read the running job's row, give up waiting for a
-cancel, stop a job past its time limit, send a watchdog keep-alive, and how long the main loop may sleep
-until the first of these is due.
+cancel, stop a job past its time limit, send a watchdog keep-alive, restart the web page, and how long the
+main loop may sleep until the first of these is due.
 
 Kept apart from the loop, on an injected clock (`svfrd.service.clock`), so tests advance time instead of
 sleeping.
@@ -17,6 +17,11 @@ from svfrd.service.clock import SYSTEM_CLOCK, Clock
 RUNNING_CHECK_INTERVAL = 2.0
 #: File events come in floods while a big file is copied in: scan at most this often because of them.
 HINT_SCAN_SPACING = 0.5
+#: A dead web page is restarted after this pause, doubled after each death that came soon after its start, up
+#: to the cap; one that had run for RESTART_HEALTHY_AFTER was fine, and its next death starts over.
+RESTART_FIRST_PAUSE = 1.0
+RESTART_MAX_PAUSE = 300.0
+RESTART_HEALTHY_AFTER = 60.0
 
 
 @dataclass
@@ -95,9 +100,11 @@ class LoopTimers:
 
     # -- sleeping ----------------------------------------------------------------------------------------
 
-    def seconds_to_sleep(self, *, hinted: bool, job_running: bool, next_job_in: float | None) -> float:
+    def seconds_to_sleep(self, *, hinted: bool, job_running: bool, next_job_in: float | None,
+                         restart_in: float | None = None) -> float:
         """Until the first thing due: a rescan, a hinted scan, the running job's check, a backed-off job
-        (`next_job_in`, only asked while idle), or a keep-alive. Never negative."""
+        (`next_job_in`, only asked while idle), a keep-alive, or the web page's restart (`restart_in`). Never
+        negative."""
         now = self.clock.monotonic()
         deadlines = [self.next_scan]
         if hinted:
@@ -108,4 +115,44 @@ class LoopTimers:
             deadlines.append(now + next_job_in)
         if self.watchdog_interval:
             deadlines.append(self.next_watchdog)
+        if restart_in is not None:
+            deadlines.append(now + restart_in)
         return max(0.0, min(deadlines) - now)
+
+
+@dataclass
+class RestartBackoff:
+    """When to restart a child process that died, or could not be started: never in a tight loop. A child
+    that dies at once every time (its port taken) is tried again after 1, 2, 4 ... seconds, at most every
+    RESTART_MAX_PAUSE."""
+
+    clock: Clock = SYSTEM_CLOCK
+    first_pause: float = RESTART_FIRST_PAUSE
+    max_pause: float = RESTART_MAX_PAUSE
+    healthy_after: float = RESTART_HEALTHY_AFTER
+
+    def __post_init__(self) -> None:
+        self.pause = self.first_pause
+        self.started_at: float | None = None  # None: not running since the last failure
+        self.due_at: float | None = None  # None: no restart waiting
+
+    def started(self) -> None:
+        self.started_at = self.clock.monotonic()
+        self.due_at = None
+
+    def failed(self) -> float:
+        """The child died or could not start: schedule the next try and return the pause before it."""
+        now = self.clock.monotonic()
+        if self.started_at is not None and now - self.started_at >= self.healthy_after:
+            self.pause = self.first_pause
+        self.started_at = None
+        pause = self.pause
+        self.pause = min(self.pause * 2, self.max_pause)
+        self.due_at = now + pause
+        return pause
+
+    def due(self) -> bool:
+        return self.due_at is not None and self.clock.monotonic() >= self.due_at
+
+    def seconds_until_due(self) -> float | None:
+        return None if self.due_at is None else max(0.0, self.due_at - self.clock.monotonic())

@@ -75,9 +75,9 @@ def test_svfrd_web_refuses_a_bad_listen_address(tmp_path):
     assert done.returncode == 2 and "--listen" in done.stderr and "HOST:PORT" in done.stderr
 
 
-def test_install_service_says_the_unit_keeps_an_enabled_page_off_the_network(tmp_path):
+def test_install_service_says_what_the_unit_opens_for_an_enabled_page(tmp_path):
     from svfrd.ops.install_service import web_page_note
 
     assert web_page_note(load_config(ServiceFolder(tmp_path / "off").config_path)) is None
     on = load_config(ServiceFolder(tmp_path / "on", web={"enabled": True}).config_path)
-    assert "PrivateNetwork=" in web_page_note(on) and "AF_INET" in web_page_note(on)
+    assert "IPAddressAllow=localhost" in web_page_note(on) and "PrivateNetwork=" not in web_page_note(on)
