@@ -56,6 +56,7 @@ def test_an_upload_becomes_a_job_that_the_daemon_finishes_and_its_result_is_serv
 
         page = web.get(f"/jobs/{job['id']}")
         assert page.status_code == 200 and f"/api/jobs/{job['id']}/result" in page.text
+        assert "<h2>Report</h2>" in page.text  # read like the API serves it: from the outbox, no link followed
         assert web.get(f"/api/jobs/{job['id']}/source").content == clip.read_bytes()  # from done/
     assert [name for name in folder.files("inbox") if name.startswith(".upload")] == []
 

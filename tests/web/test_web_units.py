@@ -81,3 +81,50 @@ def test_install_service_says_what_the_unit_opens_for_an_enabled_page(tmp_path):
     assert web_page_note(load_config(ServiceFolder(tmp_path / "off").config_path)) is None
     on = load_config(ServiceFolder(tmp_path / "on", web={"enabled": True}).config_path)
     assert "IPAddressAllow=localhost" in web_page_note(on) and "PrivateNetwork=" not in web_page_note(on)
+
+
+def _serve(response, headers=()) -> tuple[int, bytes]:
+    """Run an ASGI response to the end; (its status, its body)."""
+    import asyncio
+
+    scope = {"type": "http", "method": "GET", "headers": list(headers), "asgi": {"spec_version": "2.4"}}
+    sent = []
+
+    async def receive():
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message):
+        sent.append(message)
+
+    asyncio.run(response(scope, receive, send))
+    return sent[0]["status"], b"".join(m.get("body", b"") for m in sent[1:])
+
+
+def test_a_served_file_is_the_one_checked_even_if_a_link_replaces_it_meanwhile(tmp_path):
+    from svfrd.web.api import OpenedFileResponse, open_served_file
+
+    outbox, secret = tmp_path / "outbox", tmp_path / "shadow"
+    outbox.mkdir()
+    secret.write_bytes(b"not for the page")
+    result = outbox / "a.restored.mp4"
+    result.write_bytes(b"the restored video")
+    fd = open_served_file(result, outbox)
+    result.unlink()
+    result.symlink_to(secret)  # planted by a user who may write to the outbox, after the check
+    assert _serve(OpenedFileResponse(fd, "a.restored.mp4", "video/mp4")) == (200, b"the restored video")
+    with pytest.raises(OSError):
+        os.fstat(fd)  # closed once served
+    assert open_served_file(result, outbox) is None  # the link itself is never served
+    (outbox / "sub").symlink_to(tmp_path)
+    assert open_served_file(outbox / "sub" / "shadow", outbox) is None  # nor a file reached through a linked folder
+    assert open_served_file(secret, outbox) is None  # nor one outside the outbox
+    os.mkfifo(outbox / "fifo.mp4")
+    assert open_served_file(outbox / "fifo.mp4", outbox) is None  # nor a FIFO (without blocking)
+
+
+def test_an_opened_file_is_served_in_ranges(tmp_path):
+    from svfrd.web.api import OpenedFileResponse, open_served_file
+
+    (tmp_path / "r.mp4").write_bytes(bytes(range(200)))
+    fd = open_served_file(tmp_path / "r.mp4", tmp_path)
+    assert _serve(OpenedFileResponse(fd, "r.mp4", "video/mp4"), [(b"range", b"bytes=10-19")]) == (206, bytes(range(10, 20)))
