@@ -128,3 +128,25 @@ def test_an_opened_file_is_served_in_ranges(tmp_path):
     (tmp_path / "r.mp4").write_bytes(bytes(range(200)))
     fd = open_served_file(tmp_path / "r.mp4", tmp_path)
     assert _serve(OpenedFileResponse(fd, "r.mp4", "video/mp4"), [(b"range", b"bytes=10-19")]) == (206, bytes(range(10, 20)))
+
+
+def test_a_link_or_a_readable_file_in_place_of_the_token_file_is_refused(tmp_path):
+    from svfrd.web.security import stored_token
+
+    state = tmp_path / "state"
+    state.mkdir()
+    chosen = tmp_path / "chosen"  # a token another local user picked and planted
+    chosen.write_text("known-to-them\n")
+    (state / "web-token").symlink_to(chosen)
+    with pytest.raises(OSError, match="symbolic link"):
+        stored_token(state)
+    (state / "web-token").unlink()
+    (state / "web-token").write_text("known-to-them\n")
+    os.chmod(state / "web-token", 0o644)
+    with pytest.raises(OSError, match="chmod 600"):
+        stored_token(state)
+    os.chmod(state / "web-token", 0o600)
+    assert stored_token(state) == ("known-to-them", False)
+    (state / "web-token").write_text("")
+    with pytest.raises(OSError, match="empty"):
+        stored_token(state)
