@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from python_multipart.multipart import MultipartParseError, MultipartParser, parse_options_header
+from starlette.requests import ClientDisconnect
 
 from svfrd.config import Config, parse_tasks
 from svfrd.domain import option_problem
@@ -190,6 +191,10 @@ async def receive_form(request, inbox: Path, max_bytes: int) -> UploadedForm:
         receiver.form.remove_files()
         raise UploadError(400, f"the multipart body cannot be read ({err}); send it as a browser form or curl -F "
                                "does") from None
+    except ClientDisconnect:  # the browser tab was closed, or the network went: nobody reads the answer
+        receiver.close()
+        receiver.form.remove_files()
+        raise UploadError(400, "the upload was broken off before its end; send it again") from None
     except BaseException:
         receiver.close()
         receiver.form.remove_files()

@@ -150,3 +150,24 @@ def test_a_link_or_a_readable_file_in_place_of_the_token_file_is_refused(tmp_pat
     (state / "web-token").write_text("")
     with pytest.raises(OSError, match="empty"):
         stored_token(state)
+
+
+def test_an_upload_broken_off_leaves_no_file_and_is_no_server_error(tmp_path):
+    import asyncio
+
+    from starlette.requests import Request
+
+    from svfrd.web.uploads import receive_form
+
+    head = b'--B\r\nContent-Disposition: form-data; name="video"; filename="clip.mp4"\r\n\r\n'
+    messages = iter([{"type": "http.request", "body": head + b"x" * 1000, "more_body": True},
+                     {"type": "http.disconnect"}])
+
+    async def receive():
+        return next(messages)
+
+    scope = {"type": "http", "method": "POST", "path": "/api/jobs", "query_string": b"",
+             "headers": [(b"content-type", b"multipart/form-data; boundary=B")]}
+    with pytest.raises(UploadError, match="broken off"):
+        asyncio.run(receive_form(Request(scope, receive), tmp_path, 1 << 20))
+    assert list(tmp_path.iterdir()) == []
