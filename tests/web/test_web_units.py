@@ -171,3 +171,29 @@ def test_an_upload_broken_off_leaves_no_file_and_is_no_server_error(tmp_path):
     with pytest.raises(UploadError, match="broken off"):
         asyncio.run(receive_form(Request(scope, receive), tmp_path, 1 << 20))
     assert list(tmp_path.iterdir()) == []
+
+
+def test_jobs_changed_at_the_same_moment_are_all_found_beyond_one_page(tmp_path):
+    from datetime import datetime, timedelta, timezone
+
+    from sqlalchemy import update
+
+    from svfrd.domain import Task
+    from svfrd.jobs.database import open_database, upgrade_database
+    from svfrd.jobs.model import Job
+    from svfrd.jobs.store import enqueue_job, jobs_updated_since
+
+    url = f"sqlite:///{tmp_path / 'jobs.db'}"
+    upgrade_database(url)
+    db = open_database(url)
+    for n in range(7):
+        enqueue_job(db, inbox="/in", source_name=f"{n}.mp4", source_path=f"/in/{n}.mp4", tasks={Task.BFR},
+                    content_hash=str(n))
+    moment = datetime(2030, 1, 1, 12, 0, 0, tzinfo=timezone.utc)
+    with db.begin() as connection:  # a folder of videos taken in one scan: the same updated_at
+        connection.execute(update(Job).where(Job.id <= 5).values(updated_at=moment))
+        connection.execute(update(Job).where(Job.id > 5).values(updated_at=moment + timedelta(seconds=1)))
+    found = jobs_updated_since(db, moment - timedelta(seconds=2), page=2)
+    assert [job.id for job in found] == [1, 2, 3, 4, 5, 6, 7]
+    assert [job.id for job in jobs_updated_since(db, moment + timedelta(seconds=1), page=2)] == [6, 7]
+    db.dispose()
