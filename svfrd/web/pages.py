@@ -60,7 +60,8 @@ def job_log_lines(job_id: int) -> tuple[list[str], str]:
 
 
 def settings_rows(config: Config) -> list[tuple[str, str]]:
-    """The effective configuration as (key, value) rows; the web token is never shown."""
+    """The effective configuration as (key, value) rows; the web token and a database password are never
+    shown."""
     rows: list[tuple[str, str]] = [("config file", str(config.path))]
 
     def add(prefix: str, value: Any) -> None:
@@ -68,8 +69,10 @@ def settings_rows(config: Config) -> list[tuple[str, str]]:
             for f in fields(value):
                 if f.name == "token":
                     rows.append((f"{prefix}.{f.name}", "(set)" if getattr(value, f.name) else "(none)"))
-                    continue
-                add(f"{prefix}.{f.name}", getattr(value, f.name))
+                elif f.name == "database_url":
+                    rows.append((f"{prefix}.{f.name}", _without_password(getattr(value, f.name))))
+                else:
+                    add(f"{prefix}.{f.name}", getattr(value, f.name))
         elif isinstance(value, (frozenset, set)):
             rows.append((prefix, ", ".join(sorted(str(getattr(v, "label", v)) for v in value))))
         else:
@@ -134,6 +137,16 @@ class Pages:
 
     async def settings(self, request: Request) -> Response:
         return self.render("settings.html", page="settings", rows=settings_rows(self.config))
+
+
+def _without_password(url: str) -> str:
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return "(not a database URL)"
 
 
 def _pretty(report: dict) -> str:

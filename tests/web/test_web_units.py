@@ -197,3 +197,15 @@ def test_jobs_changed_at_the_same_moment_are_all_found_beyond_one_page(tmp_path)
     assert [job.id for job in found] == [1, 2, 3, 4, 5, 6, 7]
     assert [job.id for job in jobs_updated_since(db, moment + timedelta(seconds=1), page=2)] == [6, 7]
     db.dispose()
+
+
+def test_the_settings_page_shows_no_database_password(tmp_path):
+    from dataclasses import replace
+
+    from svfrd.web.pages import settings_rows
+
+    config = load_config(ServiceFolder(tmp_path / "svc", web={"token": "s3cret"}).config_path)
+    config = replace(config, service=replace(config.service, database_url="postgresql://svfrd:hunter2@db/svfrd"))
+    rows = dict(settings_rows(config))
+    assert rows["service.database_url"] == "postgresql://svfrd:***@db/svfrd" and rows["web.token"] == "(set)"
+    assert not any("hunter2" in value or "s3cret" in value for value in rows.values())
