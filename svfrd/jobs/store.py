@@ -25,7 +25,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
-from sqlalchemy import Engine, func, or_, update
+from sqlalchemy import Engine, and_, func, or_, update
 from sqlmodel import Session, col, select
 
 from svfrd.config import tasks_to_text
@@ -632,13 +632,25 @@ def overview(db: Engine, *, queued_limit: int, recent_limit: int) -> Overview:
 # Queries for the web page (svfrd.web).
 
 
-def jobs_updated_since(db: Engine, moment: datetime, limit: int = 200) -> list[Job]:
-    """Jobs whose row changed at or after `moment` (every change sets `updated_at`), oldest change first: what
-    the page's event stream polls for, one indexed-range query however long the table."""
-    query = (select(Job).where(col(Job.updated_at) >= moment)
-             .order_by(col(Job.updated_at), col(Job.id)).limit(limit))
+def jobs_updated_since(db: Engine, moment: datetime, page: int = 200) -> list[Job]:
+    """All jobs whose row changed at or after `moment` (every change sets `updated_at`), oldest change first:
+    what the page's event stream polls for. Read in indexed pages of `page` rows, each starting after the last
+    row of the one before: with a plain limit, more than `page` rows changed at about the same moment (a
+    folder of videos taken at once) would hide every later change from a caller that moves `moment` on by
+    the rows it saw."""
+    jobs: list[Job] = []
+    after: Job | None = None
     with _session(db) as session:
-        return list(session.exec(query).all())
+        while True:
+            query = select(Job).where(col(Job.updated_at) >= moment)
+            if after is not None:
+                query = query.where(or_(col(Job.updated_at) > after.updated_at,
+                                        and_(col(Job.updated_at) == after.updated_at, col(Job.id) > after.id)))
+            rows = list(session.exec(query.order_by(col(Job.updated_at), col(Job.id)).limit(page)).all())
+            jobs += rows
+            if len(rows) < page:
+                return jobs
+            after = rows[-1]
 
 
 def latest_job_id(db: Engine) -> int:

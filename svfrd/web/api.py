@@ -2,7 +2,9 @@
 
 Jobs are looked up by their id only. The files served are the ones the job row records (`output_path`,
 `report_path` and the previews named with them), and each is served only when it lies in the outbox (the
-source video: in done/) as a plain file: no part of a request becomes a path (docs/architecture.md §5).
+source video: in done/) as a plain file: no part of a request becomes a path (docs/architecture.md §5). The
+file is opened once, walking down from the outbox without following any link (svfrd.files.beneath), and the
+response reads that very descriptor: a link planted in the outbox after the check cannot redirect it.
 """
 
 from __future__ import annotations
@@ -10,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import stat
 import time
 from datetime import timedelta
 from pathlib import Path
@@ -20,6 +21,8 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response, StreamingResponse
 
+from svfrd.errors import BadInputError
+from svfrd.files import beneath
 from svfrd.jobs.model import Job, as_utc, utcnow
 from svfrd.jobs.store import (
     JobNotFound,
@@ -151,19 +154,12 @@ class Api:
         job = await run_in_threadpool(get_job, self.db, job_id)
         if job is None:
             return _no_job(job_id)
-        if kind == "source":
-            path, root, media = job.source_path, self.config.output.done, "video/mp4"
-        else:
-            field, media = JOB_FILES[kind]
-            finals = planned_final_files(self.config, job) if job.state == "done" else None
-            path = getattr(finals, field) if finals is not None else None
-            root = self.config.output.outbox
-        served = served_file(path, root)
-        if served is None:
+        path, root, media = _file_of(self.config, job, kind)
+        fd = await run_in_threadpool(open_served_file, path, root)
+        if fd is None:
             return error(404, f"job {job_id} has no {kind} to serve (state {job.state}); a done job's result is in "
                               "the outbox unless it was moved or deleted there")
-        return FileResponse(served, media_type=media, filename=Path(served).name,
-                            content_disposition_type="inline")
+        return OpenedFileResponse(fd, filename=Path(path).name, media_type=media)
 
     # -- events ------------------------------------------------------------------------------------------
 
@@ -196,15 +192,48 @@ def _no_job(job_id: int) -> Response:
     return error(404, f"there is no job {job_id}; GET /api/jobs lists the jobs")
 
 
-def served_file(path: str | None, root: Path) -> str | None:
-    """`path` (from a job row) if it lies in `root` with no link on the way and is a plain file, else None."""
+def _file_of(config, job: Job, kind: str) -> tuple[str | None, Path, str]:
+    """(the path the job row records for `kind`, the folder it must lie in, its media type)."""
+    if kind == "source":
+        return job.source_path, config.output.done, "video/mp4"
+    field, media = JOB_FILES[kind]
+    finals = planned_final_files(config, job) if job.state == "done" else None
+    return (str(getattr(finals, field)) if finals is not None else None), config.output.outbox, media
+
+
+def open_served_file(path: str | Path | None, root: Path) -> int | None:
+    """A read descriptor of `path` (from a job row) if it lies in `root` (by name), is reached from `root`
+    without any link and is a plain file; else None. The caller closes it."""
     if not path:
         return None
-    real = os.path.realpath(path)
-    root_real = os.path.realpath(root)
-    if os.path.commonpath([real, root_real]) != root_real or real != os.path.abspath(path):
-        return None
     try:
-        return real if stat.S_ISREG(os.lstat(real).st_mode) else None
-    except OSError:
+        with beneath.open_plain_file(root, path) as f:
+            return os.dup(f.fileno())
+    except (BadInputError, OSError):
         return None
+
+
+def servable(path: str | Path | None, root: Path) -> bool:
+    """Whether `open_served_file` would serve `path` now (for the links a page shows)."""
+    fd = open_served_file(path, root)
+    if fd is None:
+        return False
+    os.close(fd)
+    return True
+
+
+class OpenedFileResponse(FileResponse):
+    """Starlette's FileResponse (ranges, HEAD, If-Range) over a file already opened and checked: it reads
+    `/proc/self/fd/N`, which reopens that same file whatever has since been renamed or linked in its place.
+    The descriptor is closed when the response is done."""
+
+    def __init__(self, fd: int, filename: str, media_type: str):
+        self.fd = fd
+        super().__init__(f"/proc/self/fd/{fd}", media_type=media_type, filename=filename, stat_result=os.fstat(fd),
+                         content_disposition_type="inline")
+
+    async def __call__(self, scope, receive, send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            os.close(self.fd)

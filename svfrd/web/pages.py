@@ -4,6 +4,8 @@ from the inboxes go through `printable` first, so neither markup nor control cha
 
 from __future__ import annotations
 
+import json
+import os
 import shutil
 import subprocess
 from dataclasses import fields, is_dataclass
@@ -17,14 +19,18 @@ from starlette.responses import HTMLResponse, Response
 
 from svfrd.config import Config
 from svfrd.domain import Task
+from svfrd.errors import BadInputError
+from svfrd.files.beneath import read_at_most
 from svfrd.jobs.store import get_job, overview
 from svfrd.ops.printable import printable, printable_lines
-from svfrd.service.results import planned_final_files, read_report
-from svfrd.web.api import JOB_FILES, job_json, served_file
+from svfrd.service.results import planned_final_files
+from svfrd.web.api import JOB_FILES, job_json, open_served_file, servable
 
 TEMPLATES = Path(__file__).parent / "templates"
 #: Lines of a job's log the job page shows (the newest).
 LOG_LINES = 200
+#: A report is a few KiB; a bigger file in its place is not shown.
+MAX_REPORT_BYTES = 16 << 20
 
 
 def environment() -> Environment:
@@ -54,7 +60,8 @@ def job_log_lines(job_id: int) -> tuple[list[str], str]:
 
 
 def settings_rows(config: Config) -> list[tuple[str, str]]:
-    """The effective configuration as (key, value) rows; the web token is never shown."""
+    """The effective configuration as (key, value) rows; the web token and a database password are never
+    shown."""
     rows: list[tuple[str, str]] = [("config file", str(config.path))]
 
     def add(prefix: str, value: Any) -> None:
@@ -62,8 +69,10 @@ def settings_rows(config: Config) -> list[tuple[str, str]]:
             for f in fields(value):
                 if f.name == "token":
                     rows.append((f"{prefix}.{f.name}", "(set)" if getattr(value, f.name) else "(none)"))
-                    continue
-                add(f"{prefix}.{f.name}", getattr(value, f.name))
+                elif f.name == "database_url":
+                    rows.append((f"{prefix}.{f.name}", _without_password(getattr(value, f.name))))
+                else:
+                    add(f"{prefix}.{f.name}", getattr(value, f.name))
         elif isinstance(value, (frozenset, set)):
             rows.append((prefix, ", ".join(sorted(str(getattr(v, "label", v)) for v in value))))
         else:
@@ -95,14 +104,31 @@ class Pages:
         job = await run_in_threadpool(get_job, self.db, job_id)
         if job is None:
             return self.render("missing.html", page="queue", job_id=job_id)
-        finals = planned_final_files(self.config, job) if job.state == "done" else None
-        files = {kind: bool(finals and served_file(getattr(finals, field), self.config.output.outbox))
-                 for kind, (field, _media) in JOB_FILES.items()}
-        files["source"] = served_file(job.source_path, self.config.output.done) is not None
-        report = await run_in_threadpool(read_report, job) if files["report"] else {}
+        files = await run_in_threadpool(self._servable_files, job)
+        report = await run_in_threadpool(self._report, job) if files["report"] else {}
         log_lines, log_note = await run_in_threadpool(job_log_lines, job.id)
         return self.render("job.html", page="job", job=job_json(job), files=files,
                            report=_pretty(report) if report else "", log_lines=log_lines, log_note=log_note)
+
+    def _servable_files(self, job) -> dict[str, bool]:
+        """Which of the job's files the API would serve now, by kind (the page links only those)."""
+        finals = planned_final_files(self.config, job) if job.state == "done" else None
+        files = {kind: finals is not None and servable(getattr(finals, field), self.config.output.outbox)
+                 for kind, (field, _media) in JOB_FILES.items()}
+        files["source"] = servable(job.source_path, self.config.output.done)
+        return files
+
+    def _report(self, job) -> dict:
+        """The job's report as the API serves it (opened without following links, in the outbox), or {}."""
+        fd = open_served_file(str(planned_final_files(self.config, job).report), self.config.output.outbox)
+        if fd is None:
+            return {}
+        with os.fdopen(fd, "rb") as f:
+            try:
+                report = json.loads(read_at_most(f, MAX_REPORT_BYTES, "the report"))
+            except (BadInputError, ValueError):
+                return {}
+        return report if isinstance(report, dict) else {}
 
     async def submit(self, request: Request) -> Response:
         return self.render("submit.html", page="submit", tasks=[(t.label, t.value) for t in Task],
@@ -113,8 +139,16 @@ class Pages:
         return self.render("settings.html", page="settings", rows=settings_rows(self.config))
 
 
-def _pretty(report: dict) -> str:
-    import json
+def _without_password(url: str) -> str:
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
 
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return "(not a database URL)"
+
+
+def _pretty(report: dict) -> str:
     return json.dumps(report, indent=2, ensure_ascii=False, default=str)
 

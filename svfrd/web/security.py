@@ -13,11 +13,13 @@
 
 from __future__ import annotations
 
+import errno
 import hmac
 import ipaddress
 import json
 import os
 import secrets
+import stat
 from http.cookies import SimpleCookie
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -52,18 +54,47 @@ def required_token(config: Config, listen: str) -> tuple[str | None, bool]:
 
 
 def stored_token(state_dir: Path) -> tuple[str, bool]:
-    """The token in `STATE_DIR/web-token`, made (0600, created new) when there is none."""
+    """The token in `STATE_DIR/web-token`, made (0600, created new) when there is none. The file is read and
+    made without following a link, so one planted in its place can neither supply a token nor receive ours."""
     path = state_dir / TOKEN_FILE
-    try:
-        return path.read_text(encoding="ascii").strip(), False
-    except FileNotFoundError:
-        pass
+    token = _read_token_file(path)
+    if token is not None:
+        return token, False
     state_dir.mkdir(parents=True, exist_ok=True)
     token = secrets.token_urlsafe(32)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    except FileExistsError:  # another `svfrd web` made it just now: use that one
+        token = _read_token_file(path)
+        if token is None:
+            raise OSError(errno.ENOENT, f"{path} came and went while svfrd made it; start the page again") from None
+        return token, False
     with os.fdopen(fd, "w", encoding="ascii") as f:
         f.write(token + "\n")
     return token, True
+
+
+def _read_token_file(path: Path) -> str | None:
+    """The token in `path`, None when there is no file. Anything but a private, non-empty plain file of ours is
+    an error saying what to do (OSError: `svfrd` prints it)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            raise OSError(err.errno, f"{path} is a symbolic link; the web token is only read from a plain file. "
+                                     "Remove the link (a new token is then made and shown once)") from None
+        raise
+    with os.fdopen(fd, "rb") as f:
+        info = os.fstat(f.fileno())
+        if not stat.S_ISREG(info.st_mode) or info.st_uid != os.geteuid() or info.st_mode & 0o077:
+            raise OSError(errno.EPERM, f"{path} must be a plain file of this user that only it can read "
+                                       f"(chmod 600 {path}); remove it to have a new token made")
+        token = f.read(4096).decode("ascii", "replace").strip()
+    if not token:
+        raise OSError(errno.EINVAL, f"{path} is empty; remove it to have a new token made, or set [web] token")
+    return token
 
 
 def _headers(scope) -> dict[str, str]:

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from python_multipart.multipart import MultipartParseError, MultipartParser, parse_options_header
+from starlette.requests import ClientDisconnect
 
 from svfrd.config import Config, parse_tasks
 from svfrd.domain import option_problem
@@ -33,6 +34,12 @@ FILE_FIELDS = ("video", "mask", "reference")
 TEXT_FIELDS = ("tasks", "seed", "options")
 #: Text fields are small: a task list, a seed, a JSON object of options.
 MAX_FIELD_BYTES = 16 * 1024
+#: All text fields together and the number of parts: what is kept in memory (python-multipart bounds each
+#: part's headers itself).
+MAX_TEXT_BYTES = 64 * 1024
+MAX_PARTS = 64
+#: The boundaries and part headers around the files (a browser's are a few hundred bytes).
+MAX_OVERHEAD_BYTES = 1 << 20
 #: Masks and references are pictures; the sidecar reader caps them the same way (svfrd.service.sidecar).
 MAX_IMAGE_BYTES = 64 << 20
 IMAGE_SUFFIXES = {"PNG": ".png", "JPEG": ".jpg", "WEBP": ".webp", "BMP": ".bmp", "TIFF": ".tif"}
@@ -78,6 +85,7 @@ class _StreamingForm:
         self._name: str | None = None
         self._file = None
         self._text: bytearray | None = None
+        self._text_bytes = self._parts = 0
 
     def callbacks(self) -> dict[str, Any]:
         return {"on_part_begin": self._part_begin, "on_header_field": self._header_field_data,
@@ -87,6 +95,10 @@ class _StreamingForm:
 
     def _part_begin(self) -> None:
         self._headers, self._header_field, self._name = {}, b"", None
+        self._parts += 1
+        if self._parts > MAX_PARTS:
+            raise UploadError(400, f"the form has over {MAX_PARTS} parts; send a video, tasks and the optional "
+                                   "mask, reference, seed and options once each")
 
     def _header_field_data(self, data: bytes, start: int, end: int) -> None:
         self._header_field += data[start:end]
@@ -126,9 +138,10 @@ class _StreamingForm:
             self._file.write(data[start:end])
         elif self._text is not None:
             self._text += data[start:end]
-            if len(self._text) > MAX_FIELD_BYTES:
-                raise UploadError(413, f"the field {self._name} is over {MAX_FIELD_BYTES} bytes; it holds a few "
-                                       "words at most")
+            self._text_bytes += end - start
+            if len(self._text) > MAX_FIELD_BYTES or self._text_bytes > MAX_TEXT_BYTES:
+                raise UploadError(413, f"the field {self._name} is over {MAX_FIELD_BYTES} bytes (or the text fields "
+                                       f"over {MAX_TEXT_BYTES} together); they hold a few words at most")
 
     def _part_end(self) -> None:
         if self._file is not None:
@@ -158,14 +171,19 @@ async def receive_form(request, inbox: Path, max_bytes: int) -> UploadedForm:
     if content_type != b"multipart/form-data" or b"boundary" not in options:
         raise UploadError(415, "send the job as multipart/form-data (an HTML form with enctype=multipart/form-data, "
                                "or `curl -F video=@clip.mp4 -F tasks=bfr`)")
+    body_limit = max_bytes + 2 * MAX_IMAGE_BYTES + MAX_TEXT_BYTES + MAX_OVERHEAD_BYTES
     declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > max_bytes + 2 * MAX_IMAGE_BYTES:
+    if declared is not None and declared.isdigit() and int(declared) > body_limit:
         raise UploadError(413, _too_large("video", max_bytes))
     inbox.mkdir(parents=True, exist_ok=True)
     receiver = _StreamingForm(inbox, max_bytes)
     parser = MultipartParser(options[b"boundary"], receiver.callbacks())
+    received = 0
     try:
-        async for chunk in request.stream():
+        async for chunk in request.stream():  # counted here too: a chunked body declares no length
+            received += len(chunk)
+            if received > body_limit:
+                raise UploadError(413, _too_large("video", max_bytes))
             parser.write(chunk)
         parser.finalize()
     except MultipartParseError as err:
@@ -173,6 +191,10 @@ async def receive_form(request, inbox: Path, max_bytes: int) -> UploadedForm:
         receiver.form.remove_files()
         raise UploadError(400, f"the multipart body cannot be read ({err}); send it as a browser form or curl -F "
                                "does") from None
+    except ClientDisconnect:  # the browser tab was closed, or the network went: nobody reads the answer
+        receiver.close()
+        receiver.form.remove_files()
+        raise UploadError(400, "the upload was broken off before its end; send it again") from None
     except BaseException:
         receiver.close()
         receiver.form.remove_files()

@@ -56,6 +56,7 @@ def test_an_upload_becomes_a_job_that_the_daemon_finishes_and_its_result_is_serv
 
         page = web.get(f"/jobs/{job['id']}")
         assert page.status_code == 200 and f"/api/jobs/{job['id']}/result" in page.text
+        assert "<h2>Report</h2>" in page.text  # read like the API serves it: from the outbox, no link followed
         assert web.get(f"/api/jobs/{job['id']}/source").content == clip.read_bytes()  # from done/
     assert [name for name in folder.files("inbox") if name.startswith(".upload")] == []
 
@@ -128,6 +129,41 @@ def test_an_upload_over_the_limit_is_refused_while_it_streams(tmp_path):
     with WebServer(folder.config_path) as web:
         big = b"\0" * (3 << 20)
         answer = web.post("/api/jobs", files={"video": ("big.mp4", big, "video/mp4")}, data={"tasks": "bfr"})
+        assert answer.status_code == 413 and "max_upload_mb" in answer.json()["error"]
+    assert folder.files("inbox") == []
+
+
+def test_what_an_upload_keeps_in_memory_is_bounded_even_without_a_content_length(folder, tmp_path):
+    clip = write_face_clip(tmp_path / "clip.mp4", tag=13)
+
+    def send(parts: list[bytes]) -> requests.Response:
+        body = b"".join(b"--B\r\n" + part + b"\r\n" for part in parts) + b"--B--\r\n"
+        chunks = (body[i:i + 65536] for i in range(0, len(body), 65536))  # a generator: sent chunked
+        return web.post("/api/jobs", data=chunks, headers={"Content-Type": "multipart/form-data; boundary=B"})
+
+    video = b'Content-Disposition: form-data; name="video"; filename="clip.mp4"\r\n\r\n' + clip.read_bytes()
+    tasks = b'Content-Disposition: form-data; name="tasks"\r\n\r\n' + b"bfr," * 4000
+    with WebServer(folder.config_path) as web:
+        many_tasks = send([video] + [tasks] * 10)  # each field is under its limit, together they are not
+        assert many_tasks.status_code == 413 and "together" in many_tasks.json()["error"]
+        long_header = b'Content-Disposition: form-data; name="seed"\r\nX-Pad: ' + b"x" * 20000 + b"\r\n\r\n5"
+        assert send([video, long_header]).status_code == 400
+        many_parts = send([video] + [b'Content-Disposition: form-data; name="seed"\r\n\r\n'] * 100)
+        assert many_parts.status_code == 400 and "parts" in many_parts.json()["error"]
+    assert folder.files("inbox") == []
+
+
+def test_a_chunked_body_over_the_limit_is_refused_whatever_part_of_it_is_big(tmp_path, monkeypatch):
+    from svfrd.web import uploads
+
+    monkeypatch.setattr(uploads, "MAX_IMAGE_BYTES", 1 << 20)  # the server runs in this process: a small test
+    folder = ServiceFolder(tmp_path / "svc", web={"max_upload_mb": 1})
+    clip = write_face_clip(tmp_path / "clip.mp4", tag=14)
+    head = b'--B\r\nContent-Disposition: form-data; name="video"; filename="clip.mp4"\r\n\r\n'
+    body = head + clip.read_bytes() + b"\r\n--B--\r\n" + b"\0" * (6 << 20)  # an endless epilogue, say
+    with WebServer(folder.config_path) as web:
+        answer = web.post("/api/jobs", data=(body[i:i + 65536] for i in range(0, len(body), 65536)),
+                          headers={"Content-Type": "multipart/form-data; boundary=B"})
         assert answer.status_code == 413 and "max_upload_mb" in answer.json()["error"]
     assert folder.files("inbox") == []
 

@@ -81,3 +81,131 @@ def test_install_service_says_what_the_unit_opens_for_an_enabled_page(tmp_path):
     assert web_page_note(load_config(ServiceFolder(tmp_path / "off").config_path)) is None
     on = load_config(ServiceFolder(tmp_path / "on", web={"enabled": True}).config_path)
     assert "IPAddressAllow=localhost" in web_page_note(on) and "PrivateNetwork=" not in web_page_note(on)
+
+
+def _serve(response, headers=()) -> tuple[int, bytes]:
+    """Run an ASGI response to the end; (its status, its body)."""
+    import asyncio
+
+    scope = {"type": "http", "method": "GET", "headers": list(headers), "asgi": {"spec_version": "2.4"}}
+    sent = []
+
+    async def receive():
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message):
+        sent.append(message)
+
+    asyncio.run(response(scope, receive, send))
+    return sent[0]["status"], b"".join(m.get("body", b"") for m in sent[1:])
+
+
+def test_a_served_file_is_the_one_checked_even_if_a_link_replaces_it_meanwhile(tmp_path):
+    from svfrd.web.api import OpenedFileResponse, open_served_file
+
+    outbox, secret = tmp_path / "outbox", tmp_path / "shadow"
+    outbox.mkdir()
+    secret.write_bytes(b"not for the page")
+    result = outbox / "a.restored.mp4"
+    result.write_bytes(b"the restored video")
+    fd = open_served_file(result, outbox)
+    result.unlink()
+    result.symlink_to(secret)  # planted by a user who may write to the outbox, after the check
+    assert _serve(OpenedFileResponse(fd, "a.restored.mp4", "video/mp4")) == (200, b"the restored video")
+    with pytest.raises(OSError):
+        os.fstat(fd)  # closed once served
+    assert open_served_file(result, outbox) is None  # the link itself is never served
+    (outbox / "sub").symlink_to(tmp_path)
+    assert open_served_file(outbox / "sub" / "shadow", outbox) is None  # nor a file reached through a linked folder
+    assert open_served_file(secret, outbox) is None  # nor one outside the outbox
+    os.mkfifo(outbox / "fifo.mp4")
+    assert open_served_file(outbox / "fifo.mp4", outbox) is None  # nor a FIFO (without blocking)
+
+
+def test_an_opened_file_is_served_in_ranges(tmp_path):
+    from svfrd.web.api import OpenedFileResponse, open_served_file
+
+    (tmp_path / "r.mp4").write_bytes(bytes(range(200)))
+    fd = open_served_file(tmp_path / "r.mp4", tmp_path)
+    assert _serve(OpenedFileResponse(fd, "r.mp4", "video/mp4"), [(b"range", b"bytes=10-19")]) == (206, bytes(range(10, 20)))
+
+
+def test_a_link_or_a_readable_file_in_place_of_the_token_file_is_refused(tmp_path):
+    from svfrd.web.security import stored_token
+
+    state = tmp_path / "state"
+    state.mkdir()
+    chosen = tmp_path / "chosen"  # a token another local user picked and planted
+    chosen.write_text("known-to-them\n")
+    (state / "web-token").symlink_to(chosen)
+    with pytest.raises(OSError, match="symbolic link"):
+        stored_token(state)
+    (state / "web-token").unlink()
+    (state / "web-token").write_text("known-to-them\n")
+    os.chmod(state / "web-token", 0o644)
+    with pytest.raises(OSError, match="chmod 600"):
+        stored_token(state)
+    os.chmod(state / "web-token", 0o600)
+    assert stored_token(state) == ("known-to-them", False)
+    (state / "web-token").write_text("")
+    with pytest.raises(OSError, match="empty"):
+        stored_token(state)
+
+
+def test_an_upload_broken_off_leaves_no_file_and_is_no_server_error(tmp_path):
+    import asyncio
+
+    from starlette.requests import Request
+
+    from svfrd.web.uploads import receive_form
+
+    head = b'--B\r\nContent-Disposition: form-data; name="video"; filename="clip.mp4"\r\n\r\n'
+    messages = iter([{"type": "http.request", "body": head + b"x" * 1000, "more_body": True},
+                     {"type": "http.disconnect"}])
+
+    async def receive():
+        return next(messages)
+
+    scope = {"type": "http", "method": "POST", "path": "/api/jobs", "query_string": b"",
+             "headers": [(b"content-type", b"multipart/form-data; boundary=B")]}
+    with pytest.raises(UploadError, match="broken off"):
+        asyncio.run(receive_form(Request(scope, receive), tmp_path, 1 << 20))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_jobs_changed_at_the_same_moment_are_all_found_beyond_one_page(tmp_path):
+    from datetime import datetime, timedelta, timezone
+
+    from sqlalchemy import update
+
+    from svfrd.domain import Task
+    from svfrd.jobs.database import open_database, upgrade_database
+    from svfrd.jobs.model import Job
+    from svfrd.jobs.store import enqueue_job, jobs_updated_since
+
+    url = f"sqlite:///{tmp_path / 'jobs.db'}"
+    upgrade_database(url)
+    db = open_database(url)
+    for n in range(7):
+        enqueue_job(db, inbox="/in", source_name=f"{n}.mp4", source_path=f"/in/{n}.mp4", tasks={Task.BFR},
+                    content_hash=str(n))
+    moment = datetime(2030, 1, 1, 12, 0, 0, tzinfo=timezone.utc)
+    with db.begin() as connection:  # a folder of videos taken in one scan: the same updated_at
+        connection.execute(update(Job).where(Job.id <= 5).values(updated_at=moment))
+        connection.execute(update(Job).where(Job.id > 5).values(updated_at=moment + timedelta(seconds=1)))
+    found = jobs_updated_since(db, moment - timedelta(seconds=2), page=2)
+    assert [job.id for job in found] == [1, 2, 3, 4, 5, 6, 7]
+    assert [job.id for job in jobs_updated_since(db, moment + timedelta(seconds=1), page=2)] == [6, 7]
+    db.dispose()
+
+
+def test_the_settings_page_shows_no_database_password(tmp_path):
+    from dataclasses import replace
+
+    from svfrd.web.pages import settings_rows
+
+    config = load_config(ServiceFolder(tmp_path / "svc", web={"token": "s3cret"}).config_path)
+    config = replace(config, service=replace(config.service, database_url="postgresql://svfrd:hunter2@db/svfrd"))
+    rows = dict(settings_rows(config))
+    assert rows["service.database_url"] == "postgresql://svfrd:***@db/svfrd" and rows["web.token"] == "(set)"
+    assert not any("hunter2" in value or "s3cret" in value for value in rows.values())
