@@ -528,11 +528,21 @@ def _web(t: _Table) -> WebConfig:
     web = WebConfig(
         enabled=t.take("enabled", False),
         listen=t.take("listen", DEFAULT_WEB_LISTEN, listen_address_problem),
-        token=t.take("token", ""),
+        token=t.take("token", "", web_token_problem),
         max_upload_mb=t.take("max_upload_mb", 4096, _int_in(1)),
     )
     t.finish()
     return web
+
+
+def web_token_problem(value: Any) -> str | None:
+    """A token travels in a cookie and an Authorization header: letters, digits and `-._~` only."""
+    if not isinstance(value, str):
+        return "must be a string of letters, digits and -._~"
+    if value and (len(value) < 16 or not all(c.isascii() and (c.isalnum() or c in "-._~") for c in value)):
+        return ("must be at least 16 characters, only letters, digits and -._~ (it goes into a cookie); "
+                "leave it out and svfrd generates one")
+    return None
 
 
 def parse_listen_address(text: str) -> tuple[str, int]:

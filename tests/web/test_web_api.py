@@ -169,13 +169,13 @@ def test_a_chunked_body_over_the_limit_is_refused_whatever_part_of_it_is_big(tmp
 
 
 def test_without_the_token_a_request_is_refused_when_one_is_required(folder):
-    with WebServer(folder.config_path, token="s3cret") as web:
+    with WebServer(folder.config_path, token="s3cret-0123456789") as web:
         refused = web.get("/api/jobs")
         assert refused.status_code == 401 and "Authorization: Bearer" in refused.json()["error"]
         assert web.get("/", headers={"Accept": "text/html"}).status_code == 401
         assert web.get("/api/jobs", headers={"Authorization": "Bearer wrong"}).status_code == 401
-        assert web.get("/api/jobs", headers={"Authorization": "Bearer s3cret"}).status_code == 200
-        login = web.get("/login?token=s3cret", allow_redirects=False)
+        assert web.get("/api/jobs", headers={"Authorization": "Bearer s3cret-0123456789"}).status_code == 200
+        login = web.get("/login?token=s3cret-0123456789", allow_redirects=False)
         assert login.status_code == 303 and "SameSite=Strict" in login.headers["set-cookie"]
         assert web.get("/api/jobs").status_code == 200  # the session now carries the cookie
 

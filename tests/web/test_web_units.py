@@ -27,6 +27,13 @@ def test_the_web_section_is_read_and_checked(tmp_path):
         load_config(bad.config_path)
 
 
+@pytest.mark.parametrize("token", ["short", 'has space and "quotes"; more than 16', "nön-ascii-0123456789"])
+def test_a_token_that_would_break_the_login_cookie_is_refused(tmp_path, token):
+    folder = ServiceFolder(tmp_path / "svc", web={"token": token})
+    with pytest.raises(ConfigError, match=r"\[web\] token.*letters, digits and -\._~"):
+        load_config(folder.config_path)
+
+
 def test_a_token_is_generated_once_for_another_address_and_kept_private(tmp_path):
     config = load_config(ServiceFolder(tmp_path / "svc").config_path)
     assert required_token(config, "127.0.0.1:8765") == (None, False)
@@ -204,8 +211,8 @@ def test_the_settings_page_shows_no_database_password(tmp_path):
 
     from svfrd.web.pages import settings_rows
 
-    config = load_config(ServiceFolder(tmp_path / "svc", web={"token": "s3cret"}).config_path)
+    config = load_config(ServiceFolder(tmp_path / "svc", web={"token": "s3cret-0123456789"}).config_path)
     config = replace(config, service=replace(config.service, database_url="postgresql://svfrd:hunter2@db/svfrd"))
     rows = dict(settings_rows(config))
     assert rows["service.database_url"] == "postgresql://svfrd:***@db/svfrd" and rows["web.token"] == "(set)"
-    assert not any("hunter2" in value or "s3cret" in value for value in rows.values())
+    assert not any("hunter2" in value or "s3cret-0123456789" in value for value in rows.values())
