@@ -11,7 +11,9 @@ not by the world (`PRIVATE_FILE_MODE`), and folders made here are `FOLDER_MODE`.
 from __future__ import annotations
 
 import errno
+import logging
 import os
+import re
 import shutil
 import stat
 import tempfile
@@ -24,6 +26,8 @@ from svfrd.errors import TransientError
 from svfrd.files.atomic import TEMP_SUFFIX, create_temp, fsync_file, fsync_folder, hidden_temp_path
 from svfrd.files.beneath import is_beneath, open_folder, relative_parts
 from svfrd.ops.printable import printable, printable_lines
+
+log = logging.getLogger(__name__)
 
 MAX_NAME_TRIES = 10_000
 FOLDER_MODE = 0o750  # the service and its group (README, "Permissions"); the umask applies as well
@@ -214,37 +218,72 @@ def ensure_free_space(folder: str | Path, need_mb: float) -> None:
         )
 
 
-#: Marks a job's scratch folder beside its temporary result: `.NAME.part.spool-XXXX.part` (`spool_folder`).
+#: Marks a job's scratch folder beside its temporary result: `..NAME.part.spool-XXXXXXXX.part` (`spool_folder`).
 SPOOL_MARK = ".spool-"
+#: What `tempfile` puts between the mark and the suffix: 8 of these characters.
+_SPOOL_RANDOM = r"[a-z0-9_]{8}"
+#: The only files a spool folder holds (`svfrd.media.multiface.CropSpool`); nothing else in one is removed.
+SPOOL_FILE = re.compile(r"track-[0-9]+\.png-spool")
 
 
 def spool_folder(temp_result: Path) -> tempfile.TemporaryDirectory:
     """A scratch folder for the job writing `temp_result` (its `.NAME.part` in the outbox), beside it on the
     same disk, removed when the job ends. A crash leaves it behind; the job's cleanup (`remove_spool_folders`)
-    and start-up (`clean_stale_temp_files`) then remove it by its name: hidden, the result's name, the mark,
-    `.part`."""
+    and start-up (`clean_stale_temp_files`) then remove it by its exact name: a dot, the temporary result's
+    name, the mark, tempfile's 8 random characters, `.part`."""
     return tempfile.TemporaryDirectory(prefix=f".{temp_result.name}{SPOOL_MARK}", suffix=TEMP_SUFFIX,
                                        dir=temp_result.parent)
 
 
-def _is_spool_folder(entry: os.DirEntry, of_result: str | None = None) -> bool:
-    """Our own scratch folder's name (of the result named `of_result`, or of any), and a real folder."""
-    prefix = f".{of_result}{SPOOL_MARK}" if of_result is not None else "."
-    return (entry.name.startswith(prefix) and SPOOL_MARK in entry.name and entry.name.endswith(TEMP_SUFFIX)
-            and entry.is_dir(follow_symlinks=False))
+def _is_spool_name(name: str, of_result: str | None = None) -> bool:
+    """Whether `name` is exactly what `spool_folder` makes for the temporary result `of_result` (or for any of
+    ours, `.NAME.part`): a user's folder that merely looks alike is never taken for one."""
+    result = re.escape(of_result) if of_result is not None else r"\..+" + re.escape(TEMP_SUFFIX)
+    return re.fullmatch(r"\." + result + re.escape(SPOOL_MARK) + _SPOOL_RANDOM + re.escape(TEMP_SUFFIX),
+                        name, re.DOTALL) is not None
 
 
 def remove_spool_folders(temp_result: Path) -> list[Path]:
     """Remove the scratch folders a killed run of the job writing `temp_result` left beside it."""
-    removed = []
-    if not temp_result.parent.is_dir():
-        return removed
-    with os.scandir(temp_result.parent) as entries:
-        for entry in entries:
-            if _is_spool_folder(entry, temp_result.name):
-                shutil.rmtree(entry.path)
-                removed.append(Path(entry.path))
-    return removed
+    return _remove_spools(temp_result.parent, temp_result.name)
+
+
+def _remove_spools(folder: Path, of_result: str | None) -> list[Path]:
+    """`_remove_spool` for each spool folder in `folder` (of `of_result`, or of any result)."""
+    try:
+        folder_fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    try:
+        names = [name for name in os.listdir(folder_fd) if _is_spool_name(name, of_result)]
+        return [folder / name for name in names if _remove_spool(folder_fd, name, folder)]
+    finally:
+        os.close(folder_fd)
+
+
+def _remove_spool(folder_fd: int, name: str, folder: Path) -> bool:
+    """Remove the spool folder `name` of the folder open as `folder_fd`: opened without following a symlink,
+    only its `SPOOL_FILE` entries are unlinked (a symlink among them is removed itself, never its target),
+    then the folder, which fails while anything else is in it. Returns whether it is gone."""
+    try:
+        fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=folder_fd)
+    except OSError:
+        return False  # gone meanwhile, a symlink, or not a folder: not ours to remove
+    try:
+        for entry in [e.name for e in os.scandir(fd) if SPOOL_FILE.fullmatch(e.name)]:
+            if not stat.S_ISDIR(os.stat(entry, dir_fd=fd, follow_symlinks=False).st_mode):
+                os.unlink(entry, dir_fd=fd)
+    finally:
+        os.close(fd)
+    try:
+        os.rmdir(name, dir_fd=folder_fd)
+    except OSError as err:
+        if err.errno != errno.ENOTEMPTY:
+            raise
+        log.warning("left %s in place: it is named like svfrd's scratch folder but holds files svfrd did not "
+                    "write; move them out (or the folder away) and remove it", printable(str(folder / name)))
+        return False
+    return True
 
 
 def clean_stale_temp_files(outbox: str | Path) -> list[Path]:
@@ -260,9 +299,7 @@ def clean_stale_temp_files(outbox: str | Path) -> list[Path]:
             if entry.name.startswith(".") and entry.name.endswith(TEMP_SUFFIX) and entry.is_file(follow_symlinks=False):
                 os.unlink(entry.path)
                 removed.append(Path(entry.path))
-            elif _is_spool_folder(entry):
-                shutil.rmtree(entry.path)
-                removed.append(Path(entry.path))
+    removed += _remove_spools(outbox, None)
     if removed:
         fsync_folder(outbox)
     return removed

@@ -7,13 +7,15 @@
               -> one output pass: decode, paste every face of the frame (smallest first, so the larger,
                  nearer face ends on top), encode
 
-Tracks run one after another, so the GPU holds one face's work at a time, and memory holds one crop per track
-at most: the spool is on disk.
+Tracks run one after another, so the GPU holds one face's work at a time. Memory holds a track's crop squares
+over its own frames only (not the whole video's), and one crop per track in view at most: the spool is on
+disk, read back streaming, and each track's spool file is closed and removed once the output has passed it.
 """
 
 from __future__ import annotations
 
 import time
+from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -38,7 +40,8 @@ REPORTED_TRACKS = 50
 
 @dataclass
 class PlannedTrack:
-    """A face track and what is done with it: `crops` to restore, or why it is `skipped`."""
+    """A face track and what is done with it: `crops` to restore, or why it is `skipped`. The crop squares
+    cover the track's own frames, `frame_range`, only (`FaceTrack.as_window`): use `box` and `has_face`."""
 
     number: int  # 1, 2, ... in order of first appearance
     track: FaceTrack
@@ -48,11 +51,17 @@ class PlannedTrack:
 
     @property
     def frame_range(self) -> tuple[int, int]:
-        """(start, end), end exclusive: the detections, widened by the bridged frames of the crop track."""
-        if self.crops is None:
-            return self.track.first, self.track.last + 1
-        frames = np.flatnonzero(self.crops.has_face)
-        return int(frames[0]), int(frames[-1]) + 1
+        """(start, end), end exclusive: from the first detection to the last. A face that enters or leaves
+        mid-shot is restored over that range only; a crop track held beyond it would cover the empty place it
+        came from or went to."""
+        return self.track.first, self.track.last + 1
+
+    def box(self, index: int) -> CropBox:
+        """The crop square on frame `index` of the video (within `frame_range`)."""
+        return self.crops.boxes[index - self.track.first]
+
+    def has_face(self, index: int) -> bool:
+        return bool(self.crops.has_face[index - self.track.first])
 
     def report(self, engine: str | None) -> dict:
         return {
@@ -85,7 +94,7 @@ def plan_tracks(tracks: list[FaceTrack], frame_height: int, min_size: float, max
 
 class CropSpool:
     """Restored 512x512 crops of one track on disk, losslessly (PNG at low compression: fast, about a third
-    of the raw size), read back in order. Only the offsets stay in memory."""
+    of the raw size), read back once, in order, then removed. Only the sizes stay in memory."""
 
     def __init__(self, path: Path):
         self.path = path
@@ -105,6 +114,9 @@ class CropSpool:
     def __len__(self) -> int:
         return len(self._sizes)
 
+    def remove(self) -> None:
+        self.path.unlink(missing_ok=True)
+
     def read(self) -> Iterator[np.ndarray]:
         with open(self.path, "rb") as f:
             for size in self._sizes:
@@ -113,14 +125,15 @@ class CropSpool:
 
 
 class TrackCropStream:
-    """The crops of one face track, frames `start` to `end`, for the engine (`svfrd.engines.interface`): each
+    """The crops of one face track, over its `frame_range`, for the engine (`svfrd.engines.interface`): each
     iteration decodes the video anew, so memory stays bounded."""
 
-    def __init__(self, source: Path, crops: FrameCrops, start: int, end: int, mask: Mask | None, limits):
-        self.source, self.crops, self.start, self.end = source, crops, start, end
-        self.mask, self.limits = mask, limits
+    def __init__(self, source: Path, plan: PlannedTrack, mask: Mask | None, limits):
+        self.source, self.plan, self.mask, self.limits = source, plan, mask, limits
+        self.start, self.end = plan.frame_range
+        crops: FrameCrops = plan.crops
         self.enlargement = max(1.0, CROP_SIZE / float(np.median(
-            [self.crops.boxes[i].size for i in range(start, end) if self.crops.has_face[i]])))
+            [box.size for box, face in zip(crops.boxes, crops.has_face) if face])))
 
     def __len__(self) -> int:
         return self.end - self.start
@@ -131,9 +144,9 @@ class TrackCropStream:
                 return
             if frame.index < self.start:
                 continue
-            box = self.crops.boxes[frame.index]
+            box = self.plan.box(frame.index)
             mask = self.mask.for_crop(box) if self.mask is not None else None
-            yield FaceCrop(image=crop_face(frame.image, box), mask=mask, has_face=bool(self.crops.has_face[frame.index]))
+            yield FaceCrop(image=crop_face(frame.image, box), mask=mask, has_face=self.plan.has_face(frame.index))
 
 
 def restore_tracks(source: Path, plans: list[PlannedTrack], engine: Engine, request: RestoreRequest,
@@ -141,20 +154,21 @@ def restore_tracks(source: Path, plans: list[PlannedTrack], engine: Engine, requ
                    progress: ProgressReporter) -> tuple[dict[int, CropSpool], list[str]]:
     """Run the engine over each planned track in turn; returns each track's spool by its number, and the
     engine's warnings of all runs. A reference face from the sidecar shows the main subject, so only the
-    largest track gets it."""
+    largest track gets it. Progress goes forward over all runs: each run's stages are prefixed "face N of M"
+    and map its frames into the share of all tracks' frames that its track has (`_overall`)."""
     chosen = [p for p in plans if p.skipped is None]
     main = main_track(plans)
     total = sum(p.frame_range[1] - p.frame_range[0] for p in chosen)
     done_before = 0
     spools, warnings = {}, []
-    for plan in chosen:
-        start, end = plan.frame_range
-        stream = TrackCropStream(source, plan.crops, start, end, mask, limits)
+    for n, plan in enumerate(chosen, 1):
+        stream = TrackCropStream(source, plan, mask, limits)
         own_request = request if plan is main else RestoreRequest(
             tasks=request.tasks, seed=request.seed, reference_face=None, options=request.options)
         spool = CropSpool(spool_dir / f"track-{plan.number}.png-spool")
         spools[plan.number] = spool
-        _restore_one(engine, own_request, stream, spool, _overall(progress, done_before, len(stream), total))
+        label = f"face {n} of {len(chosen)}"
+        _restore_one(engine, own_request, stream, spool, _overall(progress, label, done_before, len(stream), total))
         done_before += len(stream)
         warnings += [w for w in engine.warnings() if w not in warnings]
     return spools, warnings
@@ -165,10 +179,10 @@ def main_track(plans: list[PlannedTrack]) -> PlannedTrack:
     return max((p for p in plans if p.skipped is None), key=lambda p: (p.track.total_area, -p.number))
 
 
-def _overall(progress: ProgressReporter, before: int, length: int, total: int) -> ProgressReporter:
-    """Progress of one track's run as a share of all tracks' frames."""
+def _overall(progress: ProgressReporter, label: str, before: int, length: int, total: int) -> ProgressReporter:
+    """Progress of one track's run as a share of all tracks' frames, its stages named "`label`: stage"."""
     def report(stage: str, done: int, of: int) -> None:
-        progress(stage, before + (done * length // of if of else 0), total)
+        progress(f"{label}: {stage}", before + (min(done, of) * length // of if of else 0), total)
     return report
 
 
@@ -205,24 +219,15 @@ def write_composite(source: Path, output: Path, info: VideoInfo, frames: int, pl
                     progress: ProgressReporter, busy: dict[str, float]) -> dict:
     """The one output pass: every frame decoded, its faces pasted (`composite_frame`), encoded; returns the
     frame size facts as `svfrd.media.pipeline` reports them."""
-    chosen = [p for p in plans if p.skipped is None]
-    readers = {p.number: spools[p.number].read() for p in chosen}
-    ranges = {p.number: p.frame_range for p in chosen}
-    by_size = sorted(chosen, key=lambda p: -p.track.total_area)
+    faces_in_view = _FacesInView(plans, spools)
     decoded = threaded("decode", lambda: decode_again(source, frames, limits), 4, busy)
     try:
         with VideoWriter(output, info, crf=crf, audio_source=source) as writer:
             written = 0
             for frame in decoded:
                 started = time.perf_counter()
-                faces = []
-                for plan in by_size:
-                    start, end = ranges[plan.number]
-                    if start <= frame.index < end:
-                        face = next(readers[plan.number])
-                        if plan.crops.has_face[frame.index]:
-                            faces.append((face, plan.crops.boxes[frame.index], plan))
-                after = composite_frame(frame.image, [(f, b) for f, b, _ in faces], in_place=previews is None)
+                faces = faces_in_view.on(frame.index)
+                after = composite_frame(frame.image, faces, in_place=previews is None)
                 pasted = time.perf_counter()
                 writer.write(after, frame.pts)
                 encoded = time.perf_counter()
@@ -241,16 +246,62 @@ def write_composite(source: Path, output: Path, info: VideoInfo, frames: int, pl
         raise
     finally:
         decoded.close()
-        for reader in readers.values():
-            reader.close()
+        faces_in_view.close()
     return size
 
 
-def _preview(previews: PreviewMaker, frame: Frame, after: np.ndarray, faces: list) -> None:
+class _FacesInView:
+    """The restored faces of each frame, read from the spools of the tracks in view (frames in order): a
+    track's spool is opened at its first frame, and closed and removed after its last, so open files and disk
+    use follow the faces in view, not all the video's tracks."""
+
+    def __init__(self, plans: list[PlannedTrack], spools: dict[int, CropSpool]):
+        self.spools = spools
+        chosen = [p for p in plans if p.skipped is None]
+        self.waiting = deque(sorted(chosen, key=lambda p: (p.frame_range[0], p.number)))
+        self.in_view: list[tuple[PlannedTrack, Iterator[np.ndarray]]] = []
+
+    def on(self, index: int) -> list[tuple[np.ndarray, CropBox]]:
+        """(restored face, crop square) of each face on frame `index`, the largest track first."""
+        while self.waiting and self.waiting[0].frame_range[0] <= index:
+            plan = self.waiting.popleft()
+            self.in_view.append((plan, self.spools[plan.number].read()))
+            self.in_view.sort(key=lambda item: (-item[0].track.total_area, item[0].number))
+        faces = []
+        for plan, reader in self.in_view:
+            face = next(reader)
+            if plan.has_face(index):
+                faces.append((face, plan.box(index)))
+        for item in [item for item in self.in_view if item[0].frame_range[1] <= index + 1]:
+            self.in_view.remove(item)
+            self._done(*item)
+        return faces
+
+    def close(self) -> None:
+        for item in self.in_view:
+            self._done(*item)
+        self.in_view = []
+
+    def _done(self, plan: PlannedTrack, reader: Iterator[np.ndarray]) -> None:
+        reader.close()
+        self.spools[plan.number].remove()
+
+
+def frames_with_face(plans: list[PlannedTrack], frames: int) -> int:
+    """Frames of the video on which at least one restored track has its face."""
+    covered = np.zeros(frames, bool)
+    for plan in plans:
+        if plan.skipped is None:
+            start, end = plan.frame_range
+            covered[start:end] |= plan.crops.has_face
+    return int(covered.sum())
+
+
+def _preview(previews: PreviewMaker, frame: Frame, after: np.ndarray, faces: list[tuple[np.ndarray, CropBox]]) -> None:
     """The contact sheet shows the largest face of the frame, before and after."""
     pair = None
     if faces and previews.wants_sheet_frame(frame.index):
-        face, box, _ = faces[0]
+        face, box = faces[0]
         pair = (crop_face(frame.image, box), face)
     previews.add(frame.index, frame.pts, frame.image, after, pair)
 

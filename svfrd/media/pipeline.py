@@ -34,6 +34,7 @@ from svfrd.media.masks import Mask, load_mask, load_reference_face
 from svfrd.media.multiface import (
     PlannedTrack,
     decode_again,
+    frames_with_face,
     main_track,
     plan_tracks,
     restore_tracks,
@@ -251,8 +252,8 @@ def _restore_video(job: PipelineJob, engine: Engine, progress: ProgressReporter,
             frame_size = write_composite(job.source, job.output, info, seen.frames, plans, spools, crf,
                                          job.limits, _preview_maker(job, seen.frames, info), progress, busy)
         written = seen.frames
-        frames_with_face = int(np.any([p.crops.has_face for p in plans if p.skipped is None], axis=0).sum())
-        warnings += _every_face_warnings(plans, seen.frames, frames_with_face)
+        with_face = frames_with_face(plans, seen.frames)
+        warnings += _every_face_warnings(plans, seen.frames, with_face)
     else:
         crops = _crop_squares(track, crop_policy, info)
         shelf = FrameShelf()
@@ -261,7 +262,7 @@ def _restore_video(job: PipelineJob, engine: Engine, progress: ProgressReporter,
                               busy)
         written, frame_size = _restore_and_write(engine, request, stream, output, progress)
         engine_notes = list(engine.warnings())
-        frames_with_face = int(crops.has_face.sum())
+        with_face = int(crops.has_face.sum())
         warnings += _face_warnings(track, crops, restore)
         warnings += [note for note in skipped_note if "left as they are" in note]
     timings["restore_and_encode_s"] = time.monotonic() - mark
@@ -275,7 +276,7 @@ def _restore_video(job: PipelineJob, engine: Engine, progress: ProgressReporter,
         rotation=info.rotation,
         audio_streams=len(info.audio),
         frame_size=frame_size,
-        frames_with_face=frames_with_face,
+        frames_with_face=with_face,
         face_tracking=face_tracking,
         crop_jitter=crop_jitter(crops),
         mask=None if mask is None else mask.coordinates,
@@ -313,16 +314,13 @@ def _max_gap_frames(info: VideoInfo) -> int:
 
 def _plan_every_face(job: PipelineJob, seen, info: VideoInfo, crop_policy: str, min_size: float,
                      max_faces: int) -> list[PlannedTrack]:
-    """Every face track, with the crop squares of those to restore (svfrd.media.multiface)."""
+    """Every face track, with the crop squares of those to restore over the track's own frames
+    (svfrd.media.multiface.PlannedTrack)."""
     max_gap = _max_gap_frames(info)
     plans = plan_tracks(link_face_tracks(seen, max_gap), info.height, min_size, max_faces)
     for plan in plans:
         if plan.skipped is None:
-            plan.crops = _crop_squares(plan.track.as_subject(seen.frames, seen.shots()), crop_policy, info)
-            # A face that enters or leaves mid-shot is restored from its first to its last detection only; the
-            # crop track would hold it beyond those, over the empty place it came from or went to.
-            plan.crops.has_face[: plan.track.first] = False
-            plan.crops.has_face[plan.track.last + 1 :] = False
+            plan.crops = _crop_squares(plan.track.as_window(), crop_policy, info)
     if not any(p.skipped is None for p in plans):
         largest = max((p.typical_size for p in plans), default=0.0)
         raise BadInputError(

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from itertools import islice
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -204,7 +205,7 @@ def _link_tracks(faces: list[list[DetectedFace]], start: int, end: int, max_gap:
         for face in faces[i]:
             best, best_iou = None, 0.2
             for t, track in enumerate(tracks):
-                last = max(track)
+                last = next(reversed(track))  # frames are added in order: max() would grow with the track
                 if t in taken or i - last > max_gap:
                     continue
                 overlap = _iou(track[last].box, face.box)
@@ -270,18 +271,19 @@ LINK_SIZE_RATIO = 1.6
 @dataclass
 class FaceTrack:
     """One person's face through part of one shot: detections by frame (looked-at frames only; the frames
-    between are filled by the crop track, `svfrd.media.crop.bridge_gaps`)."""
+    between are filled by the crop track, `svfrd.media.crop.bridge_gaps`), added in frame order: the linker
+    asks for the last ones every frame, which must not cost more as the track grows."""
 
     shot: tuple[int, int]
     faces: dict[int, DetectedFace] = field(default_factory=dict)
 
     @property
     def first(self) -> int:
-        return min(self.faces)
+        return next(iter(self.faces))
 
     @property
     def last(self) -> int:
-        return max(self.faces)
+        return next(reversed(self.faces))
 
     @property
     def total_area(self) -> float:
@@ -295,7 +297,7 @@ class FaceTrack:
     def predicted(self, index: int) -> tuple[float, float, float]:
         """(cx, cy, size) expected at frame `index`: the last detection moved on at the track's recent velocity
         (over up to its last three detections), so a face keeps its course through a crossing or a gap."""
-        frames = sorted(self.faces)[-3:]
+        frames = list(islice(reversed(self.faces), 3))[::-1]
         last = self.faces[frames[-1]]
         cx, cy = last.centre
         if len(frames) > 1:
@@ -313,6 +315,13 @@ class FaceTrack:
         for i, face in self.faces.items():
             boxes[i], points[i] = face.box, face.points5
         return SubjectTrack(boxes=boxes, points5=points, shots=shots, faces_seen=1, report={})
+
+    def as_window(self) -> SubjectTrack:
+        """This track over its own frames only, `first` to `last` (index 0 is frame `first`): crop squares
+        built from it cost memory for the track's length, not the whole video's."""
+        first = self.first
+        window = FaceTrack(self.shot, {i - first: face for i, face in self.faces.items()})
+        return window.as_subject(self.last - first + 1, [(0, self.last - first + 1)])
 
 
 def _face_size(face: DetectedFace) -> float:

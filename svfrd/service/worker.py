@@ -89,7 +89,9 @@ class JobProgress:
     JobCancelled when the user cancelled the job, or WorkerInterrupted when the daemon is stopping.
 
     Stages may interleave (the pipeline reports "encode" for each frame the engine "restore"s), so a stage's
-    rate is measured from when it was first reached, and its time is the sum of the spans reported under it."""
+    rate is measured from when it was first reached (and from the count it had then: each face's run of
+    several goes on from the frames of the faces before it, svfrd.media.multiface), and its time is the sum of
+    the spans reported under it."""
 
     def __init__(
         self,
@@ -104,7 +106,7 @@ class JobProgress:
         self.stage: str | None = None
         self.last_call = clock()
         self.last_write = -math.inf
-        self.first_seen: dict[str, float] = {}
+        self.first_seen: dict[str, tuple[float, int]] = {}  # stage: (when, done then)
         self.seconds_by_stage: dict[str, float] = {}
 
     def __call__(self, stage: str, done: int, total: int) -> None:
@@ -114,7 +116,7 @@ class JobProgress:
         self._account(stage, now)
         new_stage = stage not in self.first_seen
         if new_stage:
-            self.first_seen[stage] = now
+            self.first_seen[stage] = (now, done)
         if new_stage or now - self.last_write >= self.interval:
             self.last_write = now
             if record_progress(self.db, self.job_id, stage, done, total, self.eta(stage, done, total, now)):
@@ -128,10 +130,10 @@ class JobProgress:
 
     def eta(self, stage: str, done: int, total: int | None, now: float) -> float | None:
         """Seconds left in `stage` at the rate seen so far in it (None until there is a rate)."""
-        if not total or done <= 0 or done > total:
+        since, done_then = self.first_seen[stage]
+        if not total or done <= done_then or done > total:
             return None
-        elapsed = now - self.first_seen[stage]
-        return round(elapsed / done * (total - done), 1)
+        return round((now - since) / (done - done_then) * (total - done), 1)
 
     def timings(self) -> dict[str, float]:
         """Seconds spent per stage so far."""

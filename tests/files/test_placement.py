@@ -19,6 +19,7 @@ from svfrd.files.placement import (
     move_input_to,
     publish,
     publish_text,
+    spool_folder,
     temp_output_path,
     write_error_report,
 )
@@ -222,3 +223,38 @@ def test_a_symlink_moved_across_filesystems_stays_a_link_and_its_target_is_never
 
     assert moved.is_symlink() and os.readlink(moved) == str(secret)
     assert not link.exists() and secret.read_bytes() == b"not for svfrd"
+
+
+def spool_named(outbox: Path, result: str, random: str) -> Path:
+    """A folder named as `spool_folder` names one (checked), left behind as a killed run leaves it."""
+    made = spool_folder(outbox / f".{result}.part")
+    assert Path(made.name).name[: -len("XXXXXXXX.part")] == f"..{result}.part.spool-"
+    made.cleanup()
+    folder = outbox / f"..{result}.part.spool-{random}.part"
+    folder.mkdir()
+    return folder
+
+
+def test_start_up_removes_only_folders_named_exactly_like_a_spool_and_only_its_own_files(tmp_path):
+    outbox, elsewhere = tmp_path / "outbox", tmp_path / "elsewhere"
+    outbox.mkdir()
+    elsewhere.mkdir()
+    (elsewhere / "album.jpg").write_text("a user's file")
+    ours = spool_named(outbox, "clip.restored.mp4", "ab_c1234")
+    (ours / "track-1.png-spool").write_bytes(b"png")
+    (ours / "track-2.png-spool").symlink_to(elsewhere / "album.jpg")  # the link goes, never its target
+    lookalike = outbox / ".photos.spool-2020.part"  # a user's: not the exact name spool_folder makes
+    lookalike.mkdir()
+    (lookalike / "track-1.png-spool").write_text("keep")
+    crowded = spool_named(outbox, "other.restored.mp4", "zzzzzzzz")
+    (crowded / "track-1.png-spool").write_bytes(b"png")
+    (crowded / "holiday.mp4").write_text("a user's file put in there")
+    linked = outbox / "..third.restored.mp4.part.spool-12345678.part"
+    linked.symlink_to(elsewhere, target_is_directory=True)  # a spool's name on a link to a user's folder
+
+    assert clean_stale_temp_files(outbox) == [ours]
+
+    assert not ours.exists() and (elsewhere / "album.jpg").read_text() == "a user's file"
+    assert (lookalike / "track-1.png-spool").read_text() == "keep"
+    assert os.listdir(crowded) == ["holiday.mp4"]
+    assert linked.is_symlink() and os.listdir(elsewhere) == ["album.jpg"]

@@ -3,6 +3,7 @@ composite; on real clips of three different real people (tests/helpers/media_cli
 
 from __future__ import annotations
 
+import os
 from dataclasses import replace
 from pathlib import Path
 
@@ -13,11 +14,13 @@ from PIL import Image
 
 from svfrd.config import FacesConfig
 from svfrd.domain import Task
+from svfrd.errors import JobCancelled
 from svfrd.media.crop import crop_face, tracked_crops
-from svfrd.media.multiface import composite_frame, plan_tracks
+from svfrd.media.faces import DetectedFace
+from svfrd.media.multiface import CropSpool, _FacesInView, composite_frame, plan_tracks
 from svfrd.media.paste import paste_back
 from svfrd.media.pipeline import restore_video
-from svfrd.media.tracking import link_face_tracks, scan_faces, select_subject
+from svfrd.media.tracking import FaceTrack, link_face_tracks, scan_faces, select_subject
 from svfrd.media.video_io import VideoWriter, iter_frames, probe
 from tests.helpers.media_clips import crossing_frames, face_model_path, people_frames, write_clip
 from tests.media.test_pipeline_restore import ignore_progress, make_job
@@ -194,3 +197,87 @@ def test_a_frame_mask_reaches_every_face_crop_it_covers(tmp_path, people_clip):
             assert crop_mask.all(axis=1).any()  # the bar spans each crop's full width
         bar_rows.append(float(np.flatnonzero(run[0].any(axis=1)).mean()))
     assert abs(bar_rows[0] - bar_rows[1]) > 20  # mapped through each face's own crop square
+
+
+class ProgressEngine(RunRecorder):
+    """Test double: reports "restore" progress per crop, as the classical engine does; fails its run number
+    `fail_run` (1-based) once it has restored half of its crops."""
+
+    def __init__(self, fail_run: int | None = None):
+        super().__init__()
+        self.fail_run = fail_run
+
+    def restore(self, request, crops, progress):
+        run = len(self.runs) + 1
+        progress("restore", 0, len(crops))
+        for done, face in enumerate(super().restore(request, crops, progress), 1):
+            if run == self.fail_run and done > len(crops) // 2:
+                raise RuntimeError("the engine failed on this face")
+            yield face
+            progress("restore", done, len(crops))
+
+
+def leftovers(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if p.name != "people.mp4")
+
+
+def test_progress_over_several_faces_goes_forward_and_names_the_face(tmp_path, people_clip):
+    reports = []
+    restore_video(every_face_job(tmp_path, people_clip), ProgressEngine(),
+                  lambda stage, done, total: reports.append((stage, done, total)))
+    restore = [(stage, done, total) for stage, done, total in reports if stage.endswith(": restore")]
+    assert [stage for stage, _, _ in restore] == ["face 1 of 2: restore"] * 13 + ["face 2 of 2: restore"] * 13
+    assert [done for _, done, _ in restore] == sorted(done for _, done, _ in restore)  # never back to 0
+    assert restore[-1][1:] == (24, 24) and restore[13][1] == 12  # the 2nd face goes on from the 1st's frames
+
+
+@pytest.mark.parametrize("how", ["engine fails", "cancel"])
+def test_a_run_stopped_on_the_second_face_leaves_no_output_and_no_spool(tmp_path, people_clip, how):
+    job = every_face_job(tmp_path, people_clip)
+    spools_seen = []
+
+    def progress(stage, done, total):
+        if stage.startswith("face 2 of 2") and done >= total * 3 // 4:
+            spools_seen.extend(sorted(os.listdir(p)) for p in tmp_path.iterdir() if ".spool-" in p.name)
+            if how == "cancel":
+                raise JobCancelled("cancelled by the user (svfrd cancel)")
+
+    engine = ProgressEngine(fail_run=2 if how == "engine fails" else None)
+    with pytest.raises(RuntimeError if how == "engine fails" else JobCancelled):
+        restore_video(job, engine, progress)
+    assert len(engine.runs) == 2
+    assert spools_seen[0] == ["track-1.png-spool", "track-2.png-spool"]  # on disk while the second face ran
+    assert leftovers(tmp_path) == []
+
+
+def test_each_tracks_crop_squares_cover_its_own_frames_only(tmp_path):
+    clip = write_clip(tmp_path / "third.mp4", people_frames(16, third_from=8))
+    info = probe(clip)
+    seen = scan_faces(clip, info, face_model_path(), max_faces=8)
+    plans = plan_tracks(link_face_tracks(seen, MAX_GAP), info.height, 0.05, 8)
+    for plan in plans:
+        plan.crops = tracked_crops(plan.track.as_window(), MAX_GAP)
+        start, end = plan.frame_range
+        assert len(plan.crops) == end - start and plan.has_face(start) and plan.has_face(end - 1)
+        whole = tracked_crops(plan.track.as_subject(seen.frames, seen.shots()), MAX_GAP)
+        assert [plan.box(i) for i in range(start, end)] == whole.boxes[start:end]  # the same squares
+    assert sorted(p.frame_range[0] for p in plans)[-1] >= 8
+
+
+def test_a_tracks_spool_is_closed_and_removed_once_the_output_has_passed_it(tmp_path):
+    def track(x: float, frames: int) -> FaceTrack:
+        points = np.zeros((5, 2), np.float32)
+        return FaceTrack((0, 10), {i: DetectedFace(box=(x, 10.0, x + 40, 60.0), points5=points) for i in range(frames)})
+
+    plans = plan_tracks([track(10, 4), track(100, 8)], 200, 0.0, 8)
+    spools = {}
+    for plan in plans:
+        plan.crops = tracked_crops(plan.track.as_window(), MAX_GAP)
+        spools[plan.number] = CropSpool(tmp_path / f"track-{plan.number}.png-spool")
+        for _ in range(len(plan.crops)):
+            spools[plan.number].write(np.full((512, 512, 3), plan.number, np.uint8))
+        spools[plan.number].finish()
+    in_view = _FacesInView(plans, spools)
+    seen = [[int(face[0, 0, 0]) for face, _ in in_view.on(i)] for i in range(10)]
+    assert seen == [[1, 2]] * 4 + [[1]] * 4 + [[]] * 2  # the larger track (more face area in all) first
+    assert not spools[1].path.exists() and not spools[2].path.exists()

@@ -101,3 +101,13 @@ def test_the_status_line_shows_control_characters_in_a_name_escaped():
     job = Job(id=3, inbox="/in", source_name="a\nREADY=1\x1b[2J.mp4", source_path="/in/x", tasks="0",
               content_hash="h", dedupe_key="k", stage="pass 2")
     assert running_status(job) == "job 3: restoring a\\nREADY=1\\x1b[2J.mp4 — pass 2"
+
+
+def test_a_stage_reached_part_way_estimates_from_the_frames_done_in_it(db_and_job):
+    db, job = db_and_job
+    clock = FakeClock()
+    progress = JobProgress(db, job.id, interrupted=lambda: False, interval=2.0, clock=clock)
+    progress("face 2 of 2: restore", 50, 100)  # the first face's frames were done before this stage began
+    clock.advance(10.0)
+    progress("face 2 of 2: restore", 75, 100)  # 25 frames in 10 s: 25 more take 10 s
+    assert get_job(db, job.id).eta_seconds == pytest.approx(10.0)
