@@ -151,8 +151,11 @@ def test_restore_largest_is_the_largest_face_pasted_alone(tmp_path, people_clip,
             image = paste_back(frame.image, 255 - crop_face(frame.image, box), box) if crops.has_face[
                 frame.index] else frame.image
             writer.write(image, frame.pts)
+    # MediaPipe's boxes and libx264's output vary a little between runs of the same frames, so the frames are
+    # held to "the same within a level on average": a face left out or another face pasted differs by tens.
     for ours, theirs in zip(iter_frames(job.output), iter_frames(expected), strict=True):
-        assert np.array_equal(ours.image, theirs.image)
+        difference = np.abs(ours.image.astype(np.int16) - theirs.image.astype(np.int16))
+        assert difference.mean() < 1.0, f"frame {ours.index}: mean difference {difference.mean():.2f}"
 
 
 def test_faces_below_min_size_are_reported_and_left_alone(tmp_path, people_clip):
