@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
 import tempfile
@@ -30,6 +29,7 @@ sys.path.insert(0, str(ROOT))
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 
+from bench.bench_pipeline import IdentityEngine, peak_rss_mib  # noqa: E402
 from tests.helpers.media_clips import (  # noqa: E402
     _place,
     astronaut_head,
@@ -38,22 +38,6 @@ from tests.helpers.media_clips import (  # noqa: E402
     lfw_person,
     write_clip,
 )
-
-
-class IdentityEngine:
-    name = "identity"
-    option_names = frozenset()
-
-    def check(self, request):
-        pass
-
-    def restore(self, request, crops, progress):
-        for crop in crops:
-            yield crop.image
-
-    def warnings(self):
-        return []
-
 
 WIDTH, HEIGHT = 440, 400
 
@@ -99,7 +83,7 @@ def run_one(source: Path, restore: str, classical: bool) -> dict:
         "faces_s": result.timings["faces_s"],
         "restore_s": result.timings["restore_and_encode_s"],
         "tracks": len(tracks),
-        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
+        "peak_rss_mib": peak_rss_mib(),
     }
 
 

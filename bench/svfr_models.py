@@ -125,6 +125,19 @@ def link_face_model(folder: Path, face_model: Path | None) -> None:
         (folder / FACE_MODEL_FILE).symlink_to(Path(face_model).resolve())
 
 
+def write_identity_models(
+    folder: Path, make_arcface, make_id_projection, generator: torch.Generator, face_model: Path | None
+) -> Path:
+    """The identity branch's two weight files and the face model's link, the last part of both model sets.
+    Takes constructors, not modules, so the global RNG is drawn in the same order as the files are written."""
+    arcface = make_arcface()
+    randomise_batch_norms(arcface, generator)
+    save_state_dict(arcface, folder / ARCFACE_WEIGHTS)
+    save_state_dict(make_id_projection(), folder / ID_LINEAR_WEIGHTS)
+    link_face_model(folder, face_model)
+    return folder
+
+
 def write_tiny_svfr_models(folder: Path, seed: int = 0, face_model: Path | None = None) -> Path:
     """Write the tiny model set into `folder` (created) and return it. `face_model`, if given, is linked into
     the folder where the engine looks for it by default."""
@@ -135,12 +148,7 @@ def write_tiny_svfr_models(folder: Path, seed: int = 0, face_model: Path | None 
     AutoencoderKLTemporalDecoder(**TINY_VAE_CONFIG).save_pretrained(folder / VAE_DIR)
     unet = UNetSpatioTemporalConditionModel.from_config({**TINY_UNET_CONFIG, "in_channels": SVFR_UNET_IN_CHANNELS})
     save_state_dict(unet, folder / UNET_WEIGHTS)
-    arcface = tiny_arcface()
-    randomise_batch_norms(arcface, generator)
-    save_state_dict(arcface, folder / ARCFACE_WEIGHTS)
-    save_state_dict(tiny_id_projection(), folder / ID_LINEAR_WEIGHTS)
-    link_face_model(folder, face_model)
-    return folder
+    return write_identity_models(folder, tiny_arcface, tiny_id_projection, generator, face_model)
 
 
 def write_full_svfr_models(
@@ -162,12 +170,7 @@ def write_full_svfr_models(
         unet = UNetSpatioTemporalConditionModel.from_config(svfr_unet_config())
     save_state_dict(unet, folder / UNET_WEIGHTS, dtype)
     del unet
-    arcface = IResNet()
-    randomise_batch_norms(arcface, generator)
-    save_state_dict(arcface, folder / ARCFACE_WEIGHTS)
-    save_state_dict(IdProjection(), folder / ID_LINEAR_WEIGHTS)
-    link_face_model(folder, face_model)
-    return folder
+    return write_identity_models(folder, IResNet, IdProjection, generator, face_model)
 
 
 def random_models(device: torch.device, dtype: torch.dtype) -> DiffusionModels:
