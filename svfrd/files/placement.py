@@ -23,7 +23,7 @@ from pathlib import Path, PurePosixPath
 from typing import Iterable
 
 from svfrd.errors import TransientError
-from svfrd.files.atomic import TEMP_SUFFIX, create_temp, fsync_file, fsync_folder, hidden_temp_path
+from svfrd.files.atomic import TEMP_SUFFIX, create_temp, fsync_file, fsync_folder, hidden_temp_path, is_temp_name
 from svfrd.files.beneath import is_beneath, open_folder, relative_parts
 from svfrd.ops.printable import printable, printable_lines
 
@@ -296,7 +296,7 @@ def clean_stale_temp_files(outbox: str | Path) -> list[Path]:
     removed = []
     with os.scandir(outbox) as entries:
         for entry in entries:
-            if entry.name.startswith(".") and entry.name.endswith(TEMP_SUFFIX) and entry.is_file(follow_symlinks=False):
+            if is_temp_name(entry.name) and entry.is_file(follow_symlinks=False):
                 os.unlink(entry.path)
                 removed.append(Path(entry.path))
     removed += _remove_spools(outbox, None)

@@ -325,10 +325,8 @@ class Intake:
             f"svfrd could not take {relative_name(inbox.path, path)}: {type(err).__name__}: {err}. The file may be "
             "damaged; if it is not, this is a bug in svfrd, and the service log has the details to report it")
         try:
-            sidecar = sidecar_path_for(path)
-            sidecar = sidecar if sidecar.is_file() and not sidecar.is_symlink() else None
             result.failed.append(self._record_failure(
-                inbox, path, sidecar, None, self._hash_or_marker(inbox, path), refusal,
+                inbox, path, _plain_sidecar_of(path), None, self._hash_or_marker(inbox, path), refusal,
                 "The video and its sidecar (if any) were moved into this folder unchanged."))
         except Exception as second:  # noqa: BLE001 - the scan goes on whatever happens
             self._log_once(logging.ERROR, "could not move %s to failed/ either (%s); it is left where it is",
@@ -352,31 +350,12 @@ class Intake:
     def _refuse_long_name(self, inbox: InboxConfig, video: Path, result: ScanResult) -> None:
         """A failed job for a video whose derived names would be too long; it moves to failed/ (with its
         sidecar) under a shortened name, beside a note under that name too."""
-        source_name = relative_name(inbox.path, video)
-        err = BadInputError(f"{source_name}: {self._name_problem(video)}, and drop it into an inbox again")
-        sidecar = sidecar_path_for(video)
-        sidecar = sidecar if sidecar.is_file() and not sidecar.is_symlink() else None
-        content_hash = self._hash_or_marker(inbox, video)
-        job = insert_failed_job(
-            self.db, err,
-            inbox=str(inbox.path), source_name=source_name, source_path=str(video), sidecar_path=_text(sidecar),
-            tasks=inbox.tasks, content_hash=content_hash,
-            dedupe_key=dedupe_key_for(content_hash, inbox.tasks, inbox.options, DEFAULT_SEED),
-            max_attempts=self.config.service.max_attempts,
-        )
+        err = BadInputError(f"{relative_name(inbox.path, video)}: {self._name_problem(video)}, and drop it into an "
+                            "inbox again")
         short = names.shortened_name(video.name)
-        inputs = {"source_path": (video, short), "sidecar_path": (sidecar, sidecar_path_for(Path(short)).name)}
-        present = {column: pair for column, pair in inputs.items() if pair[0] is not None}
-        failed_folder = placement.mirror_folder(self.config.output.failed, source_name)
-        with self._forgotten_unless_moved(job):
-            moved = dict(zip(present, placement.move_input_to(
-                failed_folder, [path for path, _ in present.values()], beneath=inbox.path,
-                names=[name for _, name in present.values()])))
-        result.failed.append(set_input_paths(self.db, job.id, **moved))
-        placement.write_error_report(failed_folder, moved["source_path"].name,
-                                     f"{err}\n\nsvfrd job {job.id}. The video was moved into this folder as "
-                                     f"{moved['source_path'].name}, its sidecar (if any) beside it.")
-        log.warning("job %d failed: %s", job.id, err)
+        result.failed.append(self._record_failure(
+            inbox, video, _plain_sidecar_of(video), None, self._hash_or_marker(inbox, video), err,
+            "The video was moved into this folder as {name}, its sidecar (if any) beside it.", as_name=short))
 
     def _take(self, inbox: InboxConfig, video: Path, result: ScanResult) -> None:
         sidecar = sidecar_path_for(video)
@@ -466,15 +445,16 @@ class Intake:
             f"in an inbox (a link could make the service read a file that was not given to it). Copy the {what} "
             "itself into the inbox (e.g. `cp -L`)."
         )
-        sidecar = sidecar_path_for(link) if is_candidate_video(link.name) else None
-        if sidecar is not None and not (sidecar.is_file() and not sidecar.is_symlink()):
-            sidecar = None
+        sidecar = _plain_sidecar_of(link) if is_candidate_video(link.name) else None
         link_hash = hashlib.sha256(f"symlink:{target}".encode()).hexdigest()  # the target is never read
         result.failed.append(self._record_failure(inbox, link, sidecar, None, link_hash, err,
                                                   "The link itself (not its target) was moved into this folder."))
 
     def _record_failure(self, inbox: InboxConfig, video: Path, sidecar: Path | None, mask: Path | None,
-                        content_hash: str, err: BadInputError, moved_note: str) -> Job:
+                        content_hash: str, err: BadInputError, moved_note: str, as_name: str | None = None) -> Job:
+        """A failed job for `video`, its files moved together to failed/ beside NAME.error.txt. `as_name`: the
+        video's name there (its sidecar follows it), for a name too long to keep; `{name}` in `moved_note`
+        becomes the name the video got."""
         source_name = relative_name(inbox.path, video)
         job = insert_failed_job(
             self.db, err,
@@ -486,12 +466,17 @@ class Intake:
         failed_folder = placement.mirror_folder(self.config.output.failed, source_name)
         inputs = {"source_path": video, "sidecar_path": sidecar, "mask_path": mask}
         present = {column: path for column, path in inputs.items() if path is not None}
+        wanted = None
+        if as_name is not None:
+            renamed = {"source_path": as_name, "sidecar_path": sidecar_path_for(Path(as_name)).name}
+            wanted = [renamed.get(column, path.name) for column, path in present.items()]
         with self._forgotten_unless_moved(job):
             moved = dict(zip(present, placement.move_input_to(failed_folder, list(present.values()),
-                                                              beneath=inbox.path)))
+                                                              beneath=inbox.path, names=wanted)))
         job = set_input_paths(self.db, job.id, **moved)
         placement.write_error_report(failed_folder, moved["source_path"].name,
-                                     f"{err}\n\nsvfrd job {job.id}. {moved_note}")
+                                     f"{err}\n\nsvfrd job {job.id}. "
+                                     + moved_note.replace("{name}", moved["source_path"].name))
         log.warning("job %d failed: %s", job.id, err)
         return job
 
@@ -555,6 +540,12 @@ def _check_extra_names(spec: JobSpec) -> None:
         problem = None if path is None else names.derived_name_problem(path.name, extra=True)
         if problem is not None:
             raise BadInputError(f"the {what} {path.name}: {problem}, and name it so in the sidecar")
+
+
+def _plain_sidecar_of(video: Path) -> Path | None:
+    """`NAME.toml` beside `video` when it is a plain file there (not a link), else None."""
+    sidecar = sidecar_path_for(video)
+    return sidecar if sidecar.is_file() and not sidecar.is_symlink() else None
 
 
 def _link_signature(link: Path) -> Signature:
