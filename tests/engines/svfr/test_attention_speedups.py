@@ -18,14 +18,9 @@ from svfrd.engines.svfr.pipeline import FixedChunks, SVFRPipeline, SVFRSettings
 from svfrd.engines.svfr.speedups import Speedups, apply_speedups, configure_backends
 from svfrd.errors import ConfigError
 from tests.helpers.paths import FACE_MODEL
-from tests.helpers.tiny_svfr import TINY_UNET_CONFIG, face_crops, write_tiny_svfr_models
+from tests.helpers.tiny_svfr import TINY_UNET_CONFIG, face_crops
 
 SETTINGS = SVFRSettings(steps=2, pass1_steps=2, mode="reference")
-
-
-@pytest.fixture(scope="module")
-def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_tiny_svfr_models(tmp_path_factory.mktemp("svfr-models"))
 
 
 def unet_output(unet: torch.nn.Module) -> torch.Tensor:

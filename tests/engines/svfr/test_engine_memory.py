@@ -29,7 +29,7 @@ from svfrd.engines.svfr.sampler import SamplerSettings, UNetFallback, denoise_la
 from svfrd.errors import BadInputError, ConfigError, TransientError
 from tests.helpers.oom import fail_above, fail_above_rows, lift
 from tests.helpers.paths import FACE_MODEL
-from tests.helpers.tiny_svfr import engine_config, face_crops, write_tiny_svfr_models
+from tests.helpers.tiny_svfr import engine_config, face_crops
 
 REQUEST = RestoreRequest(tasks=frozenset({Task.BFR}), seed=1)
 RESOLUTION = 64
@@ -38,11 +38,6 @@ RESOLUTION = 64
 #: arithmetic differently (measured: high 0, balanced 0, low 2 levels, mean 0.02; high may round differently on
 #: another CPU, so 1 is allowed).
 TIER_TOLERANCE = {"high": 1, "balanced": 0, "low": 2}
-
-
-@pytest.fixture(scope="module")
-def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_tiny_svfr_models(tmp_path_factory.mktemp("svfr-models"))
 
 
 def small_engine(models_dir: Path, **svfr: object) -> SvfrEngine:

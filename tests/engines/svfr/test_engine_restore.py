@@ -24,7 +24,7 @@ from svfrd.errors import BadInputError
 from svfrd.media.faces import DetectedFace
 from tests.helpers.media_clips import astronaut
 from tests.helpers.paths import FACE_MODEL
-from tests.helpers.tiny_svfr import engine_config, face_crops, write_tiny_svfr_models
+from tests.helpers.tiny_svfr import engine_config, face_crops
 
 needs_face_model = pytest.mark.skipif(
     not FACE_MODEL.is_file(), reason="models/face_landmarker.task missing: run scripts/ensure-env"
@@ -32,11 +32,6 @@ needs_face_model = pytest.mark.skipif(
 RESOLUTION = 64
 
 TASK_COMBINATIONS = [(0,), (1,), (2,), (0, 1), (0, 1, 2)]
-
-
-@pytest.fixture(scope="module")
-def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_tiny_svfr_models(tmp_path_factory.mktemp("svfr-models"))
 
 
 @pytest.fixture(scope="module")
