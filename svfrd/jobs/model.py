@@ -83,6 +83,12 @@ class Job(SQLModel, table=True):
     not_before: datetime | None = None
     cancel_requested: bool = False
     worker_pid: int | None = None
+    # The claim of a running job (docs/architecture.md, "Workers, claims and leases"): who runs it, a fresh
+    # random token per claim that publication compares (fencing), and until when the claim holds unless renewed.
+    claim_host: str | None = None
+    claim_device: str | None = None
+    claim_token: str | None = None
+    lease_expires_at: datetime | None = None
 
     created_at: datetime = Field(default_factory=utcnow)
     started_at: datetime | None = None
