@@ -89,6 +89,8 @@ class Job(SQLModel, table=True):
     claim_device: str | None = None
     claim_token: str | None = None
     lease_expires_at: datetime | None = None
+    # The claim token of the attempt that planned the results (`output_path`): its temporary files carry it.
+    plan_token: str | None = None
 
     created_at: datetime = Field(default_factory=utcnow)
     started_at: datetime | None = None

@@ -614,6 +614,7 @@ def record_planned_results(
         if _name_planned_elsewhere(session, job_id, str(output_path)):
             raise NameTaken(f"{output_path} is planned by another job")
         job.output_path, job.report_path, job.stage = str(output_path), str(report_path), "publish"
+        job.plan_token = job.claim_token
         job.frames_done, job.frames_total, job.eta_seconds, job.updated_at = frames, frames, None, utcnow()
         return job
 
@@ -634,7 +635,7 @@ def planned_names_of_other_jobs(db: Engine, job_id: int) -> set[str]:
 
 def forget_planned_results(db: Engine, job_id: int) -> None:
     """The planned results are gone (deleted by hand): the job runs again and plans anew."""
-    _change(db, job_id, output_path=None, report_path=None)
+    _change(db, job_id, output_path=None, report_path=None, plan_token=None)
 
 
 def jobs_with_planned_results(db: Engine) -> list[Job]:

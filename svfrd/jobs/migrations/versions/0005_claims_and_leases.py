@@ -22,10 +22,12 @@ def upgrade() -> None:
         batch.add_column(sa.Column("claim_device", sqlmodel.sql.sqltypes.AutoString(), nullable=True))
         batch.add_column(sa.Column("claim_token", sqlmodel.sql.sqltypes.AutoString(), nullable=True))
         batch.add_column(sa.Column("lease_expires_at", sqlmodel.sql.sqltypes.UTCDateTime(), nullable=True))
+        batch.add_column(sa.Column("plan_token", sqlmodel.sql.sqltypes.AutoString(), nullable=True))
 
 
 def downgrade() -> None:
     with op.batch_alter_table("jobs") as batch:
+        batch.drop_column("plan_token")
         batch.drop_column("lease_expires_at")
         batch.drop_column("claim_token")
         batch.drop_column("claim_device")
