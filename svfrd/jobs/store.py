@@ -337,6 +337,14 @@ def requeue_expired_leases(db: Engine, max_interruptions: int, now: datetime | N
         return jobs
 
 
+def running_jobs_of_other_hosts(db: Engine, host: str) -> list[Job]:
+    """Running jobs claimed by a host other than `host` (which share the outbox with this one)."""
+    query = select(Job).where(Job.state == JobState.RUNNING.value, col(Job.claim_host).is_not(None),
+                              Job.claim_host != host)
+    with _session(db) as session:
+        return list(session.exec(query).all())
+
+
 def claim_is_held(job: Job | None, claim_token: str | None) -> bool:
     """Fencing: whether `job` is still running under the claim `claim_token` (None: no claim to check)."""
     if claim_token is None:

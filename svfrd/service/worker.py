@@ -171,11 +171,16 @@ class JobRunner:
         try:
             if claim_token is not None and job.claim_token != claim_token:
                 raise ClaimLost(f"job {job_id} was claimed again before this worker started it")
-            return JobFinished(job_id, self._run(job, logger))
-        except ClaimLost as err:
+            return self._run_and_settle(job, logger)
+        except ClaimLost as err:  # also from recording a failure: the row is another attempt's now
             self._discard_own_temps(job)
             logger.warning("stopped without publishing: %s", err)
             return JobFinished(job_id, Outcome.CLAIM_LOST)
+
+    def _run_and_settle(self, job: Job, logger: JobLogger) -> JobFinished:
+        job_id = job.id
+        try:
+            return JobFinished(job_id, self._run(job, logger))
         except JobCancelled as err:
             self._discard_unpublished(job_id)
             fail_job(self.db, job_id, err, retry_backoff=self.config.service.retry_backoff,
