@@ -148,10 +148,11 @@ def test_status_shows_state_tasks_progress_and_stage(folder, database, capsys):
     record_progress(database, running.id, "restore", 30, 120, 12.0)
 
     assert svfrd(folder, "status") == 0
-    rows = {name: line for line in capsys.readouterr().out.splitlines()
-            for name in ("first.mp4", "second.mp4") if name in line}
+    out = capsys.readouterr().out
+    rows = {name: line for line in out.splitlines() for name in ("first.mp4", "second.mp4") if name in line}
     assert all(word in rows["first.mp4"] for word in ("running", "25%", "restore", "bfr+colorize"))
     assert "queued" in rows["second.mp4"]
+    assert f"job {running.id} runs on {running.claim_host}, device ?, worker 1" in out
 
 
 def test_show_prints_every_field_with_service_interruptions_beside_the_attempts(folder, database, capsys):
