@@ -9,6 +9,7 @@ from __future__ import annotations
 import enum
 from datetime import datetime, timezone
 
+from sqlalchemy import Index
 from sqlmodel import Field, SQLModel
 
 from svfrd.domain import DEFAULT_SEED, Task
@@ -49,6 +50,8 @@ class ErrorKind(str, enum.Enum):
 
 class Job(SQLModel, table=True):
     __tablename__ = "jobs"
+    # The claim's order (svfrd.jobs.store.claim_next_job): the next queued job is found without a sort.
+    __table_args__ = (Index("ix_jobs_claim_order", "state", "created_at", "id"),)
 
     id: int | None = Field(default=None, primary_key=True)
     state: str = Field(default=JobState.QUEUED.value, index=True)

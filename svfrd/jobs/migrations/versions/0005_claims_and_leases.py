@@ -23,9 +23,12 @@ def upgrade() -> None:
         batch.add_column(sa.Column("claim_token", sqlmodel.sql.sqltypes.AutoString(), nullable=True))
         batch.add_column(sa.Column("lease_expires_at", sqlmodel.sql.sqltypes.UTCDateTime(), nullable=True))
         batch.add_column(sa.Column("plan_token", sqlmodel.sql.sqltypes.AutoString(), nullable=True))
+    # Every idle worker of every daemon claims the oldest queued job: an index in that order spares a sort.
+    op.create_index("ix_jobs_claim_order", "jobs", ["state", "created_at", "id"])
 
 
 def downgrade() -> None:
+    op.drop_index("ix_jobs_claim_order", table_name="jobs")
     with op.batch_alter_table("jobs") as batch:
         batch.drop_column("plan_token")
         batch.drop_column("lease_expires_at")
