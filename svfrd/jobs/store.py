@@ -21,7 +21,6 @@ from __future__ import annotations
 import hashlib
 import json
 import secrets
-import socket
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -265,7 +264,8 @@ def new_claim_token() -> str:
 def claim_next_job(db: Engine, worker_pid: int, now: datetime | None = None, *, host: str | None = None,
                    device: str | None = None, lease_seconds: float = DEFAULT_LEASE) -> Job | None:
     """Atomically move the oldest due queued job to running and return it (None if nothing is due), recording
-    the claimant (host, device, worker pid), a fresh `claim_token` and `lease_expires_at`.
+    the claimant (`host`: the daemon's name, `svfrd.service.recovery.this_daemon`; device; worker pid), a fresh
+    `claim_token` and `lease_expires_at`.
 
     The pick is `SELECT … FOR UPDATE SKIP LOCKED`, then an UPDATE of that row in the same transaction: on
     PostgreSQL concurrent claimers skip each other's rows; SQLite has no row locks (SQLAlchemy drops the
@@ -289,7 +289,7 @@ def claim_next_job(db: Engine, worker_pid: int, now: datetime | None = None, *, 
             .values(
                 state=JobState.RUNNING.value,
                 worker_pid=worker_pid,
-                claim_host=host or socket.gethostname(),
+                claim_host=host,
                 claim_device=device,
                 claim_token=new_claim_token(),
                 lease_expires_at=now + timedelta(seconds=lease_seconds),
