@@ -5,10 +5,14 @@ connection gets WAL (readers never block the writer), a busy timeout (writers qu
 `synchronous=FULL` (a finished job stays finished after a power cut) and foreign keys. Write transactions start
 with `BEGIN IMMEDIATE` so two processes never both read-then-write and then fail on lock upgrade.
 
+PostgreSQL is the store for several hosts sharing one queue (docs/architecture.md): `postgresql://` URLs open
+with psycopg 3 (the `svfrd[postgres]` extra), a connection is tested before each use (a daemon outlives server
+restarts and idle timeouts) and readers open their sessions read-only. Row locks (`SELECT ... FOR UPDATE`, and
+`SKIP LOCKED` for claims) do there what BEGIN IMMEDIATE does for SQLite.
+
 The schema belongs to Alembic (`migrations/`, shipped inside the package); `upgrade_database` runs it
 programmatically with a configuration built here, so it works from any working directory and from a plain
-(non-editable) install, with no alembic.ini. SQLite is the supported store. The SQL avoids SQLite-only
-constructs so that a server database (PostgreSQL, planned) can follow, but nothing tests another database yet.
+(non-editable) install, with no alembic.ini. The same migrations run on SQLite and PostgreSQL.
 """
 
 from __future__ import annotations
@@ -16,9 +20,22 @@ from __future__ import annotations
 from pathlib import Path
 
 from sqlalchemy import Engine, create_engine, event
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import URL, make_url
+
+from svfrd.errors import ConfigError
 
 BUSY_TIMEOUT_MS = 30_000
+
+#: The one PostgreSQL driver svfrd supports (psycopg 3); a plain `postgresql://` URL is mapped to it.
+POSTGRES_DRIVER = "psycopg"
+
+#: Makes every transaction of a reader's connection read-only: the server refuses any write.
+POSTGRES_READ_ONLY_OPTIONS = "-c default_transaction_read_only=on"
+
+POSTGRES_DRIVER_MISSING = (
+    "database_url names a PostgreSQL database, but its driver (psycopg 3) is not installed; "
+    "install it with: pip install 'svfrd[postgres]'"
+)
 
 #: The Alembic scripts ship inside the package, so a plain (non-editable) install can migrate.
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
@@ -26,12 +43,35 @@ MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 
 def open_database(url: str, *, read_only: bool = False) -> Engine:
     """An engine for `url`. For SQLite: creates the file's folder, sets the pragmas on every connection and
-    starts transactions with BEGIN IMMEDIATE (plain deferred BEGIN when `read_only`, for the status view)."""
+    starts transactions with BEGIN IMMEDIATE (plain deferred BEGIN when `read_only`, for the status view).
+    For PostgreSQL: psycopg 3, connections checked before use, and read-only sessions when `read_only`."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "postgresql":
+        return _open_postgres(parsed, read_only=read_only)
     engine = create_engine(url)
     if engine.dialect.name == "sqlite":
         _prepare_sqlite_folder(url)
         _install_sqlite_hooks(engine, read_only=read_only)
     return engine
+
+
+def postgres_url(url: str | URL) -> URL:
+    """`url` with the psycopg 3 driver: a plain `postgresql://` would make SQLAlchemy look for psycopg2."""
+    parsed = make_url(url)
+    if parsed.drivername == "postgresql":
+        parsed = parsed.set(drivername=f"postgresql+{POSTGRES_DRIVER}")
+    return parsed
+
+
+def _open_postgres(url: URL, *, read_only: bool) -> Engine:
+    connect_args = {"options": POSTGRES_READ_ONLY_OPTIONS} if read_only else {}
+    try:
+        # pre_ping: a daemon keeps its pool for days; a server restart must cost a reconnect, not a failed job.
+        return create_engine(postgres_url(url), pool_pre_ping=True, connect_args=connect_args)
+    except ModuleNotFoundError as err:
+        if err.name in ("psycopg", "psycopg2"):
+            raise ConfigError(POSTGRES_DRIVER_MISSING) from None
+        raise
 
 
 def _prepare_sqlite_folder(url: str) -> None:
