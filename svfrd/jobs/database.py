@@ -17,7 +17,9 @@ programmatically with a configuration built here, so it works from any working d
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
+from typing import Callable
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import URL, make_url
@@ -32,6 +34,14 @@ POSTGRES_DRIVER = "psycopg"
 #: Makes every transaction of a reader's connection read-only: the server refuses any write.
 POSTGRES_READ_ONLY_OPTIONS = "-c default_transaction_read_only=on"
 
+#: Filesystem types (as /proc/self/mountinfo names them) that other hosts can share. SQLite's WAL keeps its index
+#: in shared memory that only processes of one host see, and file locks over these are unreliable: the database
+#: corrupts (docs/architecture.md). PostgreSQL is the store for several hosts.
+NETWORK_FILESYSTEMS = frozenset({
+    "nfs", "nfs4", "cifs", "smb3", "smbfs", "9p", "afs", "ceph", "glusterfs", "lustre", "gpfs", "beegfs",
+    "fuse.sshfs", "sshfs", "fuse.glusterfs", "fuse.cephfs", "fuse.s3fs", "fuse.rclone", "fuse.gcsfuse",
+})
+
 POSTGRES_DRIVER_MISSING = (
     "database_url names a PostgreSQL database, but its driver (psycopg 3) is not installed; "
     "install it with: pip install 'svfrd[postgres]'"
@@ -41,13 +51,17 @@ POSTGRES_DRIVER_MISSING = (
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 
 
-def open_database(url: str, *, read_only: bool = False) -> Engine:
-    """An engine for `url`. For SQLite: creates the file's folder, sets the pragmas on every connection and
-    starts transactions with BEGIN IMMEDIATE (plain deferred BEGIN when `read_only`, for the status view).
-    For PostgreSQL: psycopg 3, connections checked before use, and read-only sessions when `read_only`."""
+def open_database(
+    url: str, *, read_only: bool = False, filesystem_type: Callable[[Path], str | None] | None = None
+) -> Engine:
+    """An engine for `url`. For SQLite: refuses a file on a network filesystem, creates the file's folder, sets
+    the pragmas on every connection and starts transactions with BEGIN IMMEDIATE (plain deferred BEGIN when
+    `read_only`, for the status view). For PostgreSQL: psycopg 3, connections checked before use, and
+    read-only sessions when `read_only`. `filesystem_type` replaces the mount table lookup (for tests)."""
     parsed = make_url(url)
     if parsed.get_backend_name() == "postgresql":
         return _open_postgres(parsed, read_only=read_only)
+    refuse_sqlite_on_network_filesystem(url, filesystem_type or filesystem_type_of)
     engine = create_engine(url)
     if engine.dialect.name == "sqlite":
         _prepare_sqlite_folder(url)
@@ -72,6 +86,69 @@ def _open_postgres(url: URL, *, read_only: bool) -> Engine:
         if err.name in ("psycopg", "psycopg2"):
             raise ConfigError(POSTGRES_DRIVER_MISSING) from None
         raise
+
+
+def refuse_sqlite_on_network_filesystem(url: str, filesystem_type: Callable[[Path], str | None]) -> None:
+    """Raise ConfigError, with what to do instead, when `url` names a SQLite file on a network filesystem."""
+    path = sqlite_file(url) or _sqlite_file_of_uri(url)
+    if path is None:
+        return
+    kind = filesystem_type(path)
+    if kind is None or kind.lower() not in NETWORK_FILESYSTEMS:
+        return
+    raise ConfigError(
+        f"the job database {path} is on a network filesystem ({kind}). SQLite must not be shared that way: its "
+        "write-ahead log works only for processes on one host, and over a network filesystem the database "
+        "corrupts. Put [service] state_dir (or database_url) on a local disk of this host; to share one queue "
+        "between several hosts, use a PostgreSQL server: database_url = \"postgresql://USER@HOST/DATABASE\" "
+        "(README, \"Several machines: PostgreSQL\")"
+    )
+
+
+def _sqlite_file_of_uri(url: str) -> Path | None:
+    """The file of a read-only `sqlite:///file:PATH?mode=ro&uri=true` URL (see `read_only_url`)."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite" or not (parsed.database or "").startswith("file:"):
+        return None
+    return Path(parsed.database.removeprefix("file:"))
+
+
+def filesystem_type_of(path: Path, mountinfo: str | None = None) -> str | None:
+    """The type of the filesystem holding `path` (or, before it exists, its nearest existing folder), as the
+    kernel's mount table names it: "ext4", "nfs4", "fuse.sshfs". None where there is no /proc (not Linux)."""
+    if mountinfo is None:
+        try:
+            mountinfo = Path("/proc/self/mountinfo").read_text()
+        except OSError:
+            return None
+    target = _resolved(path.absolute())
+    found: tuple[int, str] | None = None
+    for mount_point, kind in _mounts(mountinfo):
+        if mount_point == target or mount_point in target.parents:
+            # The deepest mount point holds the file; of stacked mounts on one point the last one listed shows.
+            if found is None or len(mount_point.parts) >= found[0]:
+                found = (len(mount_point.parts), kind)
+    return found[1] if found else None
+
+
+def _resolved(path: Path) -> Path:
+    """`path` with the links of its existing part resolved (a state folder may not be made yet)."""
+    existing, missing = path, []
+    while not existing.exists() and existing != existing.parent:
+        existing, missing = existing.parent, [existing.name, *missing]
+    return existing.resolve().joinpath(*missing)
+
+
+def _mounts(mountinfo: str):
+    """(mount point, filesystem type) per line of /proc/self/mountinfo: field 5 is the mount point (spaces
+    written as \\040), and the type is the first field after the " - " separator."""
+    for line in mountinfo.splitlines():
+        before, separator, after = line.partition(" - ")
+        fields = before.split()
+        if not separator or len(fields) < 5 or not after.split():
+            continue
+        mount_point = re.sub(r"\\([0-7]{3})", lambda escape: chr(int(escape.group(1), 8)), fields[4])
+        yield Path(mount_point), after.split()[0]
 
 
 def _prepare_sqlite_folder(url: str) -> None:
