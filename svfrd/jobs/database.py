@@ -186,6 +186,21 @@ def open_read_only(url: str) -> Engine:
     return open_database(read_only_url(url), read_only=True)
 
 
+def postgres_server_version(url: str) -> tuple[str, int] | None:
+    """(version as the server prints it, as a number: 150018 for 15.18) for a PostgreSQL `url`; None for
+    SQLite. Opens a read-only connection."""
+    if make_url(url).get_backend_name() != "postgresql":
+        return None
+    engine = open_read_only(url)
+    try:
+        with engine.connect() as connection:
+            shown = connection.exec_driver_sql("SHOW server_version").scalar()
+            number = connection.exec_driver_sql("SHOW server_version_num").scalar()
+        return str(shown).split()[0], int(number)
+    finally:
+        engine.dispose()
+
+
 def database_error_reason(err: BaseException) -> str:
     """The driver's own message, first line: SQLAlchemy's wrapper adds the SQL and a help link."""
     return str(getattr(err, "orig", None) or err).splitlines()[0]
