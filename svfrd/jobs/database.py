@@ -266,11 +266,23 @@ def upgrade_database(url: str, revision: str = "head") -> None:
     engine = open_database(url)
     try:
         with engine.begin() as connection:
+            _wait_for_other_upgrades(connection)
             config = alembic_config(url)
             config.attributes["connection"] = connection
             command.upgrade(config, revision)
     finally:
         engine.dispose()
+
+
+#: A PostgreSQL advisory lock key of svfrd's own ("svfr" in ASCII), held by the transaction that migrates.
+MIGRATION_LOCK_KEY = 0x73766672
+
+
+def _wait_for_other_upgrades(connection) -> None:
+    """Several hosts may start at once on an empty PostgreSQL database: one migrates while the others wait for
+    it, then find the schema current. (SQLite: BEGIN IMMEDIATE already serialises them.)"""
+    if connection.dialect.name == "postgresql":
+        connection.exec_driver_sql(f"SELECT pg_advisory_xact_lock({MIGRATION_LOCK_KEY})")
 
 
 def current_revision(url: str) -> str | None:

@@ -115,3 +115,22 @@ def test_rows_keep_utc_times_whatever_the_server_time_zone(postgres_db_url):
         assert get_job(db, job.id).created_at == job.created_at
     finally:
         db.dispose()
+
+
+def test_daemons_starting_at_once_on_an_empty_database_migrate_it_once(postgres_db_url):
+    """Several hosts started together: each runs the migrations on start; one migrates, the others wait."""
+    errors: list[BaseException] = []
+
+    def start_up() -> None:
+        try:
+            upgrade_database(postgres_db_url)
+        except BaseException as err:  # noqa: BLE001  (reported by the assertion below)
+            errors.append(err)
+
+    starters = [threading.Thread(target=start_up) for _ in range(4)]
+    for starter in starters:
+        starter.start()
+    for starter in starters:
+        starter.join(timeout=60)
+    assert errors == []
+    assert current_revision(postgres_db_url) == head_revision(postgres_db_url)
