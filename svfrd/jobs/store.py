@@ -250,7 +250,7 @@ def claim_next_job(db: Engine, worker_pid: int, now: datetime | None = None) -> 
 
     One `UPDATE … WHERE id = (SELECT … LIMIT 1) RETURNING`: two claimers can never get the same job. The
     repeated `state = 'queued'` and `FOR UPDATE SKIP LOCKED` (ignored by SQLite) are there for a server
-    database with concurrent claimers (PostgreSQL is planned, not tested)."""
+    database with concurrent claimers (PostgreSQL; tests/jobs run every store test on both)."""
     now = now or utcnow()
     next_id = (
         select(Job.id)
