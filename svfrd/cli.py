@@ -63,9 +63,12 @@ def _open_database(config: Config, read_only: bool = False):
     path = missing_database_file(config.service.database_url)
     if path is not None:
         raise CommandError(f"there is no job database at {path} yet; start the service with `svfrd run`")
-    if read_only:
-        return open_read_only(config.service.database_url)
-    return open_database(config.service.database_url)
+    try:  # no PostgreSQL driver, or a SQLite file on a network filesystem: the message says what to do
+        if read_only:
+            return open_read_only(config.service.database_url)
+        return open_database(config.service.database_url)
+    except ConfigError as err:
+        raise CommandError(str(err), EXIT_USAGE) from None
 
 
 def format_age(moment: datetime | None, now: datetime | None = None) -> str:

@@ -5,33 +5,150 @@ connection gets WAL (readers never block the writer), a busy timeout (writers qu
 `synchronous=FULL` (a finished job stays finished after a power cut) and foreign keys. Write transactions start
 with `BEGIN IMMEDIATE` so two processes never both read-then-write and then fail on lock upgrade.
 
+PostgreSQL is the store for several hosts sharing one queue (docs/architecture.md): `postgresql://` URLs open
+with psycopg 3 (the `svfrd[postgres]` extra), a connection is tested before each use (a daemon outlives server
+restarts and idle timeouts) and readers open their sessions read-only. Row locks (`SELECT ... FOR UPDATE`, and
+`SKIP LOCKED` for claims) do there what BEGIN IMMEDIATE does for SQLite.
+
 The schema belongs to Alembic (`migrations/`, shipped inside the package); `upgrade_database` runs it
 programmatically with a configuration built here, so it works from any working directory and from a plain
-(non-editable) install, with no alembic.ini. SQLite is the supported store. The SQL avoids SQLite-only
-constructs so that a server database (PostgreSQL, planned) can follow, but nothing tests another database yet.
+(non-editable) install, with no alembic.ini. The same migrations run on SQLite and PostgreSQL.
 """
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
+from typing import Callable
 
 from sqlalchemy import Engine, create_engine, event
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import URL, make_url
+
+from svfrd.errors import ConfigError
 
 BUSY_TIMEOUT_MS = 30_000
+
+#: The one PostgreSQL driver svfrd supports (psycopg 3); a plain `postgresql://` URL is mapped to it.
+POSTGRES_DRIVER = "psycopg"
+
+#: Makes every transaction of a reader's connection read-only: the server refuses any write.
+POSTGRES_READ_ONLY_OPTIONS = "-c default_transaction_read_only=on"
+
+#: Filesystem types (as /proc/self/mountinfo names them) that other hosts can share. SQLite's WAL keeps its index
+#: in shared memory that only processes of one host see, and file locks over these are unreliable: the database
+#: corrupts (docs/architecture.md). PostgreSQL is the store for several hosts.
+NETWORK_FILESYSTEMS = frozenset({
+    "nfs", "nfs4", "cifs", "smb3", "smbfs", "9p", "afs", "ceph", "glusterfs", "lustre", "gpfs", "beegfs",
+    "fuse.sshfs", "sshfs", "fuse.glusterfs", "fuse.cephfs", "fuse.s3fs", "fuse.rclone", "fuse.gcsfuse",
+})
+
+POSTGRES_DRIVER_MISSING = (
+    "database_url names a PostgreSQL database, but its driver (psycopg 3) is not installed; "
+    "install it with: pip install 'svfrd[postgres]'"
+)
 
 #: The Alembic scripts ship inside the package, so a plain (non-editable) install can migrate.
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 
 
-def open_database(url: str, *, read_only: bool = False) -> Engine:
-    """An engine for `url`. For SQLite: creates the file's folder, sets the pragmas on every connection and
-    starts transactions with BEGIN IMMEDIATE (plain deferred BEGIN when `read_only`, for the status view)."""
+def open_database(
+    url: str, *, read_only: bool = False, filesystem_type: Callable[[Path], str | None] | None = None
+) -> Engine:
+    """An engine for `url`. For SQLite: refuses a file on a network filesystem, creates the file's folder, sets
+    the pragmas on every connection and starts transactions with BEGIN IMMEDIATE (plain deferred BEGIN when
+    `read_only`, for the status view). For PostgreSQL: psycopg 3, connections checked before use, and
+    read-only sessions when `read_only`. `filesystem_type` replaces the mount table lookup (for tests)."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "postgresql":
+        return _open_postgres(parsed, read_only=read_only)
+    refuse_sqlite_on_network_filesystem(url, filesystem_type or filesystem_type_of)
     engine = create_engine(url)
     if engine.dialect.name == "sqlite":
         _prepare_sqlite_folder(url)
         _install_sqlite_hooks(engine, read_only=read_only)
     return engine
+
+
+def postgres_url(url: str | URL) -> URL:
+    """`url` with the psycopg 3 driver: a plain `postgresql://` would make SQLAlchemy look for psycopg2."""
+    parsed = make_url(url)
+    if parsed.drivername == "postgresql":
+        parsed = parsed.set(drivername=f"postgresql+{POSTGRES_DRIVER}")
+    return parsed
+
+
+def _open_postgres(url: URL, *, read_only: bool) -> Engine:
+    connect_args = {"options": POSTGRES_READ_ONLY_OPTIONS} if read_only else {}
+    try:
+        # pre_ping: a daemon keeps its pool for days; a server restart must cost a reconnect, not a failed job.
+        return create_engine(postgres_url(url), pool_pre_ping=True, connect_args=connect_args)
+    except ModuleNotFoundError as err:
+        if err.name in ("psycopg", "psycopg2"):
+            raise ConfigError(POSTGRES_DRIVER_MISSING) from None
+        raise
+
+
+def refuse_sqlite_on_network_filesystem(url: str, filesystem_type: Callable[[Path], str | None]) -> None:
+    """Raise ConfigError, with what to do instead, when `url` names a SQLite file on a network filesystem."""
+    path = sqlite_file(url) or _sqlite_file_of_uri(url)
+    if path is None:
+        return
+    kind = filesystem_type(path)
+    if kind is None or kind.lower() not in NETWORK_FILESYSTEMS:
+        return
+    raise ConfigError(
+        f"the job database {path} is on a network filesystem ({kind}). SQLite must not be shared that way: its "
+        "write-ahead log works only for processes on one host, and over a network filesystem the database "
+        "corrupts. Put [service] state_dir (or database_url) on a local disk of this host; to share one queue "
+        "between several hosts, use a PostgreSQL server: database_url = \"postgresql://USER@HOST/DATABASE\" "
+        "(README, \"Several machines: PostgreSQL\")"
+    )
+
+
+def _sqlite_file_of_uri(url: str) -> Path | None:
+    """The file of a read-only `sqlite:///file:PATH?mode=ro&uri=true` URL (see `read_only_url`)."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite" or not (parsed.database or "").startswith("file:"):
+        return None
+    return Path(parsed.database.removeprefix("file:"))
+
+
+def filesystem_type_of(path: Path, mountinfo: str | None = None) -> str | None:
+    """The type of the filesystem holding `path` (or, before it exists, its nearest existing folder), as the
+    kernel's mount table names it: "ext4", "nfs4", "fuse.sshfs". None where there is no /proc (not Linux)."""
+    if mountinfo is None:
+        try:
+            mountinfo = Path("/proc/self/mountinfo").read_text()
+        except OSError:
+            return None
+    target = _resolved(path.absolute())
+    found: tuple[int, str] | None = None
+    for mount_point, kind in _mounts(mountinfo):
+        if mount_point == target or mount_point in target.parents:
+            # The deepest mount point holds the file; of stacked mounts on one point the last one listed shows.
+            if found is None or len(mount_point.parts) >= found[0]:
+                found = (len(mount_point.parts), kind)
+    return found[1] if found else None
+
+
+def _resolved(path: Path) -> Path:
+    """`path` with the links of its existing part resolved (a state folder may not be made yet)."""
+    existing, missing = path, []
+    while not existing.exists() and existing != existing.parent:
+        existing, missing = existing.parent, [existing.name, *missing]
+    return existing.resolve().joinpath(*missing)
+
+
+def _mounts(mountinfo: str):
+    """(mount point, filesystem type) per line of /proc/self/mountinfo: field 5 is the mount point (spaces
+    written as \\040), and the type is the first field after the " - " separator."""
+    for line in mountinfo.splitlines():
+        before, separator, after = line.partition(" - ")
+        fields = before.split()
+        if not separator or len(fields) < 5 or not after.split():
+            continue
+        mount_point = re.sub(r"\\([0-7]{3})", lambda escape: chr(int(escape.group(1), 8)), fields[4])
+        yield Path(mount_point), after.split()[0]
 
 
 def _prepare_sqlite_folder(url: str) -> None:
@@ -67,6 +184,21 @@ def read_only_url(url: str) -> str:
 def open_read_only(url: str) -> Engine:
     """For readers that must never change the database: the status view, `svfrd status`, doctor."""
     return open_database(read_only_url(url), read_only=True)
+
+
+def postgres_server_version(url: str) -> tuple[str, int] | None:
+    """(version as the server prints it, as a number: 150018 for 15.18) for a PostgreSQL `url`; None for
+    SQLite. Opens a read-only connection."""
+    if make_url(url).get_backend_name() != "postgresql":
+        return None
+    engine = open_read_only(url)
+    try:
+        with engine.connect() as connection:
+            shown = connection.exec_driver_sql("SHOW server_version").scalar()
+            number = connection.exec_driver_sql("SHOW server_version_num").scalar()
+        return str(shown).split()[0], int(number)
+    finally:
+        engine.dispose()
 
 
 def database_error_reason(err: BaseException) -> str:
@@ -134,11 +266,23 @@ def upgrade_database(url: str, revision: str = "head") -> None:
     engine = open_database(url)
     try:
         with engine.begin() as connection:
+            _wait_for_other_upgrades(connection)
             config = alembic_config(url)
             config.attributes["connection"] = connection
             command.upgrade(config, revision)
     finally:
         engine.dispose()
+
+
+#: A PostgreSQL advisory lock key of svfrd's own ("svfr" in ASCII), held by the transaction that migrates.
+MIGRATION_LOCK_KEY = 0x73766672
+
+
+def _wait_for_other_upgrades(connection) -> None:
+    """Several hosts may start at once on an empty PostgreSQL database: one migrates while the others wait for
+    it, then find the schema current. (SQLite: BEGIN IMMEDIATE already serialises them.)"""
+    if connection.dialect.name == "postgresql":
+        connection.exec_driver_sql(f"SELECT pg_advisory_xact_lock({MIGRATION_LOCK_KEY})")
 
 
 def current_revision(url: str) -> str | None:

@@ -270,7 +270,8 @@ def claim_next_job(db: Engine, worker_pid: int, now: datetime | None = None, *, 
     The pick is `SELECT … FOR UPDATE SKIP LOCKED`, then an UPDATE of that row in the same transaction: on
     PostgreSQL concurrent claimers skip each other's rows; SQLite has no row locks (SQLAlchemy drops the
     clause) and serialises the whole transaction with BEGIN IMMEDIATE (svfrd.jobs.database). The repeated
-    `state = 'queued'` in the UPDATE keeps a claim from ever taking a row that changed meanwhile."""
+    `state = 'queued'` in the UPDATE keeps a claim from ever taking a row that changed meanwhile. tests/jobs run
+    every store test on both databases."""
     now = now or utcnow()
     pick = (
         select(Job.id)

@@ -24,6 +24,8 @@ from svfrd.files.placement import free_space_mb
 from svfrd.weights.lock import fetch_command, unverified_reason, verified_summary  # sizes and times only: no torch
 
 MIN_VRAM_GIB = 8.0  # the SVFR UNet in fp16 alone is ~3 GB; VAE, ArcFace and 16-frame activations need the rest
+#: The oldest PostgreSQL svfrd supports: older releases are out of upstream support (no security fixes).
+MIN_POSTGRES_MAJOR = 12
 REQUIRED_ENCODERS = ("libx264", "aac")
 REQUIRED_DECODERS = ("h264", "aac")
 OPTIONAL_DECODERS = ("hevc", "mpeg4", "vp9", "prores", "mp3")
@@ -122,6 +124,7 @@ def check_database(config: Config) -> Check:
         head_revision,
         known_revisions,
         missing_database_file,
+        postgres_server_version,
         read_only_url,
         sqlite_file,
     )
@@ -134,10 +137,19 @@ def check_database(config: Config) -> Check:
     try:
         head = head_revision(url)
         current = current_revision(read_only_url(url))
+        server = postgres_server_version(url)
+    except ConfigError as err:  # no driver, or a SQLite file on a network filesystem: the message says what to do
+        return failed(name, str(err), None)
     except (SQLAlchemyError, OSError, RuntimeError) as err:
         return failed(name, f"cannot open {safe_url(url)}: {database_error_reason(err)}",
-                      "check [service] database_url and that this user can read the database")
+                      "check [service] database_url and that this user can read the database"
+                      + ("; that the PostgreSQL server runs and accepts this user" if path is None else ""))
     where = str(path) if path is not None else safe_url(url)
+    if server is not None:
+        if (problem := postgres_version_problem(*server)) is not None:
+            return failed(name, f"{where}: {problem}",
+                          f"upgrade the server to PostgreSQL {MIN_POSTGRES_MAJOR} or newer")
+        where = f"{where} (PostgreSQL {server[0]})"
     if current == head:
         return passed(name, f"{where} reachable, schema at {head} (newest)")
     if current is None:
@@ -148,6 +160,13 @@ def check_database(config: Config) -> Check:
                       "it was written by a newer svfrd: upgrade svfrd")
     return failed(name, f"{where} is at schema {current}, newest is {head}",
                   "`svfrd run` upgrades it on start", required=False)
+
+
+def postgres_version_problem(shown: str, number: int) -> str | None:
+    """What is wrong with a PostgreSQL server of this version (`SHOW server_version`, `server_version_num`)."""
+    if number // 10_000 < MIN_POSTGRES_MAJOR:
+        return f"the server runs PostgreSQL {shown}; svfrd needs {MIN_POSTGRES_MAJOR} or newer"
+    return None
 
 
 def safe_url(url: str) -> str:

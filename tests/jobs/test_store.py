@@ -221,12 +221,13 @@ def test_concurrent_claimers_in_threads_never_share_a_job(db):
     claimed: list[int] = []
     lock = threading.Lock()
 
-    def claim_all() -> None:
-        while (job := claim_next_job(db, threading.get_ident())) is not None:
+    def claim_all(worker_pid: int) -> None:
+        while (job := claim_next_job(db, worker_pid)) is not None:
             with lock:
                 claimed.append(job.id)
 
-    threads = [threading.Thread(target=claim_all) for _ in range(4)]
+    # Small ids like real pids: a thread ident overflows PostgreSQL's 32-bit integer column.
+    threads = [threading.Thread(target=claim_all, args=(1000 + n,)) for n in range(4)]
     for thread in threads:
         thread.start()
     for thread in threads:

@@ -1,0 +1,57 @@
+"""`svfrd doctor` on a PostgreSQL job database: the connection, the server's version and the schema revision,
+against a real throwaway server (tests/helpers/postgres.py)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from svfrd.config import load_config
+from svfrd.jobs import database
+from svfrd.jobs.database import head_revision, upgrade_database
+from svfrd.ops import doctor
+from tests.ops.test_doctor import write_site
+
+
+def database_check(tmp_path: Path, url: str) -> doctor.Check:
+    config = write_site(tmp_path, extra=f'database_url = "{url}"')
+    return doctor.check_database(load_config(config))
+
+
+def test_a_current_postgres_database_passes_with_its_server_version(tmp_path, postgres_db_url):
+    upgrade_database(postgres_db_url)
+    check = database_check(tmp_path, postgres_db_url)
+    assert check.ok, check.detail
+    assert "(PostgreSQL 1" in check.detail and f"schema at {head_revision(postgres_db_url)} (newest)" in check.detail
+
+
+def test_a_postgres_database_behind_says_that_svfrd_run_upgrades_it(tmp_path, postgres_db_url):
+    upgrade_database(postgres_db_url, "0001")
+    check = database_check(tmp_path, postgres_db_url)
+    assert (check.ok, check.required) == (False, False)
+    assert "is at schema 0001" in check.detail and "`svfrd run` upgrades it" in check.fix
+
+
+def test_an_unreachable_server_says_what_to_check(tmp_path):
+    check = database_check(tmp_path, f"postgresql://svfrd@/svfrd?host={tmp_path / 'no-server'}")
+    assert check.blocks_start
+    assert check.detail.startswith("cannot open postgresql") and "PostgreSQL server runs" in check.fix
+
+
+def test_a_missing_driver_is_a_failure_that_says_what_to_install(tmp_path, monkeypatch):
+    def no_psycopg(*args, **kwargs):
+        raise ModuleNotFoundError("No module named 'psycopg'", name="psycopg")
+
+    monkeypatch.setattr(database, "create_engine", no_psycopg)
+    check = database_check(tmp_path, "postgresql://svfrd@db.example/svfrd")
+    assert check.blocks_start and "pip install 'svfrd[postgres]'" in check.detail
+
+
+@pytest.mark.parametrize(("shown", "number", "refused"), [("9.6.24", 90624, True), ("11.22", 110022, True),
+                                                           ("12.0", 120000, False), ("17.2", 170002, False)])
+def test_servers_older_than_postgresql_12_are_refused(shown, number, refused):
+    problem = doctor.postgres_version_problem(shown, number)
+    assert (problem is not None) == refused
+    if refused:
+        assert f"PostgreSQL {shown}" in problem and "12 or newer" in problem
