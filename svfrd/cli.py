@@ -130,7 +130,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
     from svfrd.jobs.database import missing_database_file
     from svfrd.jobs.store import list_jobs
-    from svfrd.ops.status_view import no_jobs_yet
+    from svfrd.ops.status_view import no_jobs_yet, worker_place
 
     console = Console(highlight=False)
     inboxes = ", ".join(str(i.path) for i in config.inboxes)
@@ -152,6 +152,9 @@ def cmd_status(args: argparse.Namespace) -> int:
                       progress_percent(job), job.stage or "-", format_age(job.created_at),
                       Text(printable(job.source_name)))  # a name is never markup: `[link=...]` stays text
     console.print(table)
+    for job in jobs:  # below the table, so that long host names do not squeeze its columns
+        if job.state == "running":
+            console.print(Text(f"job {job.id} runs {worker_place(job)}"))
     return EXIT_OK
 
 

@@ -117,6 +117,11 @@ class ServiceConfig:
     cancel_grace: float = 15.0
     #: Deaths of the whole service (kill -9, power loss) during one job before that job fails.
     max_service_interruptions: int = 10
+    #: Seconds a running job's claim holds without renewal; after that any daemon puts it back in the queue
+    #: (docs/architecture.md, "Workers, claims and leases" says why 90 and 15).
+    lease: float = 90.0
+    #: Seconds between renewals of the leases of the running jobs, by the supervisor.
+    heartbeat: float = 15.0
 
 
 @dataclass(frozen=True)
@@ -181,6 +186,12 @@ class EngineConfig:
     svfr: SvfrConfig
     #: The per-job options a job may set with this engine: the table's and a plug-in engine's own.
     option_names: frozenset[str] = BUILTIN_OPTION_NAMES
+    #: One worker process per entry, each with its own models on that device; by default one, on `device`.
+    devices: tuple[str, ...] = ()
+
+    @property
+    def worker_devices(self) -> tuple[str, ...]:
+        return self.devices or (self.device,)
 
 
 #: 8K UHD (7680x4320): the largest picture a camera or editor commonly writes. One decoded RGB frame of it is
@@ -361,8 +372,14 @@ def _service(t: _Table) -> ServiceConfig:
         stop_timeout=t.take("stop_timeout", 90.0, _positive_number),
         cancel_grace=t.take("cancel_grace", 15.0, _positive_number),
         max_service_interruptions=t.take("max_service_interruptions", 10, _int_in(1)),
+        lease=t.take("lease", 90.0, _positive_number),
+        heartbeat=t.take("heartbeat", 15.0, _positive_number),
     )
     t.finish()
+    if service.heartbeat * 2 > service.lease:
+        raise ConfigError(f"[service] heartbeat = {service.heartbeat:g} s must be at most half of [service] lease = "
+                          f"{service.lease:g} s, so that one late renewal does not lose a running job; lower "
+                          "heartbeat or raise lease")
     return service
 
 
@@ -454,11 +471,20 @@ def _engine(t: _Table) -> EngineConfig:
     name = t.take("name", "auto", _engine_name_problem)
     device = t.take("device", "auto", lambda v: None if isinstance(v, str) and _DEVICE.match(v) else
                     'allowed values are "auto", "cpu", "cuda", "cuda:N"')
+    devices = t.take("devices", [], _devices_problem)
     dtype = t.take("dtype", "fp16", _choice("fp16", "bf16", "fp32"))
     svfr = _svfr(t.sub("svfr"))
     t.finish()
     option_names = accepted_option_names(plugin_option_names(name))
-    return EngineConfig(name=name, device=device, dtype=dtype, svfr=svfr, option_names=option_names)
+    return EngineConfig(name=name, device=device, dtype=dtype, svfr=svfr, option_names=option_names,
+                        devices=tuple(devices))
+
+
+def _devices_problem(value: Any) -> str | None:
+    if isinstance(value, list) and value and all(isinstance(v, str) and _DEVICE.match(v) for v in value):
+        return None
+    return ('must be a non-empty list of devices, one worker each, e.g. devices = ["cuda:0", "cuda:1"] '
+            '(each "auto", "cpu", "cuda" or "cuda:N")')
 
 
 def _engine_name_problem(value: Any) -> str | None:

@@ -201,3 +201,25 @@ def test_each_option_is_configured_under_the_key_its_table_row_names(tmp_path, n
     table, _, key = OPTIONS[name].config_key.rpartition(" ")
     error = load_error(tmp_path, f"{MINIMAL}{table}\n{key} = true\n")
     assert f"{table} {key} = true: " in error and OPTIONS[name].allowed in error
+
+
+def test_devices_gives_one_worker_each_and_defaults_to_the_one_device(tmp_path):
+    from svfrd.config import load_config
+
+    path = tmp_path / "config.toml"
+    path.write_text('[[inbox]]\npath = "inbox"\n[engine]\ndevice = "cuda:1"\n')
+    assert load_config(path).engine.worker_devices == ("cuda:1",)
+    path.write_text('[[inbox]]\npath = "inbox"\n[engine]\ndevices = ["cpu", "cpu"]\n')
+    assert load_config(path).engine.worker_devices == ("cpu", "cpu")
+    path.write_text('[[inbox]]\npath = "inbox"\n[engine]\ndevices = []\n')
+    with pytest.raises(ConfigError, match="devices"):
+        load_config(path)
+
+
+def test_a_heartbeat_over_half_the_lease_is_refused_saying_why(tmp_path):
+    from svfrd.config import load_config
+
+    path = tmp_path / "config.toml"
+    path.write_text('[service]\nlease = 20\nheartbeat = 15\n[[inbox]]\npath = "inbox"\n')
+    with pytest.raises(ConfigError, match="at most half of"):
+        load_config(path)

@@ -28,6 +28,8 @@ NAME_MAX = 255
 RESULT_SUFFIXES = (".restored.mp4", ".report.json", ".preview.mp4", ".contact.png")
 #: The longest job id a temporary result name is expected to carry (a billion jobs).
 JOB_ID_DIGITS = 10
+#: Characters of the claim token in a temporary result name (`svfrd.service.results.temp_files`).
+CLAIM_TAG_CHARS = 12
 #: The longest process id Linux hands out (`/proc/sys/kernel/pid_max` is at most 4194304).
 PID_DIGITS = 7
 #: A refused input's name in failed/ keeps this many bytes of its stem.
@@ -70,7 +72,9 @@ def result_names(stem: str) -> list[str]:
     """The names of a job's results in the outbox, final and temporary."""
     job_id = "9" * JOB_ID_DIGITS
     finals = [numbered(numbered(stem + suffix)) for suffix in RESULT_SUFFIXES]  # free_stem, then publish
-    temps = [derived for suffix in RESULT_SUFFIXES for derived in temp_names(f"job{job_id}.{stem}{suffix}")]
+    claim_tag = "f" * CLAIM_TAG_CHARS
+    temps = [derived for suffix in RESULT_SUFFIXES
+             for derived in temp_names(f"job{job_id}-{claim_tag}.{stem}{suffix}")]
     return finals + temps
 
 

@@ -20,7 +20,7 @@ import tempfile
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Iterable
+from typing import Callable, Iterable
 
 from svfrd.errors import TransientError
 from svfrd.files.atomic import TEMP_SUFFIX, create_temp, fsync_file, fsync_folder, hidden_temp_path, is_temp_name
@@ -308,12 +308,15 @@ def clean_stale_temp_files(outbox: str | Path) -> list[Path]:
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def free_stem(folder: Path, stem: str, suffixes: Iterable[str]) -> str | None:
-    """The first of `stem`, `stem-2`, `stem-3`, ... for which no `stem + suffix` exists in `folder`, so files
-    that belong together share one number. None when all are taken."""
+def free_stem(folder: Path, stem: str, suffixes: Iterable[str],
+              skip: Callable[[str], bool] = lambda candidate: False) -> str | None:
+    """The first of `stem`, `stem-2`, `stem-3`, ... for which no `stem + suffix` exists in `folder` (and not
+    `skip(candidate)`), so files that belong together share one number. None when all are taken."""
     suffixes = list(suffixes)
     for number in range(1, MAX_NAME_TRIES):
         candidate = stem if number == 1 else f"{stem}-{number}"
+        if skip(candidate):
+            continue
         if not any(os.path.lexists(folder / (candidate + suffix)) for suffix in suffixes):
             return candidate
     return None

@@ -9,6 +9,7 @@ from __future__ import annotations
 import enum
 from datetime import datetime, timezone
 
+from sqlalchemy import Index
 from sqlmodel import Field, SQLModel
 
 from svfrd.domain import DEFAULT_SEED, Task
@@ -49,6 +50,8 @@ class ErrorKind(str, enum.Enum):
 
 class Job(SQLModel, table=True):
     __tablename__ = "jobs"
+    # The claim's order (svfrd.jobs.store.claim_next_job): the next queued job is found without a sort.
+    __table_args__ = (Index("ix_jobs_claim_order", "state", "created_at", "id"),)
 
     id: int | None = Field(default=None, primary_key=True)
     state: str = Field(default=JobState.QUEUED.value, index=True)
@@ -83,6 +86,14 @@ class Job(SQLModel, table=True):
     not_before: datetime | None = None
     cancel_requested: bool = False
     worker_pid: int | None = None
+    # The claim of a running job (docs/architecture.md, "Workers, claims and leases"): who runs it, a fresh
+    # random token per claim that publication compares (fencing), and until when the claim holds unless renewed.
+    claim_host: str | None = None
+    claim_device: str | None = None
+    claim_token: str | None = None
+    lease_expires_at: datetime | None = None
+    # The claim token of the attempt that planned the results (`output_path`): its temporary files carry it.
+    plan_token: str | None = None
 
     created_at: datetime = Field(default_factory=utcnow)
     started_at: datetime | None = None

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -206,7 +207,8 @@ def supersede_job(db: Engine, job_id: int, describe: Callable[[int], str], **fie
         session.add(job)
         session.flush()
         now = utcnow()
-        old.state, old.finished_at, old.updated_at, old.worker_pid = JobState.CANCELLED.value, now, now, None
+        old.state, old.finished_at, old.updated_at = JobState.CANCELLED.value, now, now
+        _clear_claim(old)
         old.error_kind, old.error_message, old.eta_seconds = None, describe(job.id), None
         return job
 
@@ -245,39 +247,139 @@ def forget_unfiled_failure(db: Engine, job_id: int) -> None:
 # Claim & run.
 
 
-def claim_next_job(db: Engine, worker_pid: int, now: datetime | None = None) -> Job | None:
-    """Atomically move the oldest due queued job to running and return it (None if nothing is due).
+#: Seconds a claim holds without renewal when the caller names none ([service] lease is what the daemon uses).
+DEFAULT_LEASE = 90.0
 
-    One `UPDATE … WHERE id = (SELECT … LIMIT 1) RETURNING`: two claimers can never get the same job. The
-    repeated `state = 'queued'` and `FOR UPDATE SKIP LOCKED` (ignored by SQLite) are there for a server
-    database with concurrent claimers (PostgreSQL; tests/jobs run every store test on both)."""
+
+class ClaimLost(QueueError):
+    """The job is no longer this worker's: its lease expired and it went back to the queue (and maybe to
+    another worker). Whatever the worker still holds must be thrown away, never published (fencing)."""
+
+
+def new_claim_token() -> str:
+    """128 random bits: unique across hosts without any coordination."""
+    return secrets.token_hex(16)
+
+
+def claim_next_job(db: Engine, worker_pid: int, now: datetime | None = None, *, host: str | None = None,
+                   device: str | None = None, lease_seconds: float = DEFAULT_LEASE) -> Job | None:
+    """Atomically move the oldest due queued job to running and return it (None if nothing is due), recording
+    the claimant (`host`: the daemon's name, `svfrd.service.recovery.this_daemon`; device; worker pid), a fresh
+    `claim_token` and `lease_expires_at`.
+
+    The pick is `SELECT … FOR UPDATE SKIP LOCKED`, then an UPDATE of that row in the same transaction: on
+    PostgreSQL concurrent claimers skip each other's rows; SQLite has no row locks (SQLAlchemy drops the
+    clause) and serialises the whole transaction with BEGIN IMMEDIATE (svfrd.jobs.database). The repeated
+    `state = 'queued'` in the UPDATE keeps a claim from ever taking a row that changed meanwhile. tests/jobs run
+    every store test on both databases."""
     now = now or utcnow()
-    next_id = (
+    pick = (
         select(Job.id)
         .where(Job.state == JobState.QUEUED.value, _is_due(now))
         .order_by(col(Job.created_at), col(Job.id))
         .limit(1)
         .with_for_update(skip_locked=True)
-        .scalar_subquery()
-    )
-    claim = (
-        update(Job)
-        .where(col(Job.id) == next_id, Job.state == JobState.QUEUED.value)
-        .values(
-            state=JobState.RUNNING.value,
-            worker_pid=worker_pid,
-            started_at=now,
-            updated_at=now,
-            stage=None,
-            frames_done=0,
-            frames_total=None,
-            eta_seconds=None,
-        )
-        .returning(Job)
-        .execution_options(synchronize_session=False)
     )
     with _session(db) as session, session.begin():
+        job_id = session.exec(pick).first()
+        if job_id is None:
+            return None
+        claim = (
+            update(Job)
+            .where(col(Job.id) == job_id, Job.state == JobState.QUEUED.value)
+            .values(
+                state=JobState.RUNNING.value,
+                worker_pid=worker_pid,
+                claim_host=host,
+                claim_device=device,
+                claim_token=new_claim_token(),
+                lease_expires_at=now + timedelta(seconds=lease_seconds),
+                started_at=now,
+                updated_at=now,
+                stage=None,
+                frames_done=0,
+                frames_total=None,
+                eta_seconds=None,
+            )
+            .returning(Job)
+            .execution_options(synchronize_session=False)
+        )
         return session.execute(claim).scalars().first()
+
+
+def renew_lease(db: Engine, job_id: int, claim_token: str, lease_seconds: float,
+                now: datetime | None = None) -> bool:
+    """Extend the lease of a running job this claim still holds to `now + lease_seconds`. False when the
+    claim is lost (the job was re-queued after its lease expired, or finished): nothing is changed then."""
+    now = now or utcnow()
+    statement = (
+        update(Job)
+        .where(col(Job.id) == job_id, Job.claim_token == claim_token, Job.state == JobState.RUNNING.value)
+        .values(lease_expires_at=now + timedelta(seconds=lease_seconds))
+        .execution_options(synchronize_session=False)
+    )
+    with db.begin() as connection:
+        return connection.execute(statement).rowcount == 1
+
+
+def requeue_expired_leases(db: Engine, max_interruptions: int, now: datetime | None = None) -> list[Job]:
+    """Running jobs whose lease expired before `now` (the host that ran them died, or lost the database):
+    back in the queue, due at once, counted as a service interruption like a job left by a dead daemon
+    (`requeue_after_service_death`); a job reaching `max_interruptions` fails. A job whose lease has not
+    expired is never touched, whichever host asks. Returns the jobs, as they are now."""
+    now = now or utcnow()
+    expired = (select(Job).where(Job.state == JobState.RUNNING.value, col(Job.lease_expires_at).is_not(None),
+                                 col(Job.lease_expires_at) < now)
+               .with_for_update(skip_locked=True))
+    with _session(db) as session, session.begin():
+        jobs = list(session.exec(expired).all())
+        for job in jobs:
+            _requeue_stranded(job, max_interruptions, now)
+        return jobs
+
+
+def running_jobs_of_other_hosts(db: Engine, host: str) -> list[Job]:
+    """Running jobs claimed by a host other than `host` (which share the outbox with this one)."""
+    query = select(Job).where(Job.state == JobState.RUNNING.value, col(Job.claim_host).is_not(None),
+                              Job.claim_host != host)
+    with _session(db) as session:
+        return list(session.exec(query).all())
+
+
+def claim_is_held(job: Job | None, claim_token: str | None) -> bool:
+    """Fencing: whether `job` is still running under the claim `claim_token` (None: no claim to check)."""
+    if claim_token is None:
+        return job is not None
+    return job is not None and job.state == JobState.RUNNING.value and job.claim_token == claim_token
+
+
+def check_claim(db: Engine, job_id: int, claim_token: str | None) -> None:
+    """Raise ClaimLost unless the job still runs under `claim_token` (no check for None)."""
+    if claim_token is None:
+        return
+    with _session(db) as session:
+        job = session.get(Job, job_id)
+    if not claim_is_held(job, claim_token):
+        raise ClaimLost(_claim_lost_message(job_id))
+
+
+def _claim_lost_message(job_id: int) -> str:
+    return (f"job {job_id} is no longer this worker's: its lease expired (the worker was paused, or its host lost "
+            "the database for longer than [service] lease) and the job went back to the queue; this worker's "
+            "results are discarded so that they cannot replace those of the newer attempt")
+
+
+def _clear_claim(job: Job) -> None:
+    """The job is no longer running: its claim ends (host and device stay, saying where it ran last)."""
+    job.worker_pid = job.claim_token = job.lease_expires_at = None
+
+
+def _held_job(session: Session, job_id: int, claim_token: str | None) -> Job:
+    """`_locked_job`, raising ClaimLost when the job no longer runs under `claim_token` (None: no check)."""
+    job = _locked_job(session, job_id)
+    if not claim_is_held(job, claim_token):
+        raise ClaimLost(_claim_lost_message(job_id))
+    return job
 
 
 def _is_due(now: datetime):
@@ -302,20 +404,24 @@ def seconds_until_next_job(db: Engine, now: datetime | None = None) -> float | N
 
 
 def record_progress(
-    db: Engine, job_id: int, stage: str, done: int, total: int | None, eta_seconds: float | None
+    db: Engine, job_id: int, stage: str, done: int, total: int | None, eta_seconds: float | None,
+    claim_token: str | None = None,
 ) -> bool:
     """Store the job's progress. Returns whether a cancel was requested, so the worker's progress reporter
-    learns it with no extra query."""
+    learns it with no extra query. With `claim_token`, only while that claim holds (else ClaimLost): a worker
+    that lost its lease learns it here and stops early."""
+    statement = update(Job).where(col(Job.id) == job_id)
+    if claim_token is not None:
+        statement = statement.where(Job.claim_token == claim_token, Job.state == JobState.RUNNING.value)
     statement = (
-        update(Job)
-        .where(col(Job.id) == job_id)
+        statement
         .values(stage=stage, frames_done=done, frames_total=total, eta_seconds=eta_seconds, updated_at=utcnow())
         .returning(Job.cancel_requested)
     )
     with db.begin() as connection:
         cancel_requested = connection.execute(statement).scalar()
     if cancel_requested is None:
-        raise JobNotFound(f"no job {job_id}")
+        raise ClaimLost(_claim_lost_message(job_id)) if claim_token is not None else JobNotFound(f"no job {job_id}")
     return bool(cancel_requested)
 
 
@@ -324,35 +430,34 @@ def record_progress(
 
 
 def finish_job(
-    db: Engine, job_id: int, *, engine: str, output_path: str | Path, report_path: str | Path | None
+    db: Engine, job_id: int, *, engine: str, output_path: str | Path, report_path: str | Path | None,
+    claim_token: str | None = None,
 ) -> Job:
+    """Record the job done. With `claim_token`, only while the job still runs under that claim (else
+    ClaimLost, and nothing is written): a worker that lost its lease never records over a newer attempt."""
     now = utcnow()
-    return _change(
-        db,
-        job_id,
-        state=JobState.DONE.value,
-        engine=engine,
-        output_path=str(output_path),
-        report_path=str(report_path) if report_path else None,
-        stage="done",
-        eta_seconds=None,
-        finished_at=now,
-        error_kind=None,
-        error_message=None,
-        worker_pid=None,
-    )
+    with _session(db) as session, session.begin():
+        job = _held_job(session, job_id, claim_token)
+        job.state, job.engine, job.stage = JobState.DONE.value, engine, "done"
+        job.output_path, job.report_path = str(output_path), str(report_path) if report_path else None
+        job.eta_seconds, job.finished_at, job.updated_at = None, now, now
+        job.error_kind = job.error_message = None
+        _clear_claim(job)
+        return job
 
 
 def fail_job(
-    db: Engine, job_id: int, error: BaseException, *, retry_backoff: float, now: datetime | None = None
+    db: Engine, job_id: int, error: BaseException, *, retry_backoff: float, now: datetime | None = None,
+    claim_token: str | None = None,
 ) -> Job:
     """Record a failure. Bad input: failed for good. Cancellation (or a transient failure after a cancel was
     requested): cancelled. Anything else counts as transient: queued again after
     `retry_backoff * 2**(attempts-1)` seconds, or failed once `max_attempts` failures are reached."""
     with _session(db) as session, session.begin():
-        job = _locked_job(session, job_id)
+        job = _held_job(session, job_id, claim_token)
         now = now or utcnow()
-        job.updated_at, job.worker_pid, job.eta_seconds = now, None, None
+        job.updated_at, job.eta_seconds = now, None
+        _clear_claim(job)
         if isinstance(error, JobCancelled) or job.cancel_requested:
             job.state, job.finished_at = JobState.CANCELLED.value, now
             job.error_kind, job.error_message = None, str(error) or "cancelled by the user"
@@ -376,12 +481,15 @@ def _count_transient_failure(job: Job, message: str, retry_backoff: float, now: 
         job.error_message = message
 
 
-def release_job(db: Engine, job_id: int) -> Job:
+def release_job(db: Engine, job_id: int, claim_token: str | None = None) -> Job:
     """A clean stop (SIGTERM with on_stop = "requeue"): the running job goes back to queued, due at once,
-    without counting an attempt: nothing went wrong with it."""
-    return _change(
-        db, job_id, state=JobState.QUEUED.value, worker_pid=None, not_before=None, stage=None, eta_seconds=None
-    )
+    without counting an attempt: nothing went wrong with it. With `claim_token`: only while that claim holds."""
+    with _session(db) as session, session.begin():
+        job = _held_job(session, job_id, claim_token)
+        job.state, job.not_before, job.stage, job.eta_seconds = JobState.QUEUED.value, None, None, None
+        job.updated_at = utcnow()
+        _clear_claim(job)
+        return job
 
 
 def set_input_paths(db: Engine, job_id: int, **paths: str | Path | None) -> Job:
@@ -441,28 +549,40 @@ def _times(count: int) -> str:
     return "once" if count == 1 else f"{count} times"
 
 
-def requeue_after_service_death(db: Engine, max_interruptions: int, now: datetime | None = None) -> list[Job]:
-    """At start-up (the state lock held, so no other daemon runs): jobs left running by a daemon that died go
-    back to the queue, due at once, counting a service interruption instead of an attempt: a power loss is
-    not the job's fault. A job reaching `max_interruptions` fails; one the user cancelled ends cancelled.
+def requeue_after_service_death(db: Engine, max_interruptions: int, now: datetime | None = None,
+                                host: str | None = None) -> list[Job]:
+    """At start-up (the state lock held, so no other daemon of this state folder runs): jobs left running by a
+    daemon that died go back to the queue, due at once, counting a service interruption instead of an attempt:
+    a power loss is not the job's fault. A job reaching `max_interruptions` fails; one the user cancelled ends
+    cancelled. With `host`, only the jobs claimed on that host (or by an svfrd from before claims named their
+    host): another host's jobs are its own, or go back when their lease expires (`requeue_expired_leases`).
     Returns the jobs found, as they are now."""
     now = now or utcnow()
+    query = select(Job).where(Job.state == JobState.RUNNING.value)
+    if host is not None:
+        query = query.where(or_(Job.claim_host == host, col(Job.claim_host).is_(None)))
     with _session(db) as session, session.begin():
-        stranded = session.exec(select(Job).where(Job.state == JobState.RUNNING.value)).all()
+        stranded = session.exec(query).all()
         for job in stranded:
-            job.updated_at, job.worker_pid, job.eta_seconds = now, None, None
-            if job.cancel_requested:
-                job.state, job.finished_at = JobState.CANCELLED.value, now
-                job.error_message = "cancelled by the user"
-                continue
-            job.service_interruptions += 1
-            if job.service_interruptions >= max_interruptions:
-                job.state, job.finished_at = JobState.FAILED.value, now
-                job.error_kind, job.error_message = ErrorKind.TRANSIENT.value, service_interruption_message(job)
-            else:
-                job.state, job.not_before, job.stage = JobState.QUEUED.value, None, None
-                job.error_message = service_requeue_message(job, max_interruptions)
+            _requeue_stranded(job, max_interruptions, now)
         return list(stranded)
+
+
+def _requeue_stranded(job: Job, max_interruptions: int, now: datetime) -> None:
+    """A running job whose daemon is gone: queued again (or failed, or cancelled), no attempt counted."""
+    job.updated_at, job.eta_seconds = now, None
+    _clear_claim(job)
+    if job.cancel_requested:
+        job.state, job.finished_at = JobState.CANCELLED.value, now
+        job.error_message = "cancelled by the user"
+        return
+    job.service_interruptions += 1
+    if job.service_interruptions >= max_interruptions:
+        job.state, job.finished_at = JobState.FAILED.value, now
+        job.error_kind, job.error_message = ErrorKind.TRANSIENT.value, service_interruption_message(job)
+    else:
+        job.state, job.not_before, job.stage = JobState.QUEUED.value, None, None
+        job.error_message = service_requeue_message(job, max_interruptions)
 
 
 def failed_jobs_with_source_under(db: Engine, folders: Iterable[Path]) -> list[Job]:
@@ -484,18 +604,47 @@ def failed_jobs_with_source_under(db: Engine, folders: Iterable[Path]) -> list[J
 # Publication plan: the final result names are recorded before any rename (see svfrd.service.results).
 
 
+class NameTaken(QueueError):
+    """Another unfinished job has already planned this final name: choose the next free one."""
+
+
 def record_planned_results(
-    db: Engine, job_id: int, *, output_path: str | Path, report_path: str | Path, frames: int
+    db: Engine, job_id: int, *, output_path: str | Path, report_path: str | Path, frames: int,
+    claim_token: str | None = None,
 ) -> Job:
     """Record the final names of a job's results before any of them is renamed, with the final frame count
-    (which the throttled progress reports may not have written). Returns the updated job."""
-    return _change(db, job_id, output_path=str(output_path), report_path=str(report_path), stage="publish",
-                   frames_done=frames, frames_total=frames, eta_seconds=None)
+    (which the throttled progress reports may not have written). Returns the updated job.
+
+    In the same transaction: the claim is checked (ClaimLost, with `claim_token`), and the name must not be
+    planned by another queued or running job (NameTaken): with several workers, two jobs for videos of the
+    same name may both find a name free on disk before either renames anything."""
+    with _session(db) as session, session.begin():
+        job = _held_job(session, job_id, claim_token)
+        if _name_planned_elsewhere(session, job_id, str(output_path)):
+            raise NameTaken(f"{output_path} is planned by another job")
+        job.output_path, job.report_path, job.stage = str(output_path), str(report_path), "publish"
+        job.plan_token = job.claim_token
+        job.frames_done, job.frames_total, job.eta_seconds, job.updated_at = frames, frames, None, utcnow()
+        return job
+
+
+def _name_planned_elsewhere(session: Session, job_id: int, output_path: str) -> bool:
+    query = select(Job.id).where(Job.output_path == output_path, Job.id != job_id,
+                                 col(Job.state).in_([JobState.QUEUED.value, JobState.RUNNING.value]))
+    return session.exec(query.limit(1)).first() is not None
+
+
+def planned_names_of_other_jobs(db: Engine, job_id: int) -> set[str]:
+    """The result names other queued or running jobs have planned (not yet on disk, maybe)."""
+    query = select(Job.output_path).where(col(Job.output_path).is_not(None), Job.id != job_id,
+                                          col(Job.state).in_([JobState.QUEUED.value, JobState.RUNNING.value]))
+    with _session(db) as session:
+        return set(session.exec(query).all())
 
 
 def forget_planned_results(db: Engine, job_id: int) -> None:
     """The planned results are gone (deleted by hand): the job runs again and plans anew."""
-    _change(db, job_id, output_path=None, report_path=None)
+    _change(db, job_id, output_path=None, report_path=None, plan_token=None)
 
 
 def jobs_with_planned_results(db: Engine) -> list[Job]:
@@ -538,7 +687,8 @@ def retry_job(db: Engine, job_id: int) -> Job:
             raise JobStateError(f"job {job_id} was rejected at intake, so retrying cannot help: {job.error_message}")
         job.state, job.attempts, job.not_before = JobState.QUEUED.value, 0, None
         job.service_interruptions = 0
-        job.cancel_requested, job.finished_at, job.worker_pid = False, None, None
+        job.cancel_requested, job.finished_at = False, None
+        _clear_claim(job)
         job.error_kind = job.error_message = job.stage = None
         job.frames_done, job.frames_total, job.eta_seconds = 0, None, None
         job.updated_at = utcnow()

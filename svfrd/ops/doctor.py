@@ -301,6 +301,30 @@ def check_gpu(config: Config) -> Check:
     return passed("GPU", detail)
 
 
+def check_workers(config: Config) -> Check:
+    """The workers `[engine] devices` starts, and the running jobs with the host and device of each, from the
+    job database (every daemon sharing it)."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from svfrd.jobs.database import missing_database_file, open_read_only
+    from svfrd.jobs.store import list_jobs
+    from svfrd.ops.status_view import worker_place
+
+    devices = config.engine.worker_devices
+    detail = f"{len(devices)} worker(s) here, on {', '.join(devices)}"
+    if missing_database_file(config.service.database_url) is not None:
+        return passed("workers", f"{detail}; no job database yet")
+    db = open_read_only(config.service.database_url)
+    try:
+        running = list_jobs(db, limit=1000, states=["running"])
+    except SQLAlchemyError:
+        return passed("workers", f"{detail}; running jobs unknown until the database is upgraded (see above)")
+    finally:
+        db.dispose()
+    jobs = "; ".join(f"job {job.id} {worker_place(job)}" for job in running) or "no job running"
+    return passed("workers", f"{detail}; {jobs}")
+
+
 def cuda_index(device: str) -> int:
     _, _, index = device.partition(":")
     return int(index) if index.isdigit() else 0
@@ -345,6 +369,7 @@ def all_checks() -> list[tuple[str, Callable[[Config], Check | list[Check]]]]:
     return [
         ("folders", folder_checks),
         ("database", check_database),
+        ("workers", check_workers),
         ("free space", check_free_space),
         ("video codecs", lambda _config: check_codecs()),
         ("face model", check_face_model),

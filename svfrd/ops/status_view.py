@@ -282,7 +282,15 @@ def running_panel(job: Job, speed: float | None, now: datetime) -> RenderableTyp
         ("stage ", "dim"), (stage, "yellow"), ("  ·  ", "dim"), speed_text, ("  ·  ", "dim"),
         format_duration(seconds_left(job, speed, now)), (" left", "dim"),
     )
-    return Group(title, bar_line, details, _start_line(job, now))
+    return Group(title, bar_line, details, _start_line(job, now), Text(worker_place(job), style="dim"))
+
+
+def worker_place(job: Job) -> str:
+    """Where a running job runs: "on HOST:STATE_FOLDER, cpu, worker 1234" (docs/architecture.md, "Workers,
+    claims and leases"); "-" for a job no worker holds."""
+    if job.state != "running" or not job.claim_host:
+        return "-"
+    return f"on {printable(job.claim_host)}, {job.claim_device or 'device ?'}, worker {job.worker_pid}"
 
 
 def _start_line(job: Job, now: datetime) -> Text:

@@ -17,6 +17,7 @@ class Outcome(str, enum.Enum):
     SUPERSEDED = "superseded"  # its video was replaced after it was queued: cancelled, a new job restores it
     INTERRUPTED = "interrupted"  # the daemon is stopping: back in the queue, no attempt counted
     CONFIG_ERROR = "config_error"  # the service is misconfigured: back in the queue, the daemon stops
+    CLAIM_LOST = "claim_lost"  # its lease expired and the job went back to the queue: nothing was recorded
 
 
 # Supervisor -> worker.
@@ -25,6 +26,8 @@ class Outcome(str, enum.Enum):
 @dataclass(frozen=True)
 class RunJob:
     job_id: int
+    #: The claim the supervisor made for this run: every record the worker makes checks it (fencing).
+    claim_token: str | None = None
 
 
 @dataclass(frozen=True)

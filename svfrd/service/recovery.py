@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
+from datetime import datetime
 
 from sqlalchemy import Engine as Database
 
@@ -26,11 +28,20 @@ from svfrd.jobs.store import (
     jobs_with_planned_results,
     release_job,
     requeue_after_service_death,
+    requeue_expired_leases,
+    running_jobs_of_other_hosts,
 )
 from svfrd.ops.logs import job_logger
 from svfrd.service import results
 
 log = logging.getLogger(__name__)
+
+
+def this_daemon(config: Config) -> str:
+    """How this daemon names itself in the claims it makes (`claim_host`): the host name and its state folder.
+    The state lock makes it unique: two daemons on one host (each its own state folder, one shared database)
+    never take each other's running jobs for their own at start-up."""
+    return f"{socket.gethostname()}:{config.service.state_dir}"
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -44,14 +55,19 @@ def recover_at_startup(config: Config, db: Database) -> None:
     finish_interrupted_publications(config, db)
     requeue_jobs_of_a_dead_service(config, db)
     file_inputs_of_failures_cut_short(config, db)
-    placement.clean_stale_temp_files(config.output.outbox)
+    # Another host's running jobs write their temporary files into the shared outbox: those must stay.
+    if not running_jobs_of_other_hosts(db, this_daemon(config)):
+        placement.clean_stale_temp_files(config.output.outbox)
 
 
 def finish_interrupted_publications(config: Config, db: Database) -> None:
     """Jobs whose results were complete and named when the last daemon died (or whose publication failed
     and waits for a retry) are finished now, before the outbox's stale temporary files are cleared
     (svfrd.service.results explains the order)."""
+    host = this_daemon(config)
     for job in jobs_with_planned_results(db):
+        if job.claim_host not in (host, None):
+            continue  # another host's: finished by that host, or by the next attempt after its lease expired
         if results.complete_publication(config, db, job):
             job_logger(job.id).info("finished publishing the results of the interrupted run")
 
@@ -59,18 +75,30 @@ def finish_interrupted_publications(config: Config, db: Database) -> None:
 def requeue_jobs_of_a_dead_service(config: Config, db: Database) -> list[Job]:
     """Jobs left running: back in the queue without using up an attempt; a job the service died under
     `max_service_interruptions` times fails, and its inputs go to failed/ like any failed job's."""
-    jobs = requeue_after_service_death(db, config.service.max_service_interruptions)
+    jobs = requeue_after_service_death(db, config.service.max_service_interruptions, host=this_daemon(config))
+    _report_requeued(config, db, jobs, "the service stopped while it ran")
+    return jobs
+
+
+def requeue_jobs_with_expired_leases(config: Config, db: Database, now: datetime | None = None) -> list[Job]:
+    """While running, every heartbeat: jobs of any host whose lease expired (that host died, or lost the
+    database) go back to the queue like the jobs of a dead service; never a job whose lease still holds."""
+    jobs = requeue_expired_leases(db, config.service.max_service_interruptions, now=now)
+    _report_requeued(config, db, jobs, "its lease expired: the daemon running it ({host}) stopped renewing it")
+    return jobs
+
+
+def _report_requeued(config: Config, db: Database, jobs: list[Job], why: str) -> None:
     for job in jobs:
         logger = job_logger(job.id)
         if job.state == JobState.FAILED.value:
             logger.error("failed: %s", job.error_message)
             results.file_failed_inputs(config, db, job, job.error_message or "")
         elif job.state == JobState.QUEUED.value:
-            logger.info("back in the queue: the service stopped while it ran (%d of at most %d times)",
+            logger.info("back in the queue: %s (%d of at most %d times)", why.format(host=job.claim_host),
                         job.service_interruptions, config.service.max_service_interruptions)
         else:
             logger.info("cancelled")
-    return jobs
 
 
 def file_inputs_of_failures_cut_short(config: Config, db: Database) -> list[Job]:

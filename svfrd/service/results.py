@@ -9,9 +9,14 @@ Crash safety rests on one order and one record:
 4. Only then are the inputs moved to done/, and the job recorded as done.
 
 A run interrupted anywhere after step 2 is completed by `complete_publication`: a final file whose temporary
-file is gone was published by this job (the names were free when chosen, and one job runs at a time), so
-nothing is produced twice; a temporary file that is still there is published now. Before step 2 nothing was
-published, so the job simply runs again.
+file is gone was published by this job (the names were free when chosen, and no other unfinished job may plan a
+name already planned, `svfrd.jobs.store.record_planned_results`), so nothing is produced twice; a temporary
+file that is still there is published now. Before step 2 nothing was published, so the job simply runs again.
+
+Several workers run jobs at once, and a worker may outlive its claim (its lease expired, the job runs again
+elsewhere: docs/architecture.md, "Workers, claims and leases"). So temporary names carry the attempt's claim
+token, and a worker passes its token (`claim_token`) to every step: the plan, each rename and the final record
+check it first, and a worker whose claim is lost publishes nothing (ClaimLost).
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ import json
 import os
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from sqlalchemy import Engine
 
@@ -28,13 +33,17 @@ from svfrd.config import Config
 from svfrd.errors import TransientError
 from svfrd.files import beneath, placement
 from svfrd.files.atomic import create_temp
+from svfrd.files.names import CLAIM_TAG_CHARS
 from svfrd.jobs.model import Job, JobState
 from svfrd.jobs.store import (
+    NameTaken,
+    check_claim,
     done_jobs_with_key,
     fail_job,
     finish_job,
     get_job,
     input_needed_by_other_jobs,
+    planned_names_of_other_jobs,
     record_planned_results,
     set_input_paths,
 )
@@ -82,21 +91,29 @@ def source_stem(job: Job) -> str:
 
 
 def temp_files(config: Config, job: Job) -> ResultFiles:
-    """Temporary result paths in the outbox, unique to the job: a later job for a video of the same name
-    never touches the files of an interrupted one."""
+    """Temporary result paths in the outbox, unique to the job and its attempt: a later job for a video of the
+    same name never touches the files of an interrupted one, nor a new attempt those of a worker that lost its
+    claim. Once results are planned, the names are those of the attempt that planned them."""
     final = _files_for_stem(config.output.outbox, source_stem(job), config.output.preview)
     return ResultFiles(
-        **{kind: placement.temp_output_path(config.output.outbox, f"job{job.id}.{path.name}")
+        **{kind: placement.temp_output_path(config.output.outbox, f"{_attempt_prefix(job)}.{path.name}")
            for kind, path in final.items()}
     )
 
 
-def plan_final_files(config: Config, job: Job) -> ResultFiles:
-    """Free final names for all results, sharing one stem (`clip`, else `clip-2`, ...) so they sort together."""
+def _attempt_prefix(job: Job) -> str:
+    token = job.plan_token if job.output_path else job.claim_token
+    return f"job{job.id}-{token[:CLAIM_TAG_CHARS]}" if token else f"job{job.id}"
+
+
+def plan_final_files(config: Config, job: Job, taken: frozenset[str] = frozenset()) -> ResultFiles:
+    """Free final names for all results, sharing one stem (`clip`, else `clip-2`, ...) so they sort together.
+    A stem whose video name is in `taken` (planned by another job, not yet on disk) is skipped."""
     suffixes = [suffix for suffix in _suffixes(config.output.preview).values() if suffix]
     folder = placement.mirror_folder(config.output.outbox, job.source_name)  # inbox/trip/a.mp4 -> outbox/trip
     folder.mkdir(parents=True, exist_ok=True)
-    stem = placement.free_stem(folder, source_stem(job), suffixes)
+    stem = placement.free_stem(folder, source_stem(job), suffixes,
+                               skip=lambda candidate: str(folder / (candidate + VIDEO_SUFFIX)) in taken)
     if stem is not None:
         return _files_for_stem(folder, stem, config.output.preview)
     raise TransientError(f"the outbox {config.output.outbox} holds 10,000 results named like {job.source_name}; "
@@ -112,10 +129,31 @@ def planned_final_files(config: Config, job: Job) -> ResultFiles | None:
     return _files_for_stem(video.parent, stem, config.output.preview)
 
 
-def record_plan(db: Engine, job_id: int, finals: ResultFiles, frames: int) -> Job:
+def record_plan(db: Engine, job_id: int, finals: ResultFiles, frames: int, claim_token: str | None = None) -> Job:
     """Step 2 of the module docstring: the final names go into the job row before any rename. Returns the
-    updated job."""
-    return record_planned_results(db, job_id, output_path=finals.video, report_path=finals.report, frames=frames)
+    updated job. Raises ClaimLost when `claim_token` no longer holds the job, NameTaken when another job
+    planned these names first (`plan_and_record` then chooses again)."""
+    return record_planned_results(db, job_id, output_path=finals.video, report_path=finals.report, frames=frames,
+                                  claim_token=claim_token)
+
+
+#: Tries at planning names before giving up for now (each loses only to a job planning the same name).
+PLAN_TRIES = 20
+
+
+def plan_and_record(config: Config, db: Engine, job: Job, frames: int, claim_token: str | None = None,
+                    before_record: Callable[[ResultFiles], None] = lambda finals: None) -> Job:
+    """Choose free final names and record them (step 2), choosing again while another job planned the same
+    names first: with several workers, jobs for videos of the same name may plan at the same moment.
+    `before_record(finals)` writes what names the finals (the report) before they are recorded."""
+    for _ in range(PLAN_TRIES):
+        finals = plan_final_files(config, job, frozenset(planned_names_of_other_jobs(db, job.id)))
+        before_record(finals)
+        try:
+            return record_plan(db, job.id, finals, frames, claim_token)
+        except NameTaken:
+            continue
+    raise TransientError(f"other jobs kept taking the result names for {job.source_name}; the job will be retried")
 
 
 def write_json(path: Path, data: dict[str, Any]) -> None:
@@ -164,17 +202,21 @@ def publish_planned(config: Config, job: Job) -> ResultFiles:
     return ResultFiles(**published)
 
 
-def complete_publication(config: Config, db: Engine, job: Job, engine_name: str | None = None) -> Job | None:
+def complete_publication(config: Config, db: Engine, job: Job, engine_name: str | None = None,
+                         claim_token: str | None = None) -> Job | None:
     """Steps 3 and 4 for a job whose results were planned: publish, move inputs, record done.
-    Returns the finished job, or None when its results are gone (then the job must run again)."""
+    Returns the finished job, or None when its results are gone (then the job must run again). With
+    `claim_token`, the claim is checked before any rename and again in the transaction that records done
+    (ClaimLost: nothing more is done)."""
     if not results_are_recoverable(config, job):
         return None
     logger = job_logger(job.id)
+    check_claim(db, job.id, claim_token)
     finals = publish_planned(config, job)
     move_inputs(config, db, job, config.output.done)
     report = finals.report if finals.report.exists() else None
     finished = finish_job(db, job.id, engine=engine_name or job.engine or "unknown",
-                          output_path=finals.video, report_path=report)
+                          output_path=finals.video, report_path=report, claim_token=claim_token)
     logger.info("done: %s", finals.video.name)
     return finished
 
@@ -229,10 +271,12 @@ def error_report_text(job: Job, message: str) -> str:
     )
 
 
-def settle_failure(config: Config, db: Engine, job_id: int, error: BaseException) -> Job:
+def settle_failure(config: Config, db: Engine, job_id: int, error: BaseException,
+                   claim_token: str | None = None) -> Job:
     """Record a failure; a job failed for good gets its inputs moved to failed/ beside NAME.error.txt.
-    Transient failures leave the inputs in the inbox for the retry."""
-    job = fail_job(db, job_id, error, retry_backoff=config.service.retry_backoff)
+    Transient failures leave the inputs in the inbox for the retry. With `claim_token`: only while that
+    claim holds (else ClaimLost)."""
+    job = fail_job(db, job_id, error, retry_backoff=config.service.retry_backoff, claim_token=claim_token)
     if job.state == JobState.FAILED.value:
         job = file_failed_inputs(config, db, job, job.error_message or str(error))
     return job
@@ -252,7 +296,7 @@ def file_failed_inputs(config: Config, db: Engine, job: Job, message: str) -> Jo
 # Reusing an earlier job's results (a duplicate: the same content with the same options).
 
 
-def publish_reused_results(config: Config, db: Engine, job: Job) -> bool:
+def publish_reused_results(config: Config, db: Engine, job: Job, claim_token: str | None = None) -> bool:
     """Dedupe saves GPU time, never a user's output: when a done job with the same content and options still
     has its restored video, this job's results are that job's files (hard links, or copies) and a report that
     names the job it reuses, published by the same crash-safe steps as a restoration (module docstring).
@@ -261,7 +305,8 @@ def publish_reused_results(config: Config, db: Engine, job: Job) -> bool:
     if earlier is None:
         return False
     earlier_files = planned_final_files(config, earlier)
-    temps, finals = temp_files(config, job), plan_final_files(config, job)
+    temps = temp_files(config, job)
+    finals = plan_final_files(config, job, frozenset(planned_names_of_other_jobs(db, job.id)))
     linked = []
     for kind, temp in temps.items():
         source = getattr(earlier_files, kind)
@@ -270,10 +315,10 @@ def publish_reused_results(config: Config, db: Engine, job: Job) -> bool:
             linked.append(kind)
     outputs = {kind: getattr(finals, kind).name for kind in linked}
     write_json(temps.report, reuse_report(earlier, read_report(earlier), job, outputs))
-    planned = record_plan(db, job.id, finals, earlier.frames_total or 0)
+    planned = record_plan(db, job.id, finals, earlier.frames_total or 0, claim_token)
     job_logger(job.id).info("%s has the same content and options as job %d: its results are reused, not restored "
                             "again", job.source_name, earlier.id)
-    return complete_publication(config, db, planned, earlier.engine) is not None
+    return complete_publication(config, db, planned, earlier.engine, claim_token) is not None
 
 
 def _reusable_job(config: Config, db: Engine, job: Job) -> Job | None:

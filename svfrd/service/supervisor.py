@@ -1,24 +1,23 @@
-"""The daemon: takes the state lock, keeps the queue fed from the inboxes, and runs jobs one at a time in a
-supervised worker process (`svfrd.service.worker`).
+"""The daemon: takes the state lock, keeps the queue fed from the inboxes, and runs jobs in supervised worker
+processes (`svfrd.service.workers`), one per entry of `[engine] devices`, each taking the next job when idle.
 
-The main loop sleeps in one `select` on: a self-pipe (woken by signals and by inbox file events), the worker's
-pipe and the worker's process sentinel, with a timeout set to the next thing due (`svfrd.service.timers`:
-inbox rescan, backed-off job, watchdog keep-alive, or the check of a running job). Idle, it wakes once per scan
-interval: no busy polling. A job still running past its time limit ([limits] job_timeout_per_frame and
-job_timeout_min, known once the worker has probed its video) is stopped by killing the worker, and fails. What
-happens after a death (of the worker, or of the last daemon) is in `svfrd.service.recovery`.
+The main loop sleeps in one `select` on: a self-pipe (woken by signals and by inbox file events), each worker's
+pipe and process sentinel, with a timeout set to the next thing due (`svfrd.service.timers`: inbox rescan,
+backed-off job, watchdog keep-alive, a running job's check, the lease heartbeat). Idle, it wakes once per scan
+interval and heartbeat: no busy polling. A job still running past its time limit ([limits]
+job_timeout_per_frame and job_timeout_min, known once the worker has probed its video) is stopped by killing its
+worker, and fails. The supervisor renews the leases of its running jobs, and puts back in the queue the jobs of
+any host whose leases expired (docs/architecture.md, "Workers, claims and leases"). What happens after a death
+(of a worker, or of the last daemon) is in `svfrd.service.recovery`.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-import multiprocessing
 import os
 import selectors
 import signal
-from dataclasses import dataclass
-from multiprocessing.connection import Connection
 from typing import Any, Callable
 
 from sqlalchemy import Engine as Database
@@ -28,7 +27,7 @@ from svfrd.config import Config, LimitsConfig
 from svfrd.files.placement import FOLDER_MODE
 from svfrd.jobs.database import open_database, upgrade_database
 from svfrd.jobs.model import Job
-from svfrd.jobs.store import claim_next_job, get_job, seconds_until_next_job
+from svfrd.jobs.store import claim_is_held, claim_next_job, get_job, renew_lease, seconds_until_next_job
 from svfrd.ops import notify
 from svfrd.ops.logs import job_logger
 from svfrd.ops.printable import printable
@@ -37,26 +36,16 @@ from svfrd.service.clock import SYSTEM_CLOCK, Clock
 from svfrd.service.intake import Intake
 from svfrd.service.lock import StateLockedError, acquire_state_lock
 from svfrd.service.loop_errors import RepeatedErrors
-from svfrd.service.messages import (
-    FromWorker,
-    JobDeadline,
-    JobFinished,
-    Outcome,
-    RunJob,
-    Stop,
-    WorkerReady,
-    WorkerStartFailed,
-)
-from svfrd.service.timers import LoopTimers
-from svfrd.service.worker import service_config_problem, worker_main
+from svfrd.service.messages import FromWorker, JobDeadline, JobFinished, Outcome, WorkerReady, WorkerStartFailed
+from svfrd.service.timers import LoopTimers, Periodic
+from svfrd.service.worker import service_config_problem
+from svfrd.service.workers import WorkerProcess, describe_exit, worker_pool
 from svfrd.web.child import WebPage
 
 log = logging.getLogger(__name__)
 
 #: Pause after an unexpected error in the main loop, so a persistent one does not spin.
 LOOP_ERROR_PAUSE = 5.0
-#: How long an idle worker gets to exit after Stop.
-WORKER_EXIT_GRACE = 5.0
 #: Consecutive worker deaths before it is ready after which the daemon gives up (a broken GPU or install).
 MAX_STARTUP_DEATHS = 3
 
@@ -102,101 +91,6 @@ class Wakeup:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# The worker process, seen from the supervisor.
-
-
-def describe_exit(exitcode: int | None) -> str:
-    if exitcode is None:
-        return "still running"
-    if exitcode < 0:
-        try:
-            name = signal.Signals(-exitcode).name
-        except ValueError:
-            name = "unknown"
-        return f"signal {-exitcode}, {name}"
-    return f"exit code {exitcode}"
-
-
-@dataclass
-class WorkerProcess:
-    """One worker process and what the supervisor knows of it."""
-
-    config: Config
-    verbose: bool = False
-    process: Any = None
-    conn: Connection | None = None
-    ready: bool = False
-    engine_name: str | None = None
-    job: Job | None = None
-
-    def start(self) -> None:
-        context = multiprocessing.get_context("spawn")
-        parent_end, child_end = context.Pipe()
-        self.process = context.Process(
-            target=worker_main, args=(self.config, child_end, os.getpid(), self.verbose), name="svfrd-worker"
-        )
-        self.process.start()
-        child_end.close()  # so that our end sees EOF when the worker dies
-        self.conn, self.ready, self.job = parent_end, False, None
-        log.info("worker process %d started", self.process.pid)
-
-    @property
-    def pid(self) -> int:
-        return self.process.pid
-
-    @property
-    def alive(self) -> bool:
-        return self.process is not None and self.process.is_alive()
-
-    @property
-    def idle(self) -> bool:
-        return self.ready and self.job is None and self.alive
-
-    def wait_objects(self) -> list:
-        return [self.conn, self.process.sentinel] if self.process is not None else []
-
-    def receive(self) -> list[FromWorker]:
-        """Messages waiting on the pipe (none once the worker is gone)."""
-        received = []
-        try:
-            while self.conn.poll():
-                received.append(self.conn.recv())
-        except (EOFError, OSError):
-            pass
-        return received
-
-    def run(self, job: Job) -> None:
-        self.job = job
-        try:
-            self.conn.send(RunJob(job.id))
-        except OSError:
-            pass  # it just died: the death is handled with the job, as for any death mid-job
-
-    def interrupt(self) -> None:
-        """Ask the running job to stop at its next progress report and go back to the queue."""
-        if self.alive:
-            os.kill(self.pid, signal.SIGUSR1)
-
-    def kill(self) -> None:
-        if self.alive:
-            self.process.kill()
-        self.process.join()
-
-    def stop(self) -> None:
-        """End an idle worker: ask, then insist."""
-        if self.alive:
-            try:
-                self.conn.send(Stop())
-            except OSError:
-                pass
-            self.process.join(WORKER_EXIT_GRACE)
-        if self.process is not None:
-            self.kill()
-        if self.conn is not None:
-            self.conn.close()
-
-
-# ---------------------------------------------------------------------------------------------------------------
 # The daemon.
 
 
@@ -206,30 +100,46 @@ class Supervisor:
         self.config, self.db, self.clock = config, db, clock
         self.web = web  # the page's child process with [web] enabled, restarted here when it dies
         self.wakeup = Wakeup()
-        self.worker = WorkerProcess(config, verbose)
+        self.workers: list[WorkerProcess] = worker_pool(config, verbose, clock)
+        self.host = recovery.this_daemon(config)
         self.intake = Intake(config, db, on_hint=self.wakeup.set, clock=self.clock.monotonic)
         self.timers = LoopTimers(scan_interval=config.service.scan_interval, cancel_grace=config.service.cancel_grace,
                                  watchdog_interval=notify.watchdog_interval(), clock=clock)
+        # Renewing this daemon's leases, and looking for expired ones of any host, both every heartbeat.
+        self.heartbeat = Periodic(config.service.heartbeat, clock)
+        self.lease_check = Periodic(config.service.heartbeat, clock)
         self.stop_signal: int | None = None
         self.exit_code: int | None = None
-        self.startup_deaths = 0
         self.loop_errors = RepeatedErrors(log)
         self.paused_until = -math.inf
         self.status_text = ""
         self.sent_status: str | None = None
-        #: The running job's frame count, once the worker has probed its video (for the timeout message).
-        self.job_frames: int | None = None
+
+    @property
+    def worker(self) -> WorkerProcess:
+        """The first worker (the only one with the default `[engine] devices`)."""
+        return self.workers[0]
+
+    @worker.setter
+    def worker(self, worker: WorkerProcess) -> None:
+        self.workers[0] = worker
+
+    def busy_workers(self) -> list[WorkerProcess]:
+        return [worker for worker in self.workers if worker.job is not None]
 
     # -- life cycle --------------------------------------------------------------------------------------
 
     def run(self) -> int:
         self._install_signal_handlers()
         try:
-            self.worker.start()
+            for worker in self.workers:
+                worker.start()
             self.intake.start()
             self._guarded(self._scan)
             notify.ready()
-            log.info("svfrd is running: watching %s", ", ".join(str(i.path) for i in self.config.inboxes))
+            log.info("svfrd is running with %d worker(s) on %s: watching %s", len(self.workers),
+                     ", ".join(worker.device for worker in self.workers),
+                     ", ".join(str(i.path) for i in self.config.inboxes))
             while self.stop_signal is None and self.exit_code is None:
                 self._guarded(self._step)
             return self._shutdown()
@@ -244,15 +154,16 @@ class Supervisor:
 
     def _on_stop_signal(self, signum: int, _frame: Any) -> None:
         if self.stop_signal is not None:
-            # A second Ctrl-C / SIGTERM: the user does not want to wait for the running job.
-            self.worker.interrupt()
+            # A second Ctrl-C / SIGTERM: the user does not want to wait for the running jobs.
+            for worker in self.workers:
+                worker.interrupt()
         self.stop_signal = signum
 
     # -- one pass of the main loop -----------------------------------------------------------------------
 
     def _guarded(self, step: Callable[[], None]) -> None:
         """A failing step (database locked for too long, an unreadable inbox) is logged, and the service
-        carries on: the worker and its loaded models are worth more than a restart. The loop then pauses
+        carries on: the workers and their loaded models are worth more than a restart. The loop then pauses
         for LOOP_ERROR_PAUSE on the clock, whatever its wait objects say (a dead worker's pipe and sentinel
         are always ready, and made an error repeat 40,000 times in four minutes)."""
         try:
@@ -282,10 +193,16 @@ class Supervisor:
             return
         if self.web is not None:
             self.web.check()
-        if self.worker.idle:
-            self._start_next_job()
-        if self.worker.job is not None and self.timers.running_check_due():
-            self._check_running_job()
+        if self.heartbeat.due():
+            self._renew_leases()
+        if self.lease_check.due():
+            self._requeue_expired_leases()
+        for worker in self.workers:
+            if worker.idle:
+                self._start_next_job(worker)
+        for worker in self.busy_workers():
+            if worker.timers.running_check_due():
+                self._check_running_job(worker)
         self._keep_manager_informed()
         self._wait(self._seconds_to_sleep(), watch_web=True)
 
@@ -293,29 +210,31 @@ class Supervisor:
         self.timers.scan_started()
         self.timers.scan_finished(self.intake.scan())
 
-    def _start_next_job(self) -> None:
-        job = claim_next_job(self.db, self.worker.pid, now=self.clock.now())
+    def _start_next_job(self, worker: WorkerProcess | None = None) -> None:
+        worker = worker or self.worker
+        job = claim_next_job(self.db, worker.pid, now=self.clock.now(), host=self.host, device=worker.device,
+                             lease_seconds=self.config.service.lease)
         if job is None:
             return
-        job_logger(job.id).info("started: %s", job.source_path)
-        self.worker.run(job)
-        self.timers.job_started()
-        # Until its video is probed, a job gets the least any job gets.
-        self.timers.set_job_timeout(self.config.limits.job_timeout_min)
-        self.job_frames = None
+        job_logger(job.id).info("started on %s: %s", worker.device, job.source_path)
+        worker.run(job)
 
     def _seconds_to_sleep(self) -> float:
-        next_job_in = seconds_until_next_job(self.db, now=self.clock.now()) if self.worker.idle else None
+        idle = any(worker.idle for worker in self.workers)
+        next_job_in = seconds_until_next_job(self.db, now=self.clock.now()) if idle else None
         restart_in = self.web.seconds_until_restart() if self.web is not None else None
-        return self.timers.seconds_to_sleep(hinted=self.intake.has_hints(), job_running=self.worker.job is not None,
-                                            next_job_in=next_job_in, restart_in=restart_in)
+        sleep = self.timers.seconds_to_sleep(hinted=self.intake.has_hints(), job_running=False,
+                                             next_job_in=next_job_in, restart_in=restart_in)
+        now = self.clock.monotonic()
+        checks = [max(0.0, worker.timers.next_running_check - now) for worker in self.busy_workers()]
+        return min([sleep, self.heartbeat.seconds_until_due(), self.lease_check.seconds_until_due(), *checks])
 
     def _wait(self, timeout: float, watch_worker: bool = True, watch_web: bool = False) -> None:
-        """Sleep until `timeout`, a wake-up (signal, file event) or, with `watch_worker`, news from the worker;
+        """Sleep until `timeout`, a wake-up (signal, file event) or, with `watch_worker`, news from a worker;
         with `watch_web`, the web page's death."""
         with selectors.DefaultSelector() as selector:
             selector.register(self.wakeup, selectors.EVENT_READ)
-            for item in self.worker.wait_objects() if watch_worker else []:
+            for item in [item for worker in self.workers for item in worker.wait_objects()] if watch_worker else []:
                 selector.register(item, selectors.EVENT_READ)
             # Only where check() runs next: a dead page's descriptor stays readable until then.
             for fd in self.web.wait_objects() if self.web is not None and watch_web else []:
@@ -323,64 +242,96 @@ class Supervisor:
             selector.select(timeout)
         self.wakeup.drain()
 
-    # -- the worker --------------------------------------------------------------------------------------
+    # -- leases ------------------------------------------------------------------------------------------
+
+    def _renew_leases(self) -> None:
+        """The heartbeat comes from here, not from the busy worker: a long GPU kernel cannot starve it. A lease
+        found lost (this daemon could not reach the database for longer than the lease) means the job may
+        run elsewhere now: its worker is stopped, and fencing keeps it from publishing anything meanwhile."""
+        self.heartbeat.done()
+        for worker in self.busy_workers():
+            if renew_lease(self.db, worker.job.id, worker.claim_token, self.config.service.lease,
+                           now=self.clock.now()):
+                continue
+            job_logger(worker.job.id).warning(
+                "this daemon lost the job's lease (not renewed within [service] lease = %g s); the job went back "
+                "to the queue, so %s is stopped and its results are discarded", self.config.service.lease,
+                worker.name)
+            worker.kill()
+            self._on_worker_death(worker)
+
+    def _requeue_expired_leases(self) -> None:
+        self.lease_check.done()
+        recovery.requeue_jobs_with_expired_leases(self.config, self.db, now=self.clock.now())
+
+    # -- the workers -------------------------------------------------------------------------------------
 
     def _handle_worker(self) -> None:
-        for message in self.worker.receive():
-            self._on_worker_message(message)
-        if self.exit_code is None and self.worker.process is not None and not self.worker.alive:
-            self._on_worker_death()
+        """Act on every worker's messages, then on its death."""
+        for worker in list(self.workers):
+            for message in worker.receive():
+                self._on_worker_message(message, worker)
+            if self.exit_code is None and worker.process is not None and not worker.alive:
+                self._on_worker_death(worker)
 
-    def _on_worker_message(self, message: FromWorker) -> None:
+    def _on_worker_message(self, message: FromWorker, worker: WorkerProcess | None = None) -> None:
+        worker = worker or self.worker
         match message:
             case WorkerReady(engine_name=name):
-                self.worker.ready, self.worker.engine_name = True, name
-                self.startup_deaths = 0
+                worker.ready, worker.engine_name = True, name
+                worker.startup_deaths = 0
             case WorkerStartFailed(message=text, config_problem=config_problem):
                 log.error("%s", text)
                 self.exit_code = EXIT_CONFIG if config_problem else EXIT_FAILURE
             case JobFinished(job_id=job_id, outcome=Outcome.CONFIG_ERROR, message=text):
                 # Not the input's fault: the job went back to the queue, and the service stops until fixed.
                 log.error("svfrd stops: %s. Job %d is back in the queue and runs once this is fixed", text, job_id)
-                self.worker.job = None
+                worker.job = None
                 self.exit_code = EXIT_CONFIG
             case JobDeadline(job_id=job_id, frames=frames, seconds=seconds):
-                if self.worker.job is not None and self.worker.job.id == job_id:
-                    self.timers.set_job_timeout(seconds)
-                    self.job_frames = frames
+                if worker.job is not None and worker.job.id == job_id:
+                    worker.timers.set_job_timeout(seconds)
+                    worker.job_frames = frames
                     job_logger(job_id).debug("%d frames: stopped if still running after %.0f s", frames, seconds)
             case JobFinished(job_id=job_id, outcome=outcome):
                 job_logger(job_id).debug("the worker reports the job %s", outcome.value)
-                self.worker.job = None
+                worker.job = None
             case _:
                 log.warning("ignored an unknown message from the worker: %r", message)
 
-    def _on_worker_death(self, overdue_message: str | None = None) -> None:
-        """Reap the dead worker, settle its job (`overdue_message`: it was killed for running past its time
-        limit, and why) and start a fresh one: the one way a worker is restarted."""
-        how = describe_exit(self.worker.process.exitcode)
-        job = self.worker.job
-        self.worker.kill()  # reap it
+    def _on_worker_death(self, worker: WorkerProcess | None = None, overdue_message: str | None = None) -> None:
+        """Reap a dead worker, settle its own job (`overdue_message`: it was killed for running past its time
+        limit, and why) and start a fresh one on its device: the one way a worker is restarted. The other
+        workers and their jobs go on untouched."""
+        worker = worker or self.worker
+        how = describe_exit(worker.process.exitcode)
+        job = worker.job
+        worker.kill()  # reap it
         if job is not None:
             self._settle_job_of_dead_worker(job, how, overdue_message)
-        elif not self.worker.ready:
-            self.startup_deaths += 1
-            log.error("the worker process died while starting (%s)", how)
-            if self.startup_deaths >= MAX_STARTUP_DEATHS:
-                log.error("the worker died %d times while starting; giving up (see the errors above)",
-                          self.startup_deaths)
+        elif not worker.ready:
+            worker.startup_deaths += 1
+            log.error("the worker process on %s died while starting (%s)", worker.device, how)
+            if worker.startup_deaths >= MAX_STARTUP_DEATHS:
+                log.error("the worker on %s died %d times while starting; giving up (see the errors above)",
+                          worker.device, worker.startup_deaths)
                 self.exit_code = EXIT_FAILURE
                 return
         else:
-            log.warning("the idle worker process died (%s); restarting it", how)
+            log.warning("the idle worker process on %s died (%s); restarting it", worker.device, how)
         if self.stop_signal is None:
-            self.worker.start()
+            worker.start()
 
     def _settle_job_of_dead_worker(self, job: Job, how: str, overdue_message: str | None) -> None:
-        """Record what became of the dead worker's job. Should that fail, the worker is restarted all the
-        same (else the loop would meet the same dead worker again and again); the job stays running in the
-        database until the next start of the daemon puts it back in the queue."""
+        """Record what became of the dead worker's job, unless its claim was lost (it may run elsewhere now:
+        only that attempt may record it). Should recording fail, the worker is restarted all the same (else
+        the loop would meet the same dead worker again and again); the job stays running in the database
+        until its lease expires or the next start of the daemon puts it back in the queue."""
         try:
+            if job.claim_token is not None and not claim_is_held(get_job(self.db, job.id), job.claim_token):
+                job_logger(job.id).info("its worker ended (%s) after the job was no longer its own; nothing to "
+                                        "record", how)
+                return
             if overdue_message is not None:
                 recovery.settle_timed_out_job(self.config, self.db, job, overdue_message)
             else:
@@ -390,35 +341,40 @@ class Supervisor:
                     "it was restarted and the job will be retried")
         except Exception:  # noqa: BLE001
             job_logger(job.id).error("could not record the end of this job after its worker ended (%s); it "
-                                     "stays running until svfrd restarts", how, exc_info=True)
+                                     "stays running until its lease expires or svfrd restarts", how, exc_info=True)
 
-    def _check_running_job(self) -> None:
-        """Read the running job's row: honour a cancel the worker did not act on, and update the status line."""
-        self.timers.running_checked()
-        if self.timers.job_overdue():
-            self._stop_overdue_job()
+    def _check_running_job(self, worker: WorkerProcess | None = None) -> None:
+        """Read a running job's row: honour a cancel the worker did not act on, and update the status line."""
+        worker = worker or self.worker
+        worker.timers.running_checked()
+        if worker.timers.job_overdue():
+            self._stop_overdue_job(worker)
             return
-        job = get_job(self.db, self.worker.job.id)
+        job = get_job(self.db, worker.job.id)
         if job is None:
             return
         self.status_text = running_status(job)
-        if job.cancel_requested and self.timers.cancel_overdue():
+        if job.cancel_requested and worker.timers.cancel_overdue():
             job_logger(job.id).warning("the worker did not stop for the cancel within %g s ([service] "
-                                       "cancel_grace); killing it", self.timers.cancel_grace)
-            self.worker.process.kill()
+                                       "cancel_grace); killing it", worker.timers.cancel_grace)
+            worker.process.kill()
 
-    def _stop_overdue_job(self) -> None:
+    def _stop_overdue_job(self, worker: WorkerProcess) -> None:
         """Past its time limit the job is stopped the only way a stuck engine cannot ignore: its worker is
         killed, and then handled as any dead worker (a fresh one is started). The job fails without a retry:
         it would hold the queue as long again."""
-        message = timeout_message(self.worker.job, self.config.limits, self.job_frames, self.timers.job_timeout,
-                                  self.timers.job_running_for())
-        self.worker.kill()
-        self._on_worker_death(overdue_message=message)
+        message = timeout_message(worker.job, self.config.limits, worker.job_frames, worker.timers.job_timeout,
+                                  worker.timers.job_running_for())
+        worker.kill()
+        self._on_worker_death(worker, overdue_message=message)
 
     def _keep_manager_informed(self) -> None:
-        if self.worker.job is None:
-            self.status_text = "idle, waiting for videos" if self.worker.ready else "loading the engine"
+        busy = self.busy_workers()
+        if not busy:
+            ready = all(worker.ready for worker in self.workers)
+            self.status_text = "idle, waiting for videos" if ready else "loading the engine"
+        elif len(self.workers) > 1:
+            self.status_text = f"{len(busy)} of {len(self.workers)} workers busy"
         if self.status_text != self.sent_status:
             notify.status(self.status_text)
             self.sent_status = self.status_text
@@ -433,33 +389,45 @@ class Supervisor:
         log.info("stopping (%s)", reason)
         notify.stopping()
         self.intake.stop()
-        if self.worker.job is not None and self.worker.alive:
-            self._wind_down_running_job()
-        job = self.worker.job
-        if job is not None:
-            recovery.requeue_after_stop(self.config, self.db, job)
-        self.worker.stop()
+        if any(worker.job is not None and worker.alive for worker in self.workers):
+            self._wind_down_running_jobs()
+        for worker in self.workers:
+            if worker.job is not None:
+                recovery.requeue_after_stop(self.config, self.db, worker.job)
+            worker.stop()
         log.info("stopped")
         return self.exit_code if self.exit_code is not None else EXIT_OK
 
-    def _wind_down_running_job(self) -> None:
-        """Finish the running job (on_stop = "finish") or interrupt it, within stop_timeout; then kill."""
+    def _wind_down_running_jobs(self) -> None:
+        """Finish the running jobs (on_stop = "finish") or interrupt them, within stop_timeout; then kill.
+        Leases are renewed meanwhile: a job being finished is still this daemon's."""
         timeout = self.config.service.stop_timeout
         deadline = self.clock.monotonic() + timeout
         finishing = self.config.service.on_stop == "finish" and self.exit_code is None
-        if finishing:
-            job_logger(self.worker.job.id).info("finishing the running job before stopping (at most %.0f s)",
-                                                timeout)
-        else:
-            self.worker.interrupt()
-        while self.worker.job is not None and self.worker.alive and self.clock.monotonic() < deadline:
+        for worker in self.busy_workers():
+            if finishing:
+                job_logger(worker.job.id).info("finishing the running job before stopping (at most %.0f s)",
+                                               timeout)
+            else:
+                worker.interrupt()
+
+        def still_running() -> list[WorkerProcess]:
+            return [worker for worker in self.busy_workers() if worker.alive]
+
+        while still_running() and self.clock.monotonic() < deadline:
             notify.extend_timeout(deadline - self.clock.monotonic() + 10)
-            self._wait(min(5.0, deadline - self.clock.monotonic()))
-            for message in self.worker.receive():
-                self._on_worker_message(message)
-        if self.worker.job is not None and self.worker.alive:
-            job_logger(self.worker.job.id).warning("the worker did not stop within %.0f s; killing it", timeout)
-            self.worker.kill()
+            self._wait(min(5.0, deadline - self.clock.monotonic(), self.heartbeat.seconds_until_due()))
+            for worker in self.workers:
+                for message in worker.receive():
+                    self._on_worker_message(message, worker)
+            if self.heartbeat.due():
+                self.heartbeat.done()
+                for worker in still_running():
+                    renew_lease(self.db, worker.job.id, worker.claim_token, self.config.service.lease,
+                                now=self.clock.now())
+        for worker in still_running():
+            job_logger(worker.job.id).warning("the worker did not stop within %.0f s; killing it", timeout)
+            worker.kill()
 
 
 def timeout_message(job: Job, limits: LimitsConfig, frames: int | None, timeout: float, ran_for: float) -> str:

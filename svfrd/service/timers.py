@@ -156,3 +156,23 @@ class RestartBackoff:
 
     def seconds_until_due(self) -> float | None:
         return None if self.due_at is None else max(0.0, self.due_at - self.clock.monotonic())
+
+
+@dataclass
+class Periodic:
+    """Something done every `interval` seconds on `clock` (the lease heartbeat): due at once the first time."""
+
+    interval: float
+    clock: Clock = SYSTEM_CLOCK
+
+    def __post_init__(self) -> None:
+        self.next_due = -math.inf
+
+    def due(self) -> bool:
+        return self.clock.monotonic() >= self.next_due
+
+    def done(self) -> None:
+        self.next_due = self.clock.monotonic() + self.interval
+
+    def seconds_until_due(self) -> float:
+        return max(0.0, self.next_due - self.clock.monotonic())

@@ -44,6 +44,7 @@ from svfrd.files.hashing import file_sha256
 from svfrd.jobs.database import open_database
 from svfrd.jobs.model import Job, JobState
 from svfrd.jobs.store import (
+    ClaimLost,
     fail_job,
     forget_planned_results,
     get_job,
@@ -100,8 +101,9 @@ class JobProgress:
         interrupted: Callable[[], bool] = _interrupt_requested.is_set,
         interval: float = PROGRESS_INTERVAL,
         clock: Callable[[], float] = time.monotonic,
+        claim_token: str | None = None,
     ):
-        self.db, self.job_id, self.interrupted = db, job_id, interrupted
+        self.db, self.job_id, self.interrupted, self.claim_token = db, job_id, interrupted, claim_token
         self.interval, self.clock = interval, clock
         self.stage: str | None = None
         self.last_call = clock()
@@ -119,7 +121,8 @@ class JobProgress:
             self.first_seen[stage] = (now, done)
         if new_stage or now - self.last_write >= self.interval:
             self.last_write = now
-            if record_progress(self.db, self.job_id, stage, done, total, self.eta(stage, done, total, now)):
+            if record_progress(self.db, self.job_id, stage, done, total, self.eta(stage, done, total, now),
+                               claim_token=self.claim_token):
                 raise JobCancelled("cancelled by the user (svfrd cancel)")
 
     def _account(self, stage: str | None, now: float) -> None:
@@ -153,19 +156,35 @@ class JobRunner:
         self.config, self.db, self.engine = config, db, engine
         self.tell_supervisor = tell_supervisor
         self.must_restart = False  # set after a fatal GPU error: the worker exits once the job is settled
+        #: The claim of the running job (None: unfenced, for callers that hold no claim).
+        self.claim_token: str | None = None
 
-    def run(self, job_id: int) -> JobFinished:
-        """Run the job to its end and say how it ended (the outcomes are in `svfrd.service.messages.Outcome`)."""
+    def run(self, job_id: int, claim_token: str | None = None) -> JobFinished:
+        """Run the job to its end and say how it ended (the outcomes are in `svfrd.service.messages.Outcome`).
+        With `claim_token`, every record is made only while that claim holds (svfrd.service.results)."""
+        self.claim_token = claim_token
         job = get_job(self.db, job_id)
         if job is None:
             log.error("job %s vanished from the database before it ran", job_id)
             return JobFinished(job_id, Outcome.FAILED)
         logger = job_logger(job_id)
         try:
+            if claim_token is not None and job.claim_token != claim_token:
+                raise ClaimLost(f"job {job_id} was claimed again before this worker started it")
+            return self._run_and_settle(job, logger)
+        except ClaimLost as err:  # also from recording a failure: the row is another attempt's now
+            self._discard_own_temps(job)
+            logger.warning("stopped without publishing: %s", err)
+            return JobFinished(job_id, Outcome.CLAIM_LOST)
+
+    def _run_and_settle(self, job: Job, logger: JobLogger) -> JobFinished:
+        job_id = job.id
+        try:
             return JobFinished(job_id, self._run(job, logger))
         except JobCancelled as err:
             self._discard_unpublished(job_id)
-            fail_job(self.db, job_id, err, retry_backoff=self.config.service.retry_backoff)
+            fail_job(self.db, job_id, err, retry_backoff=self.config.service.retry_backoff,
+                     claim_token=self.claim_token)
             logger.info("cancelled")
             return JobFinished(job_id, Outcome.CANCELLED)
         except WorkerInterrupted:
@@ -190,7 +209,7 @@ class JobRunner:
         video to a new job (superseded), publish a duplicate's earlier results, and only then restore."""
         if job.output_path:
             # An earlier run got as far as choosing its result names: finish that run instead of redoing it.
-            if results.complete_publication(self.config, self.db, job, self.engine.name):
+            if results.complete_publication(self.config, self.db, job, self.engine.name, self.claim_token):
                 return Outcome.DONE
             logger.info("the results of an earlier, interrupted run are gone; restoring again")
             forget_planned_results(self.db, job.id)
@@ -201,7 +220,7 @@ class JobRunner:
                 logger.info("superseded: %s was replaced with different content after it was queued; job %d "
                             "restores the new content", job.source_name, new.id)
                 return Outcome.SUPERSEDED
-            if results.publish_reused_results(self.config, self.db, job):
+            if results.publish_reused_results(self.config, self.db, job, self.claim_token):
                 return Outcome.DONE
             self._restore(job, logger, video)
         return Outcome.DONE
@@ -212,18 +231,21 @@ class JobRunner:
         video = self._check_before_restoring(job, video)
         job = input_copies.ensure_copies(self.db, job, self.config.service.state_dir)
         temps = results.temp_files(self.config, job)
-        progress = JobProgress(self.db, job.id)
+        progress = JobProgress(self.db, job.id, claim_token=self.claim_token)
         started = time.monotonic()
         logger.info("restoring %s (tasks %s) with %s", job.source_name, "+".join(job.task_labels),
                     self.engine.name)
         result = restore_video(pipeline_job(self.config, job, temps, video.media_path), self.engine, progress,
                                on_probed=lambda info: self._announce_deadline(job, info.frames))
-        finals = results.plan_final_files(self.config, job)
-        report = build_report(job, self.engine.name, result, finals, progress.timings(), time.monotonic() - started,
-                              engine_details=getattr(self.engine, "details", dict)())
-        results.write_json(temps.report, report.to_json())
-        planned = results.record_plan(self.db, job.id, finals, result.frames)
-        if results.complete_publication(self.config, self.db, planned, self.engine.name) is None:
+
+        def write_report(finals: results.ResultFiles) -> None:
+            report = build_report(job, self.engine.name, result, finals, progress.timings(),
+                                  time.monotonic() - started, engine_details=getattr(self.engine, "details", dict)())
+            temps.report.unlink(missing_ok=True)  # written again when another job took the names first
+            results.write_json(temps.report, report.to_json())
+
+        planned = results.plan_and_record(self.config, self.db, job, result.frames, self.claim_token, write_report)
+        if results.complete_publication(self.config, self.db, planned, self.engine.name, self.claim_token) is None:
             raise TransientError(f"the restored video of {job.source_name} vanished from the outbox before it "
                                  "was published; the job will run again")
 
@@ -241,7 +263,7 @@ class JobRunner:
 
     def _settle(self, job_id: int, error: SvfrdError, logger: JobLogger) -> Outcome:
         self._discard_unpublished(job_id)
-        job = results.settle_failure(self.config, self.db, job_id, error)
+        job = results.settle_failure(self.config, self.db, job_id, error, self.claim_token)
         if job.state == JobState.QUEUED.value:
             logger.warning("will retry (attempt %d of %d failed): %s", job.attempts, job.max_attempts, error)
             return Outcome.RETRY
@@ -251,7 +273,7 @@ class JobRunner:
     def _release(self, job_id: int) -> None:
         """Back to the queue, due at once, no attempt counted: the job did nothing wrong."""
         self._discard_unpublished(job_id)
-        release_job(self.db, job_id)
+        release_job(self.db, job_id, self.claim_token)
 
     def _discard_unpublished(self, job_id: int) -> None:
         """Remove temporary results unless they were already planned for publication (then they are kept
@@ -259,6 +281,15 @@ class JobRunner:
         job = get_job(self.db, job_id)
         if job is not None and not job.output_path:
             results.remove_temp_files(self.config, job)
+
+    def _discard_own_temps(self, job: Job) -> None:
+        """After losing the claim: remove this attempt's temporary results, unless this attempt had planned
+        them (then the attempt that took the job over publishes them, svfrd.service.results)."""
+        current = get_job(self.db, job.id)
+        if current is not None and current.output_path and current.plan_token == self.claim_token:
+            return
+        mine = job.model_copy(update={"claim_token": self.claim_token, "output_path": None})
+        results.remove_temp_files(self.config, mine)
 
 
 def unexpected_error(job: Job, err: Exception) -> TransientError:
@@ -403,8 +434,8 @@ def serve(conn: Connection, runner: JobRunner) -> None:
 def run_message(conn: Connection, runner: JobRunner, message: ToWorker) -> bool:
     """Act on one message from the supervisor; False when the worker is to end."""
     match message:
-        case RunJob(job_id=job_id):
-            finished = runner.run(job_id)
+        case RunJob(job_id=job_id, claim_token=claim_token):
+            finished = runner.run(job_id, claim_token)
             # Cleared only between jobs: an interrupt sent just after RunJob must still stop that job.
             _interrupt_requested.clear()
             conn.send(finished)

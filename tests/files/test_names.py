@@ -33,7 +33,8 @@ def test_the_result_suffixes_are_those_of_the_results():
 def test_the_temporary_results_and_the_sidecar_are_named_as_the_service_names_them(tmp_path):
     """names.py cannot import the service's naming (files/ sits below service/), so its copies are held to it."""
     config = SimpleNamespace(output=SimpleNamespace(outbox=tmp_path, preview=True))
-    job = SimpleNamespace(id=10**JOB_ID_DIGITS - 1, source_name="trip/clip.mp4")
+    job = SimpleNamespace(id=10**JOB_ID_DIGITS - 1, source_name="trip/clip.mp4", claim_token="f" * 32,
+                          output_path=None, plan_token=None)
     derived = set(derived_names("clip.mp4"))
     assert {path.name for _, path in results.temp_files(config, job).items()} <= derived
     assert sidecar_path_for(Path("clip.mp4")).name in derived

@@ -56,6 +56,7 @@ class ServiceFolder:
     face_model: Path = FACE_MODEL
     limits: dict = field(default_factory=dict)  # [limits] keys; none: the defaults
     web: dict = field(default_factory=dict)  # [web] keys; none: the defaults
+    devices: list[str] | None = None  # [engine] devices: one worker each; None: one worker on "cpu"
 
     def __post_init__(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
@@ -91,6 +92,8 @@ class ServiceFolder:
                   f"preview = {toml_repr(self.preview)}", "crf = 23", "",
                   "[faces]", f"model = {toml_repr(str(self.face_model))}", "",
                   "[engine]", f"name = {toml_repr(self.engine)}", 'device = "cpu"', 'dtype = "fp32"']
+        if self.devices is not None:
+            lines.append(f"devices = {toml_repr(self.devices)}")
         if self.limits:
             lines += ["", "[limits]"] + [f"{key} = {toml_repr(value)}" for key, value in self.limits.items()]
         if self.web:

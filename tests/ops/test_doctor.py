@@ -219,3 +219,21 @@ def test_a_state_folder_open_to_everyone_is_a_warning_with_the_chmod(tmp_path: P
     (tmp_path / "state").chmod(0o750)
     check = next(c for c in doctor.folder_checks(config) if c.name == "state folder access")
     assert check.ok and "mode 0750" in check.detail
+
+
+@needs_face_model
+def test_doctor_lists_the_workers_and_where_each_running_job_runs(tmp_path: Path) -> None:
+    from svfrd.jobs.database import open_database
+    from svfrd.jobs.store import claim_next_job, enqueue_job
+
+    config = write_site(tmp_path, device="cpu")
+    config.write_text(config.read_text() + 'devices = ["cpu", "cpu"]\n')  # [engine] is the last table
+    url = f"sqlite:///{tmp_path / 'state' / 'svfrd.db'}"
+    upgrade_database(url)
+    db = open_database(url)
+    job = enqueue_job(db, inbox="/in", source_name="a.mp4", source_path="/in/a.mp4", tasks="0", content_hash="c")
+    claim_next_job(db, 4321, host="studio-2:/var/lib/svfrd", device="cuda:1")
+    db.dispose()
+    _, lines = doctor_output(config)
+    assert lines["workers"] == (f"✓ workers: 2 worker(s) here, on cpu, cpu; job {job.id} on "
+                                "studio-2:/var/lib/svfrd, cuda:1, worker 4321")

@@ -129,6 +129,12 @@ def test_a_running_job_shows_the_service_interruptions_it_survived_next_to_its_a
     assert "service interruptions" not in render(sv.running_panel(new_job(5, "running", attempts=1), None, NOW))
 
 
+def test_a_running_job_shows_the_host_device_and_worker_that_run_it() -> None:
+    job = new_job(4, "running", claim_host="studio-2:/var/lib/svfrd", claim_device="cuda:1", worker_pid=4321)
+    assert "on studio-2:/var/lib/svfrd, cuda:1, worker 4321" in render(sv.running_panel(job, None, NOW), width=100)
+    assert sv.worker_place(new_job(5, "done", claim_host="studio-2:/s", claim_device="cuda:1")) == "-"
+
+
 def test_speed_comes_from_progress_over_time_and_restarts_with_each_stage() -> None:
     meter = sv.SpeedMeter()
     for seconds, done in ((0, 100), (10, 130), (20, 160), (20, 160)):

@@ -144,14 +144,15 @@ def add_job(db, folder: ServiceFolder, name: str):
 def test_status_shows_state_tasks_progress_and_stage(folder, database, capsys):
     add_job(database, folder, "first.mp4")
     add_job(database, folder, "second.mp4")
-    running = claim_next_job(database, worker_pid=1)  # the oldest: first.mp4
+    running = claim_next_job(database, worker_pid=1, host="studio:/state")  # the oldest: first.mp4
     record_progress(database, running.id, "restore", 30, 120, 12.0)
 
     assert svfrd(folder, "status") == 0
-    rows = {name: line for line in capsys.readouterr().out.splitlines()
-            for name in ("first.mp4", "second.mp4") if name in line}
+    out = capsys.readouterr().out
+    rows = {name: line for line in out.splitlines() for name in ("first.mp4", "second.mp4") if name in line}
     assert all(word in rows["first.mp4"] for word in ("running", "25%", "restore", "bfr+colorize"))
     assert "queued" in rows["second.mp4"]
+    assert f"job {running.id} runs on studio:/state, device ?, worker 1" in out
 
 
 def test_show_prints_every_field_with_service_interruptions_beside_the_attempts(folder, database, capsys):

@@ -55,7 +55,7 @@ def test_a_wedged_job_is_stopped_at_its_time_limit_and_fails_saying_why(stuck_se
     stuck_worker = supervisor.worker.pid
     supervisor._start_next_job()
     pump(supervisor, "the engine to hang", lambda: (folder.root / "markers" / "stuck").exists())
-    assert supervisor.job_frames == 2 and supervisor.timers.job_timeout == 20.0  # 10 s x 2 frames, over 5 s
+    assert supervisor.worker.job_frames == 2 and supervisor.worker.timers.job_timeout == 20.0  # 10 s x 2 frames, over 5 s
 
     clock.advance(20.0)
     supervisor._check_running_job()

@@ -16,6 +16,7 @@ from svfrd.jobs.database import open_database, upgrade_database
 from svfrd.ops.logs import make_handler
 from svfrd.service import supervisor as supervisor_module
 from svfrd.service.supervisor import LOOP_ERROR_PAUSE, Supervisor
+from svfrd.service.timers import LoopTimers
 from tests.helpers.clock import FakeClock
 
 
@@ -27,6 +28,11 @@ class DeadWorker:
     ready: bool = True
     starts: int = 0
     process: object = field(default_factory=lambda: SimpleNamespace(exitcode=-9))
+    timers: LoopTimers = field(default_factory=lambda: LoopTimers(scan_interval=10.0, cancel_grace=15.0))
+    job_frames: int | None = None
+    startup_deaths: int = 0
+    device: str = "cpu"
+    name: str = "worker 4242 (cpu)"
 
     alive = False
     idle = False
@@ -53,7 +59,7 @@ def supervisor(tmp_path, monkeypatch):
     upgrade_database(config.service.database_url)
     db = open_database(config.service.database_url)
     supervisor = Supervisor(config, db, clock=FakeClock())
-    supervisor.worker = DeadWorker(job=SimpleNamespace(id=7, source_name="clip.mp4"))
+    supervisor.worker = DeadWorker(job=SimpleNamespace(id=7, source_name="clip.mp4", claim_token=None))
     supervisor.waits = []
     # What the loop would sleep on: a dead worker's pipe and sentinel make a real select return at once.
     monkeypatch.setattr(supervisor, "_wait", lambda timeout, **how: supervisor.waits.append((timeout, how)))
@@ -77,7 +83,7 @@ def test_after_an_error_the_loop_pauses_on_its_clock_and_a_dead_worker_is_restar
         attempts.append(supervisor.clock.monotonic())
         raise RuntimeError("cannot start a process")
 
-    supervisor.worker = DeadWorker(job=SimpleNamespace(id=8, source_name="b.mp4"))
+    supervisor.worker = DeadWorker(job=SimpleNamespace(id=8, source_name="b.mp4", claim_token=None))
     monkeypatch.setattr(supervisor.worker, "start", start_fails)
     supervisor._guarded(supervisor._step)
     [*_, (pause, how)] = supervisor.waits
@@ -112,8 +118,9 @@ def test_a_job_past_its_time_limit_is_settled_like_any_dead_workers_job(supervis
         raise OSError(36, "File name too long")
 
     monkeypatch.setattr(supervisor_module.recovery, "settle_timed_out_job", settle_fails)
-    supervisor.timers.job_started()
-    supervisor.timers.set_job_timeout(10.0)
+    supervisor.worker.timers = LoopTimers(scan_interval=10.0, cancel_grace=15.0, clock=supervisor.clock)
+    supervisor.worker.timers.job_started()
+    supervisor.worker.timers.set_job_timeout(10.0)
     supervisor.clock.advance(11.0)
     with caplog.at_level(logging.ERROR):
         supervisor._check_running_job()

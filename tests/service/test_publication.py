@@ -88,7 +88,7 @@ def test_temporary_results_are_hidden_partial_names_unique_to_the_job(service):
     job = running_job(service)
     for _, temp in temp_files(config, job).items():
         assert temp.parent == config.output.outbox
-        assert temp.name.startswith(f".job{job.id}.clip.") and temp.name.endswith(".part")
+        assert temp.name.startswith(f".job{job.id}-{job.claim_token[:12]}.clip.") and temp.name.endswith(".part")
 
 
 def test_a_crash_before_any_rename_is_completed_by_publishing_everything(service):

@@ -44,10 +44,10 @@ def test_messages_survive_the_pipe(message):
 
 
 def test_a_ready_worker_is_idle_for_jobs_and_resets_the_startup_death_count(supervisor):
-    supervisor.startup_deaths = 2
+    supervisor.worker.startup_deaths = 2
     supervisor._on_worker_message(WorkerReady("classical"))
     assert supervisor.worker.ready and supervisor.worker.engine_name == "classical"
-    assert supervisor.startup_deaths == 0 and supervisor.exit_code is None
+    assert supervisor.worker.startup_deaths == 0 and supervisor.exit_code is None
 
 
 @pytest.mark.parametrize(("config_problem", "exit_code"), [(True, EXIT_CONFIG), (False, EXIT_FAILURE)])
