@@ -82,6 +82,10 @@ class Job(SQLModel, table=True):
     service_interruptions: int = 0
     not_before: datetime | None = None
     cancel_requested: bool = False
+    # Higher runs first, then arrival (-100..100; docs/architecture.md, "Pause, schedule, priority, notifications").
+    priority: int = 0
+    # `svfrd run-now ID`: runs before the others, whatever the pause and the schedule say.
+    run_now: bool = False
     worker_pid: int | None = None
 
     created_at: datetime = Field(default_factory=utcnow)
@@ -115,3 +119,14 @@ class Job(SQLModel, table=True):
     def task_labels(self) -> list[str]:
         """The tasks by name, e.g. ["bfr", "inpaint"] (as the report and the logs show them)."""
         return [Task(t).label for t in self.task_ids]
+
+
+class ServiceState(SQLModel, table=True):
+    """Settings of the running service that a command changes while it runs, one row per name (the pause:
+    svfrd.service.pause). In the database so they survive a restart and every client sees the same."""
+
+    __tablename__ = "service_state"
+
+    name: str = Field(primary_key=True)
+    value: str
+    updated_at: datetime = Field(default_factory=utcnow)
