@@ -34,9 +34,11 @@ from svfrd.ops.logs import job_logger
 from svfrd.ops.printable import printable
 from svfrd.service import recovery
 from svfrd.service.clock import SYSTEM_CLOCK, Clock
+from svfrd.service.gate import Gate, GateState
 from svfrd.service.intake import Intake
 from svfrd.service.lock import StateLockedError, acquire_state_lock
 from svfrd.service.loop_errors import RepeatedErrors
+from svfrd.service.pause import read_pause
 from svfrd.service.messages import (
     FromWorker,
     JobDeadline,
@@ -157,6 +159,8 @@ class WorkerProcess:
 
     def receive(self) -> list[FromWorker]:
         """Messages waiting on the pipe (none once the worker is gone)."""
+        if self.process is None:  # let go while paused (Supervisor._let_worker_go_while_closed)
+            return []
         received = []
         try:
             while self.conn.poll():
@@ -219,13 +223,18 @@ class Supervisor:
         self.sent_status: str | None = None
         #: The running job's frame count, once the worker has probed its video (for the timeout message).
         self.job_frames: int | None = None
+        # Pause, schedule and run-now (svfrd.service.gate): read on every pass, so a change acts within seconds.
+        self.gate = Gate(config.schedule, lambda: read_pause(self.db), clock)
+        self.gate_state: GateState = self.gate.check()
+        self.interrupted_job: int | None = None  # the job asked to stop by the gate, asked once
+        self.closed_announced = False
 
     # -- life cycle --------------------------------------------------------------------------------------
 
     def run(self) -> int:
         self._install_signal_handlers()
         try:
-            self.worker.start()
+            self._let_worker_go_while_closed()  # starts it unless paused or outside the schedule
             self.intake.start()
             self._guarded(self._scan)
             notify.ready()
@@ -241,6 +250,8 @@ class Supervisor:
         signal.set_wakeup_fd(self.wakeup.write_fd, warn_on_full_buffer=False)
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, self._on_stop_signal)
+        # `svfrd pause`/`resume` send SIGUSR1 after a change: a handler, so that the wakeup fd wakes the loop.
+        signal.signal(signal.SIGUSR1, lambda _signum, _frame: None)
 
     def _on_stop_signal(self, signum: int, _frame: Any) -> None:
         if self.stop_signal is not None:
@@ -282,6 +293,8 @@ class Supervisor:
             return
         if self.web is not None:
             self.web.check()
+        self.gate_state = self.gate.check()
+        self._let_worker_go_while_closed()
         if self.worker.idle:
             self._start_next_job()
         if self.worker.job is not None and self.timers.running_check_due():
@@ -294,7 +307,7 @@ class Supervisor:
         self.timers.scan_finished(self.intake.scan())
 
     def _start_next_job(self) -> None:
-        job = claim_next_job(self.db, self.worker.pid, now=self.clock.now())
+        job = claim_next_job(self.db, self.worker.pid, now=self.clock.now(), run_now_only=not self.gate_state.open)
         if job is None:
             return
         job_logger(job.id).info("started: %s", job.source_path)
@@ -305,10 +318,30 @@ class Supervisor:
         self.job_frames = None
 
     def _seconds_to_sleep(self) -> float:
-        next_job_in = seconds_until_next_job(self.db, now=self.clock.now()) if self.worker.idle else None
+        next_job_in = seconds_until_next_job(self.db, now=self.clock.now(), run_now_only=not self.gate_state.open
+                                             ) if self.worker.idle else None
         restart_in = self.web.seconds_until_restart() if self.web is not None else None
-        return self.timers.seconds_to_sleep(hinted=self.intake.has_hints(), job_running=self.worker.job is not None,
-                                            next_job_in=next_job_in, restart_in=restart_in)
+        sleep = self.timers.seconds_to_sleep(hinted=self.intake.has_hints(), job_running=self.worker.job is not None,
+                                             next_job_in=next_job_in, restart_in=restart_in)
+        # A timer for the next schedule change, not polling (svfrd.service.gate).
+        return min(sleep, self.gate_state.seconds_until_change(self.clock.now()) or math.inf)
+
+    def _let_worker_go_while_closed(self) -> None:
+        """Paused or outside the schedule, an idle worker exits so that the GPU is free, and a fresh one starts
+        when jobs may run again or a run-now job waits (docs/architecture.md, "Pause, schedule, priority,
+        notifications")."""
+        closed = not self.gate_state.open and seconds_until_next_job(self.db, now=self.clock.now(),
+                                                                      run_now_only=True) != 0.0
+        if closed != self.closed_announced:
+            log.info("%s", f"{self.gate_state.describe()}: no job starts" if closed else "jobs may start again"
+                     if self.gate_state.open else f"{self.gate_state.describe()}, but a run-now job starts")
+            self.closed_announced = closed
+        if closed and self.worker.idle:
+            log.info("%s: the worker exits so that the GPU is free", self.gate_state.describe())
+            self.worker.stop()
+            self.worker.process = None
+        elif not closed and self.worker.process is None and self.stop_signal is None:
+            self.worker.start()
 
     def _wait(self, timeout: float, watch_worker: bool = True, watch_web: bool = False) -> None:
         """Sleep until `timeout`, a wake-up (signal, file event) or, with `watch_worker`, news from the worker;
@@ -402,6 +435,10 @@ class Supervisor:
         if job is None:
             return
         self.status_text = running_status(job)
+        if self.gate_state.must_stop(job) and self.interrupted_job != job.id:
+            self.interrupted_job = job.id
+            job_logger(job.id).info("stopping: %s; the job goes back to the queue", self.gate_state.why_stopped())
+            self.worker.interrupt()
         if job.cancel_requested and self.timers.cancel_overdue():
             job_logger(job.id).warning("the worker did not stop for the cancel within %g s ([service] "
                                        "cancel_grace); killing it", self.timers.cancel_grace)
@@ -417,7 +454,9 @@ class Supervisor:
         self._on_worker_death(overdue_message=message)
 
     def _keep_manager_informed(self) -> None:
-        if self.worker.job is None:
+        if self.worker.job is None and self.worker.process is None:
+            self.status_text = self.gate_state.describe()
+        elif self.worker.job is None:
             self.status_text = "idle, waiting for videos" if self.worker.ready else "loading the engine"
         if self.status_text != self.sent_status:
             notify.status(self.status_text)
