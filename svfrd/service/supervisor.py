@@ -27,10 +27,11 @@ from sqlalchemy.exc import SQLAlchemyError
 from svfrd.config import Config, LimitsConfig
 from svfrd.files.placement import FOLDER_MODE
 from svfrd.jobs.database import open_database, upgrade_database
-from svfrd.jobs.model import Job
+from svfrd.jobs.model import Job, JobState
 from svfrd.jobs.store import claim_next_job, get_job, seconds_until_next_job
 from svfrd.ops import notify
 from svfrd.ops.logs import job_logger
+from svfrd.ops.notifications import Notifier
 from svfrd.ops.printable import printable
 from svfrd.service import recovery
 from svfrd.service.clock import SYSTEM_CLOCK, Clock
@@ -228,6 +229,7 @@ class Supervisor:
         self.gate_state: GateState = self.gate.check()
         self.interrupted_job: int | None = None  # the job asked to stop by the gate, asked once
         self.closed_announced = False
+        self.notifier = Notifier(config.notify)  # [notify]: sent from a thread of its own, never waited for
 
     # -- life cycle --------------------------------------------------------------------------------------
 
@@ -385,6 +387,7 @@ class Supervisor:
             case JobFinished(job_id=job_id, outcome=outcome):
                 job_logger(job_id).debug("the worker reports the job %s", outcome.value)
                 self.worker.job = None
+                self._notify_if_ended(job_id)
             case _:
                 log.warning("ignored an unknown message from the worker: %r", message)
 
@@ -421,9 +424,16 @@ class Supervisor:
                     self.config, self.db, job,
                     f"the worker process died ({how}) while restoring {job.source_name}; "
                     "it was restarted and the job will be retried")
+            self._notify_if_ended(job.id)
         except Exception:  # noqa: BLE001
             job_logger(job.id).error("could not record the end of this job after its worker ended (%s); it "
                                      "stays running until svfrd restarts", how, exc_info=True)
+
+    def _notify_if_ended(self, job_id: int) -> None:
+        """[notify] for a job that ended (done, failed, cancelled); not for one back in the queue."""
+        job = get_job(self.db, job_id)
+        if job is not None and JobState(job.state).finished:
+            self.notifier.job_ended(job)
 
     def _check_running_job(self) -> None:
         """Read the running job's row: honour a cancel the worker did not act on, and update the status line."""
@@ -478,6 +488,7 @@ class Supervisor:
         if job is not None:
             recovery.requeue_after_stop(self.config, self.db, job)
         self.worker.stop()
+        self.notifier.close()
         log.info("stopped")
         return self.exit_code if self.exit_code is not None else EXIT_OK
 
