@@ -128,6 +128,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     from svfrd.jobs.database import missing_database_file
     from svfrd.jobs.store import list_jobs
     from svfrd.ops.status_view import no_jobs_yet
+    from svfrd.service.gate import control_text, queue_mark
 
     console = Console(highlight=False)
     inboxes = ", ".join(str(i.path) for i in config.inboxes)
@@ -135,17 +136,21 @@ def cmd_status(args: argparse.Namespace) -> int:
     if never_ran is not None:
         console.print(escape(f"{no_jobs_yet(never_ran)}, then drop a video into {inboxes}"))
         return EXIT_OK
-    jobs = _using_database(config, lambda db: list_jobs(db, limit=args.limit))
+    jobs, control = _using_database(config, lambda db: (
+        list_jobs(db, limit=args.limit), control_text(db, config.schedule, datetime.now(timezone.utc))))
+    if control:  # "paused", "outside schedule until 19:00": `svfrd resume` / the [schedule] hours
+        console.print(Text(f"svfrd is {control}", style="bold yellow"))
     if not jobs:
         console.print(escape(f"no jobs yet: drop a video into {inboxes}"))
         return EXIT_OK
     table = Table(title=f"svfrd: the {len(jobs)} most recent jobs")
-    for column, justify in (("id", "right"), ("state", "left"), ("tasks", "left"), ("progress", "right"),
-                            ("stage", "left"), ("age", "right"), ("file", "left")):
+    for column, justify in (("id", "right"), ("state", "left"), ("prio", "right"), ("tasks", "left"),
+                            ("progress", "right"), ("stage", "left"), ("age", "right"), ("file", "left")):
         table.add_column(column, justify=justify)
     styles = {"done": "green", "failed": "red", "running": "bold cyan", "cancelled": "yellow"}
     for job in jobs:
-        table.add_row(str(job.id), f"[{styles.get(job.state, '')}]{job.state}", task_labels(job.tasks),
+        table.add_row(str(job.id), f"[{styles.get(job.state, '')}]{job.state}",
+                      queue_mark(job) if job.state == "queued" else "-", task_labels(job.tasks),
                       progress_percent(job), job.stage or "-", format_age(job.created_at),
                       Text(printable(job.source_name)))  # a name is never markup: `[link=...]` stays text
     console.print(table)

@@ -13,9 +13,11 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Callable
 
+from sqlalchemy import Engine as Database
+
 from svfrd.jobs.model import Job
 from svfrd.service.clock import SYSTEM_CLOCK, Clock
-from svfrd.service.pause import Pause
+from svfrd.service.pause import Pause, read_pause
 from svfrd.service.schedule import Schedule
 
 
@@ -51,6 +53,27 @@ class GateState:
         if self.schedule_change is None:
             return None
         return max(0.0, (self.schedule_change - now).total_seconds())
+
+
+def control_text(db: Database, schedule: Schedule, now: datetime) -> str:
+    """What `svfrd status` and the status view say about the pause and the schedule ("" when jobs run)."""
+    return Gate(schedule, lambda: read_pause(db), FixedClock(now)).check().describe()
+
+
+@dataclass(frozen=True)
+class FixedClock:
+    moment: datetime
+
+    def now(self) -> datetime:
+        return self.moment
+
+    def monotonic(self) -> float:
+        return 0.0
+
+
+def queue_mark(job: Job) -> str:
+    """A queued job's place in the order: "now" (run-now) or its priority."""
+    return "now" if job.run_now else str(job.priority)
 
 
 class Gate:

@@ -13,7 +13,7 @@ def svfrd(folder: ServiceFolder, *args: str) -> None:
     assert main(["--config", str(folder.config_path), *args]) == 0
 
 
-def test_pause_stops_the_running_job_frees_the_worker_survives_a_restart_and_resume_runs_it(tmp_path):
+def test_pause_stops_the_running_job_frees_the_worker_survives_a_restart_and_resume_runs_it(tmp_path, capsys):
     folder = ServiceFolder(tmp_path / "svfrd", engine=SLOW)
     with Daemon(folder, env={"SVFRD_TEST_SECONDS_PER_FRAME": "0.5"}) as daemon:
         folder.drop(write_face_clip(tmp_path / "clip.mp4", tag=21, frames=8))
@@ -29,6 +29,10 @@ def test_pause_stops_the_running_job_frees_the_worker_survives_a_restart_and_res
         restarted.wait_until("the pause read at start-up", lambda: "paused: no job starts" in restarted.log())
         assert [job.state for job in folder.jobs()] == ["queued"]
         assert "worker process" not in restarted.log()  # paused: no worker (and no GPU memory) at all
+        capsys.readouterr()
+        svfrd(folder, "status")
+        shown = capsys.readouterr().out
+        assert "svfrd is paused" in shown and "prio" in shown
         svfrd(folder, "resume")
         (done,) = restarted.wait_for_jobs(1, {"done"})
     assert done.id == running.id and folder.files("outbox") == ["clip.report.json", "clip.restored.mp4"]
