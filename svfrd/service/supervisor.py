@@ -326,7 +326,8 @@ class Supervisor:
         sleep = self.timers.seconds_to_sleep(hinted=self.intake.has_hints(), job_running=self.worker.job is not None,
                                              next_job_in=next_job_in, restart_in=restart_in)
         # A timer for the next schedule change, not polling (svfrd.service.gate).
-        return min(sleep, self.gate_state.seconds_until_change(self.clock.now()) or math.inf)
+        change_in = self.gate_state.seconds_until_change(self.clock.now())
+        return sleep if change_in is None else min(sleep, change_in)
 
     def _let_worker_go_while_closed(self) -> None:
         """Paused or outside the schedule, an idle worker exits so that the GPU is free, and a fresh one starts
