@@ -589,7 +589,7 @@ def _notify(t: _Table) -> NotifyConfig:
 
 
 def _notify_command_problem(value: Any) -> str | None:
-    if isinstance(value, list) and value and all(isinstance(v, str) and v for v in value):
+    if isinstance(value, list) and all(isinstance(v, str) and v for v in value):  # []: no command
         return None
     return ('must be a list of arguments, the program first, e.g. ["/usr/local/bin/notify-me", "{id}", "{state}"]; '
             "it is run without a shell")
@@ -598,7 +598,7 @@ def _notify_command_problem(value: Any) -> str | None:
 def _notify_url_problem(value: Any) -> str | None:
     from urllib.parse import urlsplit
 
-    if isinstance(value, str) and urlsplit(value).scheme in ("http", "https") and urlsplit(value).hostname:
+    if value == "" or isinstance(value, str) and urlsplit(value).scheme in ("http", "https") and urlsplit(value).hostname:
         return None
     return 'must be an http:// or https:// URL, e.g. "http://127.0.0.1:9000/svfrd"'
 

@@ -32,9 +32,11 @@ def test_inbox_priority_schedule_and_notify_load(tmp_path):
     assert config.notify.enabled and config.notify.timeout == 10.0
 
 
-def test_without_the_sections_jobs_always_run_and_nothing_is_sent(tmp_path):
+def test_without_the_sections_or_with_them_empty_jobs_always_run_and_nothing_is_sent(tmp_path):
     config = load_config(write_config(tmp_path, MINIMAL))
     assert config.schedule.always and not config.notify.enabled and config.inboxes[0].priority == 0
+    empty = load_config(write_config(tmp_path, MINIMAL + '[schedule]\nactive = []\n[notify]\ncommand = []\nurl = ""\n'))
+    assert empty.schedule.always and not empty.notify.enabled
 
 
 @pytest.mark.parametrize("text, words", [
