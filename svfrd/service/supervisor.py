@@ -39,7 +39,6 @@ from svfrd.service.gate import Gate, GateState
 from svfrd.service.intake import Intake
 from svfrd.service.lock import StateLockedError, acquire_state_lock
 from svfrd.service.loop_errors import RepeatedErrors
-from svfrd.service.pause import read_pause
 from svfrd.service.messages import (
     FromWorker,
     JobDeadline,
@@ -50,6 +49,7 @@ from svfrd.service.messages import (
     WorkerReady,
     WorkerStartFailed,
 )
+from svfrd.service.pause import read_pause
 from svfrd.service.timers import LoopTimers
 from svfrd.service.worker import service_config_problem, worker_main
 from svfrd.web.child import WebPage
