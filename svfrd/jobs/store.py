@@ -32,7 +32,7 @@ from svfrd.config import tasks_to_text
 from svfrd.domain import Task, priority_problem
 from svfrd.errors import BadInputError, JobCancelled
 from svfrd.files.hashing import file_sha256
-from svfrd.jobs.model import ErrorKind, Job, JobState, utcnow
+from svfrd.jobs.model import ErrorKind, Job, JobState, ServiceState, utcnow
 
 #: States in which a job blocks a new job for the same content and options.
 DEDUPE_BLOCKING_STATES = (JobState.QUEUED.value, JobState.RUNNING.value, JobState.DONE.value)
@@ -581,6 +581,22 @@ def request_run_now(db: Engine, job_id: int) -> Job:
                                 f"(`svfrd retry {job_id}` queues a failed or cancelled one again)")
         job.run_now, job.not_before, job.updated_at = True, None, utcnow()
         return job
+
+
+def read_service_state(db: Engine, name: str) -> str | None:
+    """A setting of the service that a command changes while it runs (the pause: svfrd.service.pause)."""
+    with _session(db) as session:
+        row = session.get(ServiceState, name)
+        return None if row is None else row.value
+
+
+def write_service_state(db: Engine, name: str, value: str) -> None:
+    with _session(db) as session, session.begin():
+        row = session.get(ServiceState, name)
+        if row is None:
+            session.add(ServiceState(name=name, value=value))
+        else:
+            row.value, row.updated_at = value, utcnow()
 
 
 # ---------------------------------------------------------------------------------------------------------------

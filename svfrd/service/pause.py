@@ -17,9 +17,8 @@ import signal
 from pathlib import Path
 
 from sqlalchemy import Engine as Database
-from sqlmodel import Session
 
-from svfrd.jobs.model import ServiceState, utcnow
+from svfrd.jobs.store import read_service_state, write_service_state
 from svfrd.service.lock import LOCK_NAME
 
 PAUSE_KEY = "pause"
@@ -36,21 +35,15 @@ class Pause(str, enum.Enum):
 
 
 def read_pause(db: Database) -> Pause:
-    with Session(db) as session:
-        row = session.get(ServiceState, PAUSE_KEY)
+    value = read_service_state(db, PAUSE_KEY)
     try:
-        return Pause(row.value) if row is not None else Pause.NONE
+        return Pause(value) if value is not None else Pause.NONE
     except ValueError:  # written by a newer svfrd: pausing is the careful reading
         return Pause.NOW
 
 
 def set_pause(db: Database, pause: Pause) -> None:
-    with Session(db) as session, session.begin():
-        row = session.get(ServiceState, PAUSE_KEY)
-        if row is None:
-            session.add(ServiceState(name=PAUSE_KEY, value=pause.value))
-        else:
-            row.value, row.updated_at = pause.value, utcnow()
+    write_service_state(db, PAUSE_KEY, pause.value)
 
 
 def wake_daemon(state_dir: Path) -> bool:
