@@ -144,13 +144,14 @@ def cmd_status(args: argparse.Namespace) -> int:
         console.print(escape(f"no jobs yet: drop a video into {inboxes}"))
         return EXIT_OK
     table = Table(title=f"svfrd: the {len(jobs)} most recent jobs")
-    for column, justify in (("id", "right"), ("state", "left"), ("prio", "right"), ("tasks", "left"),
-                            ("progress", "right"), ("stage", "left"), ("age", "right"), ("file", "left")):
+    for column, justify in (("id", "right"), ("state", "left"), ("tasks", "left"), ("progress", "right"),
+                            ("stage", "left"), ("age", "right"), ("file", "left")):
         table.add_column(column, justify=justify)
     styles = {"done": "green", "failed": "red", "running": "bold cyan", "cancelled": "yellow"}
     for job in jobs:
-        table.add_row(str(job.id), f"[{styles.get(job.state, '')}]{job.state}",
-                      queue_mark(job) if job.state == "queued" else "-", task_labels(job.tasks),
+        # A queued job's place when it is not the default: "queued, prio 5", "queued, prio now" (run-now).
+        place = f", prio {queue_mark(job)}" if job.state == "queued" and (job.priority or job.run_now) else ""
+        table.add_row(str(job.id), f"[{styles.get(job.state, '')}]{job.state}{place}", task_labels(job.tasks),
                       progress_percent(job), job.stage or "-", format_age(job.created_at),
                       Text(printable(job.source_name)))  # a name is never markup: `[link=...]` stays text
     console.print(table)

@@ -33,6 +33,9 @@ def test_priority_and_run_now_change_a_queued_job(folder, capsys):  # noqa: F811
         assert svfrd(folder, "run-now", str(job.id)) == 0
         changed = get_job(db, job.id)
         assert (changed.priority, changed.run_now) == (9, True)
+        capsys.readouterr()
+        assert svfrd(folder, "status") == 0
+        assert "queued, prio now" in capsys.readouterr().out
         assert svfrd(folder, "priority", str(job.id + 1), "1") == 1
         assert f"no job {job.id + 1}" in capsys.readouterr().err
     finally:
