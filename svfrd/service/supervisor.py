@@ -313,6 +313,7 @@ class Supervisor:
         if job is None:
             return
         job_logger(job.id).info("started: %s", job.source_path)
+        self.interrupted_job = None
         self.worker.run(job)
         self.timers.job_started()
         # Until its video is probed, a job gets the least any job gets.
@@ -552,6 +553,8 @@ def run_daemon(config: Config, verbose: bool = False) -> int:
     if problem is not None:
         log.error("svfrd cannot start: %s. Nothing in the inboxes was touched", problem)
         return EXIT_CONFIG
+    # Until the loop's handler is installed, `svfrd pause` (SIGUSR1 to the lock's holder) must not end the daemon.
+    signal.signal(signal.SIGUSR1, signal.SIG_IGN)
     try:
         lock = acquire_state_lock(config.service.state_dir)
     except StateLockedError as err:
