@@ -131,6 +131,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     from svfrd.jobs.database import missing_database_file
     from svfrd.jobs.store import list_jobs
     from svfrd.ops.status_view import no_jobs_yet, worker_place
+    from svfrd.service.gate import control_text, queue_mark
 
     console = Console(highlight=False)
     inboxes = ", ".join(str(i.path) for i in config.inboxes)
@@ -138,7 +139,10 @@ def cmd_status(args: argparse.Namespace) -> int:
     if never_ran is not None:
         console.print(escape(f"{no_jobs_yet(never_ran)}, then drop a video into {inboxes}"))
         return EXIT_OK
-    jobs = _using_database(config, lambda db: list_jobs(db, limit=args.limit))
+    jobs, control = _using_database(config, lambda db: (
+        list_jobs(db, limit=args.limit), control_text(db, config.schedule, datetime.now(timezone.utc))))
+    if control:  # "paused", "outside schedule until 19:00": `svfrd resume` / the [schedule] hours
+        console.print(Text(f"svfrd is {control}", style="bold yellow"))
     if not jobs:
         console.print(escape(f"no jobs yet: drop a video into {inboxes}"))
         return EXIT_OK
@@ -148,7 +152,9 @@ def cmd_status(args: argparse.Namespace) -> int:
         table.add_column(column, justify=justify)
     styles = {"done": "green", "failed": "red", "running": "bold cyan", "cancelled": "yellow"}
     for job in jobs:
-        table.add_row(str(job.id), f"[{styles.get(job.state, '')}]{job.state}", task_labels(job.tasks),
+        # A queued job's place when it is not the default: "queued, prio 5", "queued, prio now" (run-now).
+        place = f", prio {queue_mark(job)}" if job.state == "queued" and (job.priority or job.run_now) else ""
+        table.add_row(str(job.id), f"[{styles.get(job.state, '')}]{job.state}{place}", task_labels(job.tasks),
                       progress_percent(job), job.stage or "-", format_age(job.created_at),
                       Text(printable(job.source_name)))  # a name is never markup: `[link=...]` stays text
     console.print(table)
@@ -243,6 +249,65 @@ def cmd_cancel(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_priority(args: argparse.Namespace) -> int:
+    from svfrd.jobs.store import set_priority
+
+    job = _queue_request(args, lambda db, job_id: set_priority(db, job_id, args.priority))
+    print(f"job {job.id} ({printable(job.source_name)}) now has priority {job.priority}; higher runs first")
+    return EXIT_OK
+
+
+def cmd_run_now(args: argparse.Namespace) -> int:
+    from svfrd.jobs.store import request_run_now
+
+    job = _queue_request(args, request_run_now)
+    woken = _wake_daemon(_load(args))
+    print(f"job {job.id} ({printable(job.source_name)}) runs next, whatever the pause and the schedule say"
+          f"{'' if woken else '; the service picks it up within its scan interval'}")
+    return EXIT_OK
+
+
+def cmd_pause(args: argparse.Namespace) -> int:
+    from svfrd.service.pause import Pause
+
+    pause = Pause.AFTER_CURRENT if args.after_current else Pause.NOW
+    woken = _change_pause(args, pause)
+    if pause is Pause.NOW:
+        print("paused: the running job stops within seconds and goes back to the queue; nothing starts and the "
+              "GPU is freed until `svfrd resume`" + ("" if woken else _NOT_WOKEN))
+    else:
+        print("paused after the current job: it finishes, then nothing starts until `svfrd resume`"
+              + ("" if woken else _NOT_WOKEN))
+    return EXIT_OK
+
+
+def cmd_resume(args: argparse.Namespace) -> int:
+    from svfrd.service.pause import Pause
+
+    woken = _change_pause(args, Pause.NONE)
+    print("resumed: queued jobs run again (within the [schedule] hours, if set)" + ("" if woken else _NOT_WOKEN))
+    return EXIT_OK
+
+
+_NOT_WOKEN = " (the service is not running, or may not be signalled by you: it acts within its scan interval)"
+
+
+def _change_pause(args: argparse.Namespace, pause) -> bool:
+    """Store the pause (it survives a restart) and wake the daemon; whether it was woken."""
+    from svfrd.service.pause import set_pause
+
+    config = _load(args)
+    restrict_umask()
+    _using_database(config, lambda db: set_pause(db, pause), read_only=False)
+    return _wake_daemon(config)
+
+
+def _wake_daemon(config: Config) -> bool:
+    from svfrd.service.pause import wake_daemon
+
+    return wake_daemon(config.service.state_dir)
+
+
 def cmd_doctor(args: argparse.Namespace) -> int:
     from svfrd.ops.doctor import run_doctor
 
@@ -317,7 +382,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
         if path is not None and not Path(path).is_file():
             raise CommandError(f"the {what} {path} is not a file; give the path of an image file", EXIT_USAGE)
 
-    submission = Submission(tasks=tasks, seed=args.seed, options=options,
+    submission = Submission(tasks=tasks, seed=args.seed, options=options, priority=args.priority,
                             **{what: Path(path) if path else None for what, path in extras.items()})
     try:
         target = submit_to_inbox(inbox, video, video.name, submission, place=copy_replacing)
@@ -405,6 +470,20 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _priority(text: str) -> int:
+    """An argparse type: a priority (svfrd.domain.priority_problem)."""
+    from svfrd.domain import priority_problem
+
+    try:
+        value = int(text)
+    except ValueError:
+        value = None
+    problem = priority_problem(value)
+    if problem:
+        raise argparse.ArgumentTypeError(f"{text!r}: {problem}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="svfrd", description="Restore face videos dropped into inbox folders.")
     parser.add_argument("--config", default=str(DEFAULT_CONFIG), metavar="PATH",
@@ -427,12 +506,23 @@ def build_parser() -> argparse.ArgumentParser:
                                 ("retry", cmd_retry, "run a failed or cancelled job again"),
                                 ("cancel", cmd_cancel, "cancel a queued or running job")):
         command(name, handler, text).add_argument("job_id", type=int, metavar="ID")
+    command("run-now", cmd_run_now, "run a queued job next, whatever the pause and the schedule say"
+            ).add_argument("job_id", type=int, metavar="ID")
+    priority = command("priority", cmd_priority, "change a queued job's priority (higher runs first)")
+    priority.add_argument("job_id", type=int, metavar="ID")
+    priority.add_argument("priority", type=_priority, metavar="N", help="-100 to 100 (default of new jobs: 0)")
+    pause = command("pause", cmd_pause, "stop the running job (it is queued again) and start none until "
+                    "`svfrd resume`; the GPU is freed")
+    pause.add_argument("--after-current", action="store_true", help="let the running job finish first")
+    command("resume", cmd_resume, "undo `svfrd pause`")
     submit = command("submit", cmd_submit, "copy a video into an inbox (with a sidecar for the options given)")
     submit.add_argument("video", metavar="VIDEO")
     submit.add_argument("--tasks", nargs="+", metavar="TASK", help=f"tasks: {TASKS_ALLOWED} (e.g. bfr,inpaint)")
     submit.add_argument("--mask", metavar="PNG", help="inpainting mask (white = damaged)")
     submit.add_argument("--reference", metavar="IMAGE", help="a reference photo of the face")
     submit.add_argument("--seed", type=int, help="random seed of the restoration")
+    submit.add_argument("--priority", type=_priority, metavar="N", help="-100 to 100, higher runs first "
+                        "(default: the inbox's [[inbox]] priority, else 0)")
     submit.add_argument("--option", action="append", metavar="NAME=VALUE",
                         help="a per-job option, repeatable: " + "; ".join(
                             f"{o.name} ({o.allowed})" for o in OPTIONS.values())

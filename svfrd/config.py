@@ -17,13 +17,16 @@ from typing import Any, Callable
 
 from svfrd.domain import (
     BUILTIN_OPTION_NAMES,
+    DEFAULT_PRIORITY,
     OPTIONS,
     Task,
     accepted_option_names,
     mask_rule_problem,
     option_problem,
+    priority_problem,
 )
 from svfrd.errors import ConfigError
+from svfrd.service.schedule import Schedule, ScheduleError
 
 # ---------------------------------------------------------------------------------------------------------------
 # Tasks (shared with the sidecar parser, `svfrd.service.sidecar`, and `svfrd submit`) and the checks of the keys
@@ -133,6 +136,8 @@ class InboxConfig:
     recursive: bool = True
     #: Take symlinked videos (their target is read); by default a link fails and asks for a copy.
     follow_symlinks: bool = False
+    #: The priority of its jobs unless a sidecar says otherwise (higher runs first).
+    priority: int = DEFAULT_PRIORITY
 
 
 @dataclass(frozen=True)
@@ -236,6 +241,22 @@ class WebConfig:
 
 
 @dataclass(frozen=True)
+class NotifyConfig:
+    """What to tell when a job ends (svfrd.ops.notifications): a command run with the job's details as
+    arguments (never through a shell) and/or a JSON POST to an http(s) URL. Neither: nothing is sent."""
+
+    command: tuple[str, ...] = ()
+    url: str = ""
+    #: Seconds one attempt may take, and how many attempts in all (with a doubling pause between them).
+    timeout: float = 10.0
+    attempts: int = 3
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.command or self.url)
+
+
+@dataclass(frozen=True)
 class Config:
     path: Path
     service: ServiceConfig
@@ -245,6 +266,9 @@ class Config:
     engine: EngineConfig
     limits: LimitsConfig = LimitsConfig()
     web: WebConfig = WebConfig()
+    #: `[schedule] active`: when jobs may run (svfrd.service.schedule); no windows: always.
+    schedule: Schedule = Schedule()
+    notify: NotifyConfig = NotifyConfig()
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -337,7 +361,7 @@ def _non_empty_string(value: Any) -> str | None:
 
 def _build_config(path: Path, raw: dict) -> Config:
     base = path.parent
-    known_sections = {"service", "inbox", "output", "faces", "engine", "limits", "web"}
+    known_sections = {"service", "inbox", "output", "faces", "engine", "limits", "web", "schedule", "notify"}
     for key in raw:
         if key not in known_sections:
             allowed = ", ".join(f"[{s}]" for s in sorted(known_sections - {"inbox"})) + ", [[inbox]]"
@@ -351,9 +375,11 @@ def _build_config(path: Path, raw: dict) -> Config:
     faces = _faces(_Table("[faces]", raw.get("faces", {}), base))
     limits = _limits(_Table("[limits]", raw.get("limits", {}), base))
     web = _web(_Table("[web]", raw.get("web", {}), base))
+    schedule = _schedule(_Table("[schedule]", raw.get("schedule", {}), base))
+    notify = _notify(_Table("[notify]", raw.get("notify", {}), base))
     _check_folders_distinct(inboxes, output)
     return Config(path=path, service=service, inboxes=inboxes, output=output, faces=faces, engine=engine,
-                  limits=limits, web=web)
+                  limits=limits, web=web, schedule=schedule, notify=notify)
 
 
 def _service(t: _Table) -> ServiceConfig:
@@ -416,9 +442,10 @@ def _inbox(t: _Table, option_names: frozenset[str]) -> InboxConfig:
     tasks = t.take("tasks", ["bfr"], _inbox_tasks_problem)
     options = t.take("options", {}, lambda value: _inbox_options_problem(value, option_names))
     recursive, follow_symlinks = t.take("recursive", True), t.take("follow_symlinks", False)
+    priority = t.take("priority", DEFAULT_PRIORITY, priority_problem)
     t.finish()
     return InboxConfig(path=path, tasks=parse_tasks(tasks), options=dict(options), recursive=recursive,
-                       follow_symlinks=follow_symlinks)
+                       follow_symlinks=follow_symlinks, priority=priority)
 
 
 def _inbox_tasks_problem(value: Any) -> str | None:
@@ -559,6 +586,47 @@ def _web(t: _Table) -> WebConfig:
     )
     t.finish()
     return web
+
+
+def _schedule(t: _Table) -> Schedule:
+    texts = t.take("active", [], _schedule_problem)
+    t.finish()
+    return Schedule.parse(texts)
+
+
+def _schedule_problem(value: Any) -> str | None:
+    try:
+        Schedule.parse(value)
+    except ScheduleError as err:
+        return str(err)
+    return None
+
+
+def _notify(t: _Table) -> NotifyConfig:
+    default = NotifyConfig()
+    notify = NotifyConfig(
+        command=tuple(t.take("command", [], _notify_command_problem)),
+        url=t.take("url", "", _notify_url_problem),
+        timeout=t.take("timeout", default.timeout, _positive_number),
+        attempts=t.take("attempts", default.attempts, _int_in(1, 10)),
+    )
+    t.finish()
+    return notify
+
+
+def _notify_command_problem(value: Any) -> str | None:
+    if isinstance(value, list) and all(isinstance(v, str) and v for v in value):  # []: no command
+        return None
+    return ('must be a list of arguments, the program first, e.g. ["/usr/local/bin/notify-me", "{id}", "{state}"]; '
+            "it is run without a shell")
+
+
+def _notify_url_problem(value: Any) -> str | None:
+    from urllib.parse import urlsplit
+
+    if value == "" or isinstance(value, str) and urlsplit(value).scheme in ("http", "https") and urlsplit(value).hostname:
+        return None
+    return 'must be an http:// or https:// URL, e.g. "http://127.0.0.1:9000/svfrd"'
 
 
 def web_token_problem(value: Any) -> str | None:

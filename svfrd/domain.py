@@ -168,3 +168,16 @@ def engine_options(options: Mapping[str, Any]) -> dict[str, Any]:
     """The options an engine receives: all but the pipeline's own."""
     pipeline = options_owned_by(PIPELINE)
     return {name: value for name, value in options.items() if name not in pipeline}
+
+
+#: A job's priority: higher runs first, then arrival (a sidecar's `priority`, `[[inbox]] priority`, `svfrd submit
+#: --priority`, `svfrd priority ID N`).
+PRIORITY_MIN, PRIORITY_MAX, DEFAULT_PRIORITY = -100, 100, 0
+
+
+def priority_problem(value: Any) -> str | None:
+    """Why `value` is not a priority, or None."""
+    if isinstance(value, int) and not isinstance(value, bool) and PRIORITY_MIN <= value <= PRIORITY_MAX:
+        return None
+    return (f"a priority is a whole number from {PRIORITY_MIN} to {PRIORITY_MAX} (higher runs first, "
+            f"default {DEFAULT_PRIORITY})")

@@ -50,8 +50,6 @@ class ErrorKind(str, enum.Enum):
 
 class Job(SQLModel, table=True):
     __tablename__ = "jobs"
-    # The claim's order (svfrd.jobs.store.claim_next_job): the next queued job is found without a sort.
-    __table_args__ = (Index("ix_jobs_claim_order", "state", "created_at", "id"),)
 
     id: int | None = Field(default=None, primary_key=True)
     state: str = Field(default=JobState.QUEUED.value, index=True)
@@ -85,6 +83,10 @@ class Job(SQLModel, table=True):
     service_interruptions: int = 0
     not_before: datetime | None = None
     cancel_requested: bool = False
+    # Higher runs first, then arrival (-100..100; docs/architecture.md, "Pause, schedule, priority, notifications").
+    priority: int = 0
+    # `svfrd run-now ID`: runs before the others, whatever the pause and the schedule say.
+    run_now: bool = False
     worker_pid: int | None = None
     # The claim of a running job (docs/architecture.md, "Workers, claims and leases"): who runs it, a fresh
     # random token per claim that publication compares (fencing), and until when the claim holds unless renewed.
@@ -126,3 +128,18 @@ class Job(SQLModel, table=True):
     def task_labels(self) -> list[str]:
         """The tasks by name, e.g. ["bfr", "inpaint"] (as the report and the logs show them)."""
         return [Task(t).label for t in self.task_ids]
+
+
+# The queue's order (svfrd.jobs.store.QUEUE_ORDER): a claim finds the next queued job without a sort.
+Index("ix_jobs_queue_order", Job.state, Job.run_now.desc(), Job.priority.desc(), Job.created_at, Job.id)
+
+
+class ServiceState(SQLModel, table=True):
+    """Settings of the running service that a command changes while it runs, one row per name (the pause:
+    svfrd.service.pause). In the database so they survive a restart and every client sees the same."""
+
+    __tablename__ = "service_state"
+
+    name: str = Field(primary_key=True)
+    value: str
+    updated_at: datetime = Field(default_factory=utcnow)

@@ -30,10 +30,10 @@ from sqlalchemy import Engine, and_, func, or_, update
 from sqlmodel import Session, col, select
 
 from svfrd.config import tasks_to_text
-from svfrd.domain import Task
+from svfrd.domain import Task, priority_problem
 from svfrd.errors import BadInputError, JobCancelled
 from svfrd.files.hashing import file_sha256
-from svfrd.jobs.model import ErrorKind, Job, JobState, utcnow
+from svfrd.jobs.model import ErrorKind, Job, JobState, ServiceState, utcnow
 
 #: States in which a job blocks a new job for the same content and options.
 DEDUPE_BLOCKING_STATES = (JobState.QUEUED.value, JobState.RUNNING.value, JobState.DONE.value)
@@ -262,8 +262,11 @@ def new_claim_token() -> str:
 
 
 def claim_next_job(db: Engine, worker_pid: int, now: datetime | None = None, *, host: str | None = None,
-                   device: str | None = None, lease_seconds: float = DEFAULT_LEASE) -> Job | None:
-    """Atomically move the oldest due queued job to running and return it (None if nothing is due), recording
+                   device: str | None = None, lease_seconds: float = DEFAULT_LEASE, run_now_only: bool = False
+                   ) -> Job | None:
+    """Atomically move the first due queued job to running and return it (None if nothing is due): run-now
+    jobs first, then by priority, then the oldest. `run_now_only`: while paused or outside the schedule
+    (svfrd.service.gate), only jobs given `svfrd run-now`. The claim records
     the claimant (`host`: the daemon's name, `svfrd.service.recovery.this_daemon`; device; worker pid), a fresh
     `claim_token` and `lease_expires_at`.
 
@@ -275,8 +278,8 @@ def claim_next_job(db: Engine, worker_pid: int, now: datetime | None = None, *, 
     now = now or utcnow()
     pick = (
         select(Job.id)
-        .where(Job.state == JobState.QUEUED.value, _is_due(now))
-        .order_by(col(Job.created_at), col(Job.id))
+        .where(Job.state == JobState.QUEUED.value, _is_due(now), *_run_now_filter(run_now_only))
+        .order_by(*QUEUE_ORDER)
         .limit(1)
         .with_for_update(skip_locked=True)
     )
@@ -382,17 +385,26 @@ def _held_job(session: Session, job_id: int, claim_token: str | None) -> Job:
     return job
 
 
+#: The order in which queued jobs run.
+QUEUE_ORDER = (col(Job.run_now).desc(), col(Job.priority).desc(), col(Job.created_at), col(Job.id))
+
+
+def _run_now_filter(run_now_only: bool) -> list:
+    return [col(Job.run_now).is_(True)] if run_now_only else []
+
+
 def _is_due(now: datetime):
     return or_(col(Job.not_before).is_(None), col(Job.not_before) <= now)
 
 
-def seconds_until_next_job(db: Engine, now: datetime | None = None) -> float | None:
-    """0 if a queued job is due now, the wait until the earliest backed-off one, None if none is queued.
-    Lets the supervisor sleep exactly as long as needed instead of polling."""
+def seconds_until_next_job(db: Engine, now: datetime | None = None, run_now_only: bool = False) -> float | None:
+    """0 if a queued job is due now, the wait until the earliest backed-off one, None if none is queued
+    (`run_now_only`: counting only run-now jobs, as `claim_next_job`). Lets the supervisor sleep exactly as long
+    as needed instead of polling."""
     now = now or utcnow()
     # One query, as the idle supervisor asks on every wake-up.
     query = select(func.count(), func.count(Job.not_before), func.min(Job.not_before)).where(
-        Job.state == JobState.QUEUED.value
+        Job.state == JobState.QUEUED.value, *_run_now_filter(run_now_only)
     )
     with _session(db) as session, session.begin():
         queued, backed_off, earliest = session.exec(query).one()
@@ -695,6 +707,48 @@ def retry_job(db: Engine, job_id: int) -> Job:
         return job
 
 
+def set_priority(db: Engine, job_id: int, priority: int) -> Job:
+    """`svfrd priority ID N`: where a queued job stands in the queue (a running or finished one keeps it, for
+    the record, but it changes nothing)."""
+    problem = priority_problem(priority)
+    if problem:
+        raise QueueError(f"priority {priority}: {problem}")
+    with _session(db) as session, session.begin():
+        job = _locked_job(session, job_id)
+        if job.state != JobState.QUEUED.value:
+            raise JobStateError(f"job {job_id} is {job.state}; only a queued job's priority can be changed")
+        job.priority, job.updated_at = priority, utcnow()
+        return job
+
+
+def request_run_now(db: Engine, job_id: int) -> Job:
+    """`svfrd run-now ID`: the queued job runs next, whatever the pause and the schedule say (a backed-off
+    retry waits no longer)."""
+    with _session(db) as session, session.begin():
+        job = _locked_job(session, job_id)
+        if job.state != JobState.QUEUED.value:
+            raise JobStateError(f"job {job_id} is {job.state}; only a queued job can be run now "
+                                f"(`svfrd retry {job_id}` queues a failed or cancelled one again)")
+        job.run_now, job.not_before, job.updated_at = True, None, utcnow()
+        return job
+
+
+def read_service_state(db: Engine, name: str) -> str | None:
+    """A setting of the service that a command changes while it runs (the pause: svfrd.service.pause)."""
+    with _session(db) as session:
+        row = session.get(ServiceState, name)
+        return None if row is None else row.value
+
+
+def write_service_state(db: Engine, name: str, value: str) -> None:
+    with _session(db) as session, session.begin():
+        row = session.get(ServiceState, name)
+        if row is None:
+            session.add(ServiceState(name=name, value=value))
+        else:
+            row.value, row.updated_at = value, utcnow()
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Queries for views (`svfrd status`, `show`, the live view, intake's scans). Read-only engines work here.
 
@@ -769,7 +823,7 @@ def overview(db: Engine, *, queued_limit: int, recent_limit: int) -> Overview:
         running = session.exec(select(Job).where(Job.state == JobState.RUNNING.value).order_by(col(Job.id))).all()
         queued = session.exec(
             select(Job).where(Job.state == JobState.QUEUED.value)
-            .order_by(col(Job.created_at), col(Job.id)).limit(queued_limit)
+            .order_by(*QUEUE_ORDER).limit(queued_limit)
         ).all()
         recent = session.exec(
             select(Job).where(col(Job.state).in_(finished))

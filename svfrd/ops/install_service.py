@@ -17,6 +17,7 @@ import stat
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
@@ -195,6 +196,8 @@ class UnitPaths:
     home_readable: tuple[str, ...] = ()
     #: `[web] listen` when the service serves the web page (`[web] enabled`), else None: no network at all.
     web_listen: str | None = None
+    #: `[notify] url`, which the service POSTs to when a job ends (svfrd.ops.notifications); None: not set.
+    notify_url: str | None = None
 
 
 # What the unit lets svfrd reach over the network: nothing (the default), this machine only (a web page on
@@ -202,10 +205,21 @@ class UnitPaths:
 NO_NETWORK, LOOPBACK_ONLY, ANY_ADDRESS = "none", "loopback", "any"
 
 
-def network_reach(web_listen: str | None) -> str:
-    if web_listen is None:
+def network_reach(web_listen: str | None, notify_url: str | None = None) -> str:
+    """The widest reach that the web page and the notification URL need."""
+    hosts = [parse_listen_address(web_listen)[0]] if web_listen is not None else []
+    hosts += [urlsplit(notify_url).hostname or ""] if notify_url else []
+    if not hosts:
         return NO_NETWORK
-    return LOOPBACK_ONLY if is_loopback(parse_listen_address(web_listen)[0]) else ANY_ADDRESS
+    return LOOPBACK_ONLY if all(is_loopback(host) for host in hosts) else ANY_ADDRESS
+
+
+def _notify_network_note(notify_url: str | None) -> str:
+    """Said in the unit when [notify] url is what opens the network."""
+    if not notify_url:
+        return ""
+    return (f"# [notify] url: the service POSTs to {urlsplit(notify_url).hostname} when a job ends, so its network "
+            "is not private\n# (README, \"Pause, schedule, priority, notifications\").\n")
 
 
 _UNIX_FAMILIES = """\
@@ -254,7 +268,7 @@ def render_unit(paths: UnitPaths, user: bool) -> str:
     args = (paths.executable, "--config", paths.config, "run")
     # On a command line `${NAME}` is an environment variable: a literal `$` is written `$$`.
     exec_start = " ".join(quote_arg(a.replace("$", "$$"), paths.specifiers) for a in args)
-    reach = network_reach(paths.web_listen)
+    reach = network_reach(paths.web_listen, paths.notify_url)
     families = _WEB_FAMILIES if reach != NO_NETWORK else _UNIX_FAMILIES
     if user:
         return USER_TEMPLATE.format(exec_start=exec_start, address_families=families)
@@ -266,7 +280,8 @@ def render_unit(paths: UnitPaths, user: bool) -> str:
     if paths.home_readable:
         binds += f"BindReadOnlyPaths={_optional_paths(paths.home_readable)}\n"
     return SYSTEM_TEMPLATE.format(exec_start=exec_start, writable=writable, protect_home=paths.protect_home,
-                                  binds=binds, address_families=families, network=_SYSTEM_NETWORK[reach])
+                                  binds=binds, address_families=families,
+                                  network=_notify_network_note(paths.notify_url) + _SYSTEM_NETWORK[reach])
 
 
 def _optional_paths(paths: tuple[str, ...]) -> str:
@@ -332,7 +347,8 @@ def unit_paths_for(config: Config, executable: Path) -> UnitPaths:
     return UnitPaths(str(executable), str(config.path), tuple(str(f) for f in folders), protect_home,
                      home_writable=tuple(str(f) for f in home_writable),
                      home_readable=tuple(str(p) for p in home_readable),
-                     web_listen=config.web.listen if config.web.enabled else None)
+                     web_listen=config.web.listen if config.web.enabled else None,
+                     notify_url=config.notify.url or None)
 
 
 # ---------------------------------------------------------------------------------------------------------------

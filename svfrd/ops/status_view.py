@@ -31,6 +31,8 @@ from svfrd.jobs.database import database_error_reason, missing_database_file, op
 from svfrd.jobs.model import Job, JobState, as_utc
 from svfrd.jobs.store import overview
 from svfrd.ops.printable import printable
+from svfrd.service.gate import control_text, queue_mark
+from svfrd.service.schedule import Schedule
 
 DB_POLL_SECONDS = 1.0
 SCREEN_REFRESH_PER_SECOND = 4
@@ -53,22 +55,24 @@ class Snapshot:
     recent: list[Job] = field(default_factory=list)  # finished jobs, newest first
     counts: dict[str, int] = field(default_factory=dict)
     problem: str | None = None  # why the database could not be read
+    control: str = ""  # the pause and the schedule, e.g. "paused" (svfrd.service.gate); "" when jobs run
 
 
-def read_snapshot(db: Engine, now: datetime | None = None) -> Snapshot:
+def read_snapshot(db: Engine, now: datetime | None = None, schedule: Schedule = Schedule()) -> Snapshot:
     now = now or datetime.now(timezone.utc)
     seen = overview(db, queued_limit=QUEUE_ROWS, recent_limit=RECENT_ROWS)
-    return Snapshot(taken_at=now, running=seen.running, queued=seen.queued, recent=seen.recent, counts=seen.counts)
+    return Snapshot(taken_at=now, running=seen.running, queued=seen.queued, recent=seen.recent, counts=seen.counts,
+                    control=control_text(db, schedule, now))
 
 
-def safe_snapshot(db: Engine, url: str) -> Snapshot:
+def safe_snapshot(db: Engine, url: str, schedule: Schedule = Schedule()) -> Snapshot:
     """A snapshot, or one that says why there is none (no database yet, an older schema, a locked file)."""
     now = datetime.now(timezone.utc)
     path = missing_database_file(url)
     if path is not None:
         return Snapshot(now, problem=no_jobs_yet(path))
     try:
-        return read_snapshot(db, now)
+        return read_snapshot(db, now, schedule)
     except SQLAlchemyError as err:
         return Snapshot(now, problem=f"cannot read the job database: {database_error_reason(err)} "
                                      "(is its schema older than this svfrd? the service upgrades it on start)")
@@ -312,12 +316,14 @@ def queue_table(queued: list[Job], queued_count: int, now: datetime) -> Renderab
     table.add_column("job", justify="right", no_wrap=True)
     table.add_column("video", ratio=1, no_wrap=True, overflow="ellipsis")
     table.add_column("tasks", no_wrap=True)
+    table.add_column("prio", justify="right", no_wrap=True)
     table.add_column("waiting", no_wrap=True)
     for job in queued:
-        table.add_row(str(job.id), file_name(job.source_name), task_labels(job.tasks), queue_note(job, now))
+        table.add_row(str(job.id), file_name(job.source_name), task_labels(job.tasks), queue_mark(job),
+                      queue_note(job, now))
     more = queued_count - len(queued)
     if more > 0:
-        table.add_row("", Text(f"… and {more} more", style="dim"), "", "")
+        table.add_row("", Text(f"… and {more} more", style="dim"), "", "", "")
     return table
 
 
@@ -419,7 +425,8 @@ def dashboard(snapshot: Snapshot, disk: DiskInfo, gpus: list[GpuInfo], gpu_reaso
     top.add_column(justify="right", no_wrap=True)
     top.add_row(header(snapshot) if not snapshot.problem else Text("svfrd", style="bold"),
                 Text(clock, style="dim"))
-    return Group(top, *body, disk_line(disk), gpu_lines(gpus, gpu_reason))
+    control = [Text(snapshot.control, style="bold yellow")] if snapshot.control else []  # "paused", ...
+    return Group(top, *control, *body, disk_line(disk), gpu_lines(gpus, gpu_reason))
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -445,7 +452,7 @@ class StatusSource:
         return self._screen
 
     def _build(self) -> RenderableType:
-        snapshot = safe_snapshot(self.db, self.config.service.database_url)
+        snapshot = safe_snapshot(self.db, self.config.service.database_url, self.config.schedule)
         for job in snapshot.running:
             self.speed.update(job)
         self.speed.forget_all_but(job.id for job in snapshot.running)

@@ -381,6 +381,7 @@ class Intake:
             tasks=spec.tasks,
             options=spec.options,
             seed=spec.seed,
+            priority=spec.priority,
             content_hash=content_hash,
             max_attempts=self.config.service.max_attempts,
         )
@@ -396,7 +397,7 @@ class Intake:
         """The job the sidecar asks for. The sidecar, mask and reference are opened beneath the inbox: no link
         in any part of their paths, plain files only (`svfrd.files.beneath`)."""
         if sidecar is None:
-            return default_spec(inbox.tasks, inbox.options)
+            return default_spec(inbox.tasks, inbox.options, inbox.priority)
         if sidecar.is_symlink():
             raise BadInputError(f"sidecar {sidecar.name} is a symbolic link; svfrd does not follow links in an "
                                 f"inbox. Copy the file itself in beside {video.name}.")
@@ -405,6 +406,7 @@ class Intake:
             return parse_sidecar(
                 content, video.parent, name=sidecar.name, inbox=inbox.path, default_tasks=inbox.tasks,
                 default_options=inbox.options, allowed_options=self.config.engine.option_names,
+                default_priority=inbox.priority,
             )
 
     def _keep_copies(self, spec: JobSpec) -> dict[str, str | None]:

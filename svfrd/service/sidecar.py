@@ -28,11 +28,19 @@ from typing import Any, BinaryIO, Mapping
 from PIL import Image, UnidentifiedImageError
 
 from svfrd.config import parse_tasks, toml_repr
-from svfrd.domain import BUILTIN_OPTION_NAMES, DEFAULT_SEED, Task, mask_rule_problem, option_problem
+from svfrd.domain import (
+    BUILTIN_OPTION_NAMES,
+    DEFAULT_PRIORITY,
+    DEFAULT_SEED,
+    Task,
+    mask_rule_problem,
+    option_problem,
+    priority_problem,
+)
 from svfrd.errors import BadInputError
 from svfrd.files import beneath
 
-SIDECAR_KEYS = ("tasks", "mask", "reference", "seed", "options")
+SIDECAR_KEYS = ("tasks", "mask", "reference", "seed", "priority", "options")
 #: Sidecars are refused above this size, before they are parsed: a few settings fit in far less.
 MAX_SIDECAR_BYTES = 16 * 1024
 #: Dots allowed on one line of a sidecar (keys and values together; a real sidecar has a handful).
@@ -51,6 +59,7 @@ class JobSpec:
     reference_path: Path | None = None
     seed: int = DEFAULT_SEED
     options: dict = field(default_factory=dict, hash=False)
+    priority: int = DEFAULT_PRIORITY
     mask_data: bytes | None = field(default=None, repr=False, hash=False)
     reference_data: bytes | None = field(default=None, repr=False, hash=False)
 
@@ -60,9 +69,9 @@ def sidecar_path_for(video: Path) -> Path:
     return video.with_suffix(".toml")
 
 
-def default_spec(tasks: frozenset[Task], options: Mapping[str, Any]) -> JobSpec:
+def default_spec(tasks: frozenset[Task], options: Mapping[str, Any], priority: int = DEFAULT_PRIORITY) -> JobSpec:
     """The job for a video that arrived without a sidecar: the inbox's defaults."""
-    return JobSpec(tasks=frozenset(tasks), options=dict(options))
+    return JobSpec(tasks=frozenset(tasks), options=dict(options), priority=priority)
 
 
 def parse_sidecar(
@@ -74,6 +83,7 @@ def parse_sidecar(
     default_tasks: frozenset[Task] = frozenset({Task.BFR}),
     default_options: Mapping[str, Any] | None = None,
     allowed_options: frozenset[str] = BUILTIN_OPTION_NAMES,
+    default_priority: int = DEFAULT_PRIORITY,
 ) -> JobSpec:
     """Read and check a sidecar: a path (opened beneath its own folder), an open binary file (intake opens it
     beneath the inbox), or its bytes; `name` is what messages call it (default: the path's name). `mask` and
@@ -97,6 +107,7 @@ def parse_sidecar(
         mask_path=mask and mask[0],
         reference_path=reference and reference[0],
         seed=_seed(raw, problem),
+        priority=_priority(raw, default_priority, problem),
         options={**(default_options or {}), **_options(raw, allowed_options, problem)},
         mask_data=mask and mask[1],
         reference_data=reference and reference[1],
@@ -188,6 +199,16 @@ def _seed(raw: dict, problem: _SidecarProblem) -> int:
     if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
         raise problem(f"seed = {toml_repr(seed)}: must be a whole number >= 0")
     return seed
+
+
+def _priority(raw: dict, default: int, problem: _SidecarProblem) -> int:
+    """A sidecar's `priority` replaces the inbox's `[[inbox]] priority`."""
+    if "priority" not in raw:
+        return default
+    reason = priority_problem(raw["priority"])
+    if reason:
+        raise problem(f"priority = {toml_repr(raw['priority'])}: {reason}")
+    return raw["priority"]
 
 
 def _options(raw: dict, allowed: frozenset[str], problem: _SidecarProblem) -> dict:

@@ -34,6 +34,7 @@ class Submission:
     reference: Path | None = None
     seed: int | None = None
     options: dict[str, Any] = field(default_factory=dict, hash=False)
+    priority: int | None = None  # None: the inbox's
     #: The suffix each extra's inbox name gets ("mask": ".png"); default: its own path's (an upload's
     #: temporary file has none worth keeping).
     suffixes: dict[str, str] = field(default_factory=dict, hash=False)
@@ -69,11 +70,12 @@ def submit_to_inbox(inbox: Path, video: Path, video_name: str, submission: Submi
             name = f"{stem}.{what}{submission.suffixes.get(what, path.suffix.lower())}"
             place(path, inbox / name)
             copied[what] = name
-    if submission.tasks is not None or copied or submission.seed is not None or submission.options:
+    if (submission.tasks is not None or copied or submission.seed is not None or submission.options
+            or submission.priority is not None):
         from svfrd.files.atomic import write_replacing
 
-        write_replacing(inbox / f"{stem}.toml",
-                        sidecar_text(submission.tasks, copied, submission.seed, submission.options))
+        write_replacing(inbox / f"{stem}.toml", sidecar_text(submission.tasks, copied, submission.seed,
+                                                             submission.options, submission.priority))
     target = inbox / f"{stem}{suffix}"
     place(video, target)
     return target
@@ -96,6 +98,7 @@ def toml_string(text: str) -> str:
 
 def sidecar_text(
     tasks: frozenset[Task] | None, copied: dict[str, str], seed: int | None, options: dict[str, Any] | None = None,
+    priority: int | None = None,
 ) -> str:
     lines = ["# written by `svfrd submit`"]
     if tasks is not None:
@@ -104,6 +107,8 @@ def sidecar_text(
         lines.append(f"{what} = {toml_string(name)}")
     if seed is not None:
         lines.append(f"seed = {seed}")
+    if priority is not None:
+        lines.append(f"priority = {priority}")
     if options:
         lines.append("[options]")
         lines += [f"{name} = {toml_repr(value)}" for name, value in options.items()]

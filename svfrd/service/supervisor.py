@@ -26,17 +26,20 @@ from sqlalchemy.exc import SQLAlchemyError
 from svfrd.config import Config, LimitsConfig
 from svfrd.files.placement import FOLDER_MODE
 from svfrd.jobs.database import open_database, upgrade_database
-from svfrd.jobs.model import Job
+from svfrd.jobs.model import Job, JobState
 from svfrd.jobs.store import claim_is_held, claim_next_job, get_job, renew_lease, seconds_until_next_job
 from svfrd.ops import notify
 from svfrd.ops.logs import job_logger
+from svfrd.ops.notifications import Notifier
 from svfrd.ops.printable import printable
 from svfrd.service import recovery
 from svfrd.service.clock import SYSTEM_CLOCK, Clock
+from svfrd.service.gate import Gate, GateState
 from svfrd.service.intake import Intake
 from svfrd.service.lock import StateLockedError, acquire_state_lock
 from svfrd.service.loop_errors import RepeatedErrors
 from svfrd.service.messages import FromWorker, JobDeadline, JobFinished, Outcome, WorkerReady, WorkerStartFailed
+from svfrd.service.pause import read_pause
 from svfrd.service.timers import LoopTimers, Periodic
 from svfrd.service.worker import service_config_problem
 from svfrd.service.workers import WorkerProcess, describe_exit, worker_pool
@@ -114,6 +117,11 @@ class Supervisor:
         self.paused_until = -math.inf
         self.status_text = ""
         self.sent_status: str | None = None
+        # Pause, schedule and run-now (svfrd.service.gate): read on every pass, so a change acts within seconds.
+        self.gate = Gate(config.schedule, lambda: read_pause(self.db), clock)
+        self.gate_state: GateState = self.gate.check()
+        self.closed_announced = False
+        self.notifier = Notifier(config.notify)  # [notify]: sent from a thread of its own, never waited for
 
     @property
     def worker(self) -> WorkerProcess:
@@ -132,8 +140,7 @@ class Supervisor:
     def run(self) -> int:
         self._install_signal_handlers()
         try:
-            for worker in self.workers:
-                worker.start()
+            self._let_workers_go_while_closed()  # starts them unless paused or outside the schedule
             self.intake.start()
             self._guarded(self._scan)
             notify.ready()
@@ -151,6 +158,8 @@ class Supervisor:
         signal.set_wakeup_fd(self.wakeup.write_fd, warn_on_full_buffer=False)
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, self._on_stop_signal)
+        # `svfrd pause`/`resume` send SIGUSR1 after a change: a handler, so that the wakeup fd wakes the loop.
+        signal.signal(signal.SIGUSR1, lambda _signum, _frame: None)
 
     def _on_stop_signal(self, signum: int, _frame: Any) -> None:
         if self.stop_signal is not None:
@@ -197,6 +206,8 @@ class Supervisor:
             self._renew_leases()
         if self.lease_check.due():
             self._requeue_expired_leases()
+        self.gate_state = self.gate.check()
+        self._let_workers_go_while_closed()
         for worker in self.workers:
             if worker.idle:
                 self._start_next_job(worker)
@@ -213,21 +224,47 @@ class Supervisor:
     def _start_next_job(self, worker: WorkerProcess | None = None) -> None:
         worker = worker or self.worker
         job = claim_next_job(self.db, worker.pid, now=self.clock.now(), host=self.host, device=worker.device,
-                             lease_seconds=self.config.service.lease)
+                             lease_seconds=self.config.service.lease, run_now_only=not self.gate_state.open)
         if job is None:
             return
+        worker.interrupted_job = None
         job_logger(job.id).info("started on %s: %s", worker.device, job.source_path)
         worker.run(job)
 
     def _seconds_to_sleep(self) -> float:
         idle = any(worker.idle for worker in self.workers)
-        next_job_in = seconds_until_next_job(self.db, now=self.clock.now()) if idle else None
+        next_job_in = seconds_until_next_job(self.db, now=self.clock.now(), run_now_only=not self.gate_state.open
+                                             ) if idle else None
         restart_in = self.web.seconds_until_restart() if self.web is not None else None
         sleep = self.timers.seconds_to_sleep(hinted=self.intake.has_hints(), job_running=False,
                                              next_job_in=next_job_in, restart_in=restart_in)
         now = self.clock.monotonic()
         checks = [max(0.0, worker.timers.next_running_check - now) for worker in self.busy_workers()]
-        return min([sleep, self.heartbeat.seconds_until_due(), self.lease_check.seconds_until_due(), *checks])
+        # A timer for the next schedule change, not polling (svfrd.service.gate).
+        change_in = self.gate_state.seconds_until_change(self.clock.now())
+        changes = [] if change_in is None else [change_in]
+        return min([sleep, self.heartbeat.seconds_until_due(), self.lease_check.seconds_until_due(), *checks,
+                    *changes])
+
+    def _closed(self) -> bool:
+        """Paused or outside the schedule, with no run-now job due: no job may start."""
+        return not self.gate_state.open and seconds_until_next_job(self.db, now=self.clock.now(),
+                                                                   run_now_only=True) != 0.0
+
+    def _let_workers_go_while_closed(self) -> None:
+        """While closed, idle workers exit so that the GPUs are free, and fresh ones start when jobs may run
+        again or a run-now job waits (docs/architecture.md, "Pause, schedule, priority, notifications")."""
+        closed = self._closed()
+        if closed != self.closed_announced:
+            log.info("%s", f"{self.gate_state.describe()}: no job starts" if closed else "jobs may start again"
+                     if self.gate_state.open else f"{self.gate_state.describe()}, but a run-now job starts")
+            self.closed_announced = closed
+        for worker in self.workers:
+            if closed and worker.idle:
+                log.info("%s: the worker exits so that the GPU is free (%s)", self.gate_state.describe(), worker.name)
+                worker.let_go()
+            elif not closed and worker.process is None and self.stop_signal is None:
+                worker.start()
 
     def _wait(self, timeout: float, watch_worker: bool = True, watch_web: bool = False) -> None:
         """Sleep until `timeout`, a wake-up (signal, file event) or, with `watch_worker`, news from a worker;
@@ -296,6 +333,7 @@ class Supervisor:
             case JobFinished(job_id=job_id, outcome=outcome):
                 job_logger(job_id).debug("the worker reports the job %s", outcome.value)
                 worker.job = None
+                self._notify_if_ended(job_id)
             case _:
                 log.warning("ignored an unknown message from the worker: %r", message)
 
@@ -319,8 +357,10 @@ class Supervisor:
                 return
         else:
             log.warning("the idle worker process on %s died (%s); restarting it", worker.device, how)
-        if self.stop_signal is None:
+        if self.stop_signal is None and not self._closed():
             worker.start()
+        else:
+            worker.let_go()  # started again when the gate opens
 
     def _settle_job_of_dead_worker(self, job: Job, how: str, overdue_message: str | None) -> None:
         """Record what became of the dead worker's job, unless its claim was lost (it may run elsewhere now:
@@ -339,9 +379,16 @@ class Supervisor:
                     self.config, self.db, job,
                     f"the worker process died ({how}) while restoring {job.source_name}; "
                     "it was restarted and the job will be retried")
+            self._notify_if_ended(job.id)
         except Exception:  # noqa: BLE001
             job_logger(job.id).error("could not record the end of this job after its worker ended (%s); it "
                                      "stays running until its lease expires or svfrd restarts", how, exc_info=True)
+
+    def _notify_if_ended(self, job_id: int) -> None:
+        """[notify] for a job that ended (done, failed, cancelled); not for one back in the queue."""
+        job = get_job(self.db, job_id)
+        if job is not None and JobState(job.state).finished:
+            self.notifier.job_ended(job)
 
     def _check_running_job(self, worker: WorkerProcess | None = None) -> None:
         """Read a running job's row: honour a cancel the worker did not act on, and update the status line."""
@@ -354,6 +401,10 @@ class Supervisor:
         if job is None:
             return
         self.status_text = running_status(job)
+        if self.gate_state.must_stop(job) and worker.interrupted_job != job.id:
+            worker.interrupted_job = job.id
+            job_logger(job.id).info("stopping: %s; the job goes back to the queue", self.gate_state.why_stopped())
+            worker.interrupt()
         if job.cancel_requested and worker.timers.cancel_overdue():
             job_logger(job.id).warning("the worker did not stop for the cancel within %g s ([service] "
                                        "cancel_grace); killing it", worker.timers.cancel_grace)
@@ -370,7 +421,9 @@ class Supervisor:
 
     def _keep_manager_informed(self) -> None:
         busy = self.busy_workers()
-        if not busy:
+        if not busy and all(worker.process is None for worker in self.workers):
+            self.status_text = self.gate_state.describe()
+        elif not busy:
             ready = all(worker.ready for worker in self.workers)
             self.status_text = "idle, waiting for videos" if ready else "loading the engine"
         elif len(self.workers) > 1:
@@ -395,6 +448,7 @@ class Supervisor:
             if worker.job is not None:
                 recovery.requeue_after_stop(self.config, self.db, worker.job)
             worker.stop()
+        self.notifier.close()
         log.info("stopped")
         return self.exit_code if self.exit_code is not None else EXIT_OK
 
@@ -469,6 +523,8 @@ def run_daemon(config: Config, verbose: bool = False) -> int:
     if problem is not None:
         log.error("svfrd cannot start: %s. Nothing in the inboxes was touched", problem)
         return EXIT_CONFIG
+    # Until the loop's handler is installed, `svfrd pause` (SIGUSR1 to the lock's holder) must not end the daemon.
+    signal.signal(signal.SIGUSR1, signal.SIG_IGN)
     try:
         lock = acquire_state_lock(config.service.state_dir)
     except StateLockedError as err:

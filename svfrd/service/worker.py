@@ -189,7 +189,7 @@ class JobRunner:
             return JobFinished(job_id, Outcome.CANCELLED)
         except WorkerInterrupted:
             self._release(job_id)
-            logger.info("interrupted: the daemon is stopping; the job is back in the queue")
+            logger.info("interrupted (the daemon is stopping, or paused): the job is back in the queue")
             return JobFinished(job_id, Outcome.INTERRUPTED)
         except ConfigError as err:
             self._release(job_id)

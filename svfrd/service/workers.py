@@ -63,6 +63,8 @@ class WorkerProcess:
     job_frames: int | None = None
     #: Consecutive deaths before it was ready (MAX_STARTUP_DEATHS in svfrd.service.supervisor).
     startup_deaths: int = 0
+    #: The job the gate (pause, schedule) asked to stop, asked once.
+    interrupted_job: int | None = None
     timers: LoopTimers = field(init=False)
 
     def __post_init__(self) -> None:
@@ -108,6 +110,8 @@ class WorkerProcess:
 
     def receive(self) -> list[FromWorker]:
         """Messages waiting on the pipe (none once the worker is gone)."""
+        if self.process is None:  # let go while closed (Supervisor._let_workers_go_while_closed)
+            return []
         received = []
         try:
             while self.conn.poll():
@@ -134,7 +138,8 @@ class WorkerProcess:
     def kill(self) -> None:
         if self.alive:
             self.process.kill()
-        self.process.join()
+        if self.process is not None:
+            self.process.join()
 
     def stop(self) -> None:
         """End an idle worker: ask, then insist."""
@@ -148,6 +153,12 @@ class WorkerProcess:
             self.kill()
         if self.conn is not None:
             self.conn.close()
+
+    def let_go(self) -> None:
+        """End the worker and leave none on its device (paused, outside the schedule): its models leave the GPU.
+        `start` makes a fresh one."""
+        self.stop()
+        self.process, self.conn, self.ready = None, None, False
 
 
 def worker_pool(config: Config, verbose: bool = False, clock: Clock = SYSTEM_CLOCK) -> list[WorkerProcess]:

@@ -542,3 +542,14 @@ def test_both_units_and_run_service_let_pytorch_grow_gpu_memory_segments() -> No
     for unit in ("svfrd.service", "svfrd-user.service"):
         assert "Environment=PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True" in (REPO / "systemd" / unit).read_text()
     assert "PYTORCH_CUDA_ALLOC_CONF:-expandable_segments:True" in (REPO / "scripts" / "run-service").read_text()
+
+
+@pytest.mark.parametrize("url, filtered", [("http://127.0.0.1:9000/hook", True), ("https://hooks.example.org/x", False)])
+def test_a_notification_url_opens_the_network_it_needs_and_the_unit_says_why(tmp_path: Path, url, filtered) -> None:
+    config = write_config(tmp_path)
+    config.write_text(config.read_text() + f'\n[notify]\nurl = "{url}"\n')
+    lines = unit_lines(config)
+    assert "RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6" in lines
+    assert not any(line.startswith("PrivateNetwork=") for line in lines)
+    assert ("IPAddressAllow=localhost" in lines) == filtered
+    assert any(line.startswith("# [notify] url: the service POSTs to") for line in lines)

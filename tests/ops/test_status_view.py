@@ -222,7 +222,7 @@ def test_the_database_is_read_at_most_once_a_second(tmp_path: Path, database: st
         source.close()
     assert "interview.mp4" in screen
     selects = [s for s in statements if s.startswith("SELECT")]
-    assert 0 < len(selects) <= 4  # one snapshot's queries for twenty redraws
+    assert 0 < len(selects) <= 5  # one snapshot's queries (four, and the pause) for twenty redraws
 
 
 def ctrl_c_after(redraws: int):
@@ -325,3 +325,24 @@ def test_file_names_are_shown_as_they_are_never_as_markup() -> None:
     assert "\\x1b[31mred.mp4" in screens[0]
     assert "no face in \\x1b[2J.mp4" in screens[1]
     assert not any("\x1b" in screen for screen in screens)
+
+
+def test_the_view_shows_the_pause_the_schedule_and_each_queued_jobs_priority(database: str) -> None:
+    from svfrd.service.pause import Pause, set_pause
+    from svfrd.service.schedule import Schedule
+
+    db = open_database(database)
+    try:
+        set_pause(db, Pause.AFTER_CURRENT)
+        with Session(db) as session:
+            session.get(Job, 6).priority, session.get(Job, 7).run_now = 5, True
+            session.commit()
+        snapshot = sv.read_snapshot(db, now=NOW, schedule=Schedule.parse(["19:00-07:00"], zone=timezone.utc))
+    finally:
+        db.dispose()
+    disk = sv.DiskInfo(Path("/out"), free_bytes=50 * 2**30, total_bytes=200 * 2**30, min_free_mb=2048)
+    screen = render(sv.dashboard(snapshot, disk, [], None, lambda job_id: None), width=120)
+    assert "paused after current; outside schedule until 19:00" in screen
+    queue = [line for line in screen.splitlines() if "clip" in line and ("since" in line or "retry" in line)]
+    assert "clip7.mp4" in queue[0] and " now " in queue[0]  # run-now first, then by priority
+    assert "clip6.mp4" in queue[1] and " 5 " in queue[1]
