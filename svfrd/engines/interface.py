@@ -79,6 +79,10 @@ class Engine(Protocol):
     #: without creating an engine, so a plug-in declares it as a class attribute.
     option_names: frozenset[str]
 
+    # Optional: `resume_context: int`, how many frames before a frame its result depends on. A resumed job
+    # (docs/architecture.md, "Resume") then restarts the engine that many frames before the first frame it
+    # still needs; an engine without it restarts at frame 0 (and may resume from checkpoints of its own).
+
     def check(self, request: RestoreRequest) -> None:
         """Raise `BadInputError` (with what to do) if this engine cannot honour the request,
         e.g. the classical engine and task 1. Called before any decoding."""

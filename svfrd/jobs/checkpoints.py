@@ -19,6 +19,7 @@ and named in a checkpoint with their own sha256.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -42,9 +43,18 @@ FOLDER_MODE = 0o750
 
 
 def fingerprint(identity: Mapping[str, Any]) -> str:
-    """A short, stable digest of what decides a job's result."""
-    text = json.dumps(identity, sort_keys=True, separators=(",", ":"), default=str)
+    """A short digest of what decides a job's result, the same in every process (sets are sorted: their order
+    changes with each interpreter's hash seed)."""
+    text = json.dumps(identity, sort_keys=True, separators=(",", ":"), default=_plain)
     return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, (set, frozenset)):
+        return sorted(value, key=str)
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: getattr(value, f.name) for f in dataclasses.fields(value)}
+    return str(value)
 
 
 def job_folder(state_dir: Path, job_id: int) -> Path:

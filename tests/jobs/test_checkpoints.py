@@ -4,6 +4,8 @@ for the one before it."""
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 
 from svfrd.jobs.checkpoints import CheckpointFolder, job_folder, job_ids_with_checkpoints
 
@@ -61,3 +63,13 @@ def test_no_temporary_file_is_left_and_removal_takes_the_folder(tmp_path):
 
     store.remove()
     assert not store.folder.exists() and job_ids_with_checkpoints(tmp_path) == []
+
+
+def test_the_identity_of_settings_with_sets_is_the_same_in_every_process(tmp_path):
+    # A set's order follows the interpreter's hash seed, which differs between the runs a job resumes across.
+    code = ("from svfrd.jobs.checkpoints import fingerprint; "
+            "print(fingerprint({'names': frozenset({'steps', 'crop', 'crf', 'mode', 'seed', 'min_size'})}))")
+    prints = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                             env={**os.environ, "PYTHONHASHSEED": str(seed)}).stdout
+              for seed in range(4)}
+    assert len(prints) == 1
