@@ -57,6 +57,9 @@ class RestoreRequest:
     seed: int = DEFAULT_SEED
     reference_face: np.ndarray | None = None
     options: Mapping[str, Any] = field(default_factory=dict)
+    #: A `svfrd.jobs.checkpoints.CheckpointFolder` where the engine may save its own progress and find what an
+    #: interrupted run of the same job saved (docs/architecture.md, "Resume"); None: the run is not resumable.
+    checkpoints: Any = None
 
 
 class ProgressReporter(Protocol):

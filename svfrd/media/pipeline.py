@@ -23,7 +23,7 @@ from __future__ import annotations
 import threading
 import time
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -270,15 +270,18 @@ def _restore_video(job: PipelineJob, engine: Engine, progress: ProgressReporter,
         stream = VideoCropStream(job.source, crops, mask, job.limits, shelf=shelf, busy=busy, start=first)
         output = _OutputStage(job, info, crops, shelf, output_mode, crf, _preview_maker(job, faces.frames, info),
                               busy, segments=segments, first=first)
-        written, frame_size = _restore_and_write(engine, request, stream, output, progress)
+        # The engine's own checkpoints share the folder: only here, where one engine run covers the video.
+        engine_request = replace(request, checkpoints=store) if store is not None else request
+        written, frame_size = _restore_and_write(engine, engine_request, stream, output, progress)
         written += first
         engine_notes = list(engine.warnings()) if len(stream) else []
         with_face = int(crops.has_face.sum())
         warnings += faces.notes
-        if faces.reused or resume_from:
+        engine_reused = getattr(engine, "resume_details", dict)() if len(stream) else {}
+        if faces.reused or resume_from or engine_reused:
             resume = {"face_pass_reused": faces.reused, "from_frame": resume_from,
                       "segments_reused": len(segments.reused) if segments is not None else 0,
-                      "frames_reused": resume_from, "engine_restarted_at_frame": first}
+                      "frames_reused": resume_from, "engine_restarted_at_frame": first, **engine_reused}
     timings["restore_and_encode_s"] = time.monotonic() - mark
     timings["total_s"] = time.monotonic() - started
 

@@ -87,7 +87,7 @@ def test_killed_during_restoration_and_during_encoding_the_job_resumes_and_equal
     assert all(np.array_equal(a, b) for a, b in zip(ours, expected))
 
 
-def test_a_torn_checkpoint_is_passed_over_and_the_job_restarts_from_the_one_before(tmp_path):
+def test_a_torn_checkpoint_is_passed_over_and_a_crash_between_publication_steps_still_completes_once(tmp_path):
     folder = ServiceFolder(tmp_path / "svfrd", engine=ENGINE, output=SEGMENT)
     clip = write_face_clip(tmp_path / "clip.mp4", tag=4, frames=FRAMES)
     folder.drop(clip)
@@ -100,12 +100,22 @@ def test_a_torn_checkpoint_is_passed_over_and_the_job_restarts_from_the_one_befo
     newest = sorted(checkpoint_folder(folder).glob("segments-*.ckpt"))[-1]
     os.truncate(newest, newest.stat().st_size - 20)  # torn, as a power cut mid-write leaves it
 
-    with Daemon(folder, log_name="restart.log", env={"SVFRD_TEST_SECONDS_PER_FRAME": "0"}) as restarted:
-        restarted.wait_for_jobs(1, {"done"})
-        log = restarted.log()
+    # The restarted run resumes from the checkpoint before the torn one, and is killed between publishing its
+    # first result file and the next (3. between publication steps).
+    crashed = subprocess.run([sys.executable, "-m", "tests.helpers.crash_in_publication", str(folder.config_path)],
+                             cwd=REPO_ROOT, capture_output=True, text=True, timeout=120,
+                             env={**os.environ, "PYTHONPATH": str(REPO_ROOT), "SVFRD_TEST_SECONDS_PER_FRAME": "0"})
+    assert crashed.returncode == -9, crashed.stderr[-3000:]
+    assert "is not used" in crashed.stderr and newest.name in crashed.stderr
+    assert checkpoint_folder(folder).is_dir()  # a crash is not the job's end
+
+    with Daemon(folder, log_name="restart.log") as restarted:
+        (done,) = restarted.wait_for_jobs(1, {"done"})
+        restarted.wait_until("the ended job's checkpoints to go", lambda: not checkpoint_folder(folder).exists())
+    assert folder.files("outbox") == ["clip.report.json", "clip.restored.mp4"]  # one set, no temporary file
     report = json.loads((folder.outbox / "clip.report.json").read_text())
     reused = report["resume"]["segments_reused"]
     assert report["resume"]["from_frame"] == 5 * reused and reused >= 1
-    assert "is not used" in log and newest.name in log
     expected = uninterrupted_frames(folder, clip, tmp_path)
-    assert all(np.array_equal(a, b) for a, b in zip(read_frames(folder.outbox / "clip.restored.mp4"), expected))
+    ours = read_frames(folder.outbox / "clip.restored.mp4")
+    assert len(ours) == len(expected) and all(np.array_equal(a, b) for a, b in zip(ours, expected))
