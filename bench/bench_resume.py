@@ -100,6 +100,10 @@ def svfr_engine(args: argparse.Namespace, tmp: Path):
 
 
 def bench_svfr(args: argparse.Namespace, tmp: Path) -> None:
+    import io
+
+    import torch
+
     from svfrd.engines.interface import RestoreRequest
     from tests.helpers.tiny_svfr import face_crops
 
@@ -120,19 +124,20 @@ def bench_svfr(args: argparse.Namespace, tmp: Path) -> None:
         folder = CheckpointFolder(tmp / f"svfr-checkpoints-{attempt}", {"bench": attempt}).create()
         saved.append(run(folder))
         size = folder_bytes(folder.folder)
+        latents = torch.load(io.BytesIO(folder.load("pass2-0").payload), weights_only=True)["latents"]
         folder.remove()
     best_plain, best_saved = min(plain), min(saved)
-    latent = resolution // 8
-    per_frame_step = 4 * latent * latent * 4  # C x h x w fp32
+    per_frame_step = latents[0].nbytes  # C x h x w fp32
     print(f"SVFR on {args.device} at {resolution}x{resolution}, {args.svfr_frames} frames, {args.steps} steps "
           f"(pass 1: {args.pass1_steps}), checkpoint after every step, best of {args.repeat}")
     print(f"  call time without checkpoints {best_plain:.2f} s, with {best_saved:.2f} s: overhead "
           f"{(best_saved - best_plain) / best_saved:+.1%} of the engine's time")
     print(f"  checkpoint folder at the end {size / 1024:.0f} KiB = {size / args.svfr_frames / 1024:.1f} KiB per frame "
-          f"(two checkpoints of {per_frame_step / 1024:.1f} KiB per frame kept per run, pass 1 on <= 16 frames)")
+          f"({per_frame_step / 1024:.2f} KiB of latents per frame: a finished run keeps its final state, the "
+          f"running one its last two; pass 1 on <= 16 frames)")
     full = 4 * 64 * 64 * 4
-    print(f"  at 512x512: {full / 1024:.0f} KiB per frame per checkpoint, kept twice: "
-          f"{2 * full * 25 * 60 / 2**30:.2f} GiB per minute of 25 fps video at most")
+    print(f"  at 512x512: {full / 1024:.0f} KiB per frame: {full * 25 * 60 / 2**20:.0f} MiB per minute of 25 fps video, "
+          f"plus a second copy of the pass-2 segment in progress")
     print(f"  work lost per crash: at most one denoising step of one pass-2 segment "
           f"(about {best_plain / (args.steps + 1):.2f} s here)")
 

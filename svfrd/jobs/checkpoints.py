@@ -118,13 +118,14 @@ class CheckpointFolder:
         self.folder.mkdir(parents=True, exist_ok=True, mode=FOLDER_MODE)
         return self
 
-    def save(self, kind: str, meta: Mapping[str, Any], payload: bytes = b"") -> Checkpoint:
-        """Write the next checkpoint of `kind` atomically, then drop all but the last KEEP of that kind."""
+    def save(self, kind: str, meta: Mapping[str, Any], payload: bytes = b"", keep: int = KEEP) -> Checkpoint:
+        """Write the next checkpoint of `kind` atomically, then drop all but the last `keep` of that kind (one:
+        a final state no later checkpoint replaces; without it, the work is redone, never wrong)."""
         sequence = max((seq for seq, _ in self._files(kind)), default=0) + 1
         path = self.folder / f"{kind}-{sequence:08d}{SUFFIX}"
         with self.new_file(path.name) as f:
             f.write(encode(kind, sequence, self.identity, meta, payload))
-        for _, old in self._files(kind)[:-KEEP]:
+        for _, old in self._files(kind)[:-keep]:
             old.unlink(missing_ok=True)
         return Checkpoint(kind, sequence, dict(meta), payload, path)
 

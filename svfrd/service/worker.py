@@ -15,7 +15,9 @@ A job that finds the service misconfigured (the face model deleted under the run
 queue with outcome CONFIG_ERROR, and the daemon stops: that is never the input's fault.
 
 SIGUSR1 asks the worker to interrupt the running job at its next progress report (a clean stop of the daemon):
-the job goes back to the queue without counting an attempt. The worker dies with the supervisor (Linux
+the job goes back to the queue without counting an attempt, keeping its checkpoints: the next run goes on from
+them (docs/architecture.md, "Resume"). A job's checkpoints go when it ends (done, failed, cancelled,
+superseded). The worker dies with the supervisor (Linux
 parent-death signal), so an orphaned worker can never race a restarted daemon for the same job.
 """
 
@@ -246,11 +248,12 @@ class JobRunner:
 
     def remove_checkpoints_of_ended_jobs(self) -> None:
         """Checkpoints of jobs that ended without this worker (failed after a worker death, cancelled while
-        queued, deleted): only queued and running jobs may resume."""
+        queued, deleted); a job in any other state (queued, running, paused) may still resume."""
         state_dir = self.config.service.state_dir
+        ended = {JobState.DONE.value, JobState.FAILED.value, JobState.CANCELLED.value}
         for job_id in checkpoints.job_ids_with_checkpoints(state_dir):
             job = get_job(self.db, job_id)
-            if job is None or job.state not in (JobState.QUEUED.value, JobState.RUNNING.value):
+            if job is None or job.state in ended:
                 checkpoints.remove_folder(checkpoints.job_folder(state_dir, job_id))
 
     def _announce_deadline(self, job: Job, frames: int) -> None:

@@ -73,3 +73,11 @@ def test_the_identity_of_settings_with_sets_is_the_same_in_every_process(tmp_pat
                              env={**os.environ, "PYTHONHASHSEED": str(seed)}).stdout
               for seed in range(4)}
     assert len(prints) == 1
+
+
+def test_a_final_checkpoint_may_keep_itself_alone(tmp_path):
+    store = folder(tmp_path)
+    store.save("steps", {"step": 1})
+    store.save("steps", {"step": 2}, keep=1)
+
+    assert [p.name for p in store.folder.iterdir()] == ["steps-00000002.ckpt"]

@@ -3,7 +3,8 @@
 
 Each denoising run has a name ("pass1", "pass2-0", "pass2-1", ... one per pass-2 segment); after every
 `every` steps its latents (fp32, C·h·w·4 bytes per frame: 64 KiB at 512x512) and the call's random generator
-state are saved as a checkpoint of that name (svfrd.jobs.checkpoints: atomic, checked, the last two kept). Pass
+state are saved as a checkpoint of that name (svfrd.jobs.checkpoints: atomic, checked, the last two kept while
+the run goes on, its final state alone once it is done). Pass
 1's result (the reference latent and ID tokens) is saved once. A resumed call restores the generator, so the
 noise of later segments is drawn exactly as in an uninterrupted run, and the result is the same bit for bit.
 A finished run's last checkpoint holds its final latents: a resumed call only decodes them again.
@@ -59,7 +60,9 @@ class SamplerCheckpoints:
                 # differently on another memory layout, and the result must stay bit for bit.
                 payload = _to_bytes({"latents": latents.detach().to("cpu", torch.float32),
                                      "generator": generator.get_state()})
-                self.store.save(name, {"step": step, "frames": int(latents.shape[0])}, payload)
+                # A finished run keeps its final state only: it halves what a long video's checkpoints hold.
+                self.store.save(name, {"step": step, "frames": int(latents.shape[0])}, payload,
+                                keep=1 if step == steps else 2)
         return save
 
     def reference(self, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor | None] | None:
