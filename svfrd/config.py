@@ -148,6 +148,9 @@ class OutputConfig:
     mode: str  # "full_frame" | "crop"
     crf: int
     preview: bool
+    #: Seconds of video per independently encoded output segment, the unit a restarted job resumes from
+    #: (svfrd.media.segments): the most work a crash can lose in encoding.
+    segment_seconds: float = 2.0
 
 
 @dataclass(frozen=True)
@@ -469,6 +472,12 @@ def _inbox_options_problem(value: Any, option_names: frozenset[str]) -> str | No
     return None
 
 
+def _positive_seconds_problem(value: Any) -> str | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 600:
+        return "must be a number of seconds above 0 and at most 600, e.g. 2.0"
+    return None
+
+
 def _output(t: _Table) -> OutputConfig:
     output = OutputConfig(
         outbox=t.take_path("outbox", "outbox"),
@@ -477,6 +486,7 @@ def _output(t: _Table) -> OutputConfig:
         mode=t.take_option("output_mode"),
         crf=t.take_option("crf"),
         preview=t.take("preview", True),
+        segment_seconds=t.take("segment_seconds", 2.0, _positive_seconds_problem),
     )
     t.finish()
     return output

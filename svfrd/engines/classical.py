@@ -77,6 +77,10 @@ class ClassicalEngine:
     # It owns no option of the table (svfrd.domain.OPTIONS); all are accepted so an inbox can switch engines,
     # and the SVFR ones it receives are ignored with a warning in the report.
     option_names = BUILTIN_OPTION_NAMES
+    #: Frames before a frame that its result depends on: inpainting looks RADIUS frames back, and denoising
+    #: RADIUS further, at inpainted frames. A resumed job restarts the engine this far before the first frame
+    #: it needs (svfrd.media.pipeline), and the result equals an uninterrupted run's.
+    resume_context = 2 * RADIUS
 
     def __init__(self, cfg=None):
         self.cfg = cfg

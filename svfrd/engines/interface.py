@@ -57,6 +57,9 @@ class RestoreRequest:
     seed: int = DEFAULT_SEED
     reference_face: np.ndarray | None = None
     options: Mapping[str, Any] = field(default_factory=dict)
+    #: A `svfrd.jobs.checkpoints.CheckpointFolder` where the engine may save its own progress and find what an
+    #: interrupted run of the same job saved (docs/architecture.md, "Resume"); None: the run is not resumable.
+    checkpoints: Any = None
 
 
 class ProgressReporter(Protocol):
@@ -78,6 +81,10 @@ class Engine(Protocol):
     #: options and `svfrd submit --option` when it is the configured engine. Config reads it from the class
     #: without creating an engine, so a plug-in declares it as a class attribute.
     option_names: frozenset[str]
+
+    # Optional: `resume_context: int`, how many frames before a frame its result depends on. A resumed job
+    # (docs/architecture.md, "Resume") then restarts the engine that many frames before the first frame it
+    # still needs; an engine without it restarts at frame 0 (and may resume from checkpoints of its own).
 
     def check(self, request: RestoreRequest) -> None:
         """Raise `BadInputError` (with what to do) if this engine cannot honour the request,

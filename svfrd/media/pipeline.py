@@ -8,6 +8,10 @@
 Every stage streams: the only whole-video state is a few numbers per frame (face boxes), so memory does not
 grow with the video's length. The engine only ever sees 512x512 crops (`svfrd.engines.interface`).
 
+With a checkpoint folder (`PipelineJob.checkpoints`) a job can be resumed (docs/architecture.md, "Resume"): the
+face pass's crop squares are saved, the output is encoded in segments (`svfrd.media.segments`) joined at the
+end, and a restarted run reuses both, restoring only from the first frame no finished segment holds.
+
 The stages after the face pass overlap through bounded channels (`svfrd.media.stages`), and the frames the
 engine reads are kept for pasting back until it returns their crops, so the video is decoded twice in all.
 An engine that reads far ahead before it returns anything (SVFR reads a whole segment) would make that store
@@ -16,9 +20,10 @@ grow: past KEPT_FRAMES_BYTES the frames are not kept and paste-back decodes the 
 
 from __future__ import annotations
 
+import json
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -29,7 +34,8 @@ from svfrd.domain import CROP_SIZE, OPTIONS, Task, engine_options, mask_rule_pro
 from svfrd.engines.interface import Engine, FaceCrop, ProgressReporter, RestoreRequest
 from svfrd.errors import BadInputError
 from svfrd.files.placement import spool_folder
-from svfrd.media.crop import FrameCrops, crop_face, crop_jitter, reference_crops, tracked_crops
+from svfrd.jobs.checkpoints import CheckpointFolder
+from svfrd.media.crop import CropBox, FrameCrops, crop_face, crop_jitter, reference_crops, tracked_crops
 from svfrd.media.masks import Mask, load_mask, load_reference_face
 from svfrd.media.multiface import (
     PlannedTrack,
@@ -43,9 +49,10 @@ from svfrd.media.multiface import (
 )
 from svfrd.media.paste import paste_back
 from svfrd.media.preview import PreviewMaker
+from svfrd.media.segments import SegmentedWriter, frames_per_segment, reusable_segments, segment_name
 from svfrd.media.stages import Channel, ChannelClosed, StageThread, threaded
 from svfrd.media.tracking import SubjectTrack, link_face_tracks, scan_faces, select_subject
-from svfrd.media.video_io import Frame, VideoInfo, VideoWriter, probe
+from svfrd.media.video_io import Frame, VideoInfo, VideoWriter, even_size, iter_frames, probe, size_adjustment
 
 #: Frames (with their crops) the decoder thread may run ahead of the engine, and restored crops the engine may
 #: run ahead of paste-back and encoding. A few are enough to keep every stage busy.
@@ -69,6 +76,10 @@ class PipelineJob:
     preview_video: Path | None = None
     contact_sheet: Path | None = None
     limits: LimitsConfig = LimitsConfig()
+    #: The job's checkpoint folder (svfrd.jobs.checkpoints), None for a run that cannot be resumed, and what
+    #: decides the result (a checkpoint made under another identity is never used).
+    checkpoints: Path | None = None
+    identity: dict = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -98,6 +109,8 @@ class PipelineResult:
     #: Seconds each stage was busy (not waiting on another), for benchmarks. Stages overlap, so they add up to
     #: more than the wall-clock time.
     stage_busy_s: dict[str, float] = field(default_factory=dict)
+    #: What a resumed run reused from the one before (for the report; None: it started from the beginning).
+    resume: dict | None = None
 
 
 class FrameShelf:
@@ -127,18 +140,20 @@ class FrameShelf:
 
 
 class VideoCropStream:
-    """The crops of one video for the engine. The first iteration decodes on a thread and hands its frames to
-    paste-back (`shelf`); each later one decodes the video again (bounded memory either way)."""
+    """The crops of one video for the engine, from frame `start` on (a resumed run: earlier frames are decoded
+    and skipped, which lands exactly where a seek might not). The first iteration decodes on a thread and hands
+    its frames to paste-back (`shelf`); each later one decodes the video again (bounded memory either way)."""
 
     def __init__(self, source: Path, crops: FrameCrops, mask: Mask | None, limits: LimitsConfig = LimitsConfig(),
-                 shelf: FrameShelf | None = None, busy: dict[str, float] | None = None):
+                 shelf: FrameShelf | None = None, busy: dict[str, float] | None = None, start: int = 0):
         self.source, self.crops, self.mask, self.limits = source, crops, mask, limits
+        self.start = start
         self._shelf = shelf
         self._busy = busy if busy is not None else {}
         self._open: list[Iterator] = []
 
     def __len__(self) -> int:
-        return len(self.crops)
+        return len(self.crops) - self.start
 
     @property
     def enlargement(self) -> float:
@@ -166,6 +181,8 @@ class VideoCropStream:
 
     def _cropped_frames(self) -> Iterator[tuple[Frame, FaceCrop]]:
         for frame in decode_again(self.source, len(self.crops), self.limits):
+            if frame.index < self.start:
+                continue
             box = self.crops.boxes[frame.index]
             mask = self.mask.for_crop(box) if self.mask is not None else None
             has_face = bool(self.crops.has_face[frame.index])
@@ -221,50 +238,50 @@ def _restore_video(job: PipelineJob, engine: Engine, progress: ProgressReporter,
 
     mark = time.monotonic()
     busy: dict[str, float] = {}
-    seen = scan_faces(job.source, info, job.faces.model, lambda done, total: progress("faces", done, total),
-                      limits=job.limits, busy=busy, max_faces=4 if restore == "largest" else max(4, max_faces))
-    track = select_subject(seen, max_gap=_max_gap_frames(info))
-    if not track.detected.any():
-        raise BadInputError(
-            f"no face found in {job.source.name}: svfrd restores faces, and the face detector found none in any "
-            f"of its {seen.frames} frames. Faces must be visible, turned roughly toward the camera and not tiny "
-            "(about a tenth of the picture height or more); the file itself is fine and was not changed."
-        )
-    face_tracking = track.report
-    plans: list[PlannedTrack] = []
-    skipped_note: list[str] = []
-    if restore == "all":
-        plans = _plan_every_face(job, seen, info, crop_policy, min_size, max_faces)
-        skipped_note = _every_face_warnings(plans, 1, 1)
-        face_tracking = {**track.report, "tracks": tracks_report(plans, engine.name)}
-        chosen = [p for p in plans if p.skipped is None]
-        if len(chosen) == 1:  # one face: restored as the largest is, streaming (no spool)
-            track, plans = chosen[0].track.as_subject(seen.frames, seen.shots()), []
+    store = _checkpoint_folder(job)
+    faces = _resumed_face_pass(store)
+    if faces is None:
+        faces = _face_pass(job, engine, info, progress, busy, crop_policy, restore, min_size, max_faces)
+        if store is not None and faces.crops is not None:
+            _save_face_pass(store, faces)
+    face_tracking = faces.face_tracking
     timings["faces_s"] = time.monotonic() - mark
 
     mark = time.monotonic()
-    if plans:
+    resume = None
+    if faces.plans:
+        plans = faces.plans
         main = main_track(plans)
         crops = main.crops
         with spool_folder(job.output) as folder:
             spools, engine_notes = restore_tracks(job.source, plans, engine, request, mask, job.limits,
                                                   Path(folder), progress)
-            frame_size = write_composite(job.source, job.output, info, seen.frames, plans, spools, crf,
-                                         job.limits, _preview_maker(job, seen.frames, info), progress, busy)
-        written = seen.frames
-        with_face = frames_with_face(plans, seen.frames)
-        warnings += _every_face_warnings(plans, seen.frames, with_face)
+            frame_size = write_composite(job.source, job.output, info, faces.frames, plans, spools, crf,
+                                         job.limits, _preview_maker(job, faces.frames, info), progress, busy)
+        written = faces.frames
+        with_face = frames_with_face(plans, faces.frames)
+        warnings += _every_face_warnings(plans, faces.frames, with_face)
     else:
-        crops = _crop_squares(track, crop_policy, info)
+        crops = faces.crops
+        segments = _segmented_writer(job, store, info, faces.frames, crf, output_mode)
+        resume_from = segments.next_frame if segments is not None else 0
+        first = _engine_start(engine, resume_from, faces.frames)
         shelf = FrameShelf()
-        stream = VideoCropStream(job.source, crops, mask, job.limits, shelf=shelf, busy=busy)
-        output = _OutputStage(job, info, crops, shelf, output_mode, crf, _preview_maker(job, seen.frames, info),
-                              busy)
-        written, frame_size = _restore_and_write(engine, request, stream, output, progress)
-        engine_notes = list(engine.warnings())
+        stream = VideoCropStream(job.source, crops, mask, job.limits, shelf=shelf, busy=busy, start=first)
+        output = _OutputStage(job, info, crops, shelf, output_mode, crf, _preview_maker(job, faces.frames, info),
+                              busy, segments=segments, first=first)
+        # The engine's own checkpoints share the folder: only here, where one engine run covers the video.
+        engine_request = replace(request, checkpoints=store) if store is not None else request
+        written, frame_size = _restore_and_write(engine, engine_request, stream, output, progress)
+        written += first
+        engine_notes = list(engine.warnings()) if len(stream) else []
         with_face = int(crops.has_face.sum())
-        warnings += _face_warnings(track, crops, restore)
-        warnings += [note for note in skipped_note if "left as they are" in note]
+        warnings += faces.notes
+        engine_reused = getattr(engine, "resume_details", dict)() if len(stream) else {}
+        if faces.reused or resume_from or engine_reused:
+            resume = {"face_pass_reused": faces.reused, "from_frame": resume_from,
+                      "segments_reused": len(segments.reused) if segments is not None else 0,
+                      "frames_reused": resume_from, "engine_restarted_at_frame": first, **engine_reused}
     timings["restore_and_encode_s"] = time.monotonic() - mark
     timings["total_s"] = time.monotonic() - started
 
@@ -285,7 +302,104 @@ def _restore_video(job: PipelineJob, engine: Engine, progress: ProgressReporter,
     )
     timings = {k: round(v, 2) for k, v in timings.items()}
     busy = {k: round(v, 2) for k, v in busy.items()}
-    return PipelineResult(frames=written, media=media, warnings=warnings, timings=timings, stage_busy_s=busy)
+    return PipelineResult(frames=written, media=media, warnings=warnings, timings=timings, stage_busy_s=busy,
+                          resume=resume)
+
+
+@dataclass
+class _FacePass:
+    """What the face pass decided: every face's plans, or (plans empty) the one face's crop squares with the
+    notes about them. `reused`: read from a checkpoint instead of found again."""
+
+    frames: int
+    face_tracking: dict
+    plans: list[PlannedTrack] = field(default_factory=list)
+    crops: FrameCrops | None = None
+    notes: list[str] = field(default_factory=list)
+    reused: bool = False
+
+
+FACES_KIND = "faces"
+
+
+def _face_pass(job: PipelineJob, engine: Engine, info: VideoInfo, progress: ProgressReporter,
+               busy: dict[str, float], crop_policy: str, restore: str, min_size: float,
+               max_faces: int) -> _FacePass:
+    seen = scan_faces(job.source, info, job.faces.model, lambda done, total: progress("faces", done, total),
+                      limits=job.limits, busy=busy, max_faces=4 if restore == "largest" else max(4, max_faces))
+    track = select_subject(seen, max_gap=_max_gap_frames(info))
+    if not track.detected.any():
+        raise BadInputError(
+            f"no face found in {job.source.name}: svfrd restores faces, and the face detector found none in any "
+            f"of its {seen.frames} frames. Faces must be visible, turned roughly toward the camera and not tiny "
+            "(about a tenth of the picture height or more); the file itself is fine and was not changed."
+        )
+    face_tracking = track.report
+    skipped_note: list[str] = []
+    if restore == "all":
+        plans = _plan_every_face(job, seen, info, crop_policy, min_size, max_faces)
+        skipped_note = _every_face_warnings(plans, 1, 1)
+        face_tracking = {**track.report, "tracks": tracks_report(plans, engine.name)}
+        chosen = [p for p in plans if p.skipped is None]
+        if len(chosen) != 1:
+            return _FacePass(seen.frames, face_tracking, plans=plans)
+        track = chosen[0].track.as_subject(seen.frames, seen.shots())  # one face: the single-face path
+    crops = _crop_squares(track, crop_policy, info)
+    notes = _face_warnings(track, crops, restore) + [note for note in skipped_note if "left as they are" in note]
+    return _FacePass(seen.frames, face_tracking, crops=crops, notes=notes)
+
+
+def _checkpoint_folder(job: PipelineJob) -> CheckpointFolder | None:
+    if job.checkpoints is None:
+        return None
+    return CheckpointFolder(job.checkpoints, job.identity).create()
+
+
+def _save_face_pass(store: CheckpointFolder, faces: _FacePass) -> None:
+    """The single-face path's crop squares: a resumed run pastes into exactly the same squares (MediaPipe need
+    not find the same boxes twice) and skips the face pass."""
+    crops = faces.crops
+    payload = json.dumps({
+        "frames": faces.frames, "face_tracking": faces.face_tracking, "notes": faces.notes,
+        "boxes": [[box.x, box.y, box.size] for box in crops.boxes], "has_face": crops.has_face.tolist(),
+        "policy": crops.policy, "shots": [list(shot) for shot in crops.shots],
+    }).encode()
+    store.save(FACES_KIND, {"frames": faces.frames}, payload)
+
+
+def _resumed_face_pass(store: CheckpointFolder | None) -> _FacePass | None:
+    checkpoint = store.load(FACES_KIND) if store is not None else None
+    if checkpoint is None:
+        return None
+    data = json.loads(checkpoint.payload)
+    crops = FrameCrops(boxes=[CropBox(x, y, size) for x, y, size in data["boxes"]],
+                       has_face=np.array(data["has_face"], dtype=bool), policy=data["policy"],
+                       shots=[tuple(shot) for shot in data["shots"]])
+    return _FacePass(int(data["frames"]), data["face_tracking"], crops=crops, notes=list(data["notes"]),
+                     reused=True)
+
+
+def _segmented_writer(job: PipelineJob, store: CheckpointFolder | None, info: VideoInfo, frames: int, crf: int,
+                      output_mode: str) -> SegmentedWriter | None:
+    """The output in segments in the checkpoint folder, going on after those an earlier run finished."""
+    if store is None:
+        return None
+    frames_each = frames_per_segment(info, job.output_cfg.segment_seconds)
+    crop_only = output_mode == "crop"
+    return SegmentedWriter(store, info, frames_each, reusable_segments(store, frames_each), frames, crf=crf,
+                           size=(CROP_SIZE, CROP_SIZE) if crop_only else None, rotation=0 if crop_only else None)
+
+
+def _engine_start(engine: Engine, resume_from: int, frames: int) -> int:
+    """The frame the engine starts at when output from `resume_from` on is still to be made. An engine that
+    says how many earlier frames its output depends on (`resume_context`) starts that many before; any other
+    starts at 0 and its first outputs are dropped (it may resume from checkpoints of its own)."""
+    if resume_from >= frames:
+        return frames
+    context = getattr(engine, "resume_context", None)
+    if resume_from == 0 or context is None:
+        return 0
+    return max(0, resume_from - int(context))
 
 
 def _pipeline_option(job: PipelineJob, name: str, configured):
@@ -350,7 +464,8 @@ def _restore_and_write(engine: Engine, request: RestoreRequest, stream: VideoCro
     """Run the engine on this thread (it reports progress, which only this thread may do) while the stream
     decodes and the output stage pastes back and encodes on theirs. Returns what `_OutputStage` found."""
     total = len(stream)
-    restored = engine.restore(request, stream, progress)
+    # A resumed run whose segments hold every frame only joins them: the engine has nothing to do.
+    restored = engine.restore(request, stream, progress) if total else iter(())
     thread = StageThread("paste+encode", output.run).start()
     try:
         count = 0
@@ -381,11 +496,17 @@ def _restore_and_write(engine: Engine, request: RestoreRequest, stream: VideoCro
 
 class _OutputStage:
     """Pastes each restored crop into its frame (kept by the stream, else decoded again), encodes the frame
-    and feeds the previews: the work of one thread, fed through `faces`."""
+    and feeds the previews: the work of one thread, fed through `faces`, one crop per frame from frame `first`.
+
+    With `segments` (a resumable run) the frames go to segments that are joined into the output at the end;
+    frames before `segments.next_frame` are in segments already, so their crops (an engine starts a little
+    earlier, for its context) are dropped and the previews are fed from the segments instead."""
 
     def __init__(self, job: PipelineJob, info: VideoInfo, crops: FrameCrops, shelf: FrameShelf, output_mode: str,
-                 crf: int, previews: PreviewMaker | None, busy: dict[str, float]):
+                 crf: int, previews: PreviewMaker | None, busy: dict[str, float],
+                 segments: SegmentedWriter | None = None, first: int = 0):
         self.job, self.info, self.crops, self.shelf = job, info, crops, shelf
+        self.segments, self.first = segments, first
         self.crop_only = output_mode == "crop"
         self.crf, self.previews, self.busy = crf, previews, busy
         self.faces: Channel[np.ndarray] = Channel(ENCODE_AHEAD)
@@ -427,6 +548,65 @@ class _OutputStage:
                 return
 
     def _write_all(self) -> None:
+        if self.segments is not None:
+            self._write_segments()
+        else:
+            self._write_one_file()
+
+    def _write_segments(self) -> None:
+        segments = self.segments
+        resume_from = segments.next_frame
+        if self.previews is not None and resume_from:
+            self._replay_previews(resume_from)
+        try:
+            for face in self.faces:
+                index = self.first + self.written
+                frame = self._frame(index)
+                if index >= resume_from:
+                    self._output_frame(frame, face, lambda image: segments.write(index, image, frame.pts))
+                with self._changed:
+                    self.written += 1
+                    self._changed.notify_all()
+        except BaseException:
+            segments.abort()
+            raise
+        started = time.perf_counter()
+        segments.join(self.job.output, self.job.source, 0 if self.crop_only else self.info.rotation)
+        self._count("encode", time.perf_counter() - started)
+        input_size = (CROP_SIZE, CROP_SIZE) if self.crop_only else self.info.size
+        size = even_size(*input_size)
+        self.frame_size = {"input": list(input_size), "output": list(size),
+                           "adjusted": size_adjustment(input_size, size)}
+
+    def _replay_previews(self, end: int) -> None:
+        """The previews of the frames a resumed run reuses, from the source and the reused segments."""
+        originals = decode_again(self.job.source, len(self.crops), self.job.limits)
+        try:
+            for number in range(len(self.segments.done)):
+                for restored in iter_frames(self.segments.store.folder / segment_name(number)):
+                    frame = next(originals)
+                    if frame.index >= end:
+                        return
+                    face = crop_face(restored.image, self.crops.boxes[frame.index]) if not self.crop_only \
+                        else restored.image
+                    before = crop_face(frame.image, self.crops.boxes[frame.index]) if self.crop_only else frame.image
+                    self._preview(frame, face, before, restored.image)
+        finally:
+            originals.close()
+
+    def _output_frame(self, frame: Frame, face: np.ndarray, write: Callable[[np.ndarray], None]) -> None:
+        started = time.perf_counter()
+        before, after = self._paste(frame, face)
+        pasted = time.perf_counter()
+        write(after)
+        encoded = time.perf_counter()
+        if self.previews is not None:
+            self._preview(frame, face, before, after)
+        self._count("paste", pasted - started)
+        self._count("encode", encoded - pasted)
+        self._count("previews", time.perf_counter() - encoded)
+
+    def _write_one_file(self) -> None:
         """{"input": [w, h], "output": [w, h], "adjusted": what changed or None} goes to `frame_size`."""
         size = (CROP_SIZE, CROP_SIZE) if self.crop_only else None
         rotation = 0 if self.crop_only else None  # crops are already upright
@@ -434,17 +614,8 @@ class _OutputStage:
         with VideoWriter(job.output, self.info, crf=self.crf, audio_source=job.source, size=size,
                          rotation=rotation) as writer:
             for face in self.faces:
-                started = time.perf_counter()
                 frame = self._frame(self.written)
-                before, after = self._paste(frame, face)
-                pasted = time.perf_counter()
-                writer.write(after, frame.pts)
-                encoded = time.perf_counter()
-                if self.previews is not None:
-                    self._preview(frame, face, before, after)
-                self._count("paste", pasted - started)
-                self._count("encode", encoded - pasted)
-                self._count("previews", time.perf_counter() - encoded)
+                self._output_frame(frame, face, lambda image: writer.write(image, frame.pts))
                 with self._changed:
                     self.written += 1
                     self._changed.notify_all()

@@ -64,6 +64,9 @@ class JobReport:
     timings: dict[str, Any]
     #: How the engine ran this job, for engines that say (`details()`): SVFR names its memory tier there.
     engine_details: dict[str, Any] = field(default_factory=dict)
+    #: Whether this run went on from an earlier, interrupted run's checkpoints (docs/architecture.md,
+    #: "Resume"): None if it started from the beginning, else from which frame, and what it reused.
+    resume: dict[str, Any] | None = None
     schema: int = field(default=SCHEMA_VERSION)
 
     def to_json(self) -> dict[str, Any]:
@@ -117,6 +120,7 @@ def build_report(
             "stages": dict(stages),
         },
         engine_details=dict(engine_details or {}),
+        resume=dict(result.resume) if getattr(result, "resume", None) else None,
     )
 
 

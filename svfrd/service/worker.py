@@ -15,7 +15,9 @@ A job that finds the service misconfigured (the face model deleted under the run
 queue with outcome CONFIG_ERROR, and the daemon stops: that is never the input's fault.
 
 SIGUSR1 asks the worker to interrupt the running job at its next progress report (a clean stop of the daemon):
-the job goes back to the queue without counting an attempt. The worker dies with the supervisor (Linux
+the job goes back to the queue without counting an attempt, keeping its checkpoints: the next run goes on from
+them (docs/architecture.md, "Resume"). A job's checkpoints go when it ends (done, failed, cancelled,
+superseded). The worker dies with the supervisor (Linux
 parent-death signal), so an orphaned worker can never race a restarted daemon for the same job.
 """
 
@@ -41,6 +43,7 @@ from svfrd.engines.interface import Engine
 from svfrd.errors import BadInputError, ConfigError, JobCancelled, SvfrdError, TransientError, is_fatal_gpu_error
 from svfrd.files import beneath, placement
 from svfrd.files.hashing import file_sha256
+from svfrd.jobs import checkpoints
 from svfrd.jobs.database import open_database
 from svfrd.jobs.model import Job, JobState
 from svfrd.jobs.store import (
@@ -69,6 +72,10 @@ from svfrd.service.report import build_report
 from svfrd.service.source_video import HeldVideo, hold_video
 
 log = logging.getLogger(__name__)
+
+#: Outcomes that end a job for good: its checkpoints go. A retry, an interruption (the daemon stopping, a pause)
+#: or a service misconfiguration keep them, so the job goes on where it was.
+ENDED = frozenset({Outcome.DONE, Outcome.FAILED, Outcome.CANCELLED, Outcome.SUPERSEDED})
 
 #: Seconds between progress writes to the job row (stage changes are written at once).
 PROGRESS_INTERVAL = 2.0
@@ -168,8 +175,16 @@ class JobRunner:
             log.error("job %s vanished from the database before it ran", job_id)
             return JobFinished(job_id, Outcome.FAILED)
         logger = job_logger(job_id)
+        self.remove_checkpoints_of_ended_jobs()
+        finished = self._run_to_outcome(job, logger)
+        if finished.outcome in ENDED:
+            checkpoints.remove_folder(checkpoints.job_folder(self.config.service.state_dir, job_id))
+        return finished
+
+    def _run_to_outcome(self, job: Job, logger: JobLogger) -> JobFinished:
+        job_id = job.id
         try:
-            if claim_token is not None and job.claim_token != claim_token:
+            if self.claim_token is not None and job.claim_token != self.claim_token:
                 raise ClaimLost(f"job {job_id} was claimed again before this worker started it")
             return self._run_and_settle(job, logger)
         except ClaimLost as err:  # also from recording a failure: the row is another attempt's now
@@ -235,7 +250,8 @@ class JobRunner:
         started = time.monotonic()
         logger.info("restoring %s (tasks %s) with %s", job.source_name, "+".join(job.task_labels),
                     self.engine.name)
-        result = restore_video(pipeline_job(self.config, job, temps, video.media_path), self.engine, progress,
+        resumable = pipeline_job(self.config, job, temps, video.media_path, self.engine.name)
+        result = restore_video(resumable, self.engine, progress,
                                on_probed=lambda info: self._announce_deadline(job, info.frames))
 
         def write_report(finals: results.ResultFiles) -> None:
@@ -244,10 +260,24 @@ class JobRunner:
             temps.report.unlink(missing_ok=True)  # written again when another job took the names first
             results.write_json(temps.report, report.to_json())
 
+        if result.resume:
+            logger.info("resumed from frame %d: %d frames reused from an earlier run", result.resume["from_frame"],
+                        result.resume["frames_reused"])
+
         planned = results.plan_and_record(self.config, self.db, job, result.frames, self.claim_token, write_report)
         if results.complete_publication(self.config, self.db, planned, self.engine.name, self.claim_token) is None:
             raise TransientError(f"the restored video of {job.source_name} vanished from the outbox before it "
                                  "was published; the job will run again")
+
+    def remove_checkpoints_of_ended_jobs(self) -> None:
+        """Checkpoints of jobs that ended without this worker (failed after a worker death, cancelled while
+        queued, deleted); a job in any other state (queued, running, paused) may still resume."""
+        state_dir = self.config.service.state_dir
+        ended = {JobState.DONE.value, JobState.FAILED.value, JobState.CANCELLED.value}
+        for job_id in checkpoints.job_ids_with_checkpoints(state_dir):
+            job = get_job(self.db, job_id)
+            if job is None or job.state in ended:
+                checkpoints.remove_folder(checkpoints.job_folder(state_dir, job_id))
 
     def _announce_deadline(self, job: Job, frames: int) -> None:
         """The job's time limit is known once its frames are: the supervisor enforces it."""
@@ -299,8 +329,22 @@ def unexpected_error(job: Job, err: Exception) -> TransientError:
     )
 
 
-def pipeline_job(config: Config, job: Job, temps: results.ResultFiles, source: Path):
-    """What the pipeline needs; `source` is the path that opens the video held open (`HeldVideo.media_path`)."""
+def job_identity(config: Config, job: Job, engine_name: str) -> dict:
+    """What decides a job's result: a checkpoint made under anything else is never resumed from
+    (svfrd.jobs.checkpoints)."""
+    from svfrd import __version__
+
+    return {
+        "job": job.id, "source_sha256": job.content_hash, "tasks": job.tasks, "options": job.options_json,
+        "seed": job.seed, "mask": job.mask_copy, "reference": job.reference_copy, "engine": engine_name,
+        "svfrd": __version__, "faces": config.faces, "engine_config": config.engine,
+        "output": [config.output.mode, config.output.crf, config.output.segment_seconds],
+    }
+
+
+def pipeline_job(config: Config, job: Job, temps: results.ResultFiles, source: Path, engine_name: str | None = None):
+    """What the pipeline needs; `source` is the path that opens the video held open (`HeldVideo.media_path`).
+    With `engine_name` the job is resumable: it checkpoints into STATE_DIR/checkpoints/job<ID>/."""
     from svfrd.media.pipeline import PipelineJob
 
     return PipelineJob(
@@ -317,6 +361,8 @@ def pipeline_job(config: Config, job: Job, temps: results.ResultFiles, source: P
         preview_video=temps.preview,
         contact_sheet=temps.contact_sheet,
         limits=config.limits,
+        checkpoints=checkpoints.job_folder(config.service.state_dir, job.id) if engine_name else None,
+        identity=job_identity(config, job, engine_name) if engine_name else {},
     )
 
 
@@ -416,6 +462,7 @@ def worker_main(config: Config, conn: Connection, parent_pid: int, verbose: bool
         return
     db = open_database(config.service.database_url)
     runner = JobRunner(config, db, engine, tell_supervisor=conn.send)
+    runner.remove_checkpoints_of_ended_jobs()  # e.g. of a publication that start-up recovery finished
     conn.send(WorkerReady(engine.name))
     log.info("worker %d ready with the %s engine", os.getpid(), engine.name)
     serve(conn, runner)

@@ -137,3 +137,30 @@ class OptionEngine(InvertingEngine):
 
     def warnings(self) -> list[str]:
         return ["test engine options: " + ", ".join(f"{k}={v}" for k, v in sorted(self.received.items()))]
+
+
+class SlowClassicalEngine:
+    """The real classical engine, slowed down by $SVFRD_TEST_SECONDS_PER_FRAME (default 0.5 s) per frame, so a
+    test can kill the daemon mid-job; its results are the classical engine's, pixel for pixel."""
+
+    name = "test-slow-classical"
+    option_names = BUILTIN_OPTION_NAMES
+
+    def __init__(self, cfg: EngineConfig):
+        from svfrd.engines.classical import ClassicalEngine
+
+        self._engine = ClassicalEngine(cfg)
+        self.resume_context = self._engine.resume_context
+
+    def check(self, request: RestoreRequest) -> None:
+        self._engine.check(request)
+
+    def restore(
+        self, request: RestoreRequest, crops: CropStream, progress: ProgressReporter
+    ) -> Iterator[np.ndarray]:
+        for restored in self._engine.restore(request, crops, progress):
+            time.sleep(float(os.environ.get(SLOW_SECONDS_ENV, "0.5")))
+            yield restored
+
+    def warnings(self) -> list[str]:
+        return self._engine.warnings()

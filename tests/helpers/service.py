@@ -57,6 +57,7 @@ class ServiceFolder:
     limits: dict = field(default_factory=dict)  # [limits] keys; none: the defaults
     web: dict = field(default_factory=dict)  # [web] keys; none: the defaults
     devices: list[str] | None = None  # [engine] devices: one worker each; None: one worker on "cpu"
+    output: dict = field(default_factory=dict)  # more [output] keys (segment_seconds, ...)
 
     def __post_init__(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
@@ -89,7 +90,8 @@ class ServiceFolder:
         lines += [f"{key} = {toml_repr(value)}" for key, value in service.items()]
         lines += ["", "[[inbox]]", 'path = "inbox"', 'tasks = ["bfr"]', "",
                   "[output]", 'outbox = "outbox"', 'done = "done"', 'failed = "failed"',
-                  f"preview = {toml_repr(self.preview)}", "crf = 23", "",
+                  f"preview = {toml_repr(self.preview)}", "crf = 23",
+                  *[f"{key} = {toml_repr(value)}" for key, value in self.output.items()], "",
                   "[faces]", f"model = {toml_repr(str(self.face_model))}", "",
                   "[engine]", f"name = {toml_repr(self.engine)}", 'device = "cpu"', 'dtype = "fp32"']
         if self.devices is not None:

@@ -266,3 +266,17 @@ def test_only_video_containers_are_opened_never_a_picture_or_a_playlist(tmp_path
     expected = "not in a video container svfrd reads" if content == "png" else "not a readable video|not in a video"
     with pytest.raises(BadInputError, match=expected):
         probe(clip)
+
+
+def test_the_same_frames_encode_to_the_same_video_every_time(tmp_path):
+    # A resumed job's output segments must equal an uninterrupted run's (docs/architecture.md, "Resume").
+    source = write_moving_face_clip(tmp_path / "source.mp4", frames=30)
+    info = probe(source)
+    frames = list(iter_frames(source))
+    written = []
+    for run in range(4):
+        with VideoWriter(tmp_path / f"run{run}.mp4", info, crf=18) as writer:
+            for frame in frames:
+                writer.write(255 - frame.image, frame.pts)
+        written.append((tmp_path / f"run{run}.mp4").read_bytes())
+    assert all(data == written[0] for data in written)

@@ -33,6 +33,7 @@ from svfrd.engines.svfr.memory import (
     release_gpu_memory,
 )
 from svfrd.engines.svfr.pipeline import SVFRPipeline, SVFRSettings
+from svfrd.engines.svfr.resume import SamplerCheckpoints
 from svfrd.engines.svfr.speedups import Speedups, apply_speedups
 from svfrd.errors import BadInputError, ConfigError
 
@@ -260,6 +261,7 @@ class SvfrEngine:
     def _restore_and_release(
         self, request: RestoreRequest, crops: CropStream, progress: ProgressReporter, settings: SVFRSettings
     ) -> Iterator[np.ndarray]:
+        self._checkpoints = SamplerCheckpoints(request.checkpoints) if request.checkpoints is not None else None
         try:
             yield from self.pipeline(
                 crops,
@@ -269,9 +271,17 @@ class SvfrEngine:
                 reference_face=request.reference_face,
                 progress=progress,
                 warn=self._warn,
+                checkpoints=self._checkpoints,
             )
         finally:
             release_gpu_memory()  # the GPU is its owner's between jobs
+
+    def resume_details(self) -> dict:
+        """What the last run reused from an interrupted one's checkpoints (empty: nothing)."""
+        checkpoints = getattr(self, "_checkpoints", None)
+        if checkpoints is None or not (checkpoints.steps_reused or checkpoints.reference_reused):
+            return {}
+        return checkpoints.details()
 
     def _warn(self, message: str) -> None:
         log.warning("%s", message)

@@ -51,6 +51,7 @@ from svfrd.engines.svfr.loading import (
     WeightsError,
     load_diffusion_models,
 )
+from svfrd.engines.svfr.resume import SamplerCheckpoints
 from svfrd.engines.svfr.sampler import SamplerSettings, UNetFallback, denoise_latents
 from svfrd.engines.svfr.vae_io import decode_latents, encode_frames
 from svfrd.engines.svfr.windows import WindowSchedule
@@ -166,6 +167,8 @@ class CallState:
     total: int
     encoded: int = 0
     decoded: int = 0
+    #: Where the sampler's state is saved and resumed from (svfrd.engines.svfr.resume); None: not resumable.
+    checkpoints: SamplerCheckpoints | None = None
 
     @property
     def task_vector(self) -> torch.Tensor:
@@ -237,14 +240,17 @@ class SVFRPipeline:
         reference_face: np.ndarray | None = None,
         progress: Progress = ignore_progress,
         warn: Callable[[str], None] = log_warning,
+        checkpoints: SamplerCheckpoints | None = None,
     ) -> Iterator[np.ndarray]:
         """Yield one restored (512, 512, 3) uint8 crop per input crop, in order, reading `crops` once.
 
         reference_face: an RGB picture of the subject that replaces pass 1 (its face gives the reference
-        latent and the ID tokens)."""
+        latent and the ID tokens). checkpoints: the sampler's state is saved there after every few steps,
+        and a call that finds it goes on from it (the same result, bit for bit)."""
         # One CPU generator for every random draw of the call: a seed gives the same video on any device.
         call = CallState(
-            tasks, settings, torch.Generator().manual_seed(int(seed)), progress, warn, total=len(crops)
+            tasks, settings, torch.Generator().manual_seed(int(seed)), progress, warn, total=len(crops),
+            checkpoints=checkpoints,
         )
         if call.total == 0:
             return
@@ -256,7 +262,7 @@ class SVFRPipeline:
             lq = self.encode_segment(pixels, carried, end - start, call)  # 2.
             if reference is None:  # 3. once per video, from the first segment
                 reference = self.reference_conditioning(lq, reference_face, call)
-            latents = self.pass_two(lq, reference, call, segment_label(index, len(segments)))  # 4.
+            latents = self.pass_two(lq, reference, call, segment_label(index, len(segments)), f"pass2-{index}")
             if carried is not None:
                 latents[: len(carried.latents)] = crossfade(carried.latents, latents[: len(carried.latents)])
             # 5. Frames the next segment shares are decoded there, after the cross-fade.
@@ -319,7 +325,13 @@ class SVFRPipeline:
             if self.face_model.is_file():
                 return self.user_reference(reference_face, call)
             call.warn(f"the reference image was not used: the face landmark model {self.face_model} is missing")
-        return self.pass_one_reference(lq[:WINDOW], call)
+        saved = call.checkpoints.reference(call.generator) if call.checkpoints is not None else None
+        if saved is not None:
+            return saved
+        reference = self.pass_one_reference(lq[:WINDOW], call)
+        if call.checkpoints is not None:
+            call.checkpoints.save_reference(reference, call.generator)
+        return reference
 
     def user_reference(self, picture: np.ndarray, call: CallState) -> Reference:
         face, box = self.find_reference_face(picture, call.warn)
@@ -342,7 +354,7 @@ class SVFRPipeline:
         total_calls = WindowSchedule(frames, frames, OVERLAP, settings.windows).unet_calls(settings.pass1_steps)
         call.progress("pass 1", 0, total_calls)
         latents = self.denoise(
-            lq, None, None, call, sampler, lambda done, total: call.progress("pass 1", done, total)
+            lq, None, None, call, sampler, lambda done, total: call.progress("pass 1", done, total), "pass1"
         )
         if settings.mode == "reference":
             # The temporal decoder mixes the frames of a chunk: decode the clip as the reference does (unless
@@ -389,7 +401,8 @@ class SVFRPipeline:
 
     # -- 4. pass 2 ------------------------------------------------------------------------------------
 
-    def pass_two(self, lq: torch.Tensor, reference: Reference, call: CallState, label: str) -> torch.Tensor:
+    def pass_two(self, lq: torch.Tensor, reference: Reference, call: CallState, label: str,
+                 name: str = "pass2-0") -> torch.Tensor:
         """The whole segment through the window sampler, conditioned on the reference (docs/svfr.md §5)."""
         settings = call.settings
         steps = settings.steps
@@ -413,7 +426,7 @@ class SVFRPipeline:
 
         report(0, int(call_ends[-1]))
         ref_latent, id_tokens = reference
-        return self.denoise(lq, ref_latent, id_tokens, call, sampler, report)
+        return self.denoise(lq, ref_latent, id_tokens, call, sampler, report, name)
 
     def denoise(
         self,
@@ -423,12 +436,19 @@ class SVFRPipeline:
         call: CallState,
         sampler: SamplerSettings,
         report: Callable[[int, int], None],
+        name: str = "pass2-0",
     ) -> torch.Tensor:
-        """Final latents (N, C, h, w) of one clip from its LQ latents (N, C, h, w)."""
+        """Final latents (N, C, h, w) of one clip from its LQ latents (N, C, h, w). With checkpoints, run `name`
+        goes on from its saved state and saves its state as it goes."""
+        resume_from, on_step = None, None
+        if call.checkpoints is not None:
+            resume_from = call.checkpoints.resume(name, call.generator)
+            on_step = call.checkpoints.saver(name, call.generator, sampler.num_inference_steps)
         return self.memory.denoise(
             lambda: denoise_latents(
                 self.models, lq[None], ref_latent, id_tokens, call.task_vector, sampler,
                 generator=call.generator, progress=report, fallback=self.memory.fallback,
+                resume_from=resume_from, on_step=on_step,
             )
         )[0]
 

@@ -35,6 +35,18 @@ ID_TOKEN_COUNT = 49
 
 #: Called after every UNet call with (windows done, windows in the whole run); may raise to cancel.
 SamplerProgress = Callable[[int, int], None]
+#: Called after every denoising step with (steps done, the latents (N, C, h, w) fp32 then): a checkpoint.
+StepDone = Callable[[int, torch.Tensor], None]
+
+
+@dataclass(frozen=True)
+class SamplerState:
+    """Where an interrupted denoising stood (docs/architecture.md, "Resume"): the latents (N, C, h, w) fp32
+    after `step` steps. Nothing random happens after the initial noise, so going on from here gives exactly
+    the latents of an uninterrupted run."""
+
+    step: int
+    latents: torch.Tensor
 
 
 @dataclass(frozen=True)
@@ -116,23 +128,31 @@ def denoise_latents(
     generator: torch.Generator | None = None,
     progress: SamplerProgress | None = None,
     fallback: UNetFallback | None = None,
+    resume_from: SamplerState | None = None,
+    on_step: StepDone | None = None,
 ) -> torch.Tensor:
     """Denoise a clip from its LQ latents (1, N, C, h, w) (unscaled VAE means) to final latents (1, N, C, h, w).
 
     ref_latent (C, h, w) and id_tokens (1, T, D) may be None (pass 1: zeros, as the reference).
     noise (1, N, C, h, w) is the initial noise; without it, it is drawn from `generator` (seeded with
     DEFAULT_SEED when that is None too) on the CPU, so a seed gives the same noise on every device.
-    fallback: how UNet calls shrink when they run out of GPU memory (without it, the error propagates)."""
+    fallback: how UNet calls shrink when they run out of GPU memory (without it, the error propagates).
+    resume_from: the state after some steps (no initial noise is drawn then); on_step hears each step's end."""
     check_latent_shape(models, lq_latents)
     num_frames = lq_latents.shape[1]
     schedule = sigmas_and_timesteps(models.scheduler_config, settings.num_inference_steps)
     windows = WindowSchedule(num_frames, settings.window, settings.overlap, settings.windows)
     conditioning = prepare_conditioning(models, lq_latents[0], ref_latent, id_tokens, task_vector, settings.use_cfg)
-    latents = initial_latents(models, lq_latents[0], noise, generator, schedule)
+    first_step = 0 if resume_from is None else resume_from.step
+    if resume_from is None:
+        latents = initial_latents(models, lq_latents[0], noise, generator, schedule)
+    else:
+        latents = resume_from.latents.to(device=models.device, dtype=torch.float32)
 
     weights = fusion_weights(windows.frames_per_window).to(models.device)
-    total_windows, done_windows = windows.unet_calls(schedule.num_steps), 0
-    for step in range(schedule.num_steps):
+    total_windows = windows.unet_calls(schedule.num_steps)
+    done_windows = sum(len(windows.windows_for_step(step)) for step in range(first_step))
+    for step in range(first_step, schedule.num_steps):
         sigma, sigma_next = schedule.sigmas[step], schedule.sigmas[step + 1]
         timestep = schedule.timesteps[step].to(models.device)
         fused = torch.zeros_like(latents)
@@ -151,6 +171,8 @@ def denoise_latents(
             if progress is not None:
                 progress(done_windows, total_windows)
         latents = fused / weight_sum
+        if on_step is not None:
+            on_step(step + 1, latents)
     return latents.unsqueeze(0)
 
 
