@@ -196,6 +196,8 @@ class JobRunner:
             return JobFinished(job_id, Outcome.CONFIG_ERROR, str(err))
         except (BadInputError, TransientError) as err:
             return JobFinished(job_id, self._settle(job_id, err, logger))
+        except ClaimLost:
+            raise  # no error of the job's: `run` drops this attempt (a progress report found the claim lost)
         except Exception as err:  # noqa: BLE001 - anything unexpected may be a passing fault: retry it
             logger.error("unexpected error", exc_info=True)  # as exc_info: the log keeps the traceback's lines
             if is_fatal_gpu_error(err):
