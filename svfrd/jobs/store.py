@@ -365,15 +365,23 @@ def requeue_expired_leases(db: Engine, max_interruptions: int, now: datetime | N
     back in the queue, due at once, counted as a service interruption like a job left by a dead daemon
     (`requeue_after_service_death`); a job reaching `max_interruptions` fails. A job whose lease has not
     expired is never touched, whichever host asks. Returns the jobs, as they are now."""
+    return [job for job, _token in requeue_expired_claims(db, max_interruptions, now)]
+
+
+def requeue_expired_claims(db: Engine, max_interruptions: int, now: datetime | None = None) -> list[tuple[Job, str]]:
+    """`requeue_expired_leases`, each job with the token of the claim that expired (its attempt's temporary
+    files carry it in their names)."""
     now = now or utcnow()
     expired = (select(Job).where(Job.state == JobState.RUNNING.value, col(Job.lease_expires_at).is_not(None),
                                  col(Job.lease_expires_at) < now)
                .with_for_update(skip_locked=True))
     with _session(db) as session, session.begin():
-        jobs = list(session.exec(expired).all())
-        for job in jobs:
+        requeued = []
+        for job in session.exec(expired).all():
+            token = job.claim_token
             _requeue_stranded(job, max_interruptions, now)
-        return jobs
+            requeued.append((job, token))
+        return requeued
 
 
 def running_jobs_of_other_hosts(db: Engine, host: str) -> list[Job]:

@@ -175,6 +175,7 @@ def test_a_job_of_a_killed_daemon_is_finished_by_the_other_once_its_lease_expire
     assert done.started_at >= dead.lease_expires_at, "claimed again only after the lease expired"
     assert claimed_by(done, survivor) and done.service_interruptions == 1
     assert results_in(first.outbox) == ["clip.restored.mp4"], "published once"
+    assert [name for name in os.listdir(first.outbox) if name.startswith(".")] == [], "the dead attempt's temps too"
     assert os.listdir(first.inbox) == [] and os.listdir(first.folder("done")) == ["clip.mp4"]
     assert f"job {job.id}: back in the queue: its lease expired" in survivor.log()
 
