@@ -26,7 +26,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
-from sqlalchemy import Engine, and_, func, or_, update
+from sqlalchemy import Engine, and_, func, or_, text, update
 from sqlmodel import Session, col, select
 
 from svfrd.config import tasks_to_text
@@ -178,11 +178,49 @@ def enqueue_reusing(db: Engine, **fields: Any) -> tuple[Job, Job | None]:
     (`svfrd.service.results.publish_reused_results`). One transaction: a crash leaves both or neither."""
     fields = _job_fields(fields)
     with _session(db) as session, session.begin():
-        earlier = _find_blocking_duplicate(session, fields["dedupe_key"])
-        job = Job(**fields, state=JobState.QUEUED.value)
-        session.add(job)
-        session.flush()
-        return job, earlier
+        return _insert_reusing(session, fields)
+
+
+def _insert_reusing(session: Session, fields: dict[str, Any]) -> tuple[Job, Job | None]:
+    earlier = _find_blocking_duplicate(session, fields["dedupe_key"])
+    job = Job(**fields, state=JobState.QUEUED.value)
+    session.add(job)
+    session.flush()
+    return job, earlier
+
+
+def enqueue_input_unless_owned(db: Engine, owned_in: Iterable[str], still_there: Callable[[], bool],
+                               **fields: Any) -> tuple[Job, Job | None] | None:
+    """`enqueue_reusing` for a file found in an inbox, unless a job in one of the states `owned_in` already has
+    it as its `source_path`, or the file is gone (`still_there()` is False): then None. One file becomes one job,
+    however many daemons scan the inbox: the check and the insert are serialised across hosts
+    (`_serialise`), so two hosts that found the same new file at the same instant cannot both queue it.
+    The file is looked for after the rows: a job that finished meanwhile moved it to done/ before recording its
+    new place, so either its row still names the file or the file is gone."""
+    fields = _job_fields(fields)
+    with _session(db) as session, session.begin():
+        _serialise(session, INTAKE_LOCK_KEY)
+        owned = select(Job.id).where(Job.source_path == fields["source_path"],
+                                     col(Job.state).in_([JobState(s).value for s in owned_in]))
+        if session.exec(owned.limit(1)).first() is not None or not still_there():
+            return None
+        return _insert_reusing(session, fields)
+
+
+#: PostgreSQL advisory locks (arbitrary numbers that only svfrd uses in its database), held by the transaction
+#: that checks and then writes: intake's check that a file is no job's yet, and a plan's check that its final
+#: names are no other job's.
+INTAKE_LOCK_KEY = 0x5FF4D001
+PLANNING_LOCK_KEY = 0x5FF4D002
+
+
+def _serialise(session: Session, key: int) -> None:
+    """Hold the lock `key` until the transaction ends. PostgreSQL runs concurrent transactions side by side, so
+    a check-then-write needs it; the commit releases it, and the next host's check (a new statement, READ
+    COMMITTED) then sees what was written. SQLite serialises every write transaction already (BEGIN IMMEDIATE,
+    svfrd.jobs.database)."""
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": key})
 
 
 def done_jobs_with_key(db: Engine, dedupe_key: str, exclude_id: int) -> list[Job]:
@@ -330,15 +368,23 @@ def requeue_expired_leases(db: Engine, max_interruptions: int, now: datetime | N
     back in the queue, due at once, counted as a service interruption like a job left by a dead daemon
     (`requeue_after_service_death`); a job reaching `max_interruptions` fails. A job whose lease has not
     expired is never touched, whichever host asks. Returns the jobs, as they are now."""
+    return [job for job, _token in requeue_expired_claims(db, max_interruptions, now)]
+
+
+def requeue_expired_claims(db: Engine, max_interruptions: int, now: datetime | None = None) -> list[tuple[Job, str]]:
+    """`requeue_expired_leases`, each job with the token of the claim that expired (its attempt's temporary
+    files carry it in their names)."""
     now = now or utcnow()
     expired = (select(Job).where(Job.state == JobState.RUNNING.value, col(Job.lease_expires_at).is_not(None),
                                  col(Job.lease_expires_at) < now)
                .with_for_update(skip_locked=True))
     with _session(db) as session, session.begin():
-        jobs = list(session.exec(expired).all())
-        for job in jobs:
+        requeued = []
+        for job in session.exec(expired).all():
+            token = job.claim_token
             _requeue_stranded(job, max_interruptions, now)
-        return jobs
+            requeued.append((job, token))
+        return requeued
 
 
 def running_jobs_of_other_hosts(db: Engine, host: str) -> list[Job]:
@@ -631,6 +677,7 @@ def record_planned_results(
     planned by another queued or running job (NameTaken): with several workers, two jobs for videos of the
     same name may both find a name free on disk before either renames anything."""
     with _session(db) as session, session.begin():
+        _serialise(session, PLANNING_LOCK_KEY)  # else two hosts planning at once could both find the name free
         job = _held_job(session, job_id, claim_token)
         if _name_planned_elsewhere(session, job_id, str(output_path)):
             raise NameTaken(f"{output_path} is planned by another job")

@@ -58,7 +58,7 @@ from svfrd.files.hashing import file_sha256
 from svfrd.jobs.model import Job, JobState
 from svfrd.jobs.store import (
     dedupe_key_for,
-    enqueue_reusing,
+    enqueue_input_unless_owned,
     forget_unfiled_failure,
     insert_failed_job,
     paths_owned_by_jobs,
@@ -369,8 +369,10 @@ class Intake:
             return
         copies = self._keep_copies(spec)
         # The store derives the dedupe key from these fields (hashing the private copies of mask and reference).
-        job, earlier = enqueue_reusing(
+        queued = enqueue_input_unless_owned(
             self.db,
+            OWNED_BY_JOB_STATES,
+            lambda: beneath.lexists_beneath(inbox.path, video),
             inbox=str(inbox.path),
             source_name=relative_name(inbox.path, video),
             source_path=str(video),
@@ -385,6 +387,10 @@ class Intake:
             content_hash=content_hash,
             max_attempts=self.config.service.max_attempts,
         )
+        if queued is None:
+            log.debug("%s is already a job's: another daemon sharing this inbox queued it first", video)
+            return
+        job, earlier = queued
         if earlier is None:
             log.info("queued job %d: %s (%s)", job.id, video, "with sidecar" if has_sidecar else "inbox defaults")
             result.enqueued.append(job)

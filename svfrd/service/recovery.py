@@ -28,7 +28,7 @@ from svfrd.jobs.store import (
     jobs_with_planned_results,
     release_job,
     requeue_after_service_death,
-    requeue_expired_leases,
+    requeue_expired_claims,
     running_jobs_of_other_hosts,
 )
 from svfrd.ops.logs import job_logger
@@ -83,7 +83,12 @@ def requeue_jobs_of_a_dead_service(config: Config, db: Database) -> list[Job]:
 def requeue_jobs_with_expired_leases(config: Config, db: Database, now: datetime | None = None) -> list[Job]:
     """While running, every heartbeat: jobs of any host whose lease expired (that host died, or lost the
     database) go back to the queue like the jobs of a dead service; never a job whose lease still holds."""
-    jobs = requeue_expired_leases(db, config.service.max_service_interruptions, now=now)
+    requeued = requeue_expired_claims(db, config.service.max_service_interruptions, now=now)
+    for job, token in requeued:
+        # Left in the shared outbox by a dead host, they would stay until some daemon starts with no other
+        # host running; a host that comes back after its lease finds them gone and publishes nothing anyway.
+        results.remove_temps_of_lost_attempt(config, job, token)
+    jobs = [job for job, _token in requeued]
     _report_requeued(config, db, jobs, "its lease expired: the daemon running it ({host}) stopped renewing it")
     return jobs
 

@@ -180,6 +180,15 @@ def remove_temp_files(config: Config, job: Job) -> None:
             job_logger(job.id).warning("could not remove the temporary result %s: %s", path.name, err)
 
 
+def remove_temps_of_lost_attempt(config: Config, job: Job, claim_token: str) -> None:
+    """The temporary results of the attempt that held `claim_token` and lost it (its lease expired, or it was
+    found lost): removed, unless that attempt had planned them (`job.plan_token`: the job's next attempt
+    publishes them, see the module docstring). `job` is the row as it is now."""
+    if job.output_path and job.plan_token == claim_token:
+        return
+    remove_temp_files(config, job.model_copy(update={"claim_token": claim_token, "output_path": None}))
+
+
 def results_are_recoverable(config: Config, job: Job) -> bool:
     """Whether a planned job's video is either published or still waiting as a temporary file."""
     finals = planned_final_files(config, job)

@@ -32,7 +32,7 @@ from svfrd.ops import notify
 from svfrd.ops.logs import job_logger
 from svfrd.ops.notifications import Notifier
 from svfrd.ops.printable import printable
-from svfrd.service import recovery
+from svfrd.service import recovery, results
 from svfrd.service.clock import SYSTEM_CLOCK, Clock
 from svfrd.service.gate import Gate, GateState
 from svfrd.service.intake import Intake
@@ -368,9 +368,11 @@ class Supervisor:
         the loop would meet the same dead worker again and again); the job stays running in the database
         until its lease expires or the next start of the daemon puts it back in the queue."""
         try:
-            if job.claim_token is not None and not claim_is_held(get_job(self.db, job.id), job.claim_token):
+            current = get_job(self.db, job.id)
+            if job.claim_token is not None and not claim_is_held(current, job.claim_token):
                 job_logger(job.id).info("its worker ended (%s) after the job was no longer its own; nothing to "
-                                        "record", how)
+                                        "record, and its unpublished files are removed", how)
+                results.remove_temps_of_lost_attempt(self.config, current or job, job.claim_token)
                 return
             if overdue_message is not None:
                 recovery.settle_timed_out_job(self.config, self.db, job, overdue_message)

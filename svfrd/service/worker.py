@@ -211,6 +211,8 @@ class JobRunner:
             return JobFinished(job_id, Outcome.CONFIG_ERROR, str(err))
         except (BadInputError, TransientError) as err:
             return JobFinished(job_id, self._settle(job_id, err, logger))
+        except ClaimLost:
+            raise  # no error of the job's: `run` drops this attempt (a progress report found the claim lost)
         except Exception as err:  # noqa: BLE001 - anything unexpected may be a passing fault: retry it
             logger.error("unexpected error", exc_info=True)  # as exc_info: the log keeps the traceback's lines
             if is_fatal_gpu_error(err):
@@ -315,11 +317,7 @@ class JobRunner:
     def _discard_own_temps(self, job: Job) -> None:
         """After losing the claim: remove this attempt's temporary results, unless this attempt had planned
         them (then the attempt that took the job over publishes them, svfrd.service.results)."""
-        current = get_job(self.db, job.id)
-        if current is not None and current.output_path and current.plan_token == self.claim_token:
-            return
-        mine = job.model_copy(update={"claim_token": self.claim_token, "output_path": None})
-        results.remove_temp_files(self.config, mine)
+        results.remove_temps_of_lost_attempt(self.config, get_job(self.db, job.id) or job, self.claim_token)
 
 
 def unexpected_error(job: Job, err: Exception) -> TransientError:

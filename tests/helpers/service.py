@@ -24,7 +24,7 @@ from typing import Callable
 import av
 import numpy as np
 from PIL import Image
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import OperationalError, ProgrammingError
 
 from svfrd.config import toml_repr
 from svfrd.jobs.database import open_database
@@ -32,6 +32,9 @@ from svfrd.jobs.model import Job
 from svfrd.jobs.store import list_jobs
 from tests.helpers.media_clips import moving_face_frames, write_clip, write_no_face_clip, write_truncated_copy
 from tests.helpers.paths import FACE_MODEL, REPO_ROOT
+
+#: The folders a second host on a shared filesystem uses in common with the first (`shares_folders_of`).
+SHARED_FOLDERS = ("inbox", "outbox", "done", "failed")
 
 FAST_SERVICE = {
     "scan_interval": 1.0,
@@ -58,6 +61,10 @@ class ServiceFolder:
     web: dict = field(default_factory=dict)  # [web] keys; none: the defaults
     devices: list[str] | None = None  # [engine] devices: one worker each; None: one worker on "cpu"
     output: dict = field(default_factory=dict)  # more [output] keys (segment_seconds, ...)
+    database: str | None = None  # [service] database_url (a PostgreSQL one); None: SQLite in the state folder
+    #: Another installation whose inbox, outbox, done and failed this one uses: a second host on a shared
+    #: filesystem (its own config and state folder). None: its own folders.
+    shares_folders_of: "ServiceFolder | None" = None
 
     def __post_init__(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
@@ -70,26 +77,31 @@ class ServiceFolder:
         return self.root / "config.toml"
 
     def folder(self, name: str) -> Path:
+        if self.shares_folders_of is not None and name in SHARED_FOLDERS:
+            return self.shares_folders_of.folder(name)
         return self.root / name
 
     @property
     def inbox(self) -> Path:
-        return self.root / "inbox"
+        return self.folder("inbox")
 
     @property
     def outbox(self) -> Path:
-        return self.root / "outbox"
+        return self.folder("outbox")
 
     @property
     def database_url(self) -> str:
-        return f"sqlite:///{self.root / 'state' / 'svfrd.db'}"
+        return self.database or f"sqlite:///{self.root / 'state' / 'svfrd.db'}"
 
     def write_config(self) -> None:
         service = {**FAST_SERVICE, **self.service}
         lines = ["[service]", 'state_dir = "state"']
+        if self.database is not None:
+            lines.append(f"database_url = {toml_repr(self.database)}")
         lines += [f"{key} = {toml_repr(value)}" for key, value in service.items()]
-        lines += ["", "[[inbox]]", 'path = "inbox"', 'tasks = ["bfr"]', "",
-                  "[output]", 'outbox = "outbox"', 'done = "done"', 'failed = "failed"',
+        inbox, outbox, done, failed = (toml_repr(self._configured_path(name)) for name in SHARED_FOLDERS)
+        lines += ["", "[[inbox]]", f"path = {inbox}", 'tasks = ["bfr"]', "",
+                  "[output]", f"outbox = {outbox}", f"done = {done}", f"failed = {failed}",
                   f"preview = {toml_repr(self.preview)}", "crf = 23",
                   *[f"{key} = {toml_repr(value)}" for key, value in self.output.items()], "",
                   "[faces]", f"model = {toml_repr(str(self.face_model))}", "",
@@ -101,6 +113,10 @@ class ServiceFolder:
         if self.web:
             lines += ["", "[web]"] + [f"{key} = {toml_repr(value)}" for key, value in self.web.items()]
         self.config_path.write_text("\n".join(lines) + "\n")
+
+    def _configured_path(self, name: str) -> str:
+        """A folder as config.toml names it: relative to the config's folder, unless it is shared."""
+        return name if self.shares_folders_of is None else str(self.folder(name))
 
     def drop(self, source: Path, name: str | None = None, sidecar: str | None = None,
              extras: dict[str, Path] | None = None) -> Path:
@@ -122,12 +138,12 @@ class ServiceFolder:
 
     def jobs(self) -> list[Job]:
         """Every job, oldest first ([] while the daemon has not created the database yet)."""
-        if not (self.root / "state" / "svfrd.db").exists():
+        if self.database is None and not (self.root / "state" / "svfrd.db").exists():
             return []
         db = open_database(self.database_url)
         try:
             return sorted(list_jobs(db, limit=10_000), key=lambda job: job.id)
-        except OperationalError:  # the schema is being created right now
+        except (OperationalError, ProgrammingError):  # the schema is being created right now
             return []
         finally:
             db.dispose()
