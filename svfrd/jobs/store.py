@@ -737,7 +737,8 @@ def request_cancel(db: Engine, job_id: int) -> Job:
 
 
 def retry_job(db: Engine, job_id: int) -> Job:
-    """A failed or cancelled job goes back to the queue with a fresh attempt count."""
+    """A failed or cancelled job goes back to the queue with a fresh attempt count, as an ordinary job: a
+    run-now request was for the run that ended (docs/architecture.md §9), so `svfrd run-now` hurries it again."""
     with _session(db) as session, session.begin():
         job = _locked_job(session, job_id)
         if job.state not in (JobState.FAILED.value, JobState.CANCELLED.value):
@@ -746,7 +747,7 @@ def retry_job(db: Engine, job_id: int) -> Job:
             raise JobStateError(f"job {job_id} was rejected at intake, so retrying cannot help: {job.error_message}")
         job.state, job.attempts, job.not_before = JobState.QUEUED.value, 0, None
         job.service_interruptions = 0
-        job.cancel_requested, job.finished_at = False, None
+        job.cancel_requested, job.finished_at, job.run_now = False, None, False
         _clear_claim(job)
         job.error_kind = job.error_message = job.stage = None
         job.frames_done, job.frames_total, job.eta_seconds = 0, None, None

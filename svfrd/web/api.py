@@ -13,7 +13,7 @@ import asyncio
 import json
 import os
 import time
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, AsyncIterator
 
@@ -35,6 +35,8 @@ from svfrd.jobs.store import (
     request_cancel,
     retry_job,
 )
+from svfrd.service.gate import FixedClock, Gate, queue_mark
+from svfrd.service.pause import read_pause
 from svfrd.service.results import planned_final_files
 from svfrd.web.uploads import UploadError, check_upload, enter_inbox, receive_form
 
@@ -67,11 +69,19 @@ def job_json(job: Job) -> dict[str, Any]:
         "stage": job.stage, "frames_done": job.frames_done, "frames_total": job.frames_total,
         "percent": 100 if finished else job.percent_done, "eta_seconds": job.eta_seconds,
         "attempts": job.attempts, "cancel_requested": job.cancel_requested, "engine": job.engine,
+        "priority": job.priority, "run_now": job.run_now, "queue_mark": queue_mark(job),
         "error": job.error_message, "created_at": _moment(job.created_at), "started_at": _moment(job.started_at),
         "finished_at": _moment(job.finished_at), "updated_at": _moment(job.updated_at),
         "result_name": Path(job.output_path).name if finished and job.output_path else None,
         "urls": {"page": f"/jobs/{job.id}", "result": f"/api/jobs/{job.id}/result" if finished else None},
     }
+
+
+def service_json(config, db) -> dict[str, Any]:
+    """The pause and the schedule (docs/architecture.md §9): `control` is what `svfrd status` says, e.g.
+    "paused; outside schedule until 19:00", or "" while jobs may start."""
+    state = Gate(config.schedule, lambda: read_pause(db), FixedClock(datetime.now(timezone.utc))).check()
+    return {"pause": state.pause.value or None, "in_schedule": state.in_schedule, "control": state.describe()}
 
 
 class Api:
@@ -86,7 +96,8 @@ class Api:
         except ValueError:
             return error(400, "limit must be a whole number, e.g. ?limit=50")
         jobs = await run_in_threadpool(list_jobs, self.db, limit)
-        return JSONResponse({"jobs": [job_json(job) for job in jobs]})
+        service = await run_in_threadpool(service_json, self.config, self.db)
+        return JSONResponse({"jobs": [job_json(job) for job in jobs], "service": service})
 
     async def one(self, request: Request) -> Response:
         job = await run_in_threadpool(get_job, self.db, request.path_params["job_id"])

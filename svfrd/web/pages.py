@@ -24,7 +24,7 @@ from svfrd.files.beneath import read_at_most
 from svfrd.jobs.store import get_job, overview
 from svfrd.ops.printable import printable, printable_lines
 from svfrd.service.results import planned_final_files
-from svfrd.web.api import JOB_FILES, job_json, open_served_file, servable
+from svfrd.web.api import JOB_FILES, job_json, open_served_file, servable, service_json
 
 TEMPLATES = Path(__file__).parent / "templates"
 #: Lines of a job's log the job page shows (the newest).
@@ -95,7 +95,8 @@ class Pages:
 
     async def queue(self, request: Request) -> Response:
         view = await run_in_threadpool(overview, self.db, queued_limit=50, recent_limit=30)
-        return self.render("queue.html", page="queue", counts=view.counts,
+        service = await run_in_threadpool(service_json, self.config, self.db)
+        return self.render("queue.html", page="queue", counts=view.counts, control=service["control"],
                            running=[job_json(j) for j in view.running], queued=[job_json(j) for j in view.queued],
                            recent=[job_json(j) for j in view.recent])
 

@@ -7,13 +7,16 @@ from datetime import timedelta
 
 import pytest
 
+from svfrd.errors import BadInputError
 from svfrd.jobs.model import utcnow
 from svfrd.jobs.store import (
     JobStateError,
     QueueError,
     claim_next_job,
+    fail_job,
     overview,
     request_run_now,
+    retry_job,
     seconds_until_next_job,
     set_priority,
 )
@@ -63,3 +66,15 @@ def test_run_now_jobs_go_first_and_alone_when_only_they_may_start(db):
     assert claim_order(db) == ["high.mp4"]
     with pytest.raises(JobStateError, match="only a queued job can be run now"):
         request_run_now(db, later.id)
+
+
+def test_a_retried_run_now_job_is_an_ordinary_job_again(db):
+    job = new_job(db, "urgent.mp4", "c1")
+    request_run_now(db, job.id)
+    claimed = claim_next_job(db, 1, run_now_only=True)
+    fail_job(db, claimed.id, BadInputError("no face"), retry_backoff=1)
+
+    retried = retry_job(db, job.id)
+
+    assert not retried.run_now, "run-now asked for one run; `svfrd run-now` again hurries the retry"
+    assert claim_next_job(db, 1, run_now_only=True) is None

@@ -14,7 +14,7 @@ import pytest
 from svfrd.engines.classical import ClassicalEngine
 from svfrd.media.pipeline import restore_video
 from svfrd.media.video_io import iter_frames, probe
-from tests.helpers.media_clips import write_moving_face_clip
+from tests.helpers.media_clips import write_moving_face_clip, write_two_face_clip
 from tests.media.test_pipeline_restore import make_job
 
 FRAMES = 30
@@ -142,3 +142,18 @@ def test_checkpoints_made_under_other_settings_are_not_reused(tmp_path, clip):
     result = restore_video(replace(job, identity={"job": 1, "seed": 8}), ClassicalEngine(), ignore_progress)
 
     assert result.resume is None
+
+
+def test_with_several_faces_a_run_starts_again_from_frame_0_and_its_report_says_no_resume(tmp_path):
+    # Several faces (docs/architecture.md §7) do not resume (§10): the report must not claim any reuse.
+    job = resumable(tmp_path, write_two_face_clip(tmp_path / "two.mp4", frames=10), "restored")
+    first = restore_video(job, ClassicalEngine(), ignore_progress)
+    for path in (job.output, job.preview_video, job.contact_sheet):
+        path.unlink()  # as if killed before publication
+
+    engine = CountingEngine()
+    again = restore_video(job, engine, ignore_progress)
+
+    restored = [track for track in again.media.face_tracking["tracks"] if track["restored_by"]]
+    assert len(restored) == 2 and first.resume is again.resume is None
+    assert engine.crops_read == 20  # both faces' 10 frames restored again, from frame 0

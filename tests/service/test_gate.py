@@ -5,14 +5,19 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from types import SimpleNamespace
 
+from svfrd.config import load_config
 from svfrd.jobs.database import open_database, upgrade_database
+from svfrd.jobs.store import claim_next_job, enqueue_job, request_run_now
 from svfrd.service.gate import Gate
 from svfrd.service.lock import LOCK_NAME
 from svfrd.service.pause import Pause, read_pause, set_pause, wake_daemon
 from svfrd.service.schedule import Schedule
+from svfrd.service.supervisor import Supervisor
+from svfrd.service.timers import LoopTimers
 from tests.helpers.clock import FakeClock
 from tests.helpers.paths import REPO_ROOT
 
@@ -98,3 +103,61 @@ def test_the_process_holding_the_lock_is_woken(tmp_path):
     finally:
         holder.kill()
         holder.wait()
+
+
+@dataclass
+class StandInWorker:
+    """What the supervisor asks of a worker here: its job, whether it is idle, interrupt, let go, start."""
+
+    job: object = None
+    interrupted_job: int | None = None
+    interrupts: int = 0
+    process: object = "running"
+    name: str = "worker 4242 (cpu)"
+    timers: LoopTimers = field(default_factory=lambda: LoopTimers(scan_interval=10.0, cancel_grace=15.0))
+
+    @property
+    def idle(self) -> bool:
+        return self.process is not None and self.job is None
+
+    def interrupt(self) -> None:
+        self.interrupts += 1
+
+    def let_go(self) -> None:
+        self.process = None
+
+    def start(self) -> None:
+        self.process = "running"
+
+
+def test_the_supervisor_on_an_injected_clock_stops_the_job_at_the_windows_end_and_sleeps_until_it_opens(tmp_path):
+    (tmp_path / "config.toml").write_text('[[inbox]]\npath = "inbox"\n')
+    config = load_config(tmp_path / "config.toml")
+    upgrade_database(config.service.database_url)
+    db = open_database(config.service.database_url)
+    clock = FakeClock(start=datetime(2026, 1, 2, 6, 59, tzinfo=UTC))
+    supervisor = Supervisor(config, db, clock=clock)
+    supervisor.gate = Gate(NIGHTS, lambda: read_pause(db), clock)
+    _, waiting = (enqueue_job(db, inbox="/in", source_name=name, source_path=f"/in/{name}", tasks="0",
+                                    content_hash=name) for name in ("a.mp4", "b.mp4"))
+    busy, idle = StandInWorker(job=claim_next_job(db, 1)), StandInWorker()
+    supervisor.workers = [busy, idle]
+    try:
+        supervisor.gate_state = supervisor.gate.check()
+        supervisor._check_running_job(busy)
+        assert busy.interrupts == 0  # 06:59: inside the window
+
+        clock.advance(60)  # 07:00: the window ends
+        supervisor.gate_state = supervisor.gate.check()
+        supervisor._let_workers_go_while_closed()
+        supervisor._check_running_job(busy)
+        supervisor._check_running_job(busy)
+        assert busy.interrupts == 1 and idle.process is None  # the job stopped once, the idle worker let go
+        assert supervisor.gate_state.seconds_until_change(clock.now()) == 12 * 3600  # the loop's timer: 19:00
+
+        request_run_now(db, waiting.id)  # a run-now job starts outside the window: a fresh worker for it
+        supervisor._let_workers_go_while_closed()
+        assert idle.process is not None
+    finally:
+        supervisor.wakeup.close()
+        db.dispose()

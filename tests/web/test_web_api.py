@@ -11,7 +11,8 @@ import requests
 from PIL import Image
 
 from svfrd.domain import Task
-from svfrd.jobs.store import enqueue_job, finish_job, record_progress
+from svfrd.jobs.store import enqueue_job, finish_job, record_progress, request_run_now
+from svfrd.service.pause import Pause, set_pause
 from tests.helpers.service import Daemon, ServiceFolder, write_corrupt_video, write_face_clip, write_mask
 from tests.helpers.web import WebServer
 
@@ -220,3 +221,24 @@ def test_the_event_stream_sends_a_job_when_its_row_changes(folder):
         assert seen["stage"] == "restore" and seen["percent"] == 30 and seen["eta_seconds"] == 12.0
         print(f"SSE update latency: {latency * 1000:.0f} ms")
         assert latency < 2.0
+
+
+def test_the_queue_page_and_the_api_show_the_pause_and_each_jobs_priority(folder):
+    with WebServer(folder.config_path) as web:
+        new_job(web, "ordinary.mp4", priority=5)
+        urgent = new_job(web, "urgent.mp4")
+        request_run_now(web.db, urgent.id)
+        set_pause(web.db, Pause.NOW)
+
+        listed = web.get("/api/jobs").json()
+        page = web.get("/").text
+        assert listed["service"] == {"pause": "now", "in_schedule": True, "control": "paused"}
+        marks = {job["name"]: (job["priority"], job["run_now"], job["queue_mark"]) for job in listed["jobs"]}
+        assert marks == {"ordinary.mp4": (5, False, "5"), "urgent.mp4": (0, True, "now")}
+        assert 'id="control">svfrd is paused' in page
+        assert '<td class="priority">5</td>' in page and '<td class="priority">now</td>' in page
+        assert '<td class="priority">now</td>' in web.get(f"/jobs/{urgent.id}").text
+
+        set_pause(web.db, Pause.NONE)
+        assert web.get("/api/jobs").json()["service"]["control"] == ""
+        assert 'id="control"' not in web.get("/").text

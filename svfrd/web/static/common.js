@@ -9,6 +9,7 @@ function etaText(job) { return job.eta_seconds === null ? "-" : Math.round(job.e
 function setText(root, selector, text) { const el = root.querySelector(selector); if (el) el.textContent = text; }
 function showProgress(root, job) {
   setText(root, ".state", job.state);
+  setText(root, ".priority", job.queue_mark);
   setText(root, ".stage", job.stage || "-");
   setText(root, ".percent", percentText(job));
   setText(root, ".eta", etaText(job));

@@ -4,7 +4,7 @@ function sectionFor(state) { return state === "running" ? "running" : state === 
 function newRow(job) {
   const row = document.createElement("tr");
   row.dataset.jobId = job.id;
-  for (const cls of ["id", "name", "tasks", "state", "stage", "progress", "eta"]) {
+  for (const cls of ["id", "name", "tasks", "state", "priority", "stage", "progress", "eta"]) {
     const cell = document.createElement("td"); cell.className = cls; row.appendChild(cell);
   }
   for (const cls of ["id", "name"]) {
