@@ -263,7 +263,13 @@ def check_svfr_weights(config: Config) -> Check:
 
 
 def gpu_required(config: Config) -> bool:
-    return config.engine.name == "svfr" or config.engine.device.startswith("cuda")
+    return config.engine.name == "svfr" or any(d.startswith("cuda") for d in config.engine.worker_devices)
+
+
+def cuda_devices(config: Config) -> list[str]:
+    """The GPUs the workers run on (`[engine] devices`, else `device`); "auto" and "cuda" mean GPU 0."""
+    named = [d if d.startswith("cuda:") else "cuda:0" for d in config.engine.worker_devices if d != "cpu"]
+    return list(dict.fromkeys(named)) or ["cuda:0"]
 
 
 def check_torch_build(config: Config) -> Check:
@@ -285,16 +291,22 @@ def check_gpu(config: Config) -> Check:
         consequence = "" if required else f" ({without_svfr(config)})"
         return failed("GPU", f"no CUDA GPU visible to torch{consequence}",
                       "check `nvidia-smi`, the NVIDIA driver, and CUDA_VISIBLE_DEVICES", required)
-    index = cuda_index(config.engine.device)
-    if index >= torch.cuda.device_count():
-        return failed("GPU", f"{config.engine.device} asked for, but only {torch.cuda.device_count()} GPU(s) "
-                      "visible", "set [engine] device to an existing GPU")
-    props = torch.cuda.get_device_properties(index)
-    total_gib = props.total_memory / 2**30
-    free_bytes, _ = torch.cuda.mem_get_info(index)
-    detail = f"cuda:{index} {props.name}, {total_gib:.1f} GiB VRAM ({free_bytes / 2**30:.1f} GiB free)"
-    if total_gib < MIN_VRAM_GIB:
-        return failed("GPU", f"{detail}; SVFR needs about {MIN_VRAM_GIB:.0f} GiB",
+    details, problems = [], []
+    for device in cuda_devices(config):  # each worker's own GPU (docs/architecture.md, "Workers, claims and leases")
+        index = cuda_index(device)
+        if index >= torch.cuda.device_count():
+            return failed("GPU", f"{device} asked for, but only {torch.cuda.device_count()} GPU(s) visible",
+                          "set [engine] devices (or device) to existing GPUs: cuda:0 to "
+                          f"cuda:{torch.cuda.device_count() - 1}; `nvidia-smi -L` lists them")
+        props = torch.cuda.get_device_properties(index)
+        total_gib = props.total_memory / 2**30
+        free_bytes, _ = torch.cuda.mem_get_info(index)
+        details.append(f"cuda:{index} {props.name}, {total_gib:.1f} GiB VRAM ({free_bytes / 2**30:.1f} GiB free)")
+        if total_gib < MIN_VRAM_GIB:
+            problems.append(f"cuda:{index}")
+    detail = "; ".join(details)
+    if problems:
+        return failed("GPU", f"{detail}; SVFR needs about {MIN_VRAM_GIB:.0f} GiB on {', '.join(problems)}",
                       # The UNet is the peak, not the VAE: a smaller VAE chunk would not help, and a smaller
                       # decode chunk changes the output (docs/svfr.md §9).
                       'set [engine.svfr] memory = "low", or use a bigger GPU', required=False)

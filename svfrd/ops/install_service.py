@@ -198,6 +198,9 @@ class UnitPaths:
     web_listen: str | None = None
     #: `[notify] url`, which the service POSTs to when a job ends (svfrd.ops.notifications); None: not set.
     notify_url: str | None = None
+    #: The database server's host when `[service] database_url` names one over TCP (docs/architecture.md,
+    #: "Workers, claims and leases"); None for SQLite or a server on a Unix socket, which AF_UNIX reaches.
+    database_host: str | None = None
 
 
 # What the unit lets svfrd reach over the network: nothing (the default), this machine only (a web page on
@@ -205,13 +208,37 @@ class UnitPaths:
 NO_NETWORK, LOOPBACK_ONLY, ANY_ADDRESS = "none", "loopback", "any"
 
 
-def network_reach(web_listen: str | None, notify_url: str | None = None) -> str:
-    """The widest reach that the web page and the notification URL need."""
+def network_reach(web_listen: str | None, notify_url: str | None = None, database_host: str | None = None) -> str:
+    """The widest reach that the web page, the notification URL and the database server need."""
     hosts = [parse_listen_address(web_listen)[0]] if web_listen is not None else []
     hosts += [urlsplit(notify_url).hostname or ""] if notify_url else []
+    hosts += database_host.split(",") if database_host else []  # libpq accepts a list of hosts
     if not hosts:
         return NO_NETWORK
     return LOOPBACK_ONLY if all(is_loopback(host) for host in hosts) else ANY_ADDRESS
+
+
+def database_server_host(database_url: str) -> str | None:
+    """The host a database server URL reaches over TCP; None for SQLite, a malformed URL (the daemon says what
+    is wrong with it), or a server on a Unix socket: no host (libpq's default socket) or a folder as host."""
+    try:
+        url = make_url(database_url)
+    except ArgumentError:
+        return None
+    if url.get_backend_name() == "sqlite":
+        return None
+    host = url.host or url.query.get("host") or ""
+    host = host if isinstance(host, str) else ",".join(host)
+    tcp_hosts = [h for h in host.split(",") if h and not h.startswith("/") and not h.startswith("@")]
+    return ",".join(tcp_hosts) or None
+
+
+def _database_network_note(database_host: str | None) -> str:
+    """Said in the unit when the database server is what opens the network."""
+    if not database_host:
+        return ""
+    return (f"# [service] database_url: the shared job database is a server on {database_host}, reached over "
+            "TCP, so the\n# service's network is not private (README, \"Several GPUs, several machines\").\n")
 
 
 def _notify_network_note(notify_url: str | None) -> str:
@@ -223,14 +250,13 @@ def _notify_network_note(notify_url: str | None) -> str:
 
 
 _UNIX_FAMILIES = """\
-# AF_UNIX: sd_notify and the worker's connection (multiprocessing's Pipe is a Unix socket pair). Nothing svfrd
-# runs opens an internet or netlink socket (SQLite is the only store; a database server would need AF_INET
-# AF_INET6 here and, in the system unit, no PrivateNetwork= or IPAddressDeny= lines).
+# AF_UNIX: sd_notify and the worker's connection (multiprocessing's Pipe is a Unix socket pair), and a
+# PostgreSQL server on this machine's Unix socket. Nothing svfrd runs here opens an internet or netlink socket.
 RestrictAddressFamilies=AF_UNIX
 """
 _WEB_FAMILIES = """\
 # AF_UNIX: sd_notify and the worker's connection (multiprocessing's Pipe is a Unix socket pair). AF_INET
-# AF_INET6: the web page ([web] enabled), a child process of the service, listens on one of them.
+# AF_INET6: what the network lines below are opened for (the web page, a notification URL, a database server).
 RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6
 """
 # The system unit's network lines for each reach.
@@ -241,15 +267,16 @@ PrivateNetwork=yes
 IPAddressDeny=any
 """,
     LOOPBACK_ONLY: """\
-# The web page listens on loopback ([web] listen): the service shares the machine's network so that local
-# browsers reach it, but its sockets exchange packets with this machine only.
+# Everything the service talks to is on loopback: it shares the machine's network so that local browsers
+# reach the page and it reaches local servers, but its sockets exchange packets with this machine only.
 IPAddressDeny=any
 IPAddressAllow=localhost
 """,
     ANY_ADDRESS: """\
-# The web page listens on a network address ([web] listen): browsers may come from any address, so no
-# PrivateNetwork= or IPAddressDeny= here, and the page requires its token (README, "Web page"). To admit
-# only your own network, add IPAddressDeny=any and IPAddressAllow=localhost 192.0.2.0/24 (its prefix).
+# The service talks to other machines (a page on a network address, a notification URL or a database server
+# elsewhere), so no PrivateNetwork= or IPAddressDeny= here; a page on the network requires its token (README,
+# "Web page"). To admit only your own network, add IPAddressDeny=any and
+# IPAddressAllow=localhost 192.0.2.0/24 (its prefix).
 """,
 }
 
@@ -268,7 +295,7 @@ def render_unit(paths: UnitPaths, user: bool) -> str:
     args = (paths.executable, "--config", paths.config, "run")
     # On a command line `${NAME}` is an environment variable: a literal `$` is written `$$`.
     exec_start = " ".join(quote_arg(a.replace("$", "$$"), paths.specifiers) for a in args)
-    reach = network_reach(paths.web_listen, paths.notify_url)
+    reach = network_reach(paths.web_listen, paths.notify_url, paths.database_host)
     families = _WEB_FAMILIES if reach != NO_NETWORK else _UNIX_FAMILIES
     if user:
         return USER_TEMPLATE.format(exec_start=exec_start, address_families=families)
@@ -281,7 +308,8 @@ def render_unit(paths: UnitPaths, user: bool) -> str:
         binds += f"BindReadOnlyPaths={_optional_paths(paths.home_readable)}\n"
     return SYSTEM_TEMPLATE.format(exec_start=exec_start, writable=writable, protect_home=paths.protect_home,
                                   binds=binds, address_families=families,
-                                  network=_notify_network_note(paths.notify_url) + _SYSTEM_NETWORK[reach])
+                                  network=_database_network_note(paths.database_host)
+                                  + _notify_network_note(paths.notify_url) + _SYSTEM_NETWORK[reach])
 
 
 def _optional_paths(paths: tuple[str, ...]) -> str:
@@ -348,7 +376,8 @@ def unit_paths_for(config: Config, executable: Path) -> UnitPaths:
                      home_writable=tuple(str(f) for f in home_writable),
                      home_readable=tuple(str(p) for p in home_readable),
                      web_listen=config.web.listen if config.web.enabled else None,
-                     notify_url=config.notify.url or None)
+                     notify_url=config.notify.url or None,
+                     database_host=database_server_host(config.service.database_url))
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -461,25 +490,24 @@ def _database_file(url: str) -> Path | None:
 
 
 def database_server_note(config: Config, user: bool = False) -> str | None:
-    """What the unit's network rules mean for a database server (not supported yet)."""
+    """What the unit opens for a database server, said once when it is written."""
     try:
         backend = make_url(config.service.database_url).get_backend_name()
     except ArgumentError:
         return None
     if backend == "sqlite":
         return None
+    host = database_server_host(config.service.database_url)
     start = f"note: [service] database_url names a {backend} server"
-    supported = "SQLite is the store svfrd supports; see the README"
-    reach = network_reach(config.web.listen if config.web.enabled else None)
-    if reach == NO_NETWORK:
-        return (f"{start}, but the unit lets svfrd open only Unix sockets. To reach it over the network, add AF_INET "
-                "AF_INET6 to RestrictAddressFamilies= and, in a system unit, delete the PrivateNetwork= and "
-                f"IPAddressDeny= lines ({supported}).")
-    if reach == LOOPBACK_ONLY and not user:
-        return (f"{start}; the unit lets svfrd exchange packets with this machine only (IPAddressAllow=localhost, "
-                "for the web page on loopback). To reach a server elsewhere, add its address to IPAddressAllow= "
-                f"({supported}).")
-    return f"{start}; the unit's network rules, opened for the web page, let svfrd reach it ({supported})."
+    if host is None:
+        return (f"{start} on this machine's Unix socket: the unit allows Unix sockets only (AF_UNIX) and no "
+                "network. Keep the socket out of /tmp, which the unit makes private (PrivateTmp=yes).")
+    reach = network_reach(config.web.listen if config.web.enabled else None, config.notify.url or None, host)
+    if user or reach == ANY_ADDRESS:
+        return (f"{start} on {host}: the unit lets svfrd open internet sockets (AF_INET AF_INET6) to reach it over "
+                "TCP; its network is not private.")
+    return (f"{start} on {host}: the unit lets svfrd open internet sockets and exchange packets with this "
+            "machine only (IPAddressAllow=localhost).")
 
 
 def web_page_note(config: Config, user: bool = False) -> str | None:

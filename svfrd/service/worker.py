@@ -438,6 +438,23 @@ def _install_signal_handlers() -> None:
     signal.signal(signal.SIGUSR1, lambda _signum, _frame: _interrupt_requested.set())
 
 
+def use_worker_device(device: str, set_device=None) -> None:
+    """Make `device` ("cuda:N") this process's current CUDA device. The engine puts its models there
+    explicitly, but whatever allocates on "the current device" (a bare "cuda", CUDA graphs, kernels of
+    libraries, the CUDA context itself) would otherwise land on GPU 0 in every worker (docs/architecture.md,
+    "Workers, claims and leases"). Other devices ("cpu", "auto", "cuda") leave the default alone."""
+    kind, _, index = device.partition(":")
+    if kind != "cuda" or not index.isdigit():
+        return
+    if set_device is None:
+        import torch
+
+        if not torch.cuda.is_available():
+            return  # the engine says what is wrong with the device and what to do
+        set_device = torch.cuda.set_device
+    set_device(int(index))
+
+
 def _create_engine(config: Config) -> Engine:
     from svfrd.engines import create_engine
 
@@ -451,6 +468,7 @@ def worker_main(config: Config, conn: Connection, parent_pid: int, verbose: bool
     _install_signal_handlers()
     try:
         check_service_configured(config)
+        use_worker_device(config.engine.device)
         engine = _create_engine(config)
         import svfrd.media.pipeline  # noqa: F401 - load the media stack now, not in the first job's time
     except Exception as err:  # noqa: BLE001 - reported to the supervisor, which exits with the message

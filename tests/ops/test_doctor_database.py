@@ -55,3 +55,37 @@ def test_servers_older_than_postgresql_12_are_refused(shown, number, refused):
     assert (problem is not None) == refused
     if refused:
         assert f"PostgreSQL {shown}" in problem and "12 or newer" in problem
+
+
+def test_status_the_status_view_and_doctor_read_a_postgres_queue_in_read_only_sessions(tmp_path, postgres_db_url,
+                                                                                       capsys):
+    """What `svfrd status`, the status view and doctor show of a shared PostgreSQL queue: each running job's
+    host, device and worker, read through the read-only sessions they use (a write there would fail)."""
+    from svfrd.cli import main
+    from svfrd.jobs.database import open_database, open_read_only
+    from svfrd.jobs.store import claim_next_job, enqueue_job
+    from svfrd.ops.status_view import read_snapshot
+
+    upgrade_database(postgres_db_url)
+    db = open_database(postgres_db_url)
+    running = enqueue_job(db, inbox="/in", source_name="a.mp4", source_path="/in/a.mp4", tasks="0",
+                          content_hash="a")
+    enqueue_job(db, inbox="/in", source_name="b.mp4", source_path="/in/b.mp4", tasks="0", content_hash="b")
+    claim_next_job(db, 4321, host="studio-2:/var/lib/svfrd", device="cuda:1")
+    db.dispose()
+    config = write_site(tmp_path, extra=f'database_url = "{postgres_db_url}"')
+
+    assert main(["--config", str(config), "status"]) == 0
+    out = capsys.readouterr().out
+    assert "studio-2:/var/lib/svfrd" in out and "cuda:1" in out and "b.mp4" in out
+
+    reader = open_read_only(postgres_db_url)
+    try:
+        snapshot = read_snapshot(reader)
+    finally:
+        reader.dispose()
+    assert [job.id for job in snapshot.running] == [running.id] and len(snapshot.queued) == 1
+    assert snapshot.running[0].claim_host == "studio-2:/var/lib/svfrd"
+
+    workers = doctor.check_workers(load_config(config))
+    assert workers.ok and f"job {running.id} on studio-2:/var/lib/svfrd, cuda:1, worker 4321" in workers.detail

@@ -438,7 +438,9 @@ def test_a_database_server_note_fits_a_unit_opened_for_the_page(tmp_path: Path, 
     assert ins.install_service(config, user=False, output=tmp_path / "s.service", owner_uid=os.getuid(),
                                executable=VENV_SVFRD) == 0
     err = capsys.readouterr().err
-    assert "database_url names a postgresql server" in err and "add its address to IPAddressAllow=" in err
+    assert "database_url names a postgresql server on db.example" in err and "not private" in err
+    unit = (tmp_path / "s.service").read_text().splitlines()
+    assert not any(line.startswith("IPAddressDeny=") for line in unit)  # the server is elsewhere
 
 
 def test_the_system_unit_keeps_the_gpu_and_drops_everything_else() -> None:
@@ -501,15 +503,65 @@ def test_a_database_outside_the_state_folder_is_writable_and_checked(tmp_path: P
         ins.refuse_unsafe_folders(load_config(config))
 
 
-def test_a_database_server_url_gets_a_note_on_what_the_unit_blocks(tmp_path: Path, capsys) -> None:
+def test_a_database_server_url_gets_a_note_on_what_the_unit_opens(tmp_path: Path, capsys) -> None:
     config = tmp_path / "config.toml"
     config.write_text('[service]\ndatabase_url = "postgresql://db.example/svfrd"\n\n[[inbox]]\npath = "inbox"\n')
     assert ins.install_service(config, user=True, output=tmp_path / "u.service") == 0
     err = capsys.readouterr().err
-    assert "database_url names a postgresql server" in err and "AF_INET AF_INET6" in err
+    assert "database_url names a postgresql server on db.example" in err and "AF_INET AF_INET6" in err
     write_config(tmp_path)  # SQLite: no note
     assert ins.install_service(tmp_path / "config.toml", user=True, output=tmp_path / "u.service") == 0
     assert "note:" not in capsys.readouterr().err
+
+
+def database_config(folder: Path, url: str) -> Path:
+    config = write_config(folder)
+    config.write_text(f'[service]\ndatabase_url = "{url}"\n\n' + config.read_text())
+    return config
+
+
+@pytest.mark.parametrize("url", ["postgresql://svfrd@dbhost.example/svfrd",
+                                 "postgresql+psycopg://svfrd:pw@192.0.2.9:5433/svfrd",
+                                 "postgresql://svfrd@/svfrd?host=db1.example,db2.example"])
+def test_a_database_server_over_tcp_gets_the_network_in_the_system_unit(tmp_path: Path, url: str) -> None:
+    """The hardened unit had no network (PrivateNetwork=yes, IPAddressDeny=any, AF_UNIX only): a service with a
+    PostgreSQL server elsewhere could not reach its job database and never started."""
+    lines = unit_lines(database_config(tmp_path, url))
+    assert "RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6" in lines
+    assert not any(line.startswith(("PrivateNetwork=", "IPAddressDeny=")) for line in lines)
+    assert any(line.startswith("# [service] database_url: the shared job database is a server on")
+               for line in lines)
+    assert "RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6" in unit_lines(tmp_path / "config.toml", user=True)
+
+
+def test_a_database_server_on_loopback_is_reached_on_this_machine_only(tmp_path: Path) -> None:
+    lines = unit_lines(database_config(tmp_path, "postgresql://svfrd@127.0.0.1/svfrd"))
+    assert "RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6" in lines
+    assert "IPAddressDeny=any" in lines and "IPAddressAllow=localhost" in lines
+    assert not any(line.startswith("PrivateNetwork=") for line in lines)
+
+
+@pytest.mark.parametrize("url", ["postgresql://svfrd@/svfrd", "postgresql:///svfrd?host=/run/postgresql"])
+def test_a_database_server_on_a_unix_socket_keeps_the_unit_off_the_network(tmp_path: Path, url: str,
+                                                                          capsys) -> None:
+    config = database_config(tmp_path, url)
+    lines = unit_lines(config)
+    assert "PrivateNetwork=yes" in lines and "RestrictAddressFamilies=AF_UNIX" in lines
+    assert ins.install_service(config, user=False, output=tmp_path / "s.service", owner_uid=os.getuid(),
+                               executable=VENV_SVFRD) == 0
+    assert "Unix socket" in capsys.readouterr().err
+
+
+@needs_systemd_analyze
+def test_units_for_a_database_server_verify_cleanly(tmp_path: Path) -> None:
+    for name, url in (("remote", "postgresql://svfrd@dbhost.example/svfrd"),
+                      ("local", "postgresql://svfrd@localhost/svfrd")):
+        config = database_config(tmp_path / name, url)
+        for user in (False, True):
+            output = tmp_path / name / ("user" if user else "system") / "svfrd.service"
+            assert ins.install_service(config, user=user, output=output, owner_uid=os.getuid(),
+                                       executable=VENV_SVFRD) == 0
+            assert systemd_verify(output, tmp_path, user=user) == "rc=0"
 
 
 @needs_systemd_analyze
