@@ -271,10 +271,9 @@ def cmd_pause(args: argparse.Namespace) -> int:
     from svfrd.service.pause import Pause
 
     pause = Pause.AFTER_CURRENT if args.after_current else Pause.NOW
-    woken = _change_pause(args, pause)
+    woken, running = _change_pause(args, pause)
     if pause is Pause.NOW:
-        print("paused: the running job stops within seconds and goes back to the queue; nothing starts and the "
-              "GPU is freed until `svfrd resume`" + ("" if woken else _NOT_WOKEN))
+        print(_paused_now_text(running) + ("" if woken else _NOT_WOKEN))
     else:
         print("paused after the current job: it finishes, then nothing starts until `svfrd resume`"
               + ("" if woken else _NOT_WOKEN))
@@ -284,7 +283,7 @@ def cmd_pause(args: argparse.Namespace) -> int:
 def cmd_resume(args: argparse.Namespace) -> int:
     from svfrd.service.pause import Pause
 
-    woken = _change_pause(args, Pause.NONE)
+    woken, _ = _change_pause(args, Pause.NONE)
     print("resumed: queued jobs run again (within the [schedule] hours, if set)" + ("" if woken else _NOT_WOKEN))
     return EXIT_OK
 
@@ -292,14 +291,35 @@ def cmd_resume(args: argparse.Namespace) -> int:
 _NOT_WOKEN = " (the service is not running, or may not be signalled by you: it acts within its scan interval)"
 
 
-def _change_pause(args: argparse.Namespace, pause) -> bool:
-    """Store the pause (it survives a restart) and wake the daemon; whether it was woken."""
+def _paused_now_text(running: list) -> str:
+    """A pause stops the running jobs, but not one started with `svfrd run-now` (svfrd.service.gate)."""
+    kept = [job for job in running if job.run_now]
+    if not kept:
+        return ("paused: the running job stops within seconds and goes back to the queue; nothing starts and the "
+                "GPU is freed until `svfrd resume`")
+    parts = [f"job {job.id} ({printable(job.source_name)}) keeps running: it was started with `svfrd run-now`, "
+             f"which a pause does not stop (`svfrd cancel {job.id}` stops it)" for job in kept]
+    parts += [f"job {job.id} ({printable(job.source_name)}) stops within seconds and goes back to the queue"
+              for job in running if not job.run_now]
+    done = "the run-now job is" if len(kept) == 1 else "the run-now jobs are"
+    return (f"paused: {'; '.join(parts)}; nothing else starts until `svfrd resume`, and the GPU is freed once "
+            f"{done} done")
+
+
+def _change_pause(args: argparse.Namespace, pause) -> tuple[bool, list]:
+    """Store the pause (it survives a restart) and wake the daemon: whether it was woken, and the jobs running
+    as the pause was set (their fate depends on how they were started)."""
+    from svfrd.jobs.store import list_jobs
     from svfrd.service.pause import set_pause
+
+    def pause_and_list_running(db) -> list:
+        set_pause(db, pause)
+        return list_jobs(db, limit=1000, states=["running"])
 
     config = _load(args)
     restrict_umask()
-    _using_database(config, lambda db: set_pause(db, pause), read_only=False)
-    return _wake_daemon(config)
+    running = _using_database(config, pause_and_list_running, read_only=False)
+    return _wake_daemon(config), running
 
 
 def _wake_daemon(config: Config) -> bool:

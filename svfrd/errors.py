@@ -14,9 +14,17 @@ class SvfrdError(Exception):
 
 class BadInputError(SvfrdError):
     """The input itself is wrong (corrupt video, no face, bad sidecar, ...), or the job would fail the same way
-    however often it ran (a job that does not fit the GPU: its message says so). Never retried."""
+    however often it ran (`ResourceError`). Never retried."""
 
     kind = "bad_input"
+
+
+class ResourceError(BadInputError):
+    """The job needs more than this machine has (it does not fit the GPU's memory even at the smallest calls):
+    it would fail the same way however often it ran, so it is treated as bad input (failed for good, inputs to
+    failed/, `svfrd retry` runs it again), but it is recorded as what it is: the input itself is fine."""
+
+    kind = "resource"
 
 
 class TransientError(SvfrdError):

@@ -172,18 +172,29 @@ def mirror_folder(root: str | Path, source_name: str) -> Path:
 
 def link_or_copy(source: str | Path, target: str | Path) -> None:
     """Give `target` the content of `source`: a hard link (no space, no time), or a copy where the filesystem
-    cannot link (another device, no hard links). A leftover `target` from an interrupted run is replaced.
-    Neither name is followed if it is a symlink."""
+    cannot link (another device, no hard links). A leftover `target` from an interrupted run is replaced only
+    under one of our temporary names (`is_temp_name`): anything under another name is an error, never removed,
+    as in `create_temp` (a caller's mistake must never cost a user's file). Neither name is followed if it is a
+    symlink."""
     source, target = Path(source), Path(target)
-    target.unlink(missing_ok=True)
+    if is_temp_name(target.name):
+        target.unlink(missing_ok=True)
     try:
         os.link(source, target, follow_symlinks=False)
+    except FileExistsError:
+        raise FileExistsError(errno.EEXIST, _in_the_way(target), str(target)) from None
     except OSError as err:
         if err.errno not in (errno.EXDEV, errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK):
             raise
         with open(os.open(source, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC), "rb") as src, \
                 create_temp(target) as dst:
             shutil.copyfileobj(src, dst, 1 << 20)
+
+
+def _in_the_way(target: Path) -> str:
+    why = ("it is not one of svfrd's temporary names, so it is never replaced" if not is_temp_name(target.name)
+           else "it appeared again at once")
+    return f"cannot link {target}: something is in the way ({why}); check who else can write to {target.parent}"
 
 
 def error_report_name(source_name: str) -> str:

@@ -46,6 +46,7 @@ class JobState(str, enum.Enum):
 class ErrorKind(str, enum.Enum):
     BAD_INPUT = "bad_input"  # never retried
     TRANSIENT = "transient"  # retried with backoff up to max_attempts
+    RESOURCE = "resource"  # the job needs more than the machine has (GPU memory): never retried, input fine
 
 
 class Job(SQLModel, table=True):

@@ -31,7 +31,7 @@ from sqlmodel import Session, col, select
 
 from svfrd.config import tasks_to_text
 from svfrd.domain import Task, priority_problem
-from svfrd.errors import BadInputError, JobCancelled
+from svfrd.errors import BadInputError, JobCancelled, ResourceError
 from svfrd.files.hashing import file_sha256
 from svfrd.jobs.model import ErrorKind, Job, JobState, ServiceState, utcnow
 
@@ -521,10 +521,15 @@ def fail_job(
             job.error_kind, job.error_message = None, str(error) or "cancelled by the user"
         elif isinstance(error, BadInputError):
             job.state, job.finished_at = JobState.FAILED.value, now
-            job.error_kind, job.error_message = ErrorKind.BAD_INPUT.value, str(error)
+            job.error_kind, job.error_message = _kind_failed_for_good(error), str(error)
         else:
             _count_transient_failure(job, str(error) or type(error).__name__, retry_backoff, now)
         return job
+
+
+def _kind_failed_for_good(error: BadInputError) -> str:
+    """A job too big for the machine fails for good like bad input, but the record says the input is fine."""
+    return ErrorKind.RESOURCE.value if isinstance(error, ResourceError) else ErrorKind.BAD_INPUT.value
 
 
 def _count_transient_failure(job: Job, message: str, retry_backoff: float, now: datetime) -> None:

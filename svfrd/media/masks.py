@@ -75,6 +75,14 @@ def load_mask(path_or_file: Path | BinaryIO, frame_size: tuple[int, int],
     return Mask(gray >= 128, coordinates, note)
 
 
+def check_mask_file(file: BinaryIO, name: str, max_pixels: int = DEFAULT_MAX_MASK_PIXELS) -> None:
+    """Intake's check of a sidecar's mask (svfrd.service.sidecar): its header size against `max_pixels`, the
+    limit `load_mask` applies when the job starts, and its data for damage, without decoding its pixels. A mask
+    the worker would refuse is refused before its job is queued, with the same message."""
+    with _open_image(file, name, max_pixels) as picture:
+        picture.verify()
+
+
 def _name_of(path_or_file: Path | BinaryIO) -> str:
     name = path_or_file if isinstance(path_or_file, (str, Path)) else getattr(path_or_file, "name", "")
     return Path(name).name if isinstance(name, (str, Path)) and str(name) else "(unnamed)"

@@ -412,7 +412,7 @@ class Intake:
             return parse_sidecar(
                 content, video.parent, name=sidecar.name, inbox=inbox.path, default_tasks=inbox.tasks,
                 default_options=inbox.options, allowed_options=self.config.engine.option_names,
-                default_priority=inbox.priority,
+                default_priority=inbox.priority, max_mask_pixels=self.config.limits.max_mask_pixels,
             )
 
     def _keep_copies(self, spec: JobSpec) -> dict[str, str | None]:

@@ -39,6 +39,7 @@ from svfrd.domain import (
 )
 from svfrd.errors import BadInputError
 from svfrd.files import beneath
+from svfrd.media.masks import DEFAULT_MAX_MASK_PIXELS, check_mask_file
 
 SIDECAR_KEYS = ("tasks", "mask", "reference", "seed", "priority", "options")
 #: Sidecars are refused above this size, before they are parsed: a few settings fit in far less.
@@ -84,6 +85,7 @@ def parse_sidecar(
     default_options: Mapping[str, Any] | None = None,
     allowed_options: frozenset[str] = BUILTIN_OPTION_NAMES,
     default_priority: int = DEFAULT_PRIORITY,
+    max_mask_pixels: int = DEFAULT_MAX_MASK_PIXELS,
 ) -> JobSpec:
     """Read and check a sidecar: a path (opened beneath its own folder), an open binary file (intake opens it
     beneath the inbox), or its bytes; `name` is what messages call it (default: the path's name). `mask` and
@@ -91,7 +93,8 @@ def parse_sidecar(
     or the inbox itself), may not leave it, and are opened beneath `inbox` (default: `video_folder`) with no
     symlink in any part of their path. Unset keys take the inbox defaults; `[options]` are merged over the
     inbox's options. `allowed_options`: the configured engine's (`EngineConfig.option_names`, which includes a
-    plug-in engine's own). Raises BadInputError naming the sidecar, the key and what to do."""
+    plug-in engine's own). `max_mask_pixels`: [limits] max_mask_pixels, the limit the worker holds the mask to.
+    Raises BadInputError naming the sidecar, the key and what to do."""
     problem = _SidecarProblem(name or (sidecar.name if isinstance(sidecar, Path) else "sidecar"))
     raw = _read_toml(_sidecar_bytes(sidecar, problem), problem)
     unknown = sorted(set(raw) - set(SIDECAR_KEYS))
@@ -99,7 +102,7 @@ def parse_sidecar(
         raise problem(f"unknown key {unknown[0]!r}; allowed keys are " + ", ".join(SIDECAR_KEYS))
     tasks = _tasks(raw, default_tasks, problem)
     images = _Images(video_folder, inbox or video_folder, problem)
-    mask = images.read(raw, "mask")
+    mask = images.read(raw, "mask", max_mask_pixels)
     _check_mask_rule(tasks, mask and mask[0], raw, problem)
     reference = images.read(raw, "reference")
     return JobSpec(
@@ -228,8 +231,9 @@ class _Images:
     def __init__(self, video_folder: Path, inbox: Path, problem: _SidecarProblem):
         self.video_folder, self.inbox, self.problem = video_folder, inbox, problem
 
-    def read(self, raw: dict, key: str) -> tuple[Path, bytes] | None:
-        """(path, content) of the image `raw[key]` names, or None when the key is not set."""
+    def read(self, raw: dict, key: str, max_pixels: int | None = None) -> tuple[Path, bytes] | None:
+        """(path, content) of the image `raw[key]` names, or None when the key is not set. `max_pixels`: a
+        mask's limit ([limits] max_mask_pixels); without it, Pillow's own limit applies."""
         if key not in raw:
             return None
         path = _image_path(raw, key, self.video_folder, self.problem)
@@ -245,7 +249,7 @@ class _Images:
             raise self.problem(f"{shown}: {str(err).rstrip('.')}") from None
         except OSError as err:
             raise self.problem(f"{shown}: {path} cannot be read ({err.strerror})") from None
-        _check_image(data, path, shown, self.problem)
+        _check_image(data, path, shown, self.problem, max_pixels)
         return path, data
 
 
@@ -264,13 +268,20 @@ def _image_path(raw: dict, key: str, video_folder: Path, problem: _SidecarProble
     return video_folder / relative
 
 
-def _check_image(data: bytes, path: Path, shown: str, problem: _SidecarProblem) -> None:
+def _check_image(data: bytes, path: Path, shown: str, problem: _SidecarProblem, max_pixels: int | None) -> None:
+    """A mask is held to `max_pixels`, the limit the worker holds it to (`svfrd.media.masks.load_mask`), so that
+    a mask it would refuse fails here, before a job exists; a reference to Pillow's own limit."""
     try:
+        if max_pixels is not None:
+            check_mask_file(io.BytesIO(data), path.name, max_pixels)
+            return
         with warnings.catch_warnings():
             # Pillow only warns between its pixel limit and twice that; both are refused as too large.
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(io.BytesIO(data)) as image:
                 image.verify()
+    except BadInputError as err:  # the mask's own message, as the worker would give it
+        raise problem(f"{shown}: {str(err).rstrip('.')}") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise problem(f"{shown}: {path} says it is larger than {Image.MAX_IMAGE_PIXELS:,} pixels, far more than a "
                       "video frame; use an image of the video's frame size") from None

@@ -204,10 +204,34 @@ def test_a_result_is_reused_by_hard_link_or_by_copy_where_linking_fails(tmp_path
     link_or_copy(result, tmp_path / "linked.mp4")
     assert os.path.samefile(result, tmp_path / "linked.mp4")
     refuse_links_of(monkeypatch, result)
-    (tmp_path / "copied.mp4").write_bytes(b"left by an interrupted run")
-    link_or_copy(result, tmp_path / "copied.mp4")
-    assert (tmp_path / "copied.mp4").read_bytes() == b"restored"
-    assert not os.path.samefile(result, tmp_path / "copied.mp4")
+    (tmp_path / ".copied.mp4.part").write_bytes(b"left by an interrupted run")
+    link_or_copy(result, tmp_path / ".copied.mp4.part")
+    assert (tmp_path / ".copied.mp4.part").read_bytes() == b"restored"
+    assert not os.path.samefile(result, tmp_path / ".copied.mp4.part")
+
+
+def test_a_leftover_temporary_file_is_replaced_by_the_link(tmp_path):
+    result = tmp_path / "first.restored.mp4"
+    result.write_bytes(b"restored")
+    (tmp_path / ".second.mp4.part").write_bytes(b"left by an interrupted run")
+    link_or_copy(result, tmp_path / ".second.mp4.part")
+    assert os.path.samefile(result, tmp_path / ".second.mp4.part")
+
+
+@pytest.mark.parametrize("links", [True, False], ids=["linking", "copying"])
+def test_link_or_copy_never_replaces_a_name_that_is_not_one_of_our_temporary_names(tmp_path, monkeypatch, links):
+    """Only a stale `.NAME.part` of ours may be replaced: a caller passing any other name gets an error, never
+    the loss of a user's file."""
+    result = tmp_path / "first.restored.mp4"
+    result.write_bytes(b"restored")
+    if not links:
+        refuse_links_of(monkeypatch, result)
+    for name in ("clip.mp4", ".clip.mp4", "clip.mp4.part"):
+        users = tmp_path / name
+        users.write_text("someone's precious file\n")
+        with pytest.raises(FileExistsError, match="not one of svfrd's temporary names, so it is never"):
+            link_or_copy(result, users)
+        assert users.read_text() == "someone's precious file\n"
 
 
 def test_a_symlink_moved_across_filesystems_stays_a_link_and_its_target_is_never_read(tmp_path, monkeypatch):

@@ -9,7 +9,7 @@ from datetime import timedelta
 import pytest
 
 from svfrd.domain import Task
-from svfrd.errors import BadInputError, JobCancelled, TransientError
+from svfrd.errors import BadInputError, JobCancelled, ResourceError, TransientError
 from svfrd.jobs.database import open_database
 from svfrd.jobs.model import JobState, utcnow
 from svfrd.jobs.store import (
@@ -97,6 +97,15 @@ def test_bad_input_fails_for_good(db):
     failed = fail_job(db, job.id, BadInputError("the video has no face"), retry_backoff=10)
     assert failed.state == "failed" and failed.error_kind == "bad_input"
     assert failed.error_message == "the video has no face" and failed.finished_at is not None
+    assert claim_next_job(db, 1) is None
+
+
+def test_a_job_too_big_for_the_machine_fails_for_good_recorded_as_resource_not_bad_input(db):
+    job = new_job(db)
+    claim_next_job(db, 1)
+    failed = fail_job(db, job.id, ResourceError("the GPU ran out of memory; the video itself is fine"),
+                      retry_backoff=10)
+    assert failed.state == "failed" and failed.error_kind == "resource" and failed.attempts == 0
     assert claim_next_job(db, 1) is None
 
 

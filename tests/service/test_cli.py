@@ -17,7 +17,14 @@ from svfrd.config import load_config
 from svfrd.domain import Task
 from svfrd.errors import BadInputError
 from svfrd.jobs.database import open_database, upgrade_database
-from svfrd.jobs.store import claim_next_job, enqueue_job, get_job, insert_failed_job, record_progress
+from svfrd.jobs.store import (
+    claim_next_job,
+    enqueue_job,
+    fail_job,
+    get_job,
+    insert_failed_job,
+    record_progress,
+)
 from svfrd.service.sidecar import parse_sidecar
 from tests.helpers.paths import REPO_ROOT
 from tests.helpers.service import ServiceFolder, write_mask
@@ -165,6 +172,18 @@ def test_show_prints_every_field_with_service_interruptions_beside_the_attempts(
     at = lines.index("attempts: 1")
     assert lines[at:at + 3] == ["attempts: 1", "max_attempts: 3", "service_interruptions: 2"]
     assert "tasks: 0,1 (bfr+colorize)" in lines and "source_name: clip.mp4" in lines
+
+
+def test_show_says_a_job_that_did_not_fit_the_gpu_failed_for_a_resource_not_for_bad_input(folder, database, capsys):
+    from svfrd.engines.svfr.memory import OutOfGpuMemory  # here: only this test needs torch
+
+    job = add_job(database, folder, "clip.mp4")
+    claim_next_job(database, worker_pid=1)
+    fail_job(database, job.id, OutOfGpuMemory("the GPU ran out of memory in the UNet with no other program "
+                                               "holding GPU memory. The video itself is fine."), retry_backoff=1)
+    assert svfrd(folder, "show", str(job.id)) == 0
+    lines = [line.strip() for line in capsys.readouterr().out.splitlines()]
+    assert "error_kind: resource" in lines and "state: failed" in lines
 
 
 def test_status_and_show_print_names_as_text_never_as_markup_or_escape_codes(folder, database, capsys, monkeypatch):

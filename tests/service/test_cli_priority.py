@@ -6,7 +6,7 @@ import pytest
 
 from svfrd.domain import Task
 from svfrd.jobs.database import open_database, upgrade_database
-from svfrd.jobs.store import enqueue_job, get_job
+from svfrd.jobs.store import claim_next_job, enqueue_job, get_job, request_run_now
 from svfrd.service.sidecar import parse_sidecar
 from tests.service.test_cli import folder, some_file, svfrd  # noqa: F401  (folder is a fixture)
 
@@ -38,5 +38,32 @@ def test_priority_and_run_now_change_a_queued_job(folder, capsys):  # noqa: F811
         assert "queued, prio now" in capsys.readouterr().out
         assert svfrd(folder, "priority", str(job.id + 1), "1") == 1
         assert f"no job {job.id + 1}" in capsys.readouterr().err
+    finally:
+        db.dispose()
+
+
+def enqueue(db, name: str):
+    return enqueue_job(db, inbox="/in", source_name=name, source_path=f"/in/{name}", tasks={Task.BFR},
+                       content_hash=name)
+
+
+def test_pause_says_a_running_run_now_job_keeps_running_and_an_ordinary_one_stops(folder, capsys):  # noqa: F811
+    upgrade_database(folder.database_url)
+    db = open_database(folder.database_url)
+    try:
+        hurried = enqueue(db, "hurried.mp4")
+        request_run_now(db, hurried.id)
+        claim_next_job(db, worker_pid=1, run_now_only=True)
+        assert svfrd(folder, "pause") == 0
+        out = capsys.readouterr().out
+        assert f"job {hurried.id} (hurried.mp4) keeps running: it was started with `svfrd run-now`" in out
+        assert f"`svfrd cancel {hurried.id}` stops it" in out and "stops within seconds" not in out
+
+        ordinary = enqueue(db, "ordinary.mp4")
+        claim_next_job(db, worker_pid=2)
+        assert svfrd(folder, "pause") == 0
+        out = capsys.readouterr().out
+        assert f"job {hurried.id} (hurried.mp4) keeps running" in out
+        assert f"job {ordinary.id} (ordinary.mp4) stops within seconds and goes back to the queue" in out
     finally:
         db.dispose()

@@ -331,6 +331,22 @@ def test_a_bad_sidecar_takes_its_mask_along_to_failed(intake):
     assert list(inbox.iterdir()) == []
 
 
+def test_intake_holds_a_mask_to_the_configured_limit_the_worker_applies(tmp_path):
+    intake = make_intake(tmp_path, extra="[limits]\nmax_mask_pixels = 1000\n")
+    try:
+        inbox = inbox_of(intake)
+        save_mask(inbox / "clip.mask.png")  # 32x32: 1,024 pixels
+        drop(inbox, "clip.toml", 'tasks = [2]\nmask = "clip.mask.png"\n')
+        drop(inbox, "clip.mp4", video_bytes(5))
+        [job] = [j for r in scan_until(intake, lambda r: any(r_.failed for r_ in r)) for j in r.failed]
+    finally:
+        intake.stop()
+        intake.db.dispose()
+    assert job.error_kind == "bad_input" and job.attempts == 0
+    assert "the mask clip.mask.png is 32x32 (1,024 pixels), over the limit of 1,000 pixels" in job.error_message
+    assert "[limits] max_mask_pixels" in job.error_message
+
+
 def test_a_mask_that_another_sidecar_names_stays_in_the_inbox(tmp_path):
     intake = make_intake(tmp_path, quiet=0.2, grace=5.0)
     inbox = inbox_of(intake)

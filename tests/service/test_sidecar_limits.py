@@ -60,3 +60,20 @@ def test_a_mask_claiming_more_pixels_than_pillow_allows_is_refused(tmp_path, sid
     (tmp_path / "bomb.png").write_bytes(png_header(side, side))
     message = error_of(tmp_path, 'tasks = ["bfr", "inpaint"]\nmask = "bomb.png"\n')
     assert "bomb.png" in message and "pixels" in message
+
+
+def test_a_mask_over_the_configured_limit_is_refused_with_the_workers_message(tmp_path):
+    # 6000x6000 is under Pillow's own limit (about 89 M pixels) but over [limits] max_mask_pixels (33 M): the
+    # worker would refuse it when its job starts, so intake refuses it now, with the worker's words.
+    (tmp_path / "big.png").write_bytes(png_header(6000, 6000))
+    message = error_of(tmp_path, 'tasks = ["bfr", "inpaint"]\nmask = "big.png"\n')
+    assert 'mask = "big.png": the mask big.png is 6000x6000 (36,000,000 pixels)' in message
+    assert "over the limit of 33,177,600 pixels ([limits] max_mask_pixels" in message
+
+
+def test_the_mask_limit_is_the_configured_one_lowered_or_raised(tmp_path):
+    (tmp_path / "clip.toml").write_text('tasks = ["bfr", "inpaint"]\nmask = "wide.png"\n')
+    (tmp_path / "wide.png").write_bytes(png_header(10000, 10000))  # over Pillow's own limit
+    assert parse_sidecar(tmp_path / "clip.toml", tmp_path, max_mask_pixels=10000 * 10000).mask_path is not None
+    with pytest.raises(BadInputError, match=r"over the limit of 99,999,999 pixels \(\[limits\] max_mask_pixels"):
+        parse_sidecar(tmp_path / "clip.toml", tmp_path, max_mask_pixels=10000 * 10000 - 1)

@@ -27,7 +27,7 @@ import torch
 
 from svfrd.engines.svfr.attention import slice_attention, unslice_attention
 from svfrd.engines.svfr.sampler import UNetFallback
-from svfrd.errors import BadInputError, TransientError
+from svfrd.errors import ResourceError, TransientError
 
 log = logging.getLogger(__name__)
 
@@ -262,10 +262,10 @@ class ServiceMemory:
         return f'even the "low" memory tier needs {needs}: {close}, or use a GPU with more memory'
 
 
-class OutOfGpuMemory(BadInputError):
+class OutOfGpuMemory(ResourceError):
     """The job does not fit this GPU even at the smallest calls: never retried (it would fail the same way).
-    A `BadInputError` only for what that means to the queue (failed for good, inputs to failed/, `svfrd retry`
-    runs it again); the message says that the video is fine and what to change."""
+    A `ResourceError`: failed for good like bad input, but recorded as `resource`; the message says that the
+    video is fine and what to change."""
 
 
 def decode_chunk_note(chunk: int, why: str) -> str:

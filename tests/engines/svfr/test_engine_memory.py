@@ -26,7 +26,7 @@ from svfrd.engines.svfr.memory import (
 )
 from svfrd.engines.svfr.pipeline import FixedChunks, SVFRPipeline, SVFRSettings
 from svfrd.engines.svfr.sampler import SamplerSettings, UNetFallback, denoise_latents
-from svfrd.errors import BadInputError, ConfigError, TransientError
+from svfrd.errors import BadInputError, ConfigError, ResourceError, TransientError
 from tests.helpers.oom import fail_above, fail_above_rows, lift
 from tests.helpers.paths import FACE_MODEL
 from tests.helpers.tiny_svfr import engine_config, face_crops
@@ -137,6 +137,7 @@ def test_a_unet_out_of_memory_at_the_smallest_calls_on_an_otherwise_empty_gpu_is
     with pytest.raises(OutOfGpuMemory, match="would fail the same way: it is not retried") as caught:
         restore_all(engine, 5)
     assert isinstance(caught.value, BadInputError), "failed for good, not retried"
+    assert isinstance(caught.value, ResourceError), "recorded as a resource failure: the video is fine"
     message = str(caught.value)
     assert "The video itself is fine" in message and advice in message
     assert "close other programs that use the GPU (`nvidia-smi` lists them)" in message
