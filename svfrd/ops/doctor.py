@@ -8,6 +8,8 @@ code) happen inside the checks that need them.
 
 from __future__ import annotations
 
+import os
+import shlex
 import stat
 import tempfile
 from dataclasses import dataclass
@@ -160,6 +162,40 @@ def check_database(config: Config) -> Check:
                       "it was written by a newer svfrd: upgrade svfrd")
     return failed(name, f"{where} is at schema {current}, newest is {head}",
                   "`svfrd run` upgrades it on start", required=False)
+
+
+def check_database_password_file(config: Config, stat_path=os.stat) -> list[Check]:
+    """The file the system unit has libpq read the PostgreSQL password from (PGPASSFILE, README, "Several
+    machines: PostgreSQL"), when the URL carries none. libpq skips a file its group or others may read,
+    without an error of its own: the login then fails for want of a password. `stat_path` lets tests own it."""
+    from svfrd.ops.install_service import SERVICE_USER, password_file_command, password_file_wanted
+
+    password_file = password_file_wanted(config)
+    if password_file is None:
+        return []
+    name = "database password file"
+    try:
+        st = stat_path(password_file)
+    except FileNotFoundError:
+        return [failed(name, f"{password_file} does not exist: the system unit has libpq read the database password "
+                       "from it (PGPASSFILE), as [service] database_url has none (a service in your own session "
+                       "reads ~/.pgpass instead)", f"{password_file_command(password_file)}, then write "
+                       "HOST:PORT:DATABASE:USER:PASSWORD into it with sudoedit", required=False)]
+    except OSError as err:
+        return [failed(name, f"cannot look at {password_file}: {err.strerror}",
+                       f"run the doctor as the service user: sudo -u {SERVICE_USER} svfrd doctor", required=False)]
+    mode, quoted = stat.S_IMODE(st.st_mode), shlex.quote(str(password_file))
+    if not stat.S_ISREG(st.st_mode):
+        return [failed(name, f"{password_file} is not a plain file; libpq ignores it", f"replace it: "
+                       f"{password_file_command(password_file)}", required=False)]
+    if mode & 0o077:
+        return [failed(name, f"{password_file} may be read by its group or others (mode {mode:04o}), so libpq "
+                       "ignores it and the service has no password to log in with", f"chmod 0600 {quoted}",
+                       required=False)]
+    if st.st_uid == 0:
+        return [failed(name, f"{password_file} belongs to root (mode {mode:04o}): the service user cannot read it",
+                       f"sudo chown {SERVICE_USER}:{SERVICE_USER} {quoted}", required=False)]
+    return [passed(name, f"{password_file} private to its owner (mode {mode:04o})")]
 
 
 def postgres_version_problem(shown: str, number: int) -> str | None:
@@ -381,6 +417,7 @@ def all_checks() -> list[tuple[str, Callable[[Config], Check | list[Check]]]]:
     return [
         ("folders", folder_checks),
         ("database", check_database),
+        ("database password file", check_database_password_file),
         ("workers", check_workers),
         ("free space", check_free_space),
         ("video codecs", lambda _config: check_codecs()),

@@ -130,7 +130,7 @@ ConfigurationDirectory=svfrd
 WorkingDirectory=/var/lib/svfrd
 # The home of a system user does not exist: keep torch/triton caches in the state folder.
 Environment=XDG_CACHE_HOME=/var/lib/svfrd/cache
-
+{{password_file}}
 {_COMMON_HARDENING}
 # Hardening that leaves the GPU working. The NVIDIA device nodes must stay reachable (so no
 # PrivateDevices), and MemoryDenyWriteExecute is left out on purpose: PyTorch and CUDA map executable
@@ -201,6 +201,8 @@ class UnitPaths:
     #: The database server's host when `[service] database_url` names one over TCP (docs/architecture.md,
     #: "Workers, claims and leases"); None for SQLite or a server on a Unix socket, which AF_UNIX reaches.
     database_host: str | None = None
+    #: Where libpq reads the PostgreSQL password (`database_password_file`); None for SQLite.
+    password_file: str | None = None
 
 
 # What the unit lets svfrd reach over the network: nothing (the default), this machine only (a web page on
@@ -231,6 +233,43 @@ def database_server_host(database_url: str) -> str | None:
     host = host if isinstance(host, str) else ",".join(host)
     tcp_hosts = [h for h in host.split(",") if h and not h.startswith("/") and not h.startswith("@")]
     return ",".join(tcp_hosts) or None
+
+
+#: The file in the state folder that the system unit names as libpq's password file (PGPASSFILE).
+PASSWORD_FILE_NAME = "pgpass"
+
+
+def database_password_file(config: Config) -> Path | None:
+    """The password file the system unit points libpq at when `[service] database_url` names a PostgreSQL
+    server; None for SQLite or a malformed URL. Not ~/.pgpass: the service user's home is whatever its passwd
+    entry says, and under /home it is hidden by ProtectHome= (README, "Several machines: PostgreSQL")."""
+    try:
+        backend = make_url(config.service.database_url).get_backend_name()
+    except ArgumentError:
+        return None
+    return config.service.state_dir / PASSWORD_FILE_NAME if backend == "postgresql" else None
+
+
+def password_file_wanted(config: Config) -> Path | None:
+    """`database_password_file` when libpq will look for a password there: the URL carries none."""
+    password_file = database_password_file(config)
+    if password_file is None or make_url(config.service.database_url).password is not None:
+        return None
+    return password_file
+
+
+def password_file_command(password_file: Path) -> str:
+    """What creates the password file as libpq accepts it: the service user's, closed to everyone else."""
+    return shlex.join(["sudo", "install", "-m", "0600", "-o", SERVICE_USER, "-g", SERVICE_USER, "/dev/null",
+                       str(password_file)])
+
+
+def _password_file_lines(password_file: str | None) -> str:
+    if password_file is None:
+        return ""
+    return ("# libpq reads the database password from this file (the service user's, mode 0600) rather than a\n"
+            "# ~/.pgpass that ProtectHome= may hide (README, \"Several machines: PostgreSQL\").\n"
+            f"Environment={quote_arg('PGPASSFILE=' + password_file)}\n")
 
 
 def _database_network_note(database_host: str | None) -> str:
@@ -308,6 +347,7 @@ def render_unit(paths: UnitPaths, user: bool) -> str:
         binds += f"BindReadOnlyPaths={_optional_paths(paths.home_readable)}\n"
     return SYSTEM_TEMPLATE.format(exec_start=exec_start, writable=writable, protect_home=paths.protect_home,
                                   binds=binds, address_families=families,
+                                  password_file=_password_file_lines(paths.password_file),
                                   network=_database_network_note(paths.database_host)
                                   + _notify_network_note(paths.notify_url) + _SYSTEM_NETWORK[reach])
 
@@ -377,7 +417,12 @@ def unit_paths_for(config: Config, executable: Path) -> UnitPaths:
                      home_readable=tuple(str(p) for p in home_readable),
                      web_listen=config.web.listen if config.web.enabled else None,
                      notify_url=config.notify.url or None,
-                     database_host=database_server_host(config.service.database_url))
+                     database_host=database_server_host(config.service.database_url),
+                     password_file=_optional_str(database_password_file(config)))
+
+
+def _optional_str(path: Path | None) -> str | None:
+    return str(path) if path is not None else None
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -508,6 +553,17 @@ def database_server_note(config: Config, user: bool = False) -> str | None:
                 "TCP; its network is not private.")
     return (f"{start} on {host}: the unit lets svfrd open internet sockets and exchange packets with this "
             "machine only (IPAddressAllow=localhost).")
+
+
+def password_file_note(config: Config, user: bool = False) -> str | None:
+    """Where the system unit has libpq look for the database password, said once when it is written."""
+    password_file = password_file_wanted(config)
+    if user or password_file is None:
+        return None
+    shown = printable(str(password_file))
+    return (f"note: the unit has libpq read the database password from {shown} (PGPASSFILE), not ~/.pgpass: "
+            f"create it with `{printable(password_file_command(password_file))}` and write the line "
+            "HOST:PORT:DATABASE:USER:PASSWORD into it (e.g. with sudoedit); `svfrd doctor` checks it.")
 
 
 def web_page_note(config: Config, user: bool = False) -> str | None:
@@ -710,7 +766,7 @@ def install_service(config_path: Path, user: bool, output: Path | str | None = N
         print(f"svfrd install-service: {err}", file=sys.stderr)
         return err.code
     unit = render_unit(unit_paths_for(config, executable), user)
-    for note in (database_server_note(config, user), web_page_note(config, user)):
+    for note in (database_server_note(config, user), password_file_note(config, user), web_page_note(config, user)):
         if note is not None:
             print(f"svfrd install-service: {note}", file=sys.stderr)
     if target is None:

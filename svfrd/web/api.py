@@ -179,24 +179,38 @@ class Api:
                                  headers={"cache-control": "no-store", "x-accel-buffering": "no"})
 
     async def _event_stream(self, request: Request) -> AsyncIterator[str]:
-        """`event: job` with a job's JSON whenever its row changes (from any process: worker, intake, CLI)."""
+        """`event: job` with a job's JSON whenever its row changes (from any process: worker, intake, CLI), and
+        `event: service` with the pause and the schedule (as GET /api/jobs has them) at once and whenever they
+        change. Both are read in the same poll, so a client costs no more than the two small queries."""
         sent: dict[int, str] = {}
+        service_sent: dict[str, Any] | None = None
         since = utcnow() - EVENT_OVERLAP
         last_keepalive = time.monotonic()
         yield "retry: 2000\n: connected\n\n"
         while not await request.is_disconnected():
-            jobs = await run_in_threadpool(jobs_updated_since, self.db, since)
+            jobs, service = await run_in_threadpool(self._poll_events, since)
+            if service != service_sent:
+                service_sent = service
+                yield _event("service", service)
             for job in jobs:
                 stamp = _moment(job.updated_at)
                 if sent.get(job.id) != stamp:
                     sent[job.id] = stamp
-                    yield f"event: job\ndata: {json.dumps(job_json(job))}\n\n"
+                    yield _event("job", job_json(job))
             if jobs:
                 since = max(as_utc(since), as_utc(jobs[-1].updated_at) - EVENT_OVERLAP)
             if time.monotonic() - last_keepalive > EVENT_KEEPALIVE_SECONDS:
                 last_keepalive = time.monotonic()
                 yield ": keep-alive\n\n"
             await asyncio.sleep(EVENT_POLL_SECONDS)
+
+    def _poll_events(self, since: datetime) -> tuple[list[Job], dict[str, Any]]:
+        """What one poll of the event stream reads: the jobs changed since `since`, and the pause and schedule."""
+        return jobs_updated_since(self.db, since), service_json(self.config, self.db)
+
+
+def _event(name: str, data: dict[str, Any]) -> str:
+    return f"event: {name}\ndata: {json.dumps(data)}\n\n"
 
 
 def _no_job(job_id: int) -> Response:

@@ -3,6 +3,8 @@ against a real throwaway server (tests/helpers/postgres.py)."""
 
 from __future__ import annotations
 
+import os
+import stat
 from pathlib import Path
 
 import pytest
@@ -89,3 +91,46 @@ def test_status_the_status_view_and_doctor_read_a_postgres_queue_in_read_only_se
 
     workers = doctor.check_workers(load_config(config))
     assert workers.ok and f"job {running.id} on studio-2:/var/lib/svfrd, cuda:1, worker 4321" in workers.detail
+
+
+def password_file_check(tmp_path: Path, url: str, stat_path=os.stat) -> list[doctor.Check]:
+    return doctor.check_database_password_file(load_config(write_site(tmp_path, extra=f'database_url = "{url}"')),
+                                               stat_path)
+
+
+def test_a_missing_password_file_is_a_warning_that_says_how_to_make_it(tmp_path):
+    [check] = password_file_check(tmp_path, "postgresql://svfrd@db.example/svfrd")
+    assert (check.ok, check.required) == (False, False)
+    assert str(tmp_path / "state" / "pgpass") in check.detail and "PGPASSFILE" in check.detail
+    assert f"sudo install -m 0600 -o svfrd -g svfrd /dev/null {tmp_path / 'state' / 'pgpass'}" in check.fix
+
+
+def test_a_password_file_others_may_read_is_a_warning_as_libpq_ignores_it(tmp_path):
+    (tmp_path / "state").mkdir()
+    password_file = tmp_path / "state" / "pgpass"
+    password_file.write_text("db.example:5432:svfrd:svfrd:secret\n")
+    password_file.chmod(0o640)
+    [check] = password_file_check(tmp_path, "postgresql://svfrd@db.example/svfrd")
+    assert (check.ok, check.required) == (False, False)
+    assert "mode 0640" in check.detail and "ignores" in check.detail
+    assert check.fix == f"chmod 0600 {password_file}"
+
+    password_file.chmod(0o600)
+    service_user_owns = lambda path: replace_owner(os.stat(path), 990)  # noqa: E731
+    [check] = password_file_check(tmp_path, "postgresql://svfrd@db.example/svfrd", service_user_owns)
+    assert check.ok and str(password_file) in check.detail
+
+    root_owns = lambda path: replace_owner(os.stat(path), 0)  # noqa: E731
+    [check] = password_file_check(tmp_path, "postgresql://svfrd@db.example/svfrd", root_owns)
+    assert not check.ok and "root" in check.detail and check.fix == f"sudo chown svfrd:svfrd {password_file}"
+
+
+def replace_owner(st: os.stat_result, uid: int) -> os.stat_result:
+    fields = list(st)
+    fields[stat.ST_UID] = uid
+    return os.stat_result(fields)
+
+
+@pytest.mark.parametrize("url", ["postgresql://svfrd:secret@db.example/svfrd", "sqlite:///state/jobs.db"])
+def test_no_password_file_is_asked_for_when_the_url_needs_none(tmp_path, url):
+    assert password_file_check(tmp_path, url) == []

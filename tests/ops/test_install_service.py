@@ -605,3 +605,39 @@ def test_a_notification_url_opens_the_network_it_needs_and_the_unit_says_why(tmp
     assert not any(line.startswith("PrivateNetwork=") for line in lines)
     assert ("IPAddressAllow=localhost" in lines) == filtered
     assert any(line.startswith("# [notify] url: the service POSTs to") for line in lines)
+
+
+@pytest.mark.parametrize("url", ["postgresql://svfrd@dbhost.example/svfrd", "postgresql+psycopg://svfrd@/svfrd"])
+def test_a_postgres_database_gets_its_password_file_in_the_state_folder(tmp_path: Path, url: str) -> None:
+    """The service user's home may be hidden from the unit (ProtectHome=) or lie elsewhere than the state folder,
+    so libpq would not find ~/.pgpass: the system unit names the file (README, "Several machines")."""
+    config = database_config(tmp_path, url)
+    state = load_config(config).service.state_dir
+    assert f"Environment=PGPASSFILE={state / 'pgpass'}" in unit_lines(config)
+    assert not any("PGPASSFILE" in line for line in unit_lines(config, user=True))  # the user's own ~/.pgpass
+    assert not any("PGPASSFILE" in line for line in unit_lines(write_config(tmp_path / "sqlite")))
+
+
+def test_install_service_says_how_to_make_the_password_file_when_the_url_has_no_password(tmp_path: Path,
+                                                                                       capsys) -> None:
+    config = database_config(tmp_path, "postgresql://svfrd@dbhost.example/svfrd")
+    assert ins.install_service(config, user=False, output=tmp_path / "s.service", owner_uid=os.getuid(),
+                               executable=VENV_SVFRD) == 0
+    password_file = tmp_path / "state" / "pgpass"
+    assert f"sudo install -m 0600 -o svfrd -g svfrd /dev/null {password_file}" in capsys.readouterr().err
+    config.write_text(config.read_text().replace("svfrd@", "svfrd:secret@"))
+    assert ins.install_service(config, user=False, output=tmp_path / "s.service", owner_uid=os.getuid(),
+                               executable=VENV_SVFRD) == 0
+    assert "PGPASSFILE" not in capsys.readouterr().err
+
+
+@needs_systemd_analyze
+def test_a_password_file_in_a_state_folder_with_odd_characters_verifies(tmp_path: Path) -> None:
+    config = database_config(tmp_path / "site", "postgresql://svfrd@dbhost.example/svfrd")
+    config.write_text(config.read_text().replace("[service]\n", '[service]\nstate_dir = "my state 100%"\n'))
+    output = tmp_path / "system" / "svfrd.service"
+    assert ins.install_service(config, user=False, output=output, owner_uid=os.getuid(),
+                               executable=VENV_SVFRD) == 0
+    line = next(line for line in output.read_text().splitlines() if "PGPASSFILE" in line)
+    assert line == f'Environment="PGPASSFILE={tmp_path / "site" / "my state 100%%" / "pgpass"}"'
+    assert systemd_verify(output, tmp_path) == "rc=0"

@@ -214,7 +214,7 @@ def test_the_event_stream_sends_a_job_when_its_row_changes(folder):
             for line in lines:
                 if line.startswith("data:"):
                     event = json.loads(line[5:])
-                    if event["id"] == job.id and event["frames_done"] == 3:
+                    if event.get("id") == job.id and event["frames_done"] == 3:  # not a `service` event
                         seen = event
                         break
             latency = time.monotonic() - changed
@@ -235,10 +235,47 @@ def test_the_queue_page_and_the_api_show_the_pause_and_each_jobs_priority(folder
         assert listed["service"] == {"pause": "now", "in_schedule": True, "control": "paused"}
         marks = {job["name"]: (job["priority"], job["run_now"], job["queue_mark"]) for job in listed["jobs"]}
         assert marks == {"ordinary.mp4": (5, False, "5"), "urgent.mp4": (0, True, "now")}
-        assert 'id="control">svfrd is paused' in page
+        assert 'id="control">svfrd is <span class="what">paused</span>' in page
         assert '<td class="priority">5</td>' in page and '<td class="priority">now</td>' in page
         assert '<td class="priority">now</td>' in web.get(f"/jobs/{urgent.id}").text
 
         set_pause(web.db, Pause.NONE)
         assert web.get("/api/jobs").json()["service"]["control"] == ""
-        assert 'id="control"' not in web.get("/").text
+        assert 'id="control" hidden>' in web.get("/").text
+
+
+def test_the_event_stream_sends_the_pause_at_once_and_again_only_when_it_changes(folder):
+    with WebServer(folder.config_path) as web:
+        job = new_job(web, "e.mp4")
+        with requests.get(web.url + "/api/events", stream=True, timeout=10) as stream:
+            events = server_sent_events(stream)
+            assert next(events) == ("service", {"pause": None, "in_schedule": True, "control": ""})
+
+            set_pause(web.db, Pause.AFTER_CURRENT)
+            assert next_event(events, "service") == {"pause": "after_current", "in_schedule": True,
+                                                     "control": "paused after current"}
+            # Nothing else changed: the next event is the job's, not the same pause again.
+            record_progress(web.db, job.id, "restore", 4, 10, 6.0)
+            kind, data = next(e for e in events if e[0] != "job" or e[1]["frames_done"] == 4)
+            assert (kind, data["id"]) == ("job", job.id)
+
+            set_pause(web.db, Pause.NONE)
+            assert next_event(events, "service")["control"] == ""
+
+
+def server_sent_events(stream):
+    """(event name, parsed data) for each event the stream sends; comments and `retry:` are skipped."""
+    name = None
+    for line in stream.iter_lines(decode_unicode=True):
+        if line.startswith("event:"):
+            name = line[6:].strip()
+        elif line.startswith("data:"):
+            yield name, json.loads(line[5:])
+
+
+def next_event(events, kind: str):
+    """The data of the next `kind` event, none of another kind coming first except job rows."""
+    for name, data in events:
+        if name == kind:
+            return data
+        assert name == "job", (name, data)

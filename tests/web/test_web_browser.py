@@ -1,5 +1,6 @@
 """The page in a real browser (headless Chromium through chromedriver) against `svfrd run` serving it with
-`[web] enabled = true`: queue page, upload through the form, live progress without a reload, the result plays.
+`[web] enabled = true`: queue page (its pause line follows the pause), upload through the form, live progress
+without a reload, the result plays.
 
 scripts/run-tests installs Debian's chromium and chromium-driver where they are missing (as root); elsewhere
 this test is skipped with the reason.
@@ -12,6 +13,8 @@ import socket
 
 import pytest
 
+from svfrd.jobs.database import open_database
+from svfrd.service.pause import Pause, set_pause
 from tests.helpers.service import Daemon, ServiceFolder, write_face_clip
 
 webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed: pip install -e '.[test]'")
@@ -54,6 +57,7 @@ def test_a_video_submitted_in_the_browser_shows_live_progress_and_its_result_pla
         wait.until(lambda _: _page_answers(port), "the page to answer")
         browser.get(f"http://127.0.0.1:{port}/")
         assert browser.find_element(By.TAG_NAME, "h1").text == "Queue"
+        _pause_line_follows_the_pause(browser, wait, folder)
 
         browser.find_element(By.LINK_TEXT, "Submit").click()
         browser.find_element(By.ID, "video").send_keys(str(clip))
@@ -79,6 +83,19 @@ def test_a_video_submitted_in_the_browser_shows_live_progress_and_its_result_pla
         assert shot.stat().st_size > 0
         errors = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"] if hasattr(browser, "get_log") else []
         assert errors == [], errors
+
+
+def _pause_line_follows_the_pause(browser, wait, folder) -> None:
+    line = browser.find_element(By.ID, "control")
+    assert not line.is_displayed()
+    db = open_database(folder.database_url)
+    try:
+        set_pause(db, Pause.NOW)
+        wait.until(lambda _: line.is_displayed() and line.text.startswith("svfrd is paused:"), "the pause line")
+        set_pause(db, Pause.NONE)
+        wait.until(lambda _: not line.is_displayed(), "the pause line to go")
+    finally:
+        db.dispose()
 
 
 def _page_answers(port: int) -> bool:

@@ -1,5 +1,5 @@
 "use strict";
-// Shared by the pages: names shown safely, job rows, and the event stream (GET /api/events).
+// Shared by the pages: names shown safely, job rows, and the event stream (GET /api/events): jobs and the pause line.
 const UNSAFE = /[\u0000-\u001f\u007f-\u009f\u2028\u2029\u202a-\u202e\u2066-\u2069]/g;
 function printable(text) {  // as svfrd.ops.printable: control and bidi characters as escapes
   return String(text).replace(UNSAFE, c => c === "\n" ? "\\n" : "\\u" + c.charCodeAt(0).toString(16).padStart(4, "0"));
@@ -22,7 +22,14 @@ function listenForJobs(onJob) {
   source.onopen = () => { live.classList.add("on"); live.textContent = "●"; };
   source.onerror = () => { live.classList.remove("on"); live.textContent = "○"; };
   source.addEventListener("job", event => onJob(JSON.parse(event.data)));
+  source.addEventListener("service", event => showControl(JSON.parse(event.data)));
   return source;
+}
+function showControl(service) {  // the pause/schedule line, on the pages that have it
+  const line = document.getElementById("control");
+  if (!line) return;
+  setText(line, ".what", service.control);
+  line.hidden = !service.control;
 }
 async function postJson(url, body) {
   const response = await fetch(url, { method: "POST", body: body, credentials: "same-origin" });
