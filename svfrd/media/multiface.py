@@ -73,7 +73,7 @@ class PlannedTrack:
     cover the track's own frames, `frame_range`, only (`FaceTrack.as_window`): use `box` and `has_face`."""
 
     number: int  # 1, 2, ... in order of first appearance
-    track: FaceTrack
+    track: FaceTrack | TrackSummary  # a TrackSummary when read back from a checkpoint
     typical_size: float  # median face height relative to the frame height
     skipped: str | None = None
     crops: FrameCrops | None = None
