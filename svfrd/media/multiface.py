@@ -10,10 +10,20 @@
 Tracks run one after another, so the GPU holds one face's work at a time. Memory holds a track's crop squares
 over its own frames only (not the whole video's), and one crop per track in view at most: the spool is on
 disk, read back streaming, and each track's spool file is closed and removed once the output has passed it.
+
+A resumable job (docs/architecture.md, "Resume") spools into its checkpoint folder instead (`TrackCheckpoints`):
+each finished track's spool is renamed into place and named, with its sha256 and the digest of its track's
+plan, in a "tracks" checkpoint, and kept until the job ends; the composite pass writes segments
+(`svfrd.media.segments`). A restarted run reuses the finished tracks and segments and runs the engine only
+for the tracks, and from the frames, that the frames still to be encoded need.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import logging
+import os
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -26,16 +36,35 @@ import numpy as np
 from svfrd.domain import CROP_SIZE
 from svfrd.engines.interface import Engine, FaceCrop, ProgressReporter, RestoreRequest
 from svfrd.errors import BadInputError
+from svfrd.files.atomic import fsync_file, fsync_folder
+from svfrd.files.hashing import file_sha256
+from svfrd.jobs.checkpoints import CheckpointFolder
 from svfrd.media.crop import CropBox, FrameCrops, crop_face
 from svfrd.media.masks import Mask
 from svfrd.media.paste import paste_back
 from svfrd.media.preview import PreviewMaker
+from svfrd.media.segments import SegmentedWriter, segment_name
 from svfrd.media.stages import threaded
 from svfrd.media.tracking import MIN_TRACK_FRAMES, FaceTrack
-from svfrd.media.video_io import Frame, VideoInfo, VideoWriter, iter_frames
+from svfrd.media.video_io import Frame, VideoInfo, VideoWriter, even_size, iter_frames, size_adjustment
+
+log = logging.getLogger(__name__)
 
 #: Tracks listed in the report at most (a long film can have thousands).
 REPORTED_TRACKS = 50
+#: The checkpoint kind that names the finished tracks' spools (`TrackCheckpoints`).
+TRACKS_KIND = "tracks"
+
+
+@dataclass(frozen=True)
+class TrackSummary:
+    """What the restoration and the composite pass use of a `FaceTrack` (its detections are not needed once
+    its crop squares are made): a resumed run reads it back from the face pass's checkpoint."""
+
+    shot: tuple[int, int]
+    first: int
+    last: int
+    total_area: float
 
 
 @dataclass
@@ -44,7 +73,7 @@ class PlannedTrack:
     cover the track's own frames, `frame_range`, only (`FaceTrack.as_window`): use `box` and `has_face`."""
 
     number: int  # 1, 2, ... in order of first appearance
-    track: FaceTrack
+    track: FaceTrack | TrackSummary  # a TrackSummary when read back from a checkpoint
     typical_size: float  # median face height relative to the frame height
     skipped: str | None = None
     crops: FrameCrops | None = None
@@ -94,12 +123,14 @@ def plan_tracks(tracks: list[FaceTrack], frame_height: int, min_size: float, max
 
 class CropSpool:
     """Restored 512x512 crops of one track on disk, losslessly (PNG at low compression: fast, about a third
-    of the raw size), read back once, in order, then removed. Only the sizes stay in memory."""
+    of the raw size), read back once, in order, then removed. Only the sizes stay in memory. Its first crop
+    is of frame `first` (None: the track's first frame); `sizes` reopens a finished spool."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, first: int | None = None, sizes: list[int] | None = None):
         self.path = path
-        self._file = open(path, "wb")
-        self._sizes: list[int] = []
+        self.first = first
+        self._file = open(path, "wb") if sizes is None else None
+        self._sizes: list[int] = [] if sizes is None else list(sizes)
 
     def write(self, crop: np.ndarray) -> None:
         ok, data = cv2.imencode(".png", cv2.cvtColor(crop, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_PNG_COMPRESSION, 1])
@@ -109,7 +140,8 @@ class CropSpool:
         self._sizes.append(len(data))
 
     def finish(self) -> None:
-        self._file.close()
+        if self._file is not None:
+            self._file.close()
 
     def __len__(self) -> int:
         return len(self._sizes)
@@ -117,9 +149,15 @@ class CropSpool:
     def remove(self) -> None:
         self.path.unlink(missing_ok=True)
 
-    def read(self) -> Iterator[np.ndarray]:
+    @property
+    def sizes(self) -> list[int]:
+        return list(self._sizes)
+
+    def read(self, skip: int = 0) -> Iterator[np.ndarray]:
+        """The crops in order, after the first `skip` (passed over without decoding)."""
         with open(self.path, "rb") as f:
-            for size in self._sizes:
+            f.seek(sum(self._sizes[:skip]))
+            for size in self._sizes[skip:]:
                 data = np.frombuffer(f.read(size), np.uint8)
                 yield cv2.cvtColor(cv2.imdecode(data, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
 
@@ -128,10 +166,12 @@ class TrackCropStream:
     """The crops of one face track, over its `frame_range`, for the engine (`svfrd.engines.interface`): each
     iteration decodes the video anew, so memory stays bounded."""
 
-    def __init__(self, source: Path, plan: PlannedTrack, mask: Mask | None, limits):
+    def __init__(self, source: Path, plan: PlannedTrack, mask: Mask | None, limits, start: int | None = None):
         self.source, self.plan, self.mask, self.limits = source, plan, mask, limits
         self.start, self.end = plan.frame_range
-        crops: FrameCrops = plan.crops
+        if start is not None:  # a resumed run: the engine starts later in the track (`restore_tracks`)
+            self.start = start
+        crops: FrameCrops = plan.crops  # the enlargement is the whole track's, whatever the start
         self.enlargement = max(1.0, CROP_SIZE / float(np.median(
             [box.size for box, face in zip(crops.boxes, crops.has_face) if face])))
 
@@ -150,28 +190,128 @@ class TrackCropStream:
 
 
 def restore_tracks(source: Path, plans: list[PlannedTrack], engine: Engine, request: RestoreRequest,
-                   mask: Mask | None, limits, spool_dir: Path,
-                   progress: ProgressReporter) -> tuple[dict[int, CropSpool], list[str]]:
-    """Run the engine over each planned track in turn; returns each track's spool by its number, and the
-    engine's warnings of all runs. A reference face from the sidecar shows the main subject, so only the
-    largest track gets it. Progress goes forward over all runs: each run's stages are prefixed "face N of M"
-    and map its frames into the share of all tracks' frames that its track has (`_overall`)."""
+                   mask: Mask | None, limits, spool_dir: Path, progress: ProgressReporter,
+                   saved: "TrackCheckpoints | None" = None,
+                   resume_from: int = 0) -> tuple[dict[int, CropSpool], list[str], dict]:
+    """Run the engine over each planned track in turn; returns each track's spool by its number, the
+    engine's warnings of all runs, and what a resumed run reused (`resume_details`). A reference face from the
+    sidecar shows the main subject, so only the largest track gets it. Progress goes forward over all runs:
+    each run's stages are prefixed "face N of M" and map its frames into the share of all tracks' frames that
+    its track has (`_overall`).
+
+    With `saved` (a resumable job) finished spools are kept there and reused; frames before `resume_from` are
+    in reused output segments, so a track that ends before it is not run, and one that spans it runs from
+    there, less the engine's `resume_context`."""
     chosen = [p for p in plans if p.skipped is None]
     main = main_track(plans)
     total = sum(p.frame_range[1] - p.frame_range[0] for p in chosen)
     done_before = 0
     spools, warnings = {}, []
+    reused, restarted = 0, []
     for n, plan in enumerate(chosen, 1):
-        stream = TrackCropStream(source, plan, mask, limits)
+        start, end = plan.frame_range
+        needed_from = max(start, resume_from)
+        spool = saved.reuse(plan, needed_from) if saved is not None and needed_from < end else None
+        if needed_from >= end or spool is not None:
+            if spool is not None:
+                spools[plan.number] = spool
+            reused += 1
+            done_before += end - start
+            if saved is not None:
+                warnings += [w for w in saved.warnings_of(plan) if w not in warnings]
+            continue
+        first = _engine_start(engine, start, needed_from)
+        if first != start:
+            restarted.append({"track": plan.number, "at_frame": first})
+        stream = TrackCropStream(source, plan, mask, limits, start=first)
         own_request = request if plan is main else RestoreRequest(
             tasks=request.tasks, seed=request.seed, reference_face=None, options=request.options)
-        spool = CropSpool(spool_dir / f"track-{plan.number}.png-spool")
+        spool = saved.new_spool(plan, first) if saved is not None else \
+            CropSpool(spool_dir / f"track-{plan.number}.png-spool")
         spools[plan.number] = spool
         label = f"face {n} of {len(chosen)}"
-        _restore_one(engine, own_request, stream, spool, _overall(progress, label, done_before, len(stream), total))
-        done_before += len(stream)
+        before = done_before + (first - start)
+        _restore_one(engine, own_request, stream, spool, _overall(progress, label, before, len(stream), total))
+        if saved is not None:
+            saved.keep(plan, spool, valid_from=needed_from, warnings=engine.warnings())
+        done_before += end - start
         warnings += [w for w in engine.warnings() if w not in warnings]
-    return spools, warnings
+    return spools, warnings, {"tracks_reused": reused, "tracks_restarted": restarted}
+
+
+def _engine_start(engine: Engine, start: int, needed_from: int) -> int:
+    """Where a track's engine run starts when its output is needed from `needed_from` on: an engine that
+    says how many earlier frames its result depends on (`resume_context`) starts that many before (within
+    the track); any other at the track's start."""
+    context = getattr(engine, "resume_context", None)
+    if needed_from == start or context is None:
+        return start
+    return max(start, needed_from - int(context))
+
+
+def plan_digest(plan: PlannedTrack) -> str:
+    """What a track's restored crops depend on besides the job's identity: its number, frames and crop
+    squares. A spool is reused only for a plan with the same digest."""
+    crops = plan.crops
+    text = json.dumps([plan.number, list(plan.frame_range), [[b.x, b.y, b.size] for b in crops.boxes],
+                       crops.has_face.tolist()], separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+class TrackCheckpoints:
+    """The finished tracks' spools of a resumable job, in its checkpoint folder (docs/architecture.md,
+    "Resume"): each is written under a hidden name, fsynced and renamed to `track-N.png-spool`, then named
+    in a "tracks" checkpoint with its sha256, its crops' sizes, the digest of its plan, the engine's warnings
+    of its run (for the report) and `valid_from`, the first frame whose crop equals an uninterrupted run's (a
+    run restarted mid-track has a few crops of context before it)."""
+
+    def __init__(self, store: CheckpointFolder):
+        self.store = store
+        self.entries: dict[int, dict] = self._load()
+
+    def reuse(self, plan: PlannedTrack, needed_from: int) -> CropSpool | None:
+        """The track's finished spool when it holds its crops from `needed_from` on and is still intact."""
+        entry = self.entries.get(plan.number)
+        if entry is None or entry["plan"] != plan_digest(plan) or entry["valid_from"] > needed_from:
+            return None
+        path = self._path(plan)
+        if not path.is_file() or file_sha256(path) != entry["sha256"]:
+            log.warning("the restored faces in %s are missing or changed; track %d is restored again", path,
+                        plan.number)
+            return None
+        return CropSpool(path, first=entry["first"], sizes=entry["sizes"])
+
+    def new_spool(self, plan: PlannedTrack, first: int) -> CropSpool:
+        return CropSpool(self.store.folder / ("." + self._path(plan).name + ".part"), first=first)
+
+    def warnings_of(self, plan: PlannedTrack) -> list[str]:
+        """The engine's warnings of the track's saved run (a track whose frames are all in reused segments
+        is not run again, and its notes still belong in the report)."""
+        entry = self.entries.get(plan.number)
+        return list(entry["warnings"]) if entry is not None and entry["plan"] == plan_digest(plan) else []
+
+    def keep(self, plan: PlannedTrack, spool: CropSpool, valid_from: int, warnings: list[str]) -> None:
+        """Put a finished spool in place durably, then name it in a checkpoint."""
+        target = self._path(plan)
+        fsync_file(spool.path)
+        digest = file_sha256(spool.path)
+        os.replace(spool.path, target)
+        fsync_folder(self.store.folder)
+        spool.path = target
+        self.entries[plan.number] = {"number": plan.number, "plan": plan_digest(plan), "sha256": digest,
+                                     "first": spool.first, "valid_from": valid_from, "sizes": spool.sizes,
+                                     "warnings": list(warnings)}
+        payload = json.dumps(sorted(self.entries.values(), key=lambda e: e["number"])).encode()
+        self.store.save(TRACKS_KIND, {"tracks": len(self.entries)}, payload)
+
+    def _path(self, plan: PlannedTrack) -> Path:
+        return self.store.folder / f"track-{plan.number}.png-spool"
+
+    def _load(self) -> dict[int, dict]:
+        checkpoint = self.store.load(TRACKS_KIND)
+        if checkpoint is None:
+            return {}
+        return {int(entry["number"]): entry for entry in json.loads(checkpoint.payload)}
 
 
 def main_track(plans: list[PlannedTrack]) -> PlannedTrack:
@@ -216,28 +356,36 @@ def composite_frame(image: np.ndarray, faces: list[tuple[np.ndarray, CropBox]], 
 
 def write_composite(source: Path, output: Path, info: VideoInfo, frames: int, plans: list[PlannedTrack],
                     spools: dict[int, CropSpool], crf: int, limits, previews: PreviewMaker | None,
-                    progress: ProgressReporter, busy: dict[str, float]) -> dict:
+                    progress: ProgressReporter, busy: dict[str, float],
+                    segments: SegmentedWriter | None = None) -> dict:
     """The one output pass: every frame decoded, its faces pasted (`composite_frame`), encoded; returns the
-    frame size facts as `svfrd.media.pipeline` reports them."""
-    faces_in_view = _FacesInView(plans, spools)
+    frame size facts as `svfrd.media.pipeline` reports them. With `segments` (a resumable job) the frames go
+    to segments joined into `output` at the end; those before `segments.next_frame` are in reused segments,
+    and feed only the previews (`_ReusedFrames`). The spools are then kept: the job's end removes them."""
+    resume_from = segments.next_frame if segments is not None else 0
+    faces_in_view = _FacesInView(plans, spools, remove=segments is None)
+    reused = _ReusedFrames(segments, plans) if segments is not None and previews is not None else None
     decoded = threaded("decode", lambda: decode_again(source, frames, limits), 4, busy)
     try:
-        with VideoWriter(output, info, crf=crf, audio_source=source) as writer:
+        with _Encoder(output, info, crf, source, segments) as encoder:
             written = 0
             for frame in decoded:
-                started = time.perf_counter()
-                faces = faces_in_view.on(frame.index)
-                after = composite_frame(frame.image, faces, in_place=previews is None)
-                pasted = time.perf_counter()
-                writer.write(after, frame.pts)
-                encoded = time.perf_counter()
-                if previews is not None:
-                    _preview(previews, frame, after, faces)
-                _count(busy, "paste", pasted - started)
-                _count(busy, "encode", encoded - pasted)
+                if frame.index < resume_from:
+                    if reused is not None:
+                        _preview(previews, frame, *reused.on(frame))
+                else:
+                    started = time.perf_counter()
+                    faces = faces_in_view.on(frame.index)
+                    after = composite_frame(frame.image, faces, in_place=previews is None)
+                    pasted = time.perf_counter()
+                    encoder.write(frame.index, after, frame.pts)
+                    encoded = time.perf_counter()
+                    if previews is not None:
+                        _preview(previews, frame, after, faces)
+                    _count(busy, "paste", pasted - started)
+                    _count(busy, "encode", encoded - pasted)
                 written += 1
                 progress("encode", written, frames)
-            size = {"input": list(writer.input_size), "output": list(writer.size), "adjusted": writer.adjustment}
         if previews is not None:
             previews.close()
     except BaseException:
@@ -247,16 +395,79 @@ def write_composite(source: Path, output: Path, info: VideoInfo, frames: int, pl
     finally:
         decoded.close()
         faces_in_view.close()
-    return size
+        if reused is not None:
+            reused.close()
+    return encoder.size
+
+
+class _Encoder:
+    """The output of the composite pass: one file, or segments joined into it when all frames are in."""
+
+    def __init__(self, output: Path, info: VideoInfo, crf: int, source: Path, segments: SegmentedWriter | None):
+        self.output, self.info, self.crf, self.source, self.segments = output, info, crf, source, segments
+        self._writer: VideoWriter | None = None
+        self.size: dict = {}
+
+    def __enter__(self) -> "_Encoder":
+        if self.segments is None:
+            self._writer = VideoWriter(self.output, self.info, crf=self.crf, audio_source=self.source).__enter__()
+        return self
+
+    def write(self, index: int, image: np.ndarray, pts: int) -> None:
+        if self._writer is not None:
+            self._writer.write(image, pts)
+        else:
+            self.segments.write(index, image, pts)
+
+    def __exit__(self, kind, error, trace) -> None:
+        if self._writer is not None:
+            self._writer.__exit__(kind, error, trace)
+            if kind is None:
+                self.size = {"input": list(self._writer.input_size), "output": list(self._writer.size),
+                             "adjusted": self._writer.adjustment}
+            return
+        if kind is not None:
+            self.segments.abort()
+            return
+        self.segments.join(self.output, self.source, self.info.rotation)
+        size = even_size(*self.info.size)  # as VideoWriter makes it, also when no segment was encoded now
+        self.size = {"input": list(self.info.size), "output": list(size),
+                     "adjusted": size_adjustment(self.info.size, size)}
+
+
+class _ReusedFrames:
+    """The frames a resumed run reuses, read back from their segments, with the faces restored on them (crops
+    of the encoded frame), for the previews."""
+
+    def __init__(self, segments: SegmentedWriter, plans: list[PlannedTrack]):
+        self.chosen = sorted((p for p in plans if p.skipped is None),
+                             key=lambda p: (-p.track.total_area, p.number))
+        self._frames = self._read(segments)
+
+    def on(self, frame: Frame) -> tuple[np.ndarray, list[tuple[np.ndarray, CropBox]]]:
+        after = next(self._frames).image
+        boxes = [p.box(frame.index) for p in self.chosen
+                 if p.frame_range[0] <= frame.index < p.frame_range[1] and p.has_face(frame.index)]
+        return after, [(crop_face(after, box), box) for box in boxes]
+
+    def close(self) -> None:
+        self._frames.close()
+
+    @staticmethod
+    def _read(segments: SegmentedWriter) -> Iterator[Frame]:
+        for segment in segments.reused:
+            yield from iter_frames(segments.store.folder / segment_name(segment.number))
 
 
 class _FacesInView:
     """The restored faces of each frame, read from the spools of the tracks in view (frames in order): a
-    track's spool is opened at its first frame, and closed and removed after its last, so open files and disk
-    use follow the faces in view, not all the video's tracks."""
+    track's spool is opened at its first frame, and closed and removed (`remove`) after its last, so open files
+    and disk use follow the faces in view, not all the video's tracks. The first frame asked for may come
+    after tracks' starts (a resumed run): a spool is then read from that frame on, a track already over is
+    not opened."""
 
-    def __init__(self, plans: list[PlannedTrack], spools: dict[int, CropSpool]):
-        self.spools = spools
+    def __init__(self, plans: list[PlannedTrack], spools: dict[int, CropSpool], remove: bool = True):
+        self.spools, self.remove = spools, remove
         chosen = [p for p in plans if p.skipped is None]
         self.waiting = deque(sorted(chosen, key=lambda p: (p.frame_range[0], p.number)))
         self.in_view: list[tuple[PlannedTrack, Iterator[np.ndarray]]] = []
@@ -265,7 +476,11 @@ class _FacesInView:
         """(restored face, crop square) of each face on frame `index`, the largest track first."""
         while self.waiting and self.waiting[0].frame_range[0] <= index:
             plan = self.waiting.popleft()
-            self.in_view.append((plan, self.spools[plan.number].read()))
+            if plan.frame_range[1] <= index:
+                continue
+            spool = self.spools[plan.number]
+            first = plan.frame_range[0] if spool.first is None else spool.first
+            self.in_view.append((plan, spool.read(skip=index - first)))
             self.in_view.sort(key=lambda item: (-item[0].track.total_area, item[0].number))
         faces = []
         for plan, reader in self.in_view:
@@ -284,7 +499,8 @@ class _FacesInView:
 
     def _done(self, plan: PlannedTrack, reader: Iterator[np.ndarray]) -> None:
         reader.close()
-        self.spools[plan.number].remove()
+        if self.remove:
+            self.spools[plan.number].remove()
 
 
 def frames_with_face(plans: list[PlannedTrack], frames: int) -> int:

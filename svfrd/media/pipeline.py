@@ -10,7 +10,8 @@ grow with the video's length. The engine only ever sees 512x512 crops (`svfrd.en
 
 With a checkpoint folder (`PipelineJob.checkpoints`) a job can be resumed (docs/architecture.md, "Resume"): the
 face pass's crop squares are saved, the output is encoded in segments (`svfrd.media.segments`) joined at the
-end, and a restarted run reuses both, restoring only from the first frame no finished segment holds.
+end, and a restarted run reuses both, restoring only from the first frame no finished segment holds. With
+several faces each finished track's restored crops are kept too (`svfrd.media.multiface.TrackCheckpoints`).
 
 The stages after the face pass overlap through bounded channels (`svfrd.media.stages`), and the frames the
 engine reads are kept for pasting back until it returns their crops, so the video is decoded twice in all.
@@ -23,6 +24,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Iterator
@@ -39,6 +41,8 @@ from svfrd.media.crop import CropBox, FrameCrops, crop_face, crop_jitter, refere
 from svfrd.media.masks import Mask, load_mask, load_reference_face
 from svfrd.media.multiface import (
     PlannedTrack,
+    TrackCheckpoints,
+    TrackSummary,
     decode_again,
     frames_with_face,
     main_track,
@@ -242,7 +246,7 @@ def _restore_video(job: PipelineJob, engine: Engine, progress: ProgressReporter,
     faces = _resumed_face_pass(store)
     if faces is None:
         faces = _face_pass(job, engine, info, progress, busy, crop_policy, restore, min_size, max_faces)
-        if store is not None and faces.crops is not None:
+        if store is not None:
             _save_face_pass(store, faces)
     face_tracking = faces.face_tracking
     timings["faces_s"] = time.monotonic() - mark
@@ -253,14 +257,23 @@ def _restore_video(job: PipelineJob, engine: Engine, progress: ProgressReporter,
         plans = faces.plans
         main = main_track(plans)
         crops = main.crops
-        with spool_folder(job.output) as folder:
-            spools, engine_notes = restore_tracks(job.source, plans, engine, request, mask, job.limits,
-                                                  Path(folder), progress)
+        segments = _segmented_writer(job, store, info, faces.frames, crf, output_mode)
+        resume_from = segments.next_frame if segments is not None else 0
+        saved = TrackCheckpoints(store) if store is not None else None
+        # A resumable job keeps its spools in its checkpoint folder: the next run may reuse them.
+        with spool_folder(job.output) if store is None else nullcontext(store.folder) as folder:
+            spools, engine_notes, tracks_reused = restore_tracks(
+                job.source, plans, engine, request, mask, job.limits, Path(folder), progress, saved, resume_from)
             frame_size = write_composite(job.source, job.output, info, faces.frames, plans, spools, crf,
-                                         job.limits, _preview_maker(job, faces.frames, info), progress, busy)
+                                         job.limits, _preview_maker(job, faces.frames, info), progress, busy,
+                                         segments)
         written = faces.frames
         with_face = frames_with_face(plans, faces.frames)
         warnings += _every_face_warnings(plans, faces.frames, with_face)
+        if faces.reused or resume_from or tracks_reused["tracks_reused"]:
+            resume = {"face_pass_reused": faces.reused, "from_frame": resume_from,
+                      "segments_reused": len(segments.reused) if segments is not None else 0,
+                      "frames_reused": resume_from, **tracks_reused}
     else:
         crops = faces.crops
         segments = _segmented_writer(job, store, info, faces.frames, crf, output_mode)
@@ -356,15 +369,39 @@ def _checkpoint_folder(job: PipelineJob) -> CheckpointFolder | None:
 
 
 def _save_face_pass(store: CheckpointFolder, faces: _FacePass) -> None:
-    """The single-face path's crop squares: a resumed run pastes into exactly the same squares (MediaPipe need
-    not find the same boxes twice) and skips the face pass."""
-    crops = faces.crops
-    payload = json.dumps({
-        "frames": faces.frames, "face_tracking": faces.face_tracking, "notes": faces.notes,
-        "boxes": [[box.x, box.y, box.size] for box in crops.boxes], "has_face": crops.has_face.tolist(),
-        "policy": crops.policy, "shots": [list(shot) for shot in crops.shots],
-    }).encode()
-    store.save(FACES_KIND, {"frames": faces.frames}, payload)
+    """The face pass's crop squares (with several faces: every track's plan): a resumed run pastes into exactly
+    the same squares (MediaPipe need not find the same boxes twice) and skips the face pass."""
+    if faces.plans:
+        payload = {"frames": faces.frames, "face_tracking": faces.face_tracking,
+                   "plans": [_plan_as_data(plan) for plan in faces.plans]}
+    else:
+        payload = {"frames": faces.frames, "face_tracking": faces.face_tracking, "notes": faces.notes,
+                   **_crops_as_data(faces.crops)}
+    store.save(FACES_KIND, {"frames": faces.frames}, json.dumps(payload).encode())
+
+
+def _crops_as_data(crops: FrameCrops) -> dict:
+    return {"boxes": [[box.x, box.y, box.size] for box in crops.boxes], "has_face": crops.has_face.tolist(),
+            "policy": crops.policy, "shots": [list(shot) for shot in crops.shots]}
+
+
+def _crops_from_data(data: dict) -> FrameCrops:
+    return FrameCrops(boxes=[CropBox(x, y, size) for x, y, size in data["boxes"]],
+                      has_face=np.array(data["has_face"], dtype=bool), policy=data["policy"],
+                      shots=[tuple(shot) for shot in data["shots"]])
+
+
+def _plan_as_data(plan: PlannedTrack) -> dict:
+    track = plan.track
+    return {"number": plan.number, "shot": list(track.shot), "first": track.first, "last": track.last,
+            "total_area": track.total_area, "typical_size": plan.typical_size, "skipped": plan.skipped,
+            "crops": _crops_as_data(plan.crops) if plan.crops is not None else None}
+
+
+def _plan_from_data(data: dict) -> PlannedTrack:
+    track = TrackSummary(tuple(data["shot"]), int(data["first"]), int(data["last"]), float(data["total_area"]))
+    crops = _crops_from_data(data["crops"]) if data["crops"] is not None else None
+    return PlannedTrack(int(data["number"]), track, float(data["typical_size"]), data["skipped"], crops)
 
 
 def _resumed_face_pass(store: CheckpointFolder | None) -> _FacePass | None:
@@ -372,11 +409,11 @@ def _resumed_face_pass(store: CheckpointFolder | None) -> _FacePass | None:
     if checkpoint is None:
         return None
     data = json.loads(checkpoint.payload)
-    crops = FrameCrops(boxes=[CropBox(x, y, size) for x, y, size in data["boxes"]],
-                       has_face=np.array(data["has_face"], dtype=bool), policy=data["policy"],
-                       shots=[tuple(shot) for shot in data["shots"]])
-    return _FacePass(int(data["frames"]), data["face_tracking"], crops=crops, notes=list(data["notes"]),
-                     reused=True)
+    if "plans" in data:
+        return _FacePass(int(data["frames"]), data["face_tracking"],
+                         plans=[_plan_from_data(plan) for plan in data["plans"]], reused=True)
+    return _FacePass(int(data["frames"]), data["face_tracking"], crops=_crops_from_data(data),
+                     notes=list(data["notes"]), reused=True)
 
 
 def _segmented_writer(job: PipelineJob, store: CheckpointFolder | None, info: VideoInfo, frames: int, crf: int,

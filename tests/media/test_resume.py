@@ -1,6 +1,7 @@
 """A resumed restoration (svfrd.media.pipeline with a checkpoint folder, svfrd.media.segments): a run stopped
 part-way leaves its face pass and finished output segments, and the next run reuses them, restoring only from
-the first frame no segment holds; its output equals an uninterrupted run's, frame for frame."""
+the first frame no segment holds; its output equals an uninterrupted run's, frame for frame. With several faces
+the finished tracks' restored crops are reused too."""
 
 from __future__ import annotations
 
@@ -144,16 +145,94 @@ def test_checkpoints_made_under_other_settings_are_not_reused(tmp_path, clip):
     assert result.resume is None
 
 
-def test_with_several_faces_a_run_starts_again_from_frame_0_and_its_report_says_no_resume(tmp_path):
-    # Several faces (docs/architecture.md §7) do not resume (§10): the report must not claim any reuse.
-    job = resumable(tmp_path, write_two_face_clip(tmp_path / "two.mp4", frames=10), "restored")
-    first = restore_video(job, ClassicalEngine(), ignore_progress)
-    for path in (job.output, job.preview_video, job.contact_sheet):
-        path.unlink()  # as if killed before publication
+# Several faces (docs/architecture.md §7 and §10): each finished track's restored crops and the composite
+# output's segments are reused.
+
+
+@pytest.fixture(scope="module")
+def two_faces(tmp_path_factory) -> Path:
+    return write_two_face_clip(tmp_path_factory.mktemp("two") / "two.mp4", frames=FRAMES)
+
+
+@pytest.fixture(scope="module")
+def two_faces_uninterrupted(two_faces, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("two-uninterrupted")
+    result = restore_video(resumable(folder, two_faces, "whole"), ClassicalEngine(), ignore_progress)
+    restored = [track for track in result.media.face_tracking["tracks"] if track["restored_by"]]
+    assert len(restored) == 2 and result.resume is None
+    return result, [frame.image for frame in iter_frames(folder / "whole.mp4")]
+
+
+def stop_at(stage_name: str, frame: int):
+    def progress(stage, done, total):
+        if stage == stage_name and done >= frame:
+            raise Stopped()
+    return progress
+
+
+def test_several_faces_stopped_while_encoding_reuse_every_track_and_segment(tmp_path, two_faces,
+                                                                          two_faces_uninterrupted):
+    whole, expected = two_faces_uninterrupted
+    job = resumable(tmp_path, two_faces, "resumed")
+    with pytest.raises(Stopped):
+        restore_video(job, ClassicalEngine(), stop_at_encoded_frame(17))
+    assert not job.output.exists()
 
     engine = CountingEngine()
-    again = restore_video(job, engine, ignore_progress)
+    result = restore_video(job, engine, ignore_progress)
 
-    restored = [track for track in again.media.face_tracking["tracks"] if track["restored_by"]]
-    assert len(restored) == 2 and first.resume is again.resume is None
-    assert engine.crops_read == 20  # both faces' 10 frames restored again, from frame 0
+    assert result.resume == {"face_pass_reused": True, "from_frame": 15, "segments_reused": 3,
+                             "frames_reused": 15, "tracks_reused": 2, "tracks_restarted": []}
+    assert engine.crops_read == 0
+    assert_same_frames(job.output, expected)
+    assert (result.frames, result.media, result.warnings) == (whole.frames, whole.media, whole.warnings)
+    assert job.preview_video.is_file() and probe(job.preview_video).frames == FRAMES
+
+
+def test_several_faces_stopped_in_the_second_track_reuse_the_first(tmp_path, two_faces, two_faces_uninterrupted):
+    _, expected = two_faces_uninterrupted
+    job = resumable(tmp_path, two_faces, "second")
+    with pytest.raises(Stopped):
+        restore_video(job, ClassicalEngine(), stop_at("face 2 of 2: restore", 20))
+
+    engine = CountingEngine()
+    result = restore_video(job, engine, ignore_progress)
+
+    assert result.resume == {"face_pass_reused": True, "from_frame": 0, "segments_reused": 0,
+                             "frames_reused": 0, "tracks_reused": 1, "tracks_restarted": []}
+    assert engine.crops_read == FRAMES  # the second face only, from its first frame
+    assert_same_frames(job.output, expected)
+
+
+def test_several_faces_with_a_torn_tracks_checkpoint_restart_the_engine_where_the_output_needs_it(
+        tmp_path, two_faces, two_faces_uninterrupted):
+    _, expected = two_faces_uninterrupted
+    job = resumable(tmp_path, two_faces, "torn")
+    with pytest.raises(Stopped):
+        restore_video(job, ClassicalEngine(), stop_at_encoded_frame(17))
+    newest = sorted(job.checkpoints.glob("tracks-*.ckpt"))[-1]
+    os.truncate(newest, newest.stat().st_size // 2)  # the one before names the first track only
+
+    engine = CountingEngine()
+    result = restore_video(job, engine, ignore_progress)
+
+    assert result.resume["tracks_reused"] == 1 and result.resume["from_frame"] == 15
+    # The second face is needed from frame 15 on; the engine restarts its context (4 frames) before.
+    assert result.resume["tracks_restarted"] == [{"track": 2, "at_frame": 11}]
+    assert engine.crops_read == FRAMES - 11
+    assert_same_frames(job.output, expected)
+
+
+def test_several_faces_whose_spool_changed_restore_that_track_again(tmp_path, two_faces, two_faces_uninterrupted):
+    _, expected = two_faces_uninterrupted
+    job = resumable(tmp_path, two_faces, "changed")
+    with pytest.raises(Stopped):
+        restore_video(job, ClassicalEngine(), stop_at("face 2 of 2: restore", 1))
+    spool = job.checkpoints / "track-1.png-spool"
+    spool.write_bytes(spool.read_bytes()[:-10])  # a damaged disk
+
+    engine = CountingEngine()
+    result = restore_video(job, engine, ignore_progress)
+
+    assert result.resume["tracks_reused"] == 0 and engine.crops_read == 2 * FRAMES
+    assert_same_frames(job.output, expected)
