@@ -6,6 +6,7 @@ the finished tracks' restored crops are reused too."""
 from __future__ import annotations
 
 import os
+import shutil
 from dataclasses import replace
 from pathlib import Path
 
@@ -98,9 +99,14 @@ def test_a_stopped_run_is_resumed_from_its_segments_and_equals_an_uninterrupted_
     engine = CountingEngine()
     result = restore_video(job, engine, ignore_progress)
 
-    assert result.resume == {"face_pass_reused": True, "from_frame": 15, "segments_reused": 3,
-                             "frames_reused": 15, "engine_restarted_at_frame": 11}
-    assert engine.crops_read == FRAMES - 11  # the engine's context (2 x 2 frames) before frame 15, then on
+    # The stop lands at the first "encode" report at or after frame 17; reports are sparser on a loaded machine,
+    # so 3, 4 or 5 whole segments of 5 frames may be done by then.
+    reused = result.resume["segments_reused"]
+    assert 3 <= reused < FRAMES // 5
+    restart = 5 * reused - 4  # the engine's context (2 x 2 frames) before the first missing segment
+    assert result.resume == {"face_pass_reused": True, "from_frame": 5 * reused, "segments_reused": reused,
+                             "frames_reused": 5 * reused, "engine_restarted_at_frame": restart}
+    assert engine.crops_read == FRAMES - restart
     assert_same_frames(job.output, expected)
     assert probe(job.output).audio and probe(job.output).duration == probe(clip).duration
     assert (result.frames, result.media, result.warnings) == (whole.frames, whole.media, whole.warnings)
@@ -112,12 +118,18 @@ def test_a_torn_segments_checkpoint_is_passed_over_for_the_one_before(tmp_path, 
     job = resumable(tmp_path, clip, "torn")
     with pytest.raises(Stopped):
         restore_video(job, ClassicalEngine(), stop_at_encoded_frame(17))
+    # What the untorn checkpoints give (how many segments were done at the stop varies with the machine's load).
+    untorn = replace(job, output=tmp_path / "untorn.mp4", checkpoints=tmp_path / "checkpoints-untorn",
+                     preview_video=tmp_path / "untorn.preview.mp4", contact_sheet=tmp_path / "untorn.contact.png")
+    shutil.copytree(job.checkpoints, untorn.checkpoints)
+    done = restore_video(untorn, ClassicalEngine(), ignore_progress).resume["segments_reused"]
     newest = sorted(job.checkpoints.glob("segments-*.ckpt"))[-1]
     os.truncate(newest, newest.stat().st_size // 2)
 
     result = restore_video(job, ClassicalEngine(), ignore_progress)
 
-    assert (result.resume["from_frame"], result.resume["segments_reused"]) == (10, 2)
+    assert done >= 3
+    assert (result.resume["from_frame"], result.resume["segments_reused"]) == (5 * (done - 1), done - 1)
     assert_same_frames(job.output, expected)
 
 
@@ -181,8 +193,10 @@ def test_several_faces_stopped_while_encoding_reuse_every_track_and_segment(tmp_
     engine = CountingEngine()
     result = restore_video(job, engine, ignore_progress)
 
-    assert result.resume == {"face_pass_reused": True, "from_frame": 15, "segments_reused": 3,
-                             "frames_reused": 15, "tracks_reused": 2, "tracks_restarted": []}
+    reused = result.resume["segments_reused"]  # 3 or more: see the single-face test
+    assert 3 <= reused < FRAMES // 5
+    assert result.resume == {"face_pass_reused": True, "from_frame": 5 * reused, "segments_reused": reused,
+                             "frames_reused": 5 * reused, "tracks_reused": 2, "tracks_restarted": []}
     assert engine.crops_read == 0
     assert_same_frames(job.output, expected)
     assert (result.frames, result.media, result.warnings) == (whole.frames, whole.media, whole.warnings)
@@ -216,10 +230,12 @@ def test_several_faces_with_a_torn_tracks_checkpoint_restart_the_engine_where_th
     engine = CountingEngine()
     result = restore_video(job, engine, ignore_progress)
 
-    assert result.resume["tracks_reused"] == 1 and result.resume["from_frame"] == 15
-    # The second face is needed from frame 15 on; the engine restarts its context (4 frames) before.
-    assert result.resume["tracks_restarted"] == [{"track": 2, "at_frame": 11}]
-    assert engine.crops_read == FRAMES - 11
+    start = result.resume["from_frame"]  # 15 or later: see the single-face test
+    assert result.resume["tracks_reused"] == 1 and 15 <= start < FRAMES and start % 5 == 0
+    # The second face is needed from the first missing segment on; the engine restarts its context (4 frames)
+    # before.
+    assert result.resume["tracks_restarted"] == [{"track": 2, "at_frame": start - 4}]
+    assert engine.crops_read == FRAMES - (start - 4)
     assert_same_frames(job.output, expected)
 
 
