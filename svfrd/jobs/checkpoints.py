@@ -23,14 +23,12 @@ import dataclasses
 import hashlib
 import json
 import logging
-import os
 import shutil
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO, Iterator, Mapping
+from typing import Any, BinaryIO, ContextManager, Mapping
 
-from svfrd.files.atomic import create_temp, fsync_folder, hidden_temp_path
+from svfrd.files.atomic import replacing
 
 log = logging.getLogger(__name__)
 
@@ -140,20 +138,9 @@ class CheckpointFolder:
                 path.unlink(missing_ok=True)
         return None
 
-    @contextmanager
-    def new_file(self, name: str) -> Iterator[BinaryIO]:
+    def new_file(self, name: str) -> ContextManager[BinaryIO]:
         """A file that appears under `name` in the folder complete or not at all (replacing what is there)."""
-        target = self.folder / name
-        temp = hidden_temp_path(target)
-        try:
-            with create_temp(temp) as f:
-                yield f
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(temp, target)
-            fsync_folder(self.folder)
-        finally:
-            temp.unlink(missing_ok=True)
+        return replacing(self.folder / name)
 
     def size_bytes(self) -> int:
         if not self.folder.is_dir():
