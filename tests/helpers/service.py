@@ -16,18 +16,20 @@ import signal
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import av
 import numpy as np
 from PIL import Image
+from sqlalchemy import Engine
 from sqlalchemy.exc import OperationalError, ProgrammingError
 
-from svfrd.config import toml_repr
-from svfrd.jobs.database import open_database
+from svfrd.config import Config, load_config, toml_repr
+from svfrd.jobs.database import open_database, upgrade_database
 from svfrd.jobs.model import Job
 from svfrd.jobs.store import list_jobs
 from tests.helpers.media_clips import moving_face_frames, write_clip, write_no_face_clip, write_truncated_copy
@@ -145,6 +147,17 @@ class ServiceFolder:
             return sorted(list_jobs(db, limit=10_000), key=lambda job: job.id)
         except (OperationalError, ProgrammingError):  # the schema is being created right now
             return []
+        finally:
+            db.dispose()
+
+    @contextmanager
+    def open_store(self) -> Iterator[tuple[Config, Engine]]:
+        """Its config and its job database, migrated, for tests that run the service's parts in-process."""
+        config = load_config(self.config_path)
+        upgrade_database(config.service.database_url)
+        db = open_database(config.service.database_url)
+        try:
+            yield config, db
         finally:
             db.dispose()
 

@@ -7,10 +7,8 @@ import json
 
 import pytest
 
-from svfrd.config import load_config
 from svfrd.files.hashing import file_sha256
 from svfrd.jobs.checkpoints import job_folder
-from svfrd.jobs.database import open_database, upgrade_database
 from svfrd.jobs.store import claim_next_job, enqueue_job, get_job
 from svfrd.service import worker
 from svfrd.service.messages import Outcome
@@ -38,12 +36,9 @@ class InterruptedAtFrame(PerFrameEngine):
 @pytest.fixture
 def service(tmp_path):
     folder = ServiceFolder(tmp_path / "svfrd", output={"segment_seconds": 0.2})
-    config = load_config(folder.config_path)
-    upgrade_database(config.service.database_url)
-    db = open_database(config.service.database_url)
-    yield folder, config, db
-    worker._interrupt_requested.clear()
-    db.dispose()
+    with folder.open_store() as (config, db):
+        yield folder, config, db
+        worker._interrupt_requested.clear()
 
 
 def queued_clip(folder, db, name="clip.mp4", tag=5):

@@ -9,9 +9,7 @@ import os
 import numpy as np
 import pytest
 
-from svfrd.config import load_config
 from svfrd.files.hashing import file_sha256
-from svfrd.jobs.database import open_database, upgrade_database
 from svfrd.jobs.store import claim_next_job, enqueue_job, get_job, list_jobs
 from svfrd.service.messages import Outcome
 from svfrd.service.worker import JobRunner
@@ -25,11 +23,8 @@ GREEN = (0, 255, 0)
 @pytest.fixture
 def service(tmp_path):
     folder = ServiceFolder(tmp_path / "svfrd")
-    config = load_config(folder.config_path)
-    upgrade_database(config.service.database_url)
-    db = open_database(config.service.database_url)
-    yield config, db
-    db.dispose()
+    with folder.open_store() as (config, db):
+        yield config, db
 
 
 def claimed_job(config, db, video):

@@ -9,9 +9,7 @@ from datetime import timedelta
 
 import pytest
 
-from svfrd.config import load_config
 from svfrd.files.hashing import file_sha256
-from svfrd.jobs.database import open_database, upgrade_database
 from svfrd.jobs.model import utcnow
 from svfrd.jobs.store import claim_next_job, enqueue_job, get_job
 from svfrd.service import recovery
@@ -27,11 +25,8 @@ ELSEWHERE = "other-host:/var/lib/svfrd"
 @pytest.fixture
 def service(tmp_path):
     folder = ServiceFolder(tmp_path / "svfrd")
-    config = load_config(folder.config_path)
-    upgrade_database(config.service.database_url)
-    db = open_database(config.service.database_url)
-    yield folder, config, db
-    db.dispose()
+    with folder.open_store() as (config, db):
+        yield folder, config, db
 
 
 def running_on(host, folder, db, now):

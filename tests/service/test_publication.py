@@ -16,10 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from svfrd.config import load_config
 from svfrd.errors import BadInputError, TransientError
 from svfrd.files import placement
-from svfrd.jobs.database import open_database, upgrade_database
 from svfrd.jobs.model import Job
 from svfrd.jobs.store import (
     claim_next_job,
@@ -46,11 +44,8 @@ from tests.helpers.service import ServiceFolder
 @pytest.fixture
 def service(tmp_path):
     folder = ServiceFolder(tmp_path / "svfrd", preview=True)
-    config = load_config(folder.config_path)
-    upgrade_database(config.service.database_url)
-    db = open_database(config.service.database_url)
-    yield folder, config, db
-    db.dispose()
+    with folder.open_store() as (config, db):
+        yield folder, config, db
 
 
 def running_job(service, name: str = "clip.mp4", mask: str | None = None) -> Job:
