@@ -315,16 +315,19 @@ def publish_reused_results(config: Config, db: Engine, job: Job, claim_token: st
         return False
     earlier_files = planned_final_files(config, earlier)
     temps = temp_files(config, job)
-    finals = plan_final_files(config, job, frozenset(planned_names_of_other_jobs(db, job.id)))
     linked = []
     for kind, temp in temps.items():
         source = getattr(earlier_files, kind)
         if kind != "report" and source is not None and source.is_file():
             placement.link_or_copy(source, temp)
             linked.append(kind)
-    outputs = {kind: getattr(finals, kind).name for kind in linked}
-    write_json(temps.report, reuse_report(earlier, read_report(earlier), job, outputs))
-    planned = record_plan(db, job.id, finals, earlier.frames_total or 0, claim_token)
+
+    def write_report(finals: ResultFiles) -> None:
+        outputs = {kind: getattr(finals, kind).name for kind in linked}
+        temps.report.unlink(missing_ok=True)  # written again when another job took the names first
+        write_json(temps.report, reuse_report(earlier, read_report(earlier), job, outputs))
+
+    planned = plan_and_record(config, db, job, earlier.frames_total or 0, claim_token, write_report)
     job_logger(job.id).info("%s has the same content and options as job %d: its results are reused, not restored "
                             "again", job.source_name, earlier.id)
     return complete_publication(config, db, planned, earlier.engine, claim_token) is not None
