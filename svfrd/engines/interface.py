@@ -100,3 +100,13 @@ class Engine(Protocol):
 
     def warnings(self) -> list[str]:
         """Human-readable notes about the last `restore` call, for the job report (may be empty)."""
+
+
+def engine_start(engine: Engine, start: int, needed_from: int) -> int:
+    """Where an engine run over frames from `start` begins when its output is needed only from `needed_from` on
+    (a resumed job): `resume_context` frames earlier for an engine that declares it (not before `start`); at
+    `start` for any other, whose first outputs are then dropped (it may resume from checkpoints of its own)."""
+    context = getattr(engine, "resume_context", None)
+    if needed_from == start or context is None:
+        return start
+    return max(start, needed_from - int(context))

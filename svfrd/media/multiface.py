@@ -34,7 +34,7 @@ import cv2
 import numpy as np
 
 from svfrd.domain import CROP_SIZE
-from svfrd.engines.interface import Engine, FaceCrop, ProgressReporter, RestoreRequest
+from svfrd.engines.interface import Engine, FaceCrop, ProgressReporter, RestoreRequest, engine_start
 from svfrd.errors import BadInputError
 from svfrd.files.atomic import fsync_file, fsync_folder
 from svfrd.files.hashing import file_sha256
@@ -220,7 +220,7 @@ def restore_tracks(source: Path, plans: list[PlannedTrack], engine: Engine, requ
             if saved is not None:
                 warnings += [w for w in saved.warnings_of(plan) if w not in warnings]
             continue
-        first = _engine_start(engine, start, needed_from)
+        first = engine_start(engine, start, needed_from)
         if first != start:
             restarted.append({"track": plan.number, "at_frame": first})
         stream = TrackCropStream(source, plan, mask, limits, start=first)
@@ -237,16 +237,6 @@ def restore_tracks(source: Path, plans: list[PlannedTrack], engine: Engine, requ
         done_before += end - start
         warnings += [w for w in engine.warnings() if w not in warnings]
     return spools, warnings, {"tracks_reused": reused, "tracks_restarted": restarted}
-
-
-def _engine_start(engine: Engine, start: int, needed_from: int) -> int:
-    """Where a track's engine run starts when its output is needed from `needed_from` on: an engine that
-    says how many earlier frames its result depends on (`resume_context`) starts that many before (within
-    the track); any other at the track's start."""
-    context = getattr(engine, "resume_context", None)
-    if needed_from == start or context is None:
-        return start
-    return max(start, needed_from - int(context))
 
 
 def plan_digest(plan: PlannedTrack) -> str:

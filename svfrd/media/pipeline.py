@@ -33,7 +33,7 @@ import numpy as np
 
 from svfrd.config import FacesConfig, LimitsConfig, OutputConfig
 from svfrd.domain import CROP_SIZE, OPTIONS, Task, engine_options, mask_rule_problem
-from svfrd.engines.interface import Engine, FaceCrop, ProgressReporter, RestoreRequest
+from svfrd.engines.interface import Engine, FaceCrop, ProgressReporter, RestoreRequest, engine_start
 from svfrd.errors import BadInputError
 from svfrd.files.placement import spool_folder
 from svfrd.jobs.checkpoints import CheckpointFolder
@@ -278,7 +278,7 @@ def _restore_video(job: PipelineJob, engine: Engine, progress: ProgressReporter,
         crops = faces.crops
         segments = _segmented_writer(job, store, info, faces.frames, crf, output_mode)
         resume_from = segments.next_frame if segments is not None else 0
-        first = _engine_start(engine, resume_from, faces.frames)
+        first = faces.frames if resume_from >= faces.frames else engine_start(engine, 0, resume_from)
         shelf = FrameShelf()
         stream = VideoCropStream(job.source, crops, mask, job.limits, shelf=shelf, busy=busy, start=first)
         output = _OutputStage(job, info, crops, shelf, output_mode, crf, _preview_maker(job, faces.frames, info),
@@ -425,18 +425,6 @@ def _segmented_writer(job: PipelineJob, store: CheckpointFolder | None, info: Vi
     crop_only = output_mode == "crop"
     return SegmentedWriter(store, info, frames_each, reusable_segments(store, frames_each), frames, crf=crf,
                            size=(CROP_SIZE, CROP_SIZE) if crop_only else None, rotation=0 if crop_only else None)
-
-
-def _engine_start(engine: Engine, resume_from: int, frames: int) -> int:
-    """The frame the engine starts at when output from `resume_from` on is still to be made. An engine that
-    says how many earlier frames its output depends on (`resume_context`) starts that many before; any other
-    starts at 0 and its first outputs are dropped (it may resume from checkpoints of its own)."""
-    if resume_from >= frames:
-        return frames
-    context = getattr(engine, "resume_context", None)
-    if resume_from == 0 or context is None:
-        return 0
-    return max(0, resume_from - int(context))
 
 
 def _pipeline_option(job: PipelineJob, name: str, configured):
