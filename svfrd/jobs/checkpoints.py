@@ -23,12 +23,14 @@ import dataclasses
 import hashlib
 import json
 import logging
+import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, ContextManager, Mapping
 
-from svfrd.files.atomic import replacing
+from svfrd.files.atomic import fsync_file, fsync_folder, replacing
+from svfrd.files.hashing import file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -141,6 +143,15 @@ class CheckpointFolder:
     def new_file(self, name: str) -> ContextManager[BinaryIO]:
         """A file that appears under `name` in the folder complete or not at all (replacing what is there)."""
         return replacing(self.folder / name)
+
+    def put(self, finished: Path, name: str) -> str:
+        """Give a finished file, written under a hidden name in the folder, the name `name`, durably; returns
+        its sha256, for the checkpoint that will name it (a file whose sha256 changed is never reused)."""
+        fsync_file(finished)
+        digest = file_sha256(finished)
+        os.replace(finished, self.folder / name)
+        fsync_folder(self.folder)
+        return digest
 
     def size_bytes(self) -> int:
         if not self.folder.is_dir():

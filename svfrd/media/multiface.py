@@ -23,7 +23,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -36,7 +35,6 @@ import numpy as np
 from svfrd.domain import CROP_SIZE
 from svfrd.engines.interface import Engine, FaceCrop, ProgressReporter, RestoreRequest, engine_start
 from svfrd.errors import BadInputError
-from svfrd.files.atomic import fsync_file, fsync_folder
 from svfrd.files.hashing import file_sha256
 from svfrd.jobs.checkpoints import CheckpointFolder
 from svfrd.media.crop import CropBox, FrameCrops, crop_face
@@ -283,10 +281,7 @@ class TrackCheckpoints:
     def keep(self, plan: PlannedTrack, spool: CropSpool, valid_from: int, warnings: list[str]) -> None:
         """Put a finished spool in place durably, then name it in a checkpoint."""
         target = self._path(plan)
-        fsync_file(spool.path)
-        digest = file_sha256(spool.path)
-        os.replace(spool.path, target)
-        fsync_folder(self.store.folder)
+        digest = self.store.put(spool.path, target.name)
         spool.path = target
         self.entries[plan.number] = {"number": plan.number, "plan": plan_digest(plan), "sha256": digest,
                                      "first": spool.first, "valid_from": valid_from, "sizes": spool.sizes,

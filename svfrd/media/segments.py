@@ -14,14 +14,12 @@ libx264 is deterministic, so the joined output equals an uninterrupted run's, fr
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import av
 import numpy as np
 
-from svfrd.files.atomic import fsync_file, fsync_folder
 from svfrd.files.hashing import file_sha256
 from svfrd.jobs.checkpoints import CheckpointFolder
 from svfrd.media.video_io import (
@@ -126,11 +124,7 @@ class SegmentedWriter:
         writer, self._writer = self._writer, None
         writer.close()
         number = len(self.done)
-        target = self.store.folder / segment_name(number)
-        fsync_file(writer.path)
-        digest = file_sha256(writer.path)
-        os.replace(writer.path, target)
-        fsync_folder(self.store.folder)
+        digest = self.store.put(writer.path, segment_name(number))
         self.done.append(Segment(number, self._first, end, digest))
         self.store.save(KIND, {"frames_each": self.frames_each, "segments": [s.as_meta() for s in self.done]})
 
