@@ -57,18 +57,7 @@ class GateState:
 
 def control_text(db: Database, schedule: Schedule, now: datetime) -> str:
     """What `svfrd status` and the status view say about the pause and the schedule ("" when jobs run)."""
-    return Gate(schedule, lambda: read_pause(db), FixedClock(now)).check().describe()
-
-
-@dataclass(frozen=True)
-class FixedClock:
-    moment: datetime
-
-    def now(self) -> datetime:
-        return self.moment
-
-    def monotonic(self) -> float:
-        return 0.0
+    return Gate(schedule, lambda: read_pause(db)).check(now).describe()
 
 
 def queue_mark(job: Job) -> str:
@@ -80,7 +69,8 @@ class Gate:
     def __init__(self, schedule: Schedule, read_pause: Callable[[], Pause], clock: Clock = SYSTEM_CLOCK):
         self.schedule, self.read_pause, self.clock = schedule, read_pause, clock
 
-    def check(self) -> GateState:
-        now = self.clock.now()
+    def check(self, now: datetime | None = None) -> GateState:
+        """The gate at `now` (the clock's now by default)."""
+        now = now or self.clock.now()
         return GateState(pause=self.read_pause(), in_schedule=self.schedule.is_active(now),
                          schedule_change=self.schedule.next_change(now), schedule_text=self.schedule.describe(now))

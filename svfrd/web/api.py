@@ -13,7 +13,7 @@ import asyncio
 import json
 import os
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, AsyncIterator
 
@@ -35,7 +35,7 @@ from svfrd.jobs.store import (
     request_cancel,
     retry_job,
 )
-from svfrd.service.gate import FixedClock, Gate, queue_mark
+from svfrd.service.gate import Gate, queue_mark
 from svfrd.service.pause import read_pause
 from svfrd.service.results import planned_final_files
 from svfrd.web.uploads import UploadError, check_upload, enter_inbox, receive_form
@@ -80,7 +80,7 @@ def job_json(job: Job) -> dict[str, Any]:
 def service_json(config, db) -> dict[str, Any]:
     """The pause and the schedule (docs/architecture.md §9): `control` is what `svfrd status` says, e.g.
     "paused; outside schedule until 19:00", or "" while jobs may start."""
-    state = Gate(config.schedule, lambda: read_pause(db), FixedClock(datetime.now(timezone.utc))).check()
+    state = Gate(config.schedule, lambda: read_pause(db)).check()
     return {"pause": state.pause.value or None, "in_schedule": state.in_schedule, "control": state.describe()}
 
 
